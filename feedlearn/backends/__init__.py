@@ -1,0 +1,1 @@
+"""Text generation behind one interface: conversations in, n samples for each out."""

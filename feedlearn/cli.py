@@ -1,0 +1,110 @@
+"""The `feedlearn` command line: run recipes, single stages, the offline demo, and reports."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from feedlearn.config import load_recipe, read_yaml
+from feedlearn.data.store import open_run
+from feedlearn.errors import ConfigError, FeedlearnError
+from feedlearn.methods.rise import STAGES as RISE_STAGES
+from feedlearn.methods.rise import Rise, RiseConfig
+
+METHODS = {"rise": (RiseConfig, Rise, RISE_STAGES)}
+
+
+def load_method(recipe: str, overrides: list[str]):
+    """(config, method class, stages) of a recipe, chosen by its `method` key."""
+    name = read_yaml(recipe).get("method")
+    if name not in METHODS:
+        raise ConfigError(f"{recipe}: key 'method' must be one of {', '.join(METHODS)} (got {name!r})")
+    config_cls, method_cls, stages = METHODS[name]
+    return load_recipe(config_cls, recipe, overrides), method_cls, stages
+
+
+def cmd_run(args) -> None:
+    config, method_cls, _ = load_method(args.recipe, args.set)
+    store = open_run(config.run_dir, args.run_id or Path(args.recipe).stem, config.model_dump(mode="json"))
+    method_cls(config, store).run()
+    print(f"run folder: {store.path}")
+
+
+def cmd_stage(args) -> None:
+    config, method_cls, stages = load_method(args.recipe, args.set)
+    if args.stage not in stages:
+        raise ConfigError(f"unknown stage '{args.stage}' (choose from {', '.join(stages)})")
+    store = open_run(config.run_dir, args.run_id or Path(args.recipe).stem, config.model_dump(mode="json"))
+    method = method_cls(config, store)
+    stage = getattr(method, args.stage)
+    result = stage() if args.stage == "sft" else stage(args.iteration)
+    if isinstance(result, dict):
+        print(json.dumps(result, indent=2))
+    else:
+        print(result)
+
+
+def cmd_demo(args) -> None:
+    from feedlearn.demo import run_demo
+
+    run_demo(Path(args.out), args.set)
+
+
+def cmd_report(args) -> None:
+    from feedlearn.report import metrics_table, print_table
+
+    run = Path(args.run)
+    found = sorted(run.glob("**/evaluate/metrics.json"))
+    if not found:
+        raise FeedlearnError(f"{run}: no evaluation results (metrics.json) found in this run folder")
+    columns = {p.parent.parent.name: json.loads(p.read_text()) for p in found}
+    print_table(metrics_table(f"run {run.name}", columns))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="feedlearn", description="Teach language models from feedback.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def recipe_args(p):
+        p.add_argument("recipe", help="a YAML recipe")
+        p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a key")
+        p.add_argument("--run-id", help="name of the run folder (default: the recipe's file name)")
+
+    run = sub.add_parser("run", help="run every stage of a recipe")
+    recipe_args(run)
+    run.set_defaults(func=cmd_run)
+
+    for name, (_, _, stages) in METHODS.items():
+        p = sub.add_parser(name, help=f"run one stage of {name}")
+        p.add_argument("stage", choices=stages)
+        recipe_args(p)
+        p.add_argument("--iteration", type=int, default=1, help="which round (evaluate: 0 = the base)")
+        p.set_defaults(func=cmd_stage)
+
+    demo = sub.add_parser("demo", help="RISE end to end on a tiny offline model (about 10 minutes on a CPU)")
+    demo.add_argument("--out", default="demo_out", help="folder for summary.json, turns.png and the run")
+    demo.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a key")
+    demo.set_defaults(func=cmd_demo)
+
+    report = sub.add_parser("report", help="print the evaluation table of a run folder")
+    report.add_argument("run", help="a run folder, e.g. runs/tiny")
+    report.set_defaults(func=cmd_report)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        args.func(args)
+    except FeedlearnError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

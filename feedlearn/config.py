@@ -1,0 +1,114 @@
+"""Recipes: YAML files validated into a method's config, with `--set key=value` overrides.
+
+Every mistake is reported on one line with the key's path: an unknown key comes with the closest valid
+name, a wrong type with the value that was given.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from feedlearn.errors import ConfigError
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """A YAML mapping from a file; malformed YAML names the file and line."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"{path}: recipe not found")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}{where}: invalid YAML ({getattr(e, 'problem', e)})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a recipe must be a YAML mapping of keys to values")
+    return data
+
+
+def apply_override(data: dict[str, Any], assignment: str) -> None:
+    """Apply one `a.b.c=value` (value parsed as YAML; list items by index: `turns.1.n=8`)."""
+    key, sep, raw = assignment.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"--set '{assignment}': expected key=value, e.g. train.learning_rate=1e-5")
+    value = yaml.safe_load(raw) if raw.strip() else ""
+    parts = key.split(".")
+    node: Any = data
+    for i, part in enumerate(parts[:-1]):
+        if isinstance(node, list):
+            node = node[_index(part, node, parts[: i + 1])]
+        else:
+            if not isinstance(node.get(part), (dict, list)):
+                node[part] = {}
+            node = node[part]
+    last = parts[-1]
+    if isinstance(node, list):
+        node[_index(last, node, parts)] = value
+    else:
+        node[last] = value
+
+
+def _index(part: str, node: list, path: list[str]) -> int:
+    if not part.isdigit() or int(part) >= len(node):
+        raise ConfigError(f"--set {'.'.join(path)}: '{part}' is not an index of a list of {len(node)}")
+    return int(part)
+
+
+def validate(model: type[M], data: dict[str, Any], source: str) -> M:
+    """Validate a recipe mapping; the first problem is raised as ConfigError with its key path."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as err:
+        first = err.errors()[0]
+        path = ".".join(str(p) for p in first["loc"])
+        if first["type"] == "extra_forbidden":
+            hint = _suggest(model, first["loc"])
+            raise ConfigError(f"{source}: unknown key '{path}'{hint}") from None
+        if first["type"] == "missing":
+            raise ConfigError(f"{source}: missing key '{path}'") from None
+        given = f" (got {first['input']!r})" if not isinstance(first["input"], (dict, list)) else ""
+        raise ConfigError(f"{source}: key '{path}': {first['msg']}{given}") from None
+
+
+def _suggest(model: type[BaseModel], loc: tuple) -> str:
+    """'; did you mean ...?' naming the closest field at the location of an unknown key."""
+    node: Any = model
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue
+        field = node.model_fields.get(part) if isinstance(node, type) else None
+        node = _model_of(field.annotation) if field else None
+        if node is None:
+            return ""
+    names = list(node.model_fields)
+    close = difflib.get_close_matches(str(loc[-1]), names, n=1, cutoff=0.5)
+    if close:
+        return f"; did you mean '{'.'.join(str(p) for p in (*loc[:-1], close[0]))}'?"
+    return f"; valid keys here: {', '.join(names)}"
+
+
+def _model_of(annotation: Any) -> type[BaseModel] | None:
+    """The pydantic model inside an annotation like `X`, `X | None` or `list[X]`."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()):
+        found = _model_of(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def load_recipe(model: type[M], path: str | Path, overrides: list[str] = ()) -> M:
+    """Read, override and validate a recipe."""
+    data = read_yaml(path)
+    for assignment in overrides:
+        apply_override(data, assignment)
+    return validate(model, data, str(path))

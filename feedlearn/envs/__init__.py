@@ -1,0 +1,1 @@
+"""Text environments with a gymnasium-like reset / step interface."""

@@ -1,0 +1,77 @@
+"""Math as a multi-turn text environment: answer, be told whether it is correct, try again."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from feedlearn.envs.math_answers import score_answer
+from feedlearn.envs.math_data import MathProblem
+
+WORKED_EXAMPLE = (
+    "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. "
+    "How many clips did Natalia sell altogether in April and May?",
+    "In May she sold 48/2 = 24 clips. Altogether she sold 48 + 24 = 72 clips. The answer is \\boxed{72}.",
+)
+
+
+class MathPrompt(BaseModel):
+    """How problems are put to the model and what it is told after an attempt."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    instruction: str = Field(
+        default="Solve the following math problem step by step. Put your final answer in \\boxed{}.",
+        description="Opens the first user message.",
+    )
+    worked_example: bool = Field(
+        default=True, description="Show one worked example before the question (GSM8K style)."
+    )
+    retry_message: str = Field(
+        default="The answer is incorrect. Please try again. Here's the question: {question}",
+        description="The user message after an attempt; {question} is filled in.",
+    )
+
+    def first_message(self, question: str) -> str:
+        """The opening user message for `question`."""
+        parts = [self.instruction]
+        if self.worked_example:
+            parts.append(f"Question: {WORKED_EXAMPLE[0]}\nAnswer: {WORKED_EXAMPLE[1]}")
+        parts.append(f"Question: {question}" if self.worked_example else question)
+        return "\n\n".join(parts)
+
+
+class MathEnv:
+    """One problem as an episode: `reset()` gives the opening user message, `step(answer)` scores it.
+
+    Reward is 1 for a correct final answer, 0 for a wrong one, -1 for no `\\boxed{}` answer. The next
+    observation is the retry message. With `stop_on_success` (data collection) a correct answer ends the
+    episode; without it (evaluation, no oracle) the model is asked to retry whatever it answered.
+    """
+
+    def __init__(
+        self, problem: MathProblem, prompt: MathPrompt, max_turns: int, stop_on_success: bool = True
+    ):
+        self.problem = problem
+        self.prompt = prompt
+        self.max_turns = max_turns
+        self.stop_on_success = stop_on_success
+        self.turn = 0
+
+    def reset(self, seed: int | None = None) -> tuple[str, dict]:
+        """Start over; returns the first user message and an info dict with the problem id."""
+        self.turn = 0
+        return self.prompt.first_message(self.problem.question), {"task_id": self.problem.id}
+
+    def score(self, action: str) -> tuple[float, str | None]:
+        """Reward and parsed answer of an action, without advancing the episode."""
+        return score_answer(action, self.problem.answer)
+
+    def step(self, action: str) -> tuple[str, float, bool, bool, dict]:
+        """Score `action`; return (retry message, reward, terminated, truncated, info)."""
+        reward, answer = self.score(action)
+        self.turn += 1
+        terminated = self.stop_on_success and reward == 1.0
+        truncated = not terminated and self.turn >= self.max_turns
+        feedback = self.prompt.retry_message.format(question=self.problem.question)
+        info = {"answer": answer, "correct": reward == 1.0, "feedback": feedback}
+        return feedback, reward, terminated, truncated, info

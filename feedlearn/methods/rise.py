@@ -1,0 +1,388 @@
+"""RISE: recursive introspection. A model learns to improve its own answer over several turns.
+
+Stages (spec: shared/methods/rise.md):
+- `sft`: optional warm start on the problems' worked solutions (needed by tiny models built from scratch);
+- `collect`: multi-turn rollouts; each turn samples n actions from its model (the policy or a teacher),
+  keeps the first best one, and stops at success;
+- `convert`: trajectories -> weighted SFT examples (criteria all / better / best / success);
+- `train`: reward-weighted regression on the final assistant turn of each example;
+- `evaluate`: T sequential turns without an oracle, and n parallel first-turn samples.
+Each stage reads the previous stage's files in the run folder, so any of them can be rerun or resumed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from feedlearn.backends.base import Backend, SamplingParams
+from feedlearn.backends.local import LocalBackend
+from feedlearn.backends.openai_compat import OpenAIBackend, OpenAIBackendConfig
+from feedlearn.data.jsonl import JsonlAppender, read_jsonl, write_json_atomic, write_jsonl_atomic
+from feedlearn.data.records import Episode, Message, SFTExample, Turn
+from feedlearn.data.store import RunStore
+from feedlearn.envs.math_answers import answers_match
+from feedlearn.envs.math_data import MathProblem, ProblemFormat, load_problems
+from feedlearn.envs.math_env import MathEnv, MathPrompt
+from feedlearn.envs.synthetic_math import generate_problems
+from feedlearn.losses import weighted_sft_loss
+from feedlearn.methods.rise_data import (
+    Criterion,
+    best_sample,
+    episode_examples,
+    is_degenerate,
+    majority_answer,
+)
+from feedlearn.models.loading import ModelSettings, load_policy
+from feedlearn.models.tiny import TinyModelConfig, build_tiny_model
+from feedlearn.training.data import tokenize_sft
+from feedlearn.training.trainer import TrainSettings, train
+
+log = logging.getLogger(__name__)
+
+
+class Settings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SyntheticSettings(Settings):
+    """Generated arithmetic word problems."""
+
+    n: int = Field(gt=0, description="How many problems.")
+    seed: int = Field(default=0, description="Same seed, same problems.")
+    levels: list[int] = Field(default=[1, 2, 3], description="Difficulty levels (operations per problem).")
+
+
+class ProblemSet(Settings):
+    """Where problems come from: a file, or the synthetic generator."""
+
+    path: str | None = Field(default=None, description="A JSONL file of problems.")
+    format: ProblemFormat = Field(default="gsm8k", description="Row format of `path`.")
+    synthetic: SyntheticSettings | None = Field(default=None, description="Generate problems instead.")
+    limit: int | None = Field(default=None, gt=0, description="Use only the first `limit` problems.")
+
+    @model_validator(mode="after")
+    def _one_source(self):
+        if (self.path is None) == (self.synthetic is None):
+            raise ValueError("give exactly one of 'path' or 'synthetic'")
+        return self
+
+    def load(self, prefix: str) -> list[MathProblem]:
+        """The problems, read or generated."""
+        if self.path is not None:
+            problems = load_problems(self.path, self.format)
+        else:
+            s = self.synthetic
+            problems = generate_problems(s.n, s.seed, s.levels, prefix=prefix)
+        return problems[: self.limit]
+
+
+class TurnSpec(Settings):
+    """One collection turn: how many samples, from which model."""
+
+    n: int = Field(default=1, gt=0, description="Samples drawn; the first highest-reward one is kept.")
+    teacher: OpenAIBackendConfig | None = Field(
+        default=None, description="A remote OpenAI-compatible model for this turn; None = the policy."
+    )
+
+
+class CollectSettings(Settings):
+    """Multi-turn data collection."""
+
+    turns: list[TurnSpec] = Field(
+        default_factory=lambda: [TurnSpec(n=1), TurnSpec(n=16)],
+        description="One entry per turn; the default is self-distillation, best-of-16 at turn 2.",
+    )
+    temperature: float = Field(default=1.0, ge=0, description="Sampling temperature of every turn.")
+    max_new_tokens: int = Field(default=512, gt=0, description="Longest action, in tokens.")
+    chunk_size: int = Field(
+        default=256, gt=0, description="Problems rolled out together; each finished chunk is saved."
+    )
+
+
+class ConvertSettings(Settings):
+    """Turning trajectories into weighted SFT examples."""
+
+    criterion: Criterion = Field(default="all", description="Which turns become examples.")
+    temperature: float = Field(default=0.4, gt=0, description="Weight = exp(reward / temperature).")
+    dedupe: bool = Field(default=True, description="Drop empty actions and repeats within a trajectory.")
+    only_successful: bool = Field(default=False, description="Keep only trajectories that end correct.")
+
+
+class EvaluateSettings(Settings):
+    """Evaluation without an oracle: sequential turns and parallel samples."""
+
+    turns: int = Field(
+        default=5, gt=0, description="Sequential turns T; each is followed by the retry message."
+    )
+    context_window: int | None = Field(
+        default=None, gt=1, description="At turn k >= w keep the question and only the last w-1 attempts."
+    )
+    parallel_samples: int = Field(default=5, gt=0, description="Independent first-turn samples n.")
+    temperature: float = Field(
+        default=1.0, ge=0, description="Sampling temperature, sequential and parallel."
+    )
+    max_new_tokens: int = Field(default=512, gt=0, description="Longest answer, in tokens.")
+
+
+class SFTSettings(Settings):
+    """Optional warm start on worked solutions before RISE (a tiny model knows nothing yet)."""
+
+    problems: ProblemSet = Field(description="Problems with worked solutions.")
+    train: TrainSettings = Field(default_factory=TrainSettings, description="Optimization.")
+
+
+class RiseConfig(Settings):
+    """A RISE recipe."""
+
+    method: Literal["rise"] = "rise"
+    seed: int = Field(default=0, description="Seeds sampling, data order and generated problems.")
+    run_dir: str = Field(default="runs", description="Parent folder of run folders.")
+    model: ModelSettings = Field(description="The policy; path 'tiny' builds a tiny model locally.")
+    tiny: TinyModelConfig = Field(default_factory=TinyModelConfig, description="Shape of a tiny model.")
+    generation_batch_size: int = Field(default=64, gt=0, description="Sequences per local generate call.")
+    prompt: MathPrompt = Field(default_factory=MathPrompt, description="Instruction and retry message.")
+    train_problems: ProblemSet = Field(description="Problems to collect trajectories on.")
+    test_problems: ProblemSet = Field(description="Held-out problems to evaluate on.")
+    sft: SFTSettings | None = Field(default=None, description="Warm start before the first iteration.")
+    iterations: int = Field(default=1, gt=0, description="Rounds of collect, convert, train, evaluate.")
+    collect: CollectSettings = Field(default_factory=CollectSettings, description="Data collection.")
+    convert: ConvertSettings = Field(default_factory=ConvertSettings, description="Conversion.")
+    train: TrainSettings = Field(default_factory=TrainSettings, description="RWR training.")
+    evaluate: EvaluateSettings = Field(default_factory=EvaluateSettings, description="Evaluation.")
+
+
+STAGES = ["sft", "collect", "convert", "train", "evaluate"]
+
+
+def solution_text(problem: MathProblem) -> str:
+    """A worked solution ending in `\\boxed{answer}` (GSM8K's `#### x` line becomes the boxed answer)."""
+    text = re.sub(r"\n?####.*$", "", problem.solution or "", flags=re.S).strip()
+    if "\\boxed" not in text:
+        text = f"{text} The answer is \\boxed{{{problem.answer}}}.".strip()
+    return text
+
+
+class Rise:
+    """The stages of one RISE run, reading and writing `run_dir/<run_id>/`."""
+
+    def __init__(self, config: RiseConfig, store: RunStore, progress: bool = True):
+        self.config = config
+        self.store = store
+        self.progress = progress
+
+    # ---- policies -------------------------------------------------------------------------------------
+
+    def base_model_path(self) -> str:
+        """The starting policy: the configured model, or a tiny model built on the task's text."""
+        if self.config.model.path != "tiny":
+            return self.config.model.path
+        problems = self.config.train_problems.load("train")[:2000]
+        prompt = self.config.prompt
+        texts = [prompt.first_message(p.question) + " " + solution_text(p) for p in problems]
+        texts.append(prompt.retry_message.format(question=""))
+        return str(build_tiny_model(self.config.tiny, texts))
+
+    def policy_path(self, iteration: int) -> str:
+        """The policy after `iteration` RISE rounds (0 = the base, after the optional SFT warm start)."""
+        if iteration > 0:
+            return str(self.store.stage(f"iter{iteration}/train") / "model")
+        if self.config.sft is not None:
+            return str(self.store.stage("sft") / "model")
+        return self.base_model_path()
+
+    def _settings(self, path: str) -> ModelSettings:
+        return self.config.model.model_copy(update={"path": path})
+
+    def _backend(self, model, tokenizer) -> LocalBackend:
+        return LocalBackend(
+            model, tokenizer, self.config.generation_batch_size, seed=self.config.seed, progress=self.progress
+        )
+
+    # ---- stages ---------------------------------------------------------------------------------------
+
+    def sft(self) -> Path:
+        """Warm start: train the base model on worked solutions (plain SFT, weight 1)."""
+        sft = self.config.sft
+        model, tokenizer = load_policy(self._settings(self.base_model_path()), trainable=True)
+        examples = [
+            SFTExample(
+                id=p.id,
+                messages=[
+                    Message(role="user", content=self.config.prompt.first_message(p.question)),
+                    Message(role="assistant", content=solution_text(p)),
+                ],
+            )
+            for p in sft.problems.load("sft")
+        ]
+        rows = tokenize_sft(examples, tokenizer, sft.train.max_length)
+        return train(model, tokenizer, rows, _rwr_loss, sft.train, self.store.stage("sft"), self.store, "sft")
+
+    def collect(self, iteration: int = 1) -> Path:
+        """Roll out the policy (and teachers) on the training problems; resumable by problem id."""
+        cfg = self.config.collect
+        out = JsonlAppender(self.store.stage(f"iter{iteration}/collect") / "episodes.jsonl", Episode)
+        todo = [p for p in self.config.train_problems.load("train") if p.id not in out]
+        if todo:
+            model, tokenizer = load_policy(self._settings(self.policy_path(iteration - 1)))
+            backends: list[Backend] = [
+                OpenAIBackend.from_config(t.teacher) if t.teacher else self._backend(model, tokenizer)
+                for t in cfg.turns
+            ]
+            sampling = SamplingParams(temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens)
+            for start in range(0, len(todo), cfg.chunk_size):
+                chunk = todo[start : start + cfg.chunk_size]
+                out.append(*self._rollout(chunk, backends, sampling))
+                log.info("collected %d / %d problems", min(start + cfg.chunk_size, len(todo)), len(todo))
+        episodes = out.records()
+        solved = sum(any(t.reward == 1.0 for t in e.turns) for e in episodes)
+        self.store.log_metrics(
+            f"iter{iteration}/collect",
+            {"episodes": len(episodes), "solved_rate": solved / max(1, len(episodes))},
+        )
+        return out.path
+
+    def _rollout(self, problems: list[MathProblem], backends: list[Backend], sampling) -> list[Episode]:
+        envs = [MathEnv(p, self.config.prompt, max_turns=len(backends)) for p in problems]
+        episodes = []
+        for p, env in zip(problems, envs, strict=True):
+            first, _ = env.reset()
+            episodes.append(Episode(id=p.id, task_id=p.id, prompt=[Message(role="user", content=first)]))
+        active = list(range(len(problems)))
+        for spec, backend in zip(self.config.collect.turns, backends, strict=True):
+            convs = [[m.model_dump() for m in episodes[i].conversation()] for i in active]
+            samples = backend.generate(convs, spec.n, sampling)
+            still = []
+            for i, texts in zip(active, samples, strict=True):
+                kept = [t for t in texts if not is_degenerate(t)] or [""]
+                scored = [envs[i].score(t) for t in kept]
+                b = best_sample(kept, [r for r, _ in scored])
+                feedback, reward, terminated, truncated, info = envs[i].step(kept[b])
+                episodes[i].turns.append(
+                    Turn(
+                        action=kept[b],
+                        reward=reward,
+                        answer=info["answer"],
+                        feedback=None if terminated or truncated else feedback,
+                        sample_rewards=[r for r, _ in scored],
+                    )
+                )
+                if not (terminated or truncated):
+                    still.append(i)
+            active = still
+            if not active:
+                break
+        return episodes
+
+    def convert(self, iteration: int = 1) -> Path:
+        """Trajectories -> weighted SFT examples (rewritten whole, atomically: conversion is cheap)."""
+        cfg = self.config.convert
+        episodes = read_jsonl(self.store.stage(f"iter{iteration}/collect") / "episodes.jsonl", Episode)
+        examples = [
+            ex
+            for e in episodes
+            for ex in episode_examples(e, cfg.criterion, cfg.temperature, cfg.dedupe, cfg.only_successful)
+        ]
+        path = self.store.stage(f"iter{iteration}/convert") / "examples.jsonl"
+        write_jsonl_atomic(path, examples)
+        self.store.log_metrics(f"iter{iteration}/convert", {"examples": len(examples)})
+        return path
+
+    def train(self, iteration: int = 1) -> Path:
+        """Reward-weighted regression of the previous policy on this iteration's examples."""
+        examples = read_jsonl(self.store.stage(f"iter{iteration}/convert") / "examples.jsonl", SFTExample)
+        model, tokenizer = load_policy(self._settings(self.policy_path(iteration - 1)), trainable=True)
+        rows = tokenize_sft(examples, tokenizer, self.config.train.max_length)
+        folder = self.store.stage(f"iter{iteration}/train")
+        return train(
+            model, tokenizer, rows, _rwr_loss, self.config.train, folder, self.store, f"iter{iteration}/train"
+        )
+
+    def run(self) -> None:
+        """Every stage in order; finished stages are skipped, an interrupted one resumes."""
+        if self.config.sft is not None:
+            self.sft()
+        self.evaluate(0)
+        for iteration in range(1, self.config.iterations + 1):
+            self.collect(iteration)
+            self.convert(iteration)
+            self.train(iteration)
+            self.evaluate(iteration)
+
+    def evaluate(self, iteration: int = 1) -> dict[str, float]:
+        """Sequential and parallel evaluation of the policy after `iteration` rounds (0 = the base);
+        writes `evaluate/metrics.json` and the episodes. An evaluation already written is returned as is."""
+        cfg = self.config.evaluate
+        folder = self.store.stage(f"iter{iteration}/evaluate" if iteration else "base/evaluate")
+        if (folder / "metrics.json").exists():
+            return json.loads((folder / "metrics.json").read_text())
+        problems = self.config.test_problems.load("test")
+        model, tokenizer = load_policy(self._settings(self.policy_path(iteration)))
+        backend = self._backend(model, tokenizer)
+        sampling = SamplingParams(temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens)
+        envs = [MathEnv(p, self.config.prompt, max_turns=cfg.turns, stop_on_success=False) for p in problems]
+        episodes = [
+            Episode(id=p.id, task_id=p.id, prompt=[Message(role="user", content=e.reset()[0])])
+            for p, e in zip(problems, envs, strict=True)
+        ]
+        for _ in range(cfg.turns):
+            convs = [windowed(e, cfg.context_window) for e in episodes]
+            replies = backend.generate(convs, 1, sampling)
+            for env, episode, (text,) in zip(envs, episodes, replies, strict=True):
+                feedback, reward, _, _, info = env.step(text)
+                episode.turns.append(
+                    Turn(action=text, reward=reward, answer=info["answer"], feedback=feedback)
+                )
+        first = [[{"role": "user", "content": e.prompt[0].content}] for e in episodes]
+        parallel = backend.generate(first, cfg.parallel_samples, sampling)
+        parallel_scored = [[env.score(t) for t in texts] for env, texts in zip(envs, parallel, strict=True)]
+        metrics = rise_metrics(problems, episodes, parallel_scored)
+        write_jsonl_atomic(folder / "episodes.jsonl", episodes)
+        write_json_atomic(folder / "metrics.json", metrics)
+        self.store.log_metrics(folder.relative_to(self.store.path).as_posix(), metrics)
+        return metrics
+
+
+def _rwr_loss(model, batch):
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    return weighted_sft_loss(logits, batch["labels"], batch["weight"])
+
+
+def windowed(episode: Episode, window: int | None) -> list[dict]:
+    """The conversation so far; with a window w, the question plus only the last w-1 attempts."""
+    turns = episode.turns if window is None else episode.turns[-(window - 1) :]
+    return [m.model_dump() for m in episode.model_copy(update={"turns": turns}).conversation()]
+
+
+def rise_metrics(
+    problems: list[MathProblem], episodes: list[Episode], parallel: list[list[tuple[float, str | None]]]
+) -> dict[str, float]:
+    """acc@t1..acc@tT, m1@t1, m1@tT (majority of the T turns), p1@tT (any turn correct), and over n
+    parallel first-turn samples mn@t1 (majority) and pn@t1 (any); all in percent."""
+    n_turns, n_par = len(episodes[0].turns), len(parallel[0])
+
+    def pct(flags) -> float:
+        flags = list(flags)
+        return round(100.0 * sum(flags) / len(flags), 2)
+
+    def majority_correct(answers, gold) -> bool:
+        top = majority_answer(answers)
+        return top is not None and answers_match(top, gold)
+
+    metrics = {f"acc@t{k + 1}": pct(e.turns[k].reward == 1.0 for e in episodes) for k in range(n_turns)}
+    metrics["m1@t1"] = metrics["acc@t1"]
+    metrics[f"m{n_par}@t1"] = pct(
+        majority_correct([a for _, a in par], p.answer) for p, par in zip(problems, parallel, strict=True)
+    )
+    metrics[f"m1@t{n_turns}"] = pct(
+        majority_correct([t.answer for t in e.turns], p.answer)
+        for p, e in zip(problems, episodes, strict=True)
+    )
+    metrics[f"p1@t{n_turns}"] = pct(any(t.reward == 1.0 for t in e.turns) for e in episodes)
+    metrics[f"p{n_par}@t1"] = pct(any(r == 1.0 for r, _ in par) for par in parallel)
+    return metrics

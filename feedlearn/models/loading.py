@@ -1,0 +1,104 @@
+"""Load a policy from a local folder or hub id, with an optional LoRA adapter (peft)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from feedlearn.errors import FeedlearnError
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class LoraSettings(BaseModel):
+    """A LoRA adapter to train instead of the full weights."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    r: int = Field(default=16, gt=0, description="Rank of the adapter matrices.")
+    alpha: int = Field(default=32, gt=0, description="Scaling numerator (the update is scaled by alpha/r).")
+    dropout: float = Field(default=0.05, ge=0.0, lt=1.0, description="Dropout on the adapter input.")
+    target_modules: list[str] | Literal["all-linear"] = Field(
+        default="all-linear", description="Module names to adapt, or every linear layer."
+    )
+
+
+class ModelSettings(BaseModel):
+    """Which model to load and how."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    path: str = Field(description="A local folder (weights or a saved LoRA adapter) or a hub id.")
+    lora: LoraSettings | None = Field(default=None, description="Train a new LoRA adapter; None = full.")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        default="auto", description="Weights dtype; auto = bfloat16 on a GPU that supports it, else float32."
+    )
+    chat_template: str | None = Field(
+        default=None, description="A Jinja chat template for tokenizers that have none of their own."
+    )
+
+
+def resolve_dtype(name: str) -> torch.dtype:
+    """The torch dtype for a settings name (auto picks bfloat16 on capable GPUs, float32 otherwise)."""
+    if name == "auto":
+        return (
+            torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float32
+        )
+    return DTYPES[name]
+
+
+def load_tokenizer(path: str, chat_template: str | None = None):
+    """The tokenizer of a model, left-padded for generation, with a pad token and a chat template."""
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if chat_template is not None:
+        tokenizer.chat_template = chat_template
+    if not tokenizer.chat_template:
+        raise FeedlearnError(f"model '{path}' has no chat template: set model.chat_template in the recipe")
+    return tokenizer
+
+
+def load_policy(settings: ModelSettings, trainable: bool = False):
+    """Load (model, tokenizer). A folder holding a LoRA adapter loads its base model plus the adapter.
+
+    With `trainable` and `settings.lora`, a fresh LoRA adapter is added and only it is trained.
+    """
+    from peft import LoraConfig, PeftModel, get_peft_model
+
+    dtype = resolve_dtype(settings.dtype)
+    adapter_config = Path(settings.path) / "adapter_config.json"
+    try:
+        if adapter_config.exists():
+            base_path = json.loads(adapter_config.read_text())["base_model_name_or_path"]
+            base = AutoModelForCausalLM.from_pretrained(base_path, dtype=dtype)
+            model = PeftModel.from_pretrained(base, settings.path, is_trainable=trainable)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(settings.path, dtype=dtype)
+        tokenizer = load_tokenizer(settings.path, settings.chat_template)
+    except OSError as e:
+        raise FeedlearnError(
+            f"cannot load model '{settings.path}': {str(e).splitlines()[0]} "
+            "(give a local folder, or a hub id with network access)"
+        ) from None
+    if trainable and settings.lora is not None and not isinstance(model, PeftModel):
+        lora = settings.lora
+        model = get_peft_model(
+            model,
+            LoraConfig(
+                r=lora.r,
+                lora_alpha=lora.alpha,
+                lora_dropout=lora.dropout,
+                target_modules=lora.target_modules,
+                task_type="CAUSAL_LM",
+            ),
+        )
+    if model.generation_config.pad_token_id is None:
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return model, tokenizer

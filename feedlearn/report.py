@@ -1,0 +1,54 @@
+"""Reports: metrics tables in the terminal and plots as PNG."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+
+def metrics_table(title: str, columns: dict[str, dict[str, float]]) -> Table:
+    """A table with one row per metric and one column per model (e.g. base, rise)."""
+    table = Table(title=title)
+    table.add_column("metric")
+    for name in columns:
+        table.add_column(name, justify="right")
+    keys = list(dict.fromkeys(k for col in columns.values() for k in col))
+    for key in keys:
+        table.add_row(key, *(f"{col[key]:.1f}" if key in col else "-" for col in columns.values()))
+    return table
+
+
+def print_table(table: Table) -> None:
+    """Print a rich table to the terminal."""
+    Console().print(table)
+
+
+def plot_turns(columns: dict[str, dict[str, float]], path: str | Path) -> None:
+    """Accuracy per turn (acc@t1..acc@tT) of each model, with its parallel pass@n as a dashed line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for i, (name, metrics) in enumerate(columns.items()):
+        turns = sorted(int(k[5:]) for k in metrics if k.startswith("acc@t"))
+        color = f"C{i}"
+        ax.plot(turns, [metrics[f"acc@t{t}"] for t in turns], "o-", color=color, label=f"{name}: acc@turn")
+        oracle = f"p1@t{turns[-1]}"
+        if oracle in metrics:
+            ax.plot(turns[-1], metrics[oracle], "*", ms=12, color=color, label=f"{name}: {oracle}")
+        parallel = next((k for k in metrics if k.startswith("p") and k.endswith("@t1")), None)
+        if parallel:
+            ax.axhline(metrics[parallel], ls="--", color=color, alpha=0.6, label=f"{name}: {parallel}")
+    ax.set_xlabel("turn")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title("Accuracy per turn without an oracle")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

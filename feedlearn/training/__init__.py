@@ -1,0 +1,1 @@
+"""Training on accelerate: tokenized datasets, collators, and the optimization loop."""

@@ -1,0 +1,165 @@
+"""The optimization loop, on accelerate: gradient accumulation, checkpoints, exact resume.
+
+`accelerate launch` brings DDP / FSDP / DeepSpeed; each process trains on its own shard of every step.
+The data order is a function of the seed and the epoch, and a checkpoint stores the model, optimizer,
+scheduler and RNG states with the step count, so a run killed at any point and started again skips what
+it had done and ends with the same weights as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Literal
+
+import torch
+from accelerate import Accelerator
+from pydantic import BaseModel, ConfigDict, Field
+from tqdm.auto import tqdm
+from transformers import get_scheduler
+
+from feedlearn.data.jsonl import write_json_atomic
+from feedlearn.data.store import RunStore
+from feedlearn.training.data import collate
+
+
+class TrainSettings(BaseModel):
+    """Optimizer, schedule and batching of a training stage."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    learning_rate: float = Field(default=1e-5, gt=0, description="Peak learning rate (AdamW).")
+    lr_schedule: Literal["cosine", "linear", "constant"] = Field(
+        default="cosine", description="Decay after warmup."
+    )
+    warmup_ratio: float = Field(default=0.04, ge=0, le=1, description="Share of steps spent warming up.")
+    weight_decay: float = Field(default=0.0, ge=0, description="AdamW weight decay.")
+    epochs: int = Field(default=1, gt=0, description="Passes over the data.")
+    batch_size: int = Field(default=1, gt=0, description="Examples per micro-batch, per process.")
+    grad_accum: int = Field(default=16, gt=0, description="Micro-batches per optimizer step.")
+    max_length: int = Field(default=2048, gt=0, description="Longer examples are dropped, with a warning.")
+    max_grad_norm: float = Field(default=1.0, gt=0, description="Gradient clipping norm.")
+    checkpoint_every: int = Field(default=100, gt=0, description="Optimizer steps between checkpoints.")
+    seed: int = Field(default=0, description="Seeds the data order and any dropout.")
+
+
+LossFn = Callable[[torch.nn.Module, dict[str, torch.Tensor]], torch.Tensor]
+
+
+def _latest_checkpoint(folder: Path) -> Path | None:
+    ckpts = sorted(
+        (p for p in folder.glob("step-*") if (p / "trainer_state.json").exists()),
+        key=lambda p: int(p.name.split("-")[1]),
+    )
+    return ckpts[-1] if ckpts else None
+
+
+def train(
+    model,
+    tokenizer,
+    rows: list[dict],
+    loss_fn: LossFn,
+    settings: TrainSettings,
+    out_dir: Path,
+    store: RunStore | None = None,
+    stage: str = "train",
+) -> Path:
+    """Train `model` on tokenized `rows` with `loss_fn`; save it to `out_dir/model` and return that path.
+
+    Checkpoints go to `out_dir/checkpoints`; if one exists, training resumes from it. A finished run (its
+    model saved) is not trained again.
+    """
+    final = out_dir / "model"
+    if (final / "done.json").exists():
+        return final
+    accelerator = Accelerator()
+    world, rank = accelerator.num_processes, accelerator.process_index
+    per_step = settings.batch_size * settings.grad_accum * world
+    steps_per_epoch = max(1, len(rows) // per_step)
+    total_steps = steps_per_epoch * settings.epochs
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=settings.learning_rate, weight_decay=settings.weight_decay)
+    scheduler = get_scheduler(
+        settings.lr_schedule,
+        optimizer,
+        num_warmup_steps=math.ceil(settings.warmup_ratio * total_steps),
+        num_training_steps=total_steps,
+    )
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+
+    ckpt_dir = out_dir / "checkpoints"
+    step = 0
+    latest = _latest_checkpoint(ckpt_dir)
+    if latest is not None:
+        accelerator.load_state(str(latest))
+        step = json.loads((latest / "trainer_state.json").read_text())["step"]
+    else:
+        torch.manual_seed(settings.seed)
+
+    model.train()
+    bar = tqdm(total=total_steps, initial=step, desc=stage, disable=not accelerator.is_main_process)
+    started, samples = time.perf_counter(), 0
+    while step < total_steps:
+        epoch, in_epoch = divmod(step, steps_per_epoch)
+        order = torch.randperm(len(rows), generator=torch.Generator().manual_seed(settings.seed + epoch))
+        start = in_epoch * per_step
+        chunk = order[start : start + per_step][rank::world].tolist()
+        step_loss = 0.0
+        for m in range(settings.grad_accum):
+            micro = [rows[i] for i in chunk[m * settings.batch_size : (m + 1) * settings.batch_size]]
+            batch = {k: v.to(accelerator.device) for k, v in collate(micro, tokenizer.pad_token_id).items()}
+            last = m == settings.grad_accum - 1
+            with nullcontext() if last else accelerator.no_sync(model):
+                loss = loss_fn(model, batch) / settings.grad_accum
+                accelerator.backward(loss)
+            step_loss += loss.item()
+            samples += len(micro)
+        grad_norm = accelerator.clip_grad_norm_(params, settings.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        bar.update(1)
+        bar.set_postfix(loss=f"{step_loss:.4f}")
+        if store is not None and accelerator.is_main_process:
+            store.log_metrics(
+                stage,
+                {
+                    "losses/loss": step_loss,
+                    "losses/grad_norm": float(grad_norm),
+                    "charts/lr": scheduler.get_last_lr()[0],
+                    "charts/samples_per_s": samples * world / (time.perf_counter() - started),
+                },
+                step=step,
+            )
+        if step % settings.checkpoint_every == 0 and step < total_steps:
+            _save_checkpoint(accelerator, ckpt_dir, step)
+    bar.close()
+
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        unwrapped = accelerator.unwrap_model(model)
+        unwrapped.save_pretrained(final, state_dict=accelerator.get_state_dict(model))
+        tokenizer.save_pretrained(final)
+        write_json_atomic(final / "done.json", {"steps": total_steps, "examples": len(rows)})
+        shutil.rmtree(ckpt_dir, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def _save_checkpoint(accelerator: Accelerator, ckpt_dir: Path, step: int) -> None:
+    """Save state to `step-N`, then drop older checkpoints; a crash mid-save leaves the older one intact."""
+    target = ckpt_dir / f"step-{step}"
+    accelerator.save_state(str(target))
+    if accelerator.is_main_process:
+        write_json_atomic(target / "trainer_state.json", {"step": step})
+        for old in ckpt_dir.glob("step-*"):
+            if old != target:
+                shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
