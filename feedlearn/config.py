@@ -39,16 +39,21 @@ def apply_override(data: dict[str, Any], assignment: str) -> None:
     key, sep, raw = assignment.partition("=")
     if not sep or not key:
         raise ConfigError(f"--set '{assignment}': expected key=value, e.g. train.learning_rate=1e-5")
-    value = yaml.safe_load(raw) if raw.strip() else ""
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        raise ConfigError(f"--set {key}: invalid YAML value {raw!r}") from None
     parts = key.split(".")
     node: Any = data
     for i, part in enumerate(parts[:-1]):
         if isinstance(node, list):
             node = node[_index(part, node, parts[: i + 1])]
-        else:
+        elif isinstance(node, dict):
             if not isinstance(node.get(part), (dict, list)):
                 node[part] = {}
             node = node[part]
+        if not isinstance(node, (dict, list)):
+            raise ConfigError(f"--set {key}: '{'.'.join(parts[: i + 1])}' is a value, not a section")
     last = parts[-1]
     if isinstance(node, list):
         node[_index(last, node, parts)] = value
@@ -68,14 +73,20 @@ def validate(model: type[M], data: dict[str, Any], source: str) -> M:
         return model.model_validate(data)
     except ValidationError as err:
         first = err.errors()[0]
-        path = ".".join(str(p) for p in first["loc"])
+        loc = _field_path(first["loc"])
+        path = ".".join(str(p) for p in loc)
         if first["type"] == "extra_forbidden":
-            hint = _suggest(model, first["loc"])
+            hint = _suggest(model, loc)
             raise ConfigError(f"{source}: unknown key '{path}'{hint}") from None
         if first["type"] == "missing":
             raise ConfigError(f"{source}: missing key '{path}'") from None
         given = f" (got {first['input']!r})" if not isinstance(first["input"], (dict, list)) else ""
         raise ConfigError(f"{source}: key '{path}': {first['msg']}{given}") from None
+
+
+def _field_path(loc: tuple) -> tuple:
+    """A pydantic error location without the union-member tags it inserts (`list[str]`, `ModelName`)."""
+    return tuple(p for p in loc if isinstance(p, int) or not ("[" in p or p[:1].isupper()))
 
 
 def _suggest(model: type[BaseModel], loc: tuple) -> str:

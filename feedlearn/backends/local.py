@@ -30,12 +30,14 @@ class LocalBackend:
     def generate(
         self, conversations: Sequence[Conversation], n: int, sampling: SamplingParams
     ) -> list[list[str]]:
-        """For each conversation, `n` replies decoded without special tokens."""
+        """For each conversation, `n` replies decoded without special tokens (greedy: n copies of one)."""
         self._calls += 1
         torch.manual_seed(self.seed * 1_000_003 + self._calls)
         encoded = [prompt_ids(self.tokenizer, c) for c in conversations]
         order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
-        per_batch = max(1, self.batch_size // n)
+        greedy = sampling.temperature == 0
+        draws = 1 if greedy else n
+        per_batch = max(1, self.batch_size // draws)
         replies: list[list[str]] = [[] for _ in encoded]
         was_training = self.model.training
         self.model.eval()
@@ -49,11 +51,11 @@ class LocalBackend:
             out = self.model.generate(
                 **batch,
                 max_new_tokens=sampling.max_new_tokens,
-                do_sample=sampling.temperature > 0,
-                temperature=sampling.temperature if sampling.temperature > 0 else None,
-                top_p=sampling.top_p if sampling.temperature > 0 else None,
+                do_sample=not greedy,
+                temperature=None if greedy else sampling.temperature,
+                top_p=None if greedy else sampling.top_p,
                 top_k=None,
-                num_return_sequences=n,
+                num_return_sequences=draws,
                 pad_token_id=self.tokenizer.pad_token_id,
                 eos_token_id=self.tokenizer.eos_token_id,
             )
@@ -61,6 +63,6 @@ class LocalBackend:
                 out[:, batch["input_ids"].shape[1] :], skip_special_tokens=True
             )
             for j, i in enumerate(idx):
-                replies[i] = texts[j * n : (j + 1) * n]
+                replies[i] = texts[j * draws : (j + 1) * draws] * (n // draws)
         self.model.train(was_training)
         return replies

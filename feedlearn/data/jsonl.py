@@ -104,9 +104,11 @@ class JsonlAppender:
 
     def append(self, *records: BaseModel) -> None:
         """Write records one line each, then flush them to disk; an id already written is an error."""
+        seen = set(self.ids)
         for record in records:
-            if record.id in self.ids:
+            if record.id in seen:
                 raise DataError(f"{self.path}: record id '{record.id}' is already written")
+            seen.add(record.id)
         with self.path.open("a", encoding="utf-8") as f:
             for record in records:
                 f.write(record.model_dump_json() + "\n")

@@ -36,7 +36,8 @@ class Turn(Record):
     feedback: str | None = Field(default=None, description="The next user message, if the episode went on.")
     answer: str | None = Field(default=None, description="The answer parsed from the action, if any.")
     sample_rewards: list[float] = Field(
-        default_factory=list, description="Rewards of every sample drawn for this turn (best-of-n)."
+        default_factory=list,
+        description="Rewards of this turn's samples (best-of-n), degenerate ones dropped.",
     )
 
 

@@ -1,7 +1,9 @@
 """Seeded synthetic arithmetic word problems with worked solutions, for offline runs and tests.
 
-Difficulty level k chains k operations (add, subtract, multiply by a small number) on two-digit numbers;
-each solution writes one equation per step and ends with `\\boxed{answer}`.
+Difficulty level k chains k operations (add, subtract, multiply by a small number) on two-digit numbers.
+Each solution works every operation digit by digit, the way one does it on paper (`56+95: 6+5=11,
+5+9+1=15, 56+95=151.`), and ends with `\\boxed{answer}`: small models can learn that, and their slips
+are the kind of errors a second attempt can fix.
 """
 
 from __future__ import annotations
@@ -30,6 +32,33 @@ def _step(rng: random.Random, value: int) -> tuple[str, int]:
     return op, rng.randint(2, 5)
 
 
+def column_steps(a: int, op: str, b: int) -> str:
+    """One operation worked digit by digit from the units, with carries and borrows written out."""
+    result = {"+": a + b, "-": a - b, "*": a * b}[op]
+    width = max(len(str(a)), len(str(b)))
+    da = [int(d) for d in reversed(str(a).zfill(width if op != "*" else 0))]
+    parts = []
+    if op == "*":
+        carry = 0
+        for d in da:
+            value = d * b + carry
+            parts.append(f"{d}*{b}" + (f"+{carry}" if carry else "") + f"={value}")
+            carry = value // 10
+    else:
+        db = [int(d) for d in reversed(str(b).zfill(width))]
+        carry = 0
+        for x, y in zip(da, db, strict=True):
+            if op == "+":
+                value = x + y + carry
+                parts.append(f"{x}+{y}" + (f"+{carry}" if carry else "") + f"={value}")
+                carry = value // 10
+            else:
+                x -= carry
+                carry = int(x < y)
+                parts.append(f"{x + 10 * carry}-{y}={x + 10 * carry - y}")
+    return f"{a}{op}{b}: {', '.join(parts)}, {a}{op}{b}={result}."
+
+
 def make_problem(rng: random.Random, level: int, problem_id: str) -> MathProblem:
     """One problem of `level` operations, its worked solution and its answer."""
     name, obj = rng.choice(NAMES), rng.choice(OBJECTS)
@@ -40,7 +69,7 @@ def make_problem(rng: random.Random, level: int, problem_id: str) -> MathProblem
         op, n = _step(rng, value)
         new = {"+": value + n, "-": value - n, "*": value * n}[op]
         sentences.append(rng.choice(STEP_TEXT[op]).format(name=name, obj=obj, n=n))
-        steps.append(f"{value}{op}{n}={new}.")
+        steps.append(column_steps(value, op, n))
         value = new
     sentences.append(f"How many {obj} does {name} have now?")
     return MathProblem(

@@ -41,7 +41,7 @@ from feedlearn.methods.rise_data import (
 from feedlearn.models.loading import ModelSettings, load_policy
 from feedlearn.models.tiny import TinyModelConfig, build_tiny_model
 from feedlearn.training.data import tokenize_sft
-from feedlearn.training.trainer import TrainSettings, train
+from feedlearn.training.trainer import TrainSettings, is_trained, train
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +123,9 @@ class EvaluateSettings(Settings):
     context_window: int | None = Field(
         default=None, gt=1, description="At turn k >= w keep the question and only the last w-1 attempts."
     )
-    parallel_samples: int = Field(default=5, gt=0, description="Independent first-turn samples n.")
+    parallel_samples: int = Field(
+        default=5, gt=0, description="Independent first-turn samples n (mn@t1, pn@t1 when n > 1)."
+    )
     temperature: float = Field(
         default=1.0, ge=0, description="Sampling temperature, sequential and parallel."
     )
@@ -208,8 +210,12 @@ class Rise:
 
     def sft(self) -> Path:
         """Warm start: train the base model on worked solutions (plain SFT, weight 1)."""
-        sft = self.config.sft
-        model, tokenizer = load_policy(self._settings(self.base_model_path()), trainable=True)
+        sft, folder = self.config.sft, self.store.stage("sft")
+        if is_trained(folder):
+            return folder / "model"
+        model, tokenizer = load_policy(
+            self._settings(self.base_model_path()), trainable=True, seed=self.config.seed
+        )
         examples = [
             SFTExample(
                 id=p.id,
@@ -221,7 +227,7 @@ class Rise:
             for p in sft.problems.load("sft")
         ]
         rows = tokenize_sft(examples, tokenizer, sft.train.max_length)
-        return train(model, tokenizer, rows, _rwr_loss, sft.train, self.store.stage("sft"), self.store, "sft")
+        return train(model, tokenizer, rows, _rwr_loss, sft.train, folder, self.store, "sft", self.progress)
 
     def collect(self, iteration: int = 1) -> Path:
         """Roll out the policy (and teachers) on the training problems; resumable by problem id."""
@@ -295,12 +301,17 @@ class Rise:
 
     def train(self, iteration: int = 1) -> Path:
         """Reward-weighted regression of the previous policy on this iteration's examples."""
-        examples = read_jsonl(self.store.stage(f"iter{iteration}/convert") / "examples.jsonl", SFTExample)
-        model, tokenizer = load_policy(self._settings(self.policy_path(iteration - 1)), trainable=True)
-        rows = tokenize_sft(examples, tokenizer, self.config.train.max_length)
         folder = self.store.stage(f"iter{iteration}/train")
+        if is_trained(folder):
+            return folder / "model"
+        examples = read_jsonl(self.store.stage(f"iter{iteration}/convert") / "examples.jsonl", SFTExample)
+        model, tokenizer = load_policy(
+            self._settings(self.policy_path(iteration - 1)), trainable=True, seed=self.config.seed
+        )
+        rows = tokenize_sft(examples, tokenizer, self.config.train.max_length)
+        stage = f"iter{iteration}/train"
         return train(
-            model, tokenizer, rows, _rwr_loss, self.config.train, folder, self.store, f"iter{iteration}/train"
+            model, tokenizer, rows, _rwr_loss, self.config.train, folder, self.store, stage, self.progress
         )
 
     def run(self) -> None:
@@ -376,13 +387,14 @@ def rise_metrics(
 
     metrics = {f"acc@t{k + 1}": pct(e.turns[k].reward == 1.0 for e in episodes) for k in range(n_turns)}
     metrics["m1@t1"] = metrics["acc@t1"]
-    metrics[f"m{n_par}@t1"] = pct(
-        majority_correct([a for _, a in par], p.answer) for p, par in zip(problems, parallel, strict=True)
-    )
     metrics[f"m1@t{n_turns}"] = pct(
         majority_correct([t.answer for t in e.turns], p.answer)
         for p, e in zip(problems, episodes, strict=True)
     )
     metrics[f"p1@t{n_turns}"] = pct(any(t.reward == 1.0 for t in e.turns) for e in episodes)
-    metrics[f"p{n_par}@t1"] = pct(any(r == 1.0 for r, _ in par) for par in parallel)
+    if n_par > 1:  # one parallel sample is just another first turn: m1@t1 already says it
+        metrics[f"m{n_par}@t1"] = pct(
+            majority_correct([a for _, a in par], p.answer) for p, par in zip(problems, parallel, strict=True)
+        )
+        metrics[f"p{n_par}@t1"] = pct(any(r == 1.0 for r, _ in par) for par in parallel)
     return metrics

@@ -32,7 +32,9 @@ def prompt_ids(tokenizer, messages: Sequence) -> list[int]:
 def completion_ids(tokenizer, messages: Sequence) -> tuple[list[int], int]:
     """Token ids of a conversation ending in an assistant turn, and where that final turn's tokens start.
 
-    The final turn is what gets trained on. Its start is found by rendering the context with the generation
+    The final turn is what gets trained on; it ends at its end-of-turn (EOS) token, and whatever the
+    template writes after that token (a newline, say) is cut, since the model never generates it.
+    Its start is found by rendering the context with the generation
     prompt, which must be a prefix of the whole rendering; templates that rewrite earlier turns when a new
     one is added cannot train on completions only, and are refused with a clear error.
     """
@@ -46,4 +48,8 @@ def completion_ids(tokenizer, messages: Sequence) -> tuple[list[int], int]:
             "the chat template renders the context differently once the answer is appended; "
             "use a template whose rendering of earlier turns does not depend on later ones"
         )
+    eos = tokenizer.eos_token_id
+    ends = [i for i in range(len(context), len(full)) if full[i] == eos]
+    if ends:
+        full = full[: ends[-1] + 1]
     return full, len(context)

@@ -65,10 +65,11 @@ def load_tokenizer(path: str, chat_template: str | None = None):
     return tokenizer
 
 
-def load_policy(settings: ModelSettings, trainable: bool = False):
+def load_policy(settings: ModelSettings, trainable: bool = False, seed: int = 0):
     """Load (model, tokenizer). A folder holding a LoRA adapter loads its base model plus the adapter.
 
-    With `trainable` and `settings.lora`, a fresh LoRA adapter is added and only it is trained.
+    With `trainable` and `settings.lora`, a fresh LoRA adapter, initialised from `seed`, is added and only
+    it is trained.
     """
     from peft import LoraConfig, PeftModel, get_peft_model
 
@@ -89,16 +90,18 @@ def load_policy(settings: ModelSettings, trainable: bool = False):
         ) from None
     if trainable and settings.lora is not None and not isinstance(model, PeftModel):
         lora = settings.lora
-        model = get_peft_model(
-            model,
-            LoraConfig(
-                r=lora.r,
-                lora_alpha=lora.alpha,
-                lora_dropout=lora.dropout,
-                target_modules=lora.target_modules,
-                task_type="CAUSAL_LM",
-            ),
-        )
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            model = get_peft_model(
+                model,
+                LoraConfig(
+                    r=lora.r,
+                    lora_alpha=lora.alpha,
+                    lora_dropout=lora.dropout,
+                    target_modules=lora.target_modules,
+                    task_type="CAUSAL_LM",
+                ),
+            )
     if model.generation_config.pad_token_id is None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer

@@ -25,6 +25,7 @@ from transformers import get_scheduler
 
 from feedlearn.data.jsonl import write_json_atomic
 from feedlearn.data.store import RunStore
+from feedlearn.errors import FeedlearnError
 from feedlearn.training.data import collate
 
 
@@ -51,6 +52,11 @@ class TrainSettings(BaseModel):
 LossFn = Callable[[torch.nn.Module, dict[str, torch.Tensor]], torch.Tensor]
 
 
+def is_trained(out_dir: Path) -> bool:
+    """Whether `train` already finished in `out_dir` (its model is saved)."""
+    return (out_dir / "model" / "done.json").exists()
+
+
 def _latest_checkpoint(folder: Path) -> Path | None:
     ckpts = sorted(
         (p for p in folder.glob("step-*") if (p / "trainer_state.json").exists()),
@@ -68,19 +74,26 @@ def train(
     out_dir: Path,
     store: RunStore | None = None,
     stage: str = "train",
+    progress: bool = True,
 ) -> Path:
     """Train `model` on tokenized `rows` with `loss_fn`; save it to `out_dir/model` and return that path.
 
-    Checkpoints go to `out_dir/checkpoints`; if one exists, training resumes from it. A finished run (its
-    model saved) is not trained again.
+    Each epoch uses `len(rows) // (batch_size x grad_accum x processes)` full steps (the remainder waits
+    for the next epoch's shuffle). Checkpoints go to `out_dir/checkpoints`; if one exists, training resumes
+    from it. A finished run (its model saved) is not trained again.
     """
     final = out_dir / "model"
-    if (final / "done.json").exists():
+    if is_trained(out_dir):
         return final
     accelerator = Accelerator()
     world, rank = accelerator.num_processes, accelerator.process_index
     per_step = settings.batch_size * settings.grad_accum * world
-    steps_per_epoch = max(1, len(rows) // per_step)
+    steps_per_epoch = len(rows) // per_step
+    if steps_per_epoch == 0:
+        raise FeedlearnError(
+            f"{stage}: {len(rows)} training examples, fewer than one optimizer step takes "
+            f"(batch_size x grad_accum x processes = {per_step}); add data or lower grad_accum"
+        )
     total_steps = steps_per_epoch * settings.epochs
 
     params = [p for p in model.parameters() if p.requires_grad]
@@ -103,7 +116,9 @@ def train(
         torch.manual_seed(settings.seed)
 
     model.train()
-    bar = tqdm(total=total_steps, initial=step, desc=stage, disable=not accelerator.is_main_process)
+    bar = tqdm(
+        total=total_steps, initial=step, desc=stage, disable=not (progress and accelerator.is_main_process)
+    )
     started, samples = time.perf_counter(), 0
     while step < total_steps:
         epoch, in_epoch = divmod(step, steps_per_epoch)

@@ -1,0 +1,153 @@
+"""LocalBackend on a tiny random model: order, seeding, batching, and clean decoded replies."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from feedlearn.backends.base import SamplingParams
+from feedlearn.backends.local import LocalBackend
+from feedlearn.errors import FeedlearnError
+from feedlearn.models.chat import CHAT_SPECIAL_TOKENS, prompt_ids
+from feedlearn.models.loading import ModelSettings, load_policy
+from feedlearn.models.tiny import TinyModelConfig, build_tiny_model
+
+CORPUS = [f"What is {a} plus {b}? The answer is {a + b}." for a in range(12) for b in range(10)] + [
+    "Try again, please. You are a careful solver. Hi"
+]
+
+# Deliberately not sorted by length: the backend sorts them, and must put the replies back in this order.
+CONVERSATIONS = [
+    [{"role": "user", "content": "What is 3 plus 4? Please answer carefully and show all the steps."}],
+    [{"role": "user", "content": "Hi"}],
+    [
+        {"role": "system", "content": "You are a careful solver."},
+        {"role": "user", "content": "What is 11 plus 9?"},
+        {"role": "assistant", "content": "The answer is 19."},
+        {"role": "user", "content": "Try again, please."},
+    ],
+    [{"role": "user", "content": "What is 5 plus 5?"}],
+]
+GREEDY = SamplingParams(temperature=0, max_new_tokens=10)
+SAMPLE = SamplingParams(temperature=1.0, max_new_tokens=16)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def policy(tmp_path_factory):
+    config = TinyModelConfig(hidden_size=32, intermediate_size=64, num_layers=2, num_heads=2, vocab_size=300)
+    folder = build_tiny_model(config, CORPUS, cache=tmp_path_factory.mktemp("tiny-backend"))
+    model, tok = load_policy(ModelSettings(path=str(folder)))
+    # The default init (std 0.02) makes every greedy reply the same; larger weights make replies depend on
+    # the prompt, so a reply put back in the wrong place is noticed.
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.ndim == 2:
+                p.normal_(0, 0.3)
+    return model, tok
+
+
+def backend(policy, **kw) -> LocalBackend:
+    model, tok = policy
+    return LocalBackend(model, tok, progress=False, **kw)
+
+
+def alone(policy, sampling=GREEDY) -> list[str]:
+    return [backend(policy, batch_size=1).generate([c], 1, sampling)[0][0] for c in CONVERSATIONS]
+
+
+def test_conversations_are_not_in_length_order(policy):
+    _, tok = policy
+    lengths = [len(prompt_ids(tok, c)) for c in CONVERSATIONS]
+    assert lengths != sorted(lengths) and len(set(lengths)) == 4
+
+
+def test_replies_come_back_in_input_order(policy):
+    expected = alone(policy)
+    assert len(set(expected)) == 4  # each prompt has its own greedy reply
+    replies = backend(policy, batch_size=2).generate(CONVERSATIONS, 1, GREEDY)
+    assert replies == [[r] for r in expected]
+
+
+def test_batch_size_smaller_than_number_of_conversations(policy):
+    expected = [[r] for r in alone(policy)]
+    for bs in (1, 3, 64):
+        assert backend(policy, batch_size=bs).generate(CONVERSATIONS, 1, GREEDY) == expected, bs
+
+
+def test_n_samples_per_conversation_map_to_their_conversation(policy):
+    # with temperature -> 0 sampling is greedy in all but name: every sample is the greedy reply
+    near_greedy = SamplingParams(temperature=1e-4, max_new_tokens=10)
+    expected = alone(policy)
+    # batch_size 4 with n=3 gives one conversation per generate call; 64 puts all of them in one
+    for bs in (4, 64, 6):
+        replies = backend(policy, batch_size=bs).generate(CONVERSATIONS, 3, near_greedy)
+        assert replies == [[r] * 3 for r in expected], bs
+
+
+def test_greedy_with_n_above_one(policy):
+    expected = alone(policy)
+    try:
+        replies = backend(policy, batch_size=8).generate(CONVERSATIONS, 3, GREEDY)
+    except FeedlearnError:
+        return  # a clear refusal would do too
+    assert replies == [[r] * 3 for r in expected]
+
+
+def test_same_seed_same_samples(policy):
+    a = backend(policy, seed=5).generate(CONVERSATIONS, 3, SAMPLE)
+    b = backend(policy, seed=5).generate(CONVERSATIONS, 3, SAMPLE)
+    assert a == b
+    assert [len(r) for r in a] == [3, 3, 3, 3]
+    assert all(len(set(r)) > 1 for r in a)  # the n samples are drawn independently
+    assert backend(policy, seed=6).generate(CONVERSATIONS, 3, SAMPLE) != a
+
+
+def test_each_call_is_seeded_in_sequence(policy):
+    first = backend(policy, seed=5)
+    calls = [first.generate(CONVERSATIONS, 2, SAMPLE) for _ in range(2)]
+    assert calls[0] != calls[1]  # a second call draws new samples
+    again = backend(policy, seed=5)
+    assert [again.generate(CONVERSATIONS, 2, SAMPLE) for _ in range(2)] == calls
+
+
+def test_replies_contain_no_special_tokens(policy, monkeypatch):
+    model, tok = policy
+    raw = []
+    original = model.generate
+
+    def recording_generate(**kwargs):
+        out = original(**kwargs)
+        raw.append(out[:, kwargs["input_ids"].shape[1] :])
+        return out
+
+    monkeypatch.setattr(model, "generate", recording_generate, raising=False)
+    replies = backend(policy, seed=1, batch_size=4).generate(CONVERSATIONS * 2, 4, SAMPLE)
+    special_ids = set(tok.convert_tokens_to_ids(CHAT_SPECIAL_TOKENS))
+    generated = {i for out in raw for i in out.flatten().tolist()}
+    assert generated & (special_ids - {tok.eos_token_id, tok.pad_token_id})  # the model did emit some
+    texts = [t for r in replies for t in r]
+    assert len(texts) == 32
+    for t in texts:
+        assert not any(s in t for s in CHAT_SPECIAL_TOKENS), t
+
+
+def test_restores_training_mode_and_handles_no_conversations(policy):
+    model, _ = policy
+    model.train()
+    try:
+        assert backend(policy).generate(CONVERSATIONS[:1], 1, GREEDY)[0][0]
+        assert model.training
+        assert backend(policy).generate([], 2, GREEDY) == []
+    finally:
+        model.eval()
+    backend(policy).generate(CONVERSATIONS[:1], 1, GREEDY)
+    assert not model.training

@@ -1,0 +1,134 @@
+"""Losses against values computed by hand with plain math on tiny logits (vocab 3, sequence 3)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from feedlearn.losses import IGNORE, sequence_logprobs, token_logprobs, token_mean_nll, weighted_sft_loss
+
+
+def lse(xs):
+    return math.log(sum(math.exp(x) for x in xs))
+
+
+def softmax(xs):
+    z = sum(math.exp(x) for x in xs)
+    return [math.exp(x) / z for x in xs]
+
+
+# Position t's logits predict token t+1. The last position's logits are never used.
+LOGITS = [
+    [[0.0, 1.0, 2.0], [1.0, 0.0, 0.0], [3.0, -3.0, 9.0]],
+    [[0.0, 0.0, 0.0], [2.0, 0.0, -1.0], [5.0, 5.0, 5.0]],
+    [[1.0, 2.0, 3.0], [4.0, 5.0, 6.0], [7.0, 8.0, 9.0]],
+]
+LABELS = [
+    [IGNORE, 2, 0],  # prompt token, then two trained tokens
+    [IGNORE, 1, IGNORE],  # one trained token, then padding
+    [IGNORE, IGNORE, IGNORE],  # nothing trained
+]
+LP_A = 2.0 - lse([0.0, 1.0, 2.0])  # row 0, position 0 -> token 2
+LP_B = 1.0 - lse([1.0, 0.0, 0.0])  # row 0, position 1 -> token 0
+LP_C = 0.0 - lse([0.0, 0.0, 0.0])  # row 1, position 0 -> token 1 (= -log 3)
+
+
+def tensors(rows=3):
+    return torch.tensor(LOGITS[:rows]), torch.tensor(LABELS[:rows])
+
+
+def test_token_logprobs_shift_and_mask():
+    logits, labels = tensors()
+    logps, mask = token_logprobs(logits, labels)
+    assert logps.shape == (3, 2) and mask.shape == (3, 2)
+    assert mask.tolist() == [[True, True], [True, False], [False, False]]
+    expected = [LP_A, LP_B, LP_C, 0.0, 0.0, 0.0]
+    assert logps.flatten().tolist() == pytest.approx(expected, abs=1e-6)
+    assert math.isclose(LP_C, -math.log(3))
+
+
+def test_first_label_is_never_predicted():
+    logits, labels = tensors()
+    changed = labels.clone()
+    changed[:, 0] = 1  # no position predicts token 0, so its label cannot matter
+    a, _ = token_logprobs(logits, labels)
+    b, _ = token_logprobs(logits, changed)
+    assert torch.equal(a, b)
+
+
+def test_last_position_logits_are_unused():
+    logits, labels = tensors()
+    other = logits.clone()
+    other[:, -1] = torch.tensor([100.0, -100.0, 0.0])
+    assert torch.equal(sequence_logprobs(logits, labels), sequence_logprobs(other, labels))
+
+
+def test_sequence_logprobs():
+    logits, labels = tensors()
+    assert sequence_logprobs(logits, labels).tolist() == pytest.approx([LP_A + LP_B, LP_C, 0.0], abs=1e-6)
+
+
+def test_token_mean_nll_ignores_padding():
+    logits, labels = tensors()
+    nll = token_mean_nll(logits, labels)
+    # row 0: mean over 2 tokens; row 1: 1 token (padding ignored); row 2: no tokens -> 0, not NaN
+    assert nll.tolist() == pytest.approx([-(LP_A + LP_B) / 2, math.log(3), 0.0], abs=1e-6)
+
+
+def test_token_mean_nll_is_independent_of_padding_length():
+    logits, labels = tensors(2)
+    padded_logits = torch.cat([logits, torch.randn(2, 4, 3)], dim=1)
+    padded_labels = torch.cat([labels, torch.full((2, 4), IGNORE)], dim=1)
+    assert torch.allclose(token_mean_nll(logits, labels), token_mean_nll(padded_logits, padded_labels))
+
+
+def test_weighted_sft_loss_rise_weights():
+    weights = [math.exp(r / 0.4) for r in (1.0, 0.0, -1.0)]
+    assert weights == pytest.approx([12.18, 1.0, 0.082], abs=5e-3)
+    logits, labels = tensors()
+    labels[2] = torch.tensor([IGNORE, 0, 2])  # give row 2 two trained tokens
+    lp_d = 1.0 - lse([1.0, 2.0, 3.0]) + 6.0 - lse([4.0, 5.0, 6.0])
+    nlls = [-(LP_A + LP_B) / 2, math.log(3), -lp_d / 2]
+    expected = sum(w * n for w, n in zip(weights, nlls, strict=True)) / 3
+    loss = weighted_sft_loss(logits, labels, torch.tensor(weights))
+    assert loss.ndim == 0
+    assert loss.item() == pytest.approx(expected, rel=1e-6)
+    # unit weights give the plain mean of token-mean NLLs (not a mean over all tokens)
+    plain = weighted_sft_loss(logits, labels, torch.ones(3)).item()
+    assert plain == pytest.approx(sum(nlls) / 3, rel=1e-6)
+    assert plain != pytest.approx((-(LP_A + LP_B) + math.log(3) - lp_d) / 5, rel=1e-3)
+
+
+def test_gradient_flows_only_through_trained_positions():
+    logits, labels = tensors(2)
+    logits.requires_grad_(True)
+    w = [2.0, 0.5]
+    weighted_sft_loss(logits, labels, torch.tensor(w)).backward()
+    g = logits.grad
+    # loss = (w0 * -(lp_a + lp_b) / 2 + w1 * -lp_c) / 2, and d(-log softmax_y)/dz = softmax(z) - onehot(y)
+    exp_a = [p - (i == 2) for i, p in enumerate(softmax(LOGITS[0][0]))]
+    exp_b = [p - (i == 0) for i, p in enumerate(softmax(LOGITS[0][1]))]
+    exp_c = [p - (i == 1) for i, p in enumerate(softmax(LOGITS[1][0]))]
+    assert g[0, 0].tolist() == pytest.approx([w[0] / 4 * x for x in exp_a], abs=1e-6)
+    assert g[0, 1].tolist() == pytest.approx([w[0] / 4 * x for x in exp_b], abs=1e-6)
+    assert g[1, 0].tolist() == pytest.approx([w[1] / 2 * x for x in exp_c], abs=1e-6)
+    # padding position and the unused last position get exactly zero
+    assert torch.count_nonzero(g[1, 1]) == 0
+    assert torch.count_nonzero(g[:, 2]) == 0
+
+
+def test_zero_weight_example_gets_no_gradient():
+    logits, labels = tensors(2)
+    logits.requires_grad_(True)
+    weighted_sft_loss(logits, labels, torch.tensor([0.0, 1.0])).backward()
+    assert torch.count_nonzero(logits.grad[0]) == 0
+    assert torch.count_nonzero(logits.grad[1, 0]) == 3
+
+
+def test_low_precision_logits_are_upcast():
+    logits, labels = tensors()
+    logps, _ = token_logprobs(logits.to(torch.bfloat16), labels)
+    assert logps.dtype == torch.float32
+    assert logps[0, 0].item() == pytest.approx(LP_A, abs=1e-6)  # these logits are exact in bfloat16

@@ -1,0 +1,467 @@
+"""RISE stages: rollouts with a scripted backend, a killed collect that resumes, a tiny real run, the CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+import feedlearn.methods.rise as rise_module
+from feedlearn.backends.base import SamplingParams
+from feedlearn.cli import main
+from feedlearn.data.jsonl import read_jsonl
+from feedlearn.data.records import Episode, SFTExample
+from feedlearn.data.store import RunStore, open_run
+from feedlearn.envs.math_data import MathProblem
+from feedlearn.errors import FeedlearnError
+from feedlearn.methods.rise import Rise, RiseConfig
+
+TINY = {"hidden_size": 32, "intermediate_size": 64, "num_layers": 2, "num_heads": 2, "vocab_size": 300}
+RETRY = "Incorrect. Again: {question}"
+
+
+def rise_config(tmp_path: Path, **overrides) -> RiseConfig:
+    """A small RISE config built in code (synthetic problems, a tiny model), with top-level overrides."""
+    data = {
+        "run_dir": str(tmp_path / "runs"),
+        "model": {"path": "tiny"},
+        "tiny": TINY,
+        "prompt": {"retry_message": RETRY},
+        "train_problems": {"synthetic": {"n": 10, "seed": 1, "levels": [1]}},
+        "test_problems": {"synthetic": {"n": 4, "seed": 2, "levels": [1]}},
+        "collect": {"turns": [{"n": 1}, {"n": 3}], "max_new_tokens": 16},
+    }
+    data.update(overrides)
+    return RiseConfig.model_validate(data)
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models run far faster on one thread than on several competing ones (small, busy CI machines)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+# --- _rollout with a scripted backend --------------------------------------------------------------------
+
+
+class ScriptedBackend:
+    """A `Backend` that answers from a script: `script[key]` is the list of n samples for the conversation
+    whose first message contains `key`. Every call is recorded."""
+
+    def __init__(self, script: dict[str, list[str]]):
+        self.script = script
+        self.calls: list[tuple[list, int, SamplingParams]] = []
+
+    def generate(self, conversations, n, sampling):
+        self.calls.append(([list(c) for c in conversations], n, sampling))
+        replies = []
+        for conv in conversations:
+            (key,) = [k for k in self.script if k in conv[0]["content"]]
+            samples = self.script[key]
+            assert len(samples) == n, f"{key}: scripted {len(samples)} samples, asked for {n}"
+            replies.append(list(samples))
+        return replies
+
+    def keys_asked(self, call: int = 0) -> list[str]:
+        convs = self.calls[call][0]
+        return [k for c in convs for k in self.script if k in c[0]["content"]]
+
+
+def problem(key: str, answer: str) -> MathProblem:
+    return MathProblem(id=key, question=f"What is {key}?", answer=answer, source="test")
+
+
+DEGENERATE = "x " * 151 + r"\boxed{9}"  # would be correct, but repeats a word 151 times
+
+PROBLEMS = [problem("qa", "5"), problem("qb", "7"), problem("qc", "9"), problem("qd", "3")]
+TURN1 = {"qa": [r"\boxed{5}"], "qb": [r"\boxed{0}"], "qc": [""], "qd": [r"\boxed{1}"]}
+TURN2 = {
+    "qa": [r"\boxed{5}"] * 3,  # never asked: qa is solved at turn 1
+    "qb": ["no answer", r"first \boxed{7}", r"second \boxed{7}"],  # first best wins
+    "qc": [DEGENERATE, r"\boxed{0}", ""],  # degenerate dropped; best of the rest is wrong
+    "qd": [DEGENERATE, DEGENERATE, DEGENERATE],  # nothing left: an empty action
+}
+
+
+def rollout(tmp_path, problems=PROBLEMS, scripts=(TURN1, TURN2), **config):
+    cfg = rise_config(
+        tmp_path, collect={"turns": [{"n": len(next(iter(s.values())))} for s in scripts]}, **config
+    )
+    rise = Rise(cfg, RunStore(tmp_path / "runs", "r"), progress=False)
+    backends = [ScriptedBackend(s) for s in scripts]
+    sampling = SamplingParams(temperature=0.7, max_new_tokens=16)
+    return rise, rise._rollout(problems, backends, sampling), backends, sampling
+
+
+def test_rollout_episodes(tmp_path):
+    rise, episodes, (b1, b2), sampling = rollout(tmp_path)
+    prompt = rise.config.prompt
+    by_id = {e.id: e for e in episodes}
+    assert [e.id for e in episodes] == ["qa", "qb", "qc", "qd"]
+    assert all(e.task_id == e.id for e in episodes)
+    for p in PROBLEMS:
+        assert [(m.role, m.content) for m in by_id[p.id].prompt] == [
+            ("user", prompt.first_message(p.question))
+        ]
+
+    # turn count, and stop at success
+    assert [len(by_id[k].turns) for k in ["qa", "qb", "qc", "qd"]] == [1, 2, 2, 2]
+
+    qa = by_id["qa"].turns[0]
+    assert (qa.action, qa.reward, qa.answer, qa.feedback, qa.sample_rewards) == (
+        r"\boxed{5}",
+        1.0,
+        "5",
+        None,
+        [1.0],
+    )
+
+    # wrong at turn 1: the retry message (with the question) is the feedback
+    qb1, qb2 = by_id["qb"].turns
+    assert (qb1.action, qb1.reward, qb1.answer) == (r"\boxed{0}", 0.0, "0")
+    assert qb1.feedback == RETRY.format(question="What is qb?")
+    # best of 3: the first highest-reward sample; the last turn has no feedback
+    assert (qb2.action, qb2.reward, qb2.answer, qb2.feedback) == (r"first \boxed{7}", 1.0, "7", None)
+    assert qb2.sample_rewards == [-1.0, 1.0, 1.0]
+
+    # an empty action scores -1; the degenerate (but correct) sample is dropped before scoring
+    qc1, qc2 = by_id["qc"].turns
+    assert (qc1.action, qc1.reward, qc1.answer) == ("", -1.0, None)
+    assert qc1.feedback == RETRY.format(question="What is qc?")
+    assert (qc2.action, qc2.reward, qc2.answer, qc2.feedback) == (r"\boxed{0}", 0.0, "0", None)
+    assert qc2.sample_rewards == [0.0, -1.0]
+
+    # every sample degenerate: the turn's action is empty, reward -1, the episode ends (last turn)
+    qd2 = by_id["qd"].turns[1]
+    assert (qd2.action, qd2.reward, qd2.answer, qd2.feedback, qd2.sample_rewards) == (
+        "",
+        -1.0,
+        None,
+        None,
+        [-1.0],
+    )
+
+
+def test_rollout_calls_each_turns_backend_with_the_dialogue_so_far(tmp_path):
+    rise, _, (b1, b2), sampling = rollout(tmp_path)
+    assert len(b1.calls) == 1 and len(b2.calls) == 1
+    assert b1.keys_asked() == ["qa", "qb", "qc", "qd"]
+    assert b2.keys_asked() == ["qb", "qc", "qd"]  # qa was solved
+    assert [c[1] for c in (b1.calls[0], b2.calls[0])] == [1, 3]
+    assert b1.calls[0][2] == sampling and b2.calls[0][2] == sampling
+    first = rise.config.prompt.first_message("What is qb?")
+    assert b1.calls[0][0][1] == [{"role": "user", "content": first}]
+    assert b2.calls[0][0][0] == [
+        {"role": "user", "content": first},
+        {"role": "assistant", "content": r"\boxed{0}"},
+        {"role": "user", "content": RETRY.format(question="What is qb?")},
+    ]
+
+
+def test_rollout_stops_when_all_solved(tmp_path):
+    solved = {"qa": [r"\boxed{5}"], "qb": [r"\boxed{ 7 }"]}
+    later = {"qa": ["unused"], "qb": ["unused"]}
+    _, episodes, backends, _ = rollout(tmp_path, PROBLEMS[:2], (solved, later, later))
+    assert [len(e.turns) for e in episodes] == [1, 1]
+    assert [e.turns[0].reward for e in episodes] == [1.0, 1.0]
+    assert [len(b.calls) for b in backends] == [1, 0, 0]
+
+
+def test_rollout_three_turns_feedback_on_all_but_the_last(tmp_path):
+    wrong = {"qa": [r"\boxed{4}"]}
+    _, (ep,), _, _ = rollout(tmp_path, PROBLEMS[:1], (wrong, wrong, wrong))
+    assert [t.feedback is not None for t in ep.turns] == [True, True, False]
+    assert [t.reward for t in ep.turns] == [0.0, 0.0, 0.0]
+
+
+# --- collect: killed, then resumed -----------------------------------------------------------------------
+
+
+class Killed(Exception):
+    """Stands for the process being killed mid-collection."""
+
+
+class FakePolicy:
+    """Turn 1: no answer; turn 2 (n=2): the gold for every other problem. Raises on call `die_on_call`."""
+
+    def __init__(self, problems: list[MathProblem], prompt, die_on_call: int | None = None):
+        self.index = {prompt.first_message(p.question): i for i, p in enumerate(problems)}
+        self.problems = problems
+        self.die_on_call = die_on_call
+        self.calls = 0
+        self.asked: list[str] = []
+
+    def generate(self, conversations, n, sampling):
+        self.calls += 1
+        if self.calls == self.die_on_call:
+            raise Killed
+        replies = []
+        for conv in conversations:
+            i = self.index[conv[0]["content"]]
+            self.asked.append(self.problems[i].id)
+            if len(conv) == 1:
+                replies.append(["I do not know."] * n)
+            elif i % 2 == 0:
+                replies.append(["still unsure", f"So \\boxed{{{self.problems[i].answer}}}"])
+            else:
+                replies.append(["no idea", "none"])
+        return replies
+
+
+@pytest.fixture
+def no_model(monkeypatch):
+    """Collect without loading a model: the policy is whatever `use(backend)` sets."""
+    loads = []
+    monkeypatch.setattr(rise_module, "load_policy", lambda *a, **k: loads.append(a) or (None, None))
+    monkeypatch.setattr(Rise, "base_model_path", lambda self: "unused-base-model")
+    current = {}
+    monkeypatch.setattr(Rise, "_backend", lambda self, model, tokenizer: current["backend"])
+
+    def use(backend):
+        current["backend"] = backend
+
+    use.loads = loads
+    return use
+
+
+@pytest.mark.parametrize("torn", [False, True])
+def test_killed_collect_resumes_without_loss_or_duplicates(tmp_path, no_model, torn):
+    cfg = rise_config(tmp_path, collect={"turns": [{"n": 1}, {"n": 2}], "chunk_size": 3})
+    problems = cfg.train_problems.load("train")
+    ids = [p.id for p in problems]
+    assert len(ids) == 10 == len(set(ids))
+    store = open_run(cfg.run_dir, "resume", cfg.model_dump(mode="json"))
+    path = store.path / "iter1" / "collect" / "episodes.jsonl"
+
+    # 2 calls per chunk (nobody is right at turn 1): call 5 is the first of chunk 3, after 2 chunks saved
+    no_model(FakePolicy(problems, cfg.prompt, die_on_call=5))
+    with pytest.raises(Killed):
+        Rise(cfg, store, progress=False).collect(1)
+    before = path.read_text().splitlines(keepends=True)
+    assert [json.loads(line)["id"] for line in before] == ids[:6]
+
+    if torn:  # killed mid-write: half a record of the next problem, no newline
+        whole = json.dumps({"id": ids[6], "task_id": ids[6], "prompt": [], "turns": []})
+        with path.open("a") as f:
+            f.write(whole[: len(whole) // 2])
+
+    resumed = FakePolicy(problems, cfg.prompt)
+    no_model(resumed)
+    out = Rise(cfg, store, progress=False).collect(1)
+    assert out == path
+    assert sorted(set(resumed.asked)) == sorted(ids[6:])  # only the missing problems were rolled out
+
+    after = path.read_text().splitlines(keepends=True)
+    assert all(line.endswith("\n") for line in after)
+    assert after[:6] == before  # the records written before the kill are kept unchanged
+    episodes = read_jsonl(path, Episode)
+    got = [e.id for e in episodes]
+    assert len(got) == len(ids) and sorted(got) == sorted(ids)  # each problem exactly once
+    for e in episodes:
+        i = ids.index(e.id)
+        assert [t.reward for t in e.turns] == ([-1.0, 1.0] if i % 2 == 0 else [-1.0, -1.0])
+    rows = [json.loads(line) for line in (store.path / "metrics.jsonl").read_text().splitlines()]
+    assert [r for r in rows if r["stage"] == "iter1/collect"][-1]["episodes"] == 10
+    assert [r for r in rows if r["stage"] == "iter1/collect"][-1]["solved_rate"] == 0.5
+
+
+def test_finished_collect_does_not_load_the_policy(tmp_path, no_model):
+    cfg = rise_config(tmp_path, collect={"turns": [{"n": 1}, {"n": 2}], "chunk_size": 4})
+    problems = cfg.train_problems.load("train")
+    store = open_run(cfg.run_dir, "done", cfg.model_dump(mode="json"))
+    no_model(FakePolicy(problems, cfg.prompt))
+    path = Rise(cfg, store, progress=False).collect(1)
+    content = path.read_text()
+    assert len(no_model.loads) == 1
+
+    no_model(FakePolicy(problems, cfg.prompt, die_on_call=1))  # any rollout would raise
+    Rise(cfg, store, progress=False).collect(1)
+    assert len(no_model.loads) == 1
+    assert path.read_text() == content
+
+
+# --- a tiny real run, end to end -------------------------------------------------------------------------
+
+METRIC_KEYS = {"acc@t1", "acc@t2", "m1@t1", "m2@t1", "m1@t2", "p1@t2", "p2@t1"}
+
+
+def test_tiny_end_to_end(tmp_path, monkeypatch, one_thread):
+    monkeypatch.setenv("FEEDLEARN_CACHE", str(tmp_path / "cache"))
+    config = RiseConfig.model_validate(
+        {
+            "run_dir": str(tmp_path / "runs"),
+            "model": {"path": "tiny"},
+            "tiny": TINY,
+            "generation_batch_size": 64,
+            "prompt": {"worked_example": False},
+            "train_problems": {"synthetic": {"n": 16, "seed": 1, "levels": [1]}},
+            "test_problems": {"synthetic": {"n": 8, "seed": 2, "levels": [1]}},
+            "sft": {
+                "problems": {"synthetic": {"n": 64, "seed": 3, "levels": [1]}},
+                "train": {
+                    "learning_rate": 3e-3,
+                    "batch_size": 8,
+                    "grad_accum": 1,
+                    "epochs": 1,
+                    "max_length": 512,
+                },
+            },
+            "collect": {"turns": [{"n": 1}, {"n": 2}], "max_new_tokens": 24},
+            # keep empty actions: however the model answers, there is something to train on
+            "convert": {"dedupe": False},
+            "train": {"learning_rate": 1e-3, "batch_size": 4, "grad_accum": 1, "max_length": 512},
+            "evaluate": {"turns": 2, "parallel_samples": 2, "max_new_tokens": 24},
+        }
+    )
+    Rise(config, open_run(tmp_path, "e2e", config.model_dump(mode="json")), progress=False).run()
+    run = tmp_path / "e2e"
+    files = [
+        "sft/model/done.json",
+        "base/evaluate/metrics.json",
+        "iter1/collect/episodes.jsonl",
+        "iter1/convert/examples.jsonl",
+        "iter1/train/model/done.json",
+        "iter1/evaluate/metrics.json",
+    ]
+    for name in files:
+        assert (run / name).is_file(), name
+    assert list((tmp_path / "cache" / "tiny").iterdir())  # the tiny base model was cached there
+
+    episodes = read_jsonl(run / "iter1/collect/episodes.jsonl", Episode)
+    assert len(episodes) == 16 == len({e.id for e in episodes})
+    assert all(1 <= len(e.turns) <= 2 for e in episodes)
+    examples = read_jsonl(run / "iter1/convert/examples.jsonl", SFTExample)
+    assert len(examples) == sum(len(e.turns) for e in episodes)  # criterion 'all', no dedupe
+    assert all(ex.messages[-1].role == "assistant" for ex in examples)
+    for stage in ["base", "iter1"]:
+        metrics = json.loads((run / stage / "evaluate/metrics.json").read_text())
+        assert set(metrics) == METRIC_KEYS, stage
+        assert all(0.0 <= v <= 100.0 for v in metrics.values())
+
+    sft = load_file(run / "sft/model/model.safetensors")
+    trained = load_file(run / "iter1/train/model/model.safetensors")
+    assert sft.keys() == trained.keys()
+    assert any(not torch.equal(sft[k], trained[k]) for k in sft)
+
+    # a second run finds every stage done: nothing is retrained, collected or evaluated again
+    watched = [*files, "iter1/evaluate/episodes.jsonl"]
+    stamps = {name: ((run / name).stat().st_mtime_ns, (run / name).read_bytes()) for name in watched}
+    Rise(config, open_run(tmp_path, "e2e", config.model_dump(mode="json")), progress=False).run()
+    for name in watched:
+        if name == "iter1/convert/examples.jsonl":  # conversion is cheap and rewritten whole; same content
+            assert (run / name).read_bytes() == stamps[name][1]
+        else:
+            assert ((run / name).stat().st_mtime_ns, (run / name).read_bytes()) == stamps[name], name
+
+
+# --- training on too few examples -------------------------------------------------------------------------
+
+
+def write_examples(store: RunStore, n: int) -> None:
+    path = store.stage("iter1/convert") / "examples.jsonl"
+    row = {"messages": [{"role": "user", "content": "1+1?"}, {"role": "assistant", "content": r"\boxed{2}"}]}
+    path.write_text("".join(json.dumps({"id": f"e{i}", **row}) + "\n" for i in range(n)))
+
+
+def test_train_on_fewer_examples_than_one_step_is_a_clear_error(tmp_path, monkeypatch, one_thread):
+    monkeypatch.setenv("FEEDLEARN_CACHE", str(tmp_path / "cache"))
+    cfg = rise_config(tmp_path, train={"batch_size": 1, "grad_accum": 4, "max_length": 512})
+    store = open_run(cfg.run_dir, "few", cfg.model_dump(mode="json"))
+    write_examples(store, 2)
+    with pytest.raises(FeedlearnError, match="2 training examples, fewer than one optimizer step"):
+        Rise(cfg, store, progress=False).train(1)
+
+
+def test_train_with_no_examples_is_a_clear_error(tmp_path, monkeypatch, one_thread):
+    monkeypatch.setenv("FEEDLEARN_CACHE", str(tmp_path / "cache"))
+    cfg = rise_config(tmp_path, train={"batch_size": 2, "grad_accum": 1})
+    store = open_run(cfg.run_dir, "none", cfg.model_dump(mode="json"))
+    write_examples(store, 0)
+    with pytest.raises(FeedlearnError, match="examples"):
+        Rise(cfg, store, progress=False).train(1)
+
+
+# --- the CLI ---------------------------------------------------------------------------------------------
+
+
+def write_recipe(tmp_path: Path) -> Path:
+    recipe = {
+        "method": "rise",
+        "run_dir": str(tmp_path / "runs"),
+        "model": {"path": "tiny"},
+        "tiny": TINY,
+        "train_problems": {"synthetic": {"n": 4, "seed": 1}},
+        "test_problems": {"synthetic": {"n": 4, "seed": 2}},
+        "convert": {"criterion": "better", "temperature": 0.4},
+    }
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+def episode_row(id: str, *turns: tuple[str, float]) -> dict:
+    return {
+        "id": id,
+        "task_id": id,
+        "prompt": [{"role": "user", "content": f"question {id}"}],
+        "turns": [
+            {"action": a, "reward": r, "feedback": "again" if i < len(turns) - 1 else None}
+            for i, (a, r) in enumerate(turns)
+        ],
+    }
+
+
+def test_cli_convert(tmp_path, capsys):
+    recipe = write_recipe(tmp_path)
+    collect = tmp_path / "runs" / "hand" / "iter1" / "collect"
+    collect.mkdir(parents=True)
+    rows = [
+        episode_row("a", ("no box", -1.0), (r"\boxed{3}", 0.0), (r"\boxed{4}", 1.0)),
+        episode_row("b", (r"\boxed{1}", 0.0), (r"\boxed{2}", 0.0)),
+    ]
+    (collect / "episodes.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    assert main(["rise", "convert", str(recipe), "--run-id", "hand"]) == 0
+    out = tmp_path / "runs" / "hand" / "iter1" / "convert" / "examples.jsonl"
+    assert str(out) in capsys.readouterr().out
+    examples = read_jsonl(out, SFTExample)
+    assert [e.id for e in examples] == ["a-t1", "a-t2", "a-t3", "b-t1"]  # criterion 'better'
+    assert [round(e.weight, 2) for e in examples] == [0.08, 1.0, 12.18, 1.0]
+    assert [m.content for m in examples[2].messages] == [
+        "question a",
+        "no box",
+        "again",
+        r"\boxed{3}",
+        "again",
+        r"\boxed{4}",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("bad_line", "detail"),
+    [
+        ('{"id": "b", "task_id": "b", "prompt": [], "turns": [{"action": "x"}]}', "turns.0.reward"),
+        ('{"id": "b", "task_id": ', "invalid JSON"),
+    ],
+)
+def test_cli_convert_malformed_episodes(tmp_path, capsys, bad_line, detail):
+    recipe = write_recipe(tmp_path)
+    collect = tmp_path / "runs" / "bad" / "iter1" / "collect"
+    collect.mkdir(parents=True)
+    good = json.dumps(episode_row("a", (r"\boxed{1}", 0.0)))
+    (collect / "episodes.jsonl").write_text(good + "\n" + bad_line + "\n")
+
+    assert main(["rise", "convert", str(recipe), "--run-id", "bad"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ")
+    assert f"{collect / 'episodes.jsonl'}:2:" in err
+    assert detail in err
+    assert "Traceback" not in err
+    assert not (tmp_path / "runs" / "bad" / "iter1" / "convert" / "examples.jsonl").exists()

@@ -1,0 +1,427 @@
+"""Completion-only tokenization, collation, and the trainer (resume, accumulation, LoRA) on a tiny model."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from feedlearn.data.records import Message, SFTExample
+from feedlearn.data.store import RunStore
+from feedlearn.errors import FeedlearnError
+from feedlearn.losses import IGNORE, weighted_sft_loss
+from feedlearn.models.chat import completion_ids, prompt_ids
+from feedlearn.models.loading import LoraSettings, ModelSettings, load_policy
+from feedlearn.models.tiny import TinyModelConfig, build_tiny_model
+from feedlearn.training.data import collate, tokenize_sft
+from feedlearn.training.trainer import TrainSettings, train
+
+CORPUS = [f"What is {a} plus {b}? The answer is {a + b}." for a in range(12) for b in range(10)] + [
+    "Try again, please. You are a careful solver."
+]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # Tiny matmuls gain nothing from threads, and on a busy 2-core machine oversubscription is 10-100x slower.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def tiny_folder(tmp_path_factory) -> Path:
+    config = TinyModelConfig(hidden_size=32, intermediate_size=64, num_layers=2, num_heads=2, vocab_size=300)
+    return build_tiny_model(config, CORPUS, cache=tmp_path_factory.mktemp("tiny-cache"))
+
+
+def load(folder, lora: LoraSettings | None = None):
+    return load_policy(ModelSettings(path=str(folder), lora=lora), trainable=True)
+
+
+@pytest.fixture
+def tokenizer(tiny_folder):
+    return load(tiny_folder)[1]
+
+
+def examples(n: int = 8, weights=None) -> list[SFTExample]:
+    """Same-length examples: digits are one token each and i + 2 < 10."""
+    assert n <= 8
+    return [
+        SFTExample(
+            id=str(i),
+            messages=[
+                Message(role="user", content=f"What is {i} plus 2?"),
+                Message(role="assistant", content=f"The answer is {i + 2}."),
+            ],
+            weight=1.0 if weights is None else weights[i],
+        )
+        for i in range(n)
+    ]
+
+
+def sft_loss(model, batch):
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    return weighted_sft_loss(logits, batch["labels"], batch["weight"])
+
+
+def saved_weights(model_dir: Path) -> dict[str, torch.Tensor]:
+    files = sorted(model_dir.glob("*.safetensors"))
+    assert files, f"no weights in {model_dir}"
+    out = {}
+    for f in files:
+        out.update(load_file(f))
+    return out
+
+
+def snapshot(model) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def metrics(store: RunStore, stage: str = "train") -> list[dict]:
+    rows = [json.loads(line) for line in (store.path / "metrics.jsonl").read_text().splitlines()]
+    return [r for r in rows if r["stage"] == stage]
+
+
+# ---- tokenization ---------------------------------------------------------------------------------------
+
+MULTI = [
+    Message(role="system", content="You are a careful solver."),
+    Message(role="user", content="What is 3 plus 4?"),
+    Message(role="assistant", content="The answer is 8."),
+    Message(role="user", content="Try again, please."),
+    Message(role="assistant", content="The answer is 7."),
+]
+
+
+def test_completion_ids_context_is_the_generation_prompt(tokenizer):
+    ids, start = completion_ids(tokenizer, MULTI)
+    context = prompt_ids(tokenizer, MULTI[:-1])
+    assert start == len(context) and ids[:start] == context
+    assert tokenizer.decode(context).endswith("<|user|>\nTry again, please.<|end|>\n<|assistant|>\n")
+    assert tokenizer.decode(ids[start:]).startswith("The answer is 7.<|end|>")
+    # dict messages and records give the same ids
+    assert completion_ids(tokenizer, [m.model_dump() for m in MULTI]) == (ids, start)
+
+
+def test_completion_ids_needs_a_final_assistant_turn(tokenizer):
+    with pytest.raises(FeedlearnError, match="must end with an assistant message"):
+        completion_ids(tokenizer, MULTI[:-1])
+    with pytest.raises(FeedlearnError):
+        completion_ids(tokenizer, [])
+
+
+def test_tokenize_sft_labels_only_the_final_assistant_turn(tokenizer):
+    ex = SFTExample(id="m", messages=MULTI, weight=12.18)
+    [row] = tokenize_sft([ex], tokenizer, max_length=1000)
+    ids, labels = row["input_ids"], row["labels"]
+    _, start = completion_ids(tokenizer, MULTI)
+    assert len(labels) == len(ids)
+    assert labels[:start] == [IGNORE] * start  # system, user, the earlier attempt, the feedback
+    assert labels[start:] == ids[start:] and IGNORE not in labels[start:]
+    assert row["weight"] == 12.18
+    trained = tokenizer.decode(ids[start:])
+    assert trained.startswith("The answer is 7.<|end|>")
+    assert tokenizer.eos_token_id in ids[start:]
+    assert "The answer is 8." in tokenizer.decode(ids[:start])  # the first attempt is context only
+
+
+def test_trained_part_ends_with_the_end_token(tokenizer):
+    [row] = tokenize_sft([SFTExample(id="m", messages=MULTI)], tokenizer, max_length=1000)
+    trained = [t for t in row["labels"] if t != IGNORE]
+    assert trained[-1] == tokenizer.eos_token_id
+    assert tokenizer.decode(trained) == "The answer is 7.<|end|>"
+
+
+def test_tokenize_sft_drops_over_long_examples(tokenizer, caplog):
+    short, long_ = examples(1)[0], SFTExample(id="long", messages=MULTI)
+    n_long = len(completion_ids(tokenizer, MULTI)[0])
+    n_short = len(completion_ids(tokenizer, short.messages)[0])
+    assert n_short < n_long
+    with caplog.at_level(logging.WARNING, logger="feedlearn.training.data"):
+        rows = tokenize_sft([long_, short], tokenizer, max_length=n_long - 1)
+    assert [len(r["input_ids"]) for r in rows] == [n_short]
+    assert "dropped 1 of 2 examples longer than max_length" in caplog.text
+    # exactly max_length is kept
+    assert len(tokenize_sft([long_, short], tokenizer, max_length=n_long)) == 2
+
+
+# ---- collation ------------------------------------------------------------------------------------------
+
+
+def test_collate_right_pads_with_mask_and_weights():
+    rows = [
+        {"input_ids": [5, 6, 7], "labels": [IGNORE, 6, 7], "weight": 12.18},
+        {"input_ids": [8, 9, 10, 11, 12], "labels": [IGNORE, IGNORE, 10, 11, 12], "weight": 0.082},
+    ]
+    b = collate(rows, pad_id=0)
+    assert b["input_ids"].tolist() == [[5, 6, 7, 0, 0], [8, 9, 10, 11, 12]]
+    assert b["labels"].tolist() == [[IGNORE, 6, 7, IGNORE, IGNORE], [IGNORE, IGNORE, 10, 11, 12]]
+    assert b["attention_mask"].tolist() == [[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]]
+    assert b["input_ids"].dtype == torch.long and b["attention_mask"].dtype == torch.long
+    assert b["weight"].dtype == torch.float32
+    assert b["weight"].tolist() == pytest.approx([12.18, 0.082])
+
+
+def test_collate_without_weights():
+    b = collate([{"input_ids": [1], "labels": [1]}], pad_id=3)
+    assert set(b) == {"input_ids", "labels", "attention_mask"}
+
+
+# ---- training -------------------------------------------------------------------------------------------
+
+
+def test_training_changes_parameters_and_lowers_loss(tiny_folder, tmp_path):
+    model, tok = load(tiny_folder)
+    before = snapshot(model)
+    rows = tokenize_sft(examples(8), tok, 256)
+    store = RunStore(tmp_path, "run")
+    settings = TrainSettings(
+        learning_rate=1e-2, lr_schedule="constant", warmup_ratio=0, epochs=6, batch_size=4, grad_accum=1
+    )
+    out = train(model, tok, rows, sft_loss, settings, tmp_path / "stage", store=store, stage="sft")
+    assert out == tmp_path / "stage" / "model"
+    assert json.loads((out / "done.json").read_text()) == {"steps": 12, "examples": 8}
+    assert not (tmp_path / "stage" / "checkpoints").exists()
+
+    after = snapshot(model)
+    unchanged = [k for k in before if torch.equal(before[k], after[k])]
+    assert unchanged == []
+
+    rows_logged = metrics(store, "sft")
+    assert [r["step"] for r in rows_logged] == list(range(1, 13))
+    losses = [r["losses/loss"] for r in rows_logged]
+    assert sum(losses[-2:]) / 2 < 0.6 * sum(losses[:2]) / 2
+    assert all(r["charts/lr"] == pytest.approx(1e-2) for r in rows_logged)
+
+    # the saved model is the trained one
+    saved = saved_weights(out)
+    for k, v in saved.items():
+        assert torch.equal(v, after[k]), k
+    reloaded, _ = load_policy(ModelSettings(path=str(out)))
+    batch = collate(rows[:2], tok.pad_token_id)
+    model.eval()
+    with torch.no_grad():
+        assert torch.allclose(
+            reloaded(input_ids=batch["input_ids"]).logits, model(input_ids=batch["input_ids"]).logits
+        )
+
+
+def test_finished_run_is_not_retrained(tiny_folder, tmp_path):
+    model, tok = load(tiny_folder)
+    rows = tokenize_sft(examples(4), tok, 256)
+    settings = TrainSettings(learning_rate=1e-3, batch_size=2, grad_accum=1)
+    out = train(model, tok, rows, sft_loss, settings, tmp_path)
+    done = (out / "done.json").read_bytes()
+
+    def must_not_run(model, batch):
+        raise AssertionError("a finished run was trained again")
+
+    fresh, _ = load(tiny_folder)
+    before = snapshot(fresh)
+    assert train(fresh, tok, rows, must_not_run, settings, tmp_path) == out
+    assert (out / "done.json").read_bytes() == done
+    assert all(torch.equal(v, snapshot(fresh)[k]) for k, v in before.items())
+
+
+class Crash(Exception):
+    pass
+
+
+LORA = LoraSettings(r=4, alpha=8, dropout=0.3, target_modules=["q_proj", "v_proj"])
+
+
+@pytest.mark.parametrize("lora", [None, LORA], ids=["full", "lora-with-dropout"])
+def test_resume_equals_uninterrupted(tiny_folder, tmp_path, lora):
+    settings = TrainSettings(
+        learning_rate=5e-3,
+        lr_schedule="cosine",
+        warmup_ratio=0.25,
+        weight_decay=0.1,
+        epochs=4,
+        batch_size=2,
+        grad_accum=2,
+        checkpoint_every=2,
+        seed=3,
+    )  # 8 rows / (2 x 2) = 2 steps per epoch, 8 steps in all
+    weights = [12.18, 1.0, 0.082, 1.0, 12.18, 0.082, 1.0, 1.0]
+
+    torch.manual_seed(0)  # the same initial adapter in both runs
+    model, tok = load(tiny_folder, lora)
+    rows = tokenize_sft(examples(8, weights), tok, 256)
+    store_a = RunStore(tmp_path, "a")
+    out_a = train(model, tok, rows, sft_loss, settings, tmp_path / "A", store=store_a)
+
+    calls = 0
+
+    def crashing_loss(model, batch):
+        nonlocal calls
+        calls += 1
+        if calls == 4 * settings.grad_accum + 1:  # the first micro-batch of step 5
+            raise Crash
+        return sft_loss(model, batch)
+
+    store_b = RunStore(tmp_path, "b")
+    torch.manual_seed(0)
+    model, _ = load(tiny_folder, lora)
+    with pytest.raises(Crash):
+        train(model, tok, rows, crashing_loss, settings, tmp_path / "B", store=store_b)
+    ckpts = tmp_path / "B" / "checkpoints"
+    assert sorted(p.name for p in ckpts.iterdir()) == ["step-4"]  # step-2 was replaced by step-4
+    assert json.loads((ckpts / "step-4" / "trainer_state.json").read_text()) == {"step": 4}
+    assert not (tmp_path / "B" / "model").exists()
+    (ckpts / "step-6").mkdir()  # a later save torn by the crash: no trainer_state.json, must be ignored
+
+    torch.manual_seed(12345)  # the resumed run must not depend on the state the process happens to be in
+    model, _ = load(tiny_folder, lora)
+    out_b = train(model, tok, rows, sft_loss, settings, tmp_path / "B", store=store_b)
+
+    a, b = saved_weights(out_a), saved_weights(out_b)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=1e-6, rtol=0), k
+    # the resumed steps saw the same batches with the same weights, lr and optimizer state
+    steps_a, steps_b = metrics(store_a), metrics(store_b)
+    assert [r["step"] for r in steps_b] == [1, 2, 3, 4, 5, 6, 7, 8]
+    for ra, rb in zip(steps_a, steps_b, strict=True):
+        assert rb["losses/loss"] == pytest.approx(ra["losses/loss"], rel=1e-5, abs=1e-7)
+        assert rb["charts/lr"] == pytest.approx(ra["charts/lr"], rel=1e-9)
+    assert steps_a[0]["charts/lr"] < steps_a[1]["charts/lr"]  # warmup, so the scheduler state mattered
+
+
+def test_gradient_accumulation_invariance(tiny_folder, tmp_path):
+    common = dict(learning_rate=1e-3, lr_schedule="constant", warmup_ratio=0, epochs=1, max_grad_norm=1e9)
+    weights = [12.18, 1.0, 0.082, 3.0]
+    results, losses = [], []
+    for name, bs, ga in [("big", 4, 1), ("accum", 1, 4)]:
+        model, tok = load(tiny_folder)
+        base = snapshot(model)
+        rows = tokenize_sft(examples(4, weights), tok, 256)
+        assert len({len(r["input_ids"]) for r in rows}) == 1  # equal lengths: no padding anywhere
+        store = RunStore(tmp_path, name)
+        settings = TrainSettings(batch_size=bs, grad_accum=ga, **common)
+        train(model, tok, rows, sft_loss, settings, tmp_path / name, store=store)
+        results.append({k: v - base[k] for k, v in snapshot(model).items()})
+        [row] = metrics(store)
+        assert row["step"] == 1
+        losses.append(row["losses/loss"])
+    assert losses[1] == pytest.approx(losses[0], rel=1e-5)
+    big, accum = results
+    for k in big:
+        # Adam's first update is about lr * sign(grad) = 1e-3 per entry; they agree to float noise
+        assert big[k].abs().max() > 1e-4, k
+        assert torch.allclose(big[k], accum[k], atol=1e-6, rtol=0), k
+
+
+def test_gradient_accumulation_is_not_last_microbatch_only(tiny_folder, tmp_path):
+    """Negative control for the invariance test: one micro-batch alone moves the weights differently."""
+    common = dict(learning_rate=1e-3, lr_schedule="constant", warmup_ratio=0, epochs=1, max_grad_norm=1e9)
+    deltas = []
+    for name, n in [("all", 4), ("one", 1)]:
+        model, tok = load(tiny_folder)
+        base = snapshot(model)
+        rows = tokenize_sft(examples(n), tok, 256)
+        settings = TrainSettings(batch_size=n, grad_accum=1, **common)
+        train(model, tok, rows, sft_loss, settings, tmp_path / name)
+        deltas.append(torch.cat([(v - base[k]).flatten() for k, v in snapshot(model).items()]))
+    assert not torch.allclose(deltas[0], deltas[1], atol=1e-6)
+
+
+def test_each_epoch_visits_every_row_once_in_a_seeded_order(tiny_folder, tmp_path):
+    _, tok = load(tiny_folder)
+    rows = tokenize_sft(examples(8), tok, 256)
+    index = {tuple(r["input_ids"]): i for i, r in enumerate(rows)}
+    assert len(index) == 8
+
+    def visits(seed: int, name: str) -> list[list[int]]:
+        seen: list[int] = []
+
+        def recording_loss(model, batch):
+            seen.extend(index[tuple(ids)] for ids in batch["input_ids"].tolist())
+            return sft_loss(model, batch)
+
+        model, _ = load(tiny_folder)
+        settings = TrainSettings(batch_size=2, grad_accum=2, epochs=3, seed=seed, learning_rate=1e-3)
+        train(model, tok, rows, recording_loss, settings, tmp_path / name)
+        return [seen[i : i + 8] for i in range(0, len(seen), 8)]
+
+    epochs = visits(0, "a")
+    assert len(epochs) == 3
+    assert all(sorted(e) == list(range(8)) for e in epochs)
+    assert len({tuple(e) for e in epochs}) == 3  # reshuffled every epoch
+    assert visits(0, "b") == epochs
+    assert visits(1, "c") != epochs
+
+
+def test_fewer_rows_than_one_step(tiny_folder, tmp_path):
+    model, tok = load(tiny_folder)
+    rows = tokenize_sft(examples(3), tok, 256)
+    settings = TrainSettings(batch_size=2, grad_accum=4, learning_rate=1e-3)
+    try:
+        out = train(model, tok, rows, sft_loss, settings, tmp_path)
+    except FeedlearnError as e:  # a clear one-line refusal, and nothing half-written
+        assert "\n" not in str(e)
+        assert not (tmp_path / "model").exists()
+        return
+    assert (out / "done.json").exists()  # or training on what there is
+
+
+def test_no_rows_is_a_clear_error(tiny_folder, tmp_path):
+    # e.g. every example was dropped as longer than max_length
+    model, tok = load(tiny_folder)
+    with pytest.raises(FeedlearnError):
+        train(model, tok, [], sft_loss, TrainSettings(batch_size=1, grad_accum=1), tmp_path)
+    assert not (tmp_path / "model").exists()
+
+
+# ---- LoRA -----------------------------------------------------------------------------------------------
+
+
+def test_lora_trains_only_the_adapter_and_reloads(tiny_folder, tmp_path):
+    lora = LoraSettings(r=4, alpha=8, target_modules=["q_proj", "v_proj"])
+    model, tok = load(tiny_folder, lora)
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    frozen = [n for n, p in model.named_parameters() if not p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)
+    assert all(any(m in n for m in ("q_proj", "v_proj")) for n in trainable)
+    assert len(trainable) == 2 * 2 * 2  # A and B, for q and v, in each of 2 layers
+    assert frozen and not any("lora_" in n for n in frozen)
+    base_before = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
+
+    rows = tokenize_sft(examples(8), tok, 256)
+    settings = TrainSettings(
+        learning_rate=1e-2, lr_schedule="constant", warmup_ratio=0, epochs=2, batch_size=4, grad_accum=1
+    )
+    out = train(model, tok, rows, sft_loss, settings, tmp_path)
+    names = {p.name for p in out.iterdir()}
+    assert {"adapter_config.json", "adapter_model.safetensors", "done.json", "tokenizer.json"} <= names
+    assert "model.safetensors" not in names  # only the adapter is saved
+    assert all(torch.equal(p, base_before[n]) for n, p in model.named_parameters() if n in base_before)
+
+    reloaded, tok2 = load_policy(ModelSettings(path=str(out)))
+    assert tok2.eos_token == "<|end|>"
+    base, _ = load_policy(ModelSettings(path=str(tiny_folder)))
+    batch = collate(rows[:3], tok.pad_token_id)
+    model.eval()
+    reloaded.eval()
+    with torch.no_grad():
+        args = dict(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        trained_logits = model(**args).logits
+        assert torch.allclose(reloaded(**args).logits, trained_logits, atol=1e-5)
+        assert not torch.allclose(base(**args).logits, trained_logits, atol=1e-3)  # the adapter did learn
+
+
+def test_lora_init_does_not_depend_on_global_rng(tiny_folder):
+    torch.manual_seed(1)
+    a, _ = load(tiny_folder, LORA)
+    torch.manual_seed(2)
+    b, _ = load(tiny_folder, LORA)
+    pa, pb = dict(a.named_parameters()), dict(b.named_parameters())
+    assert pa.keys() == pb.keys()
+    for n in pa:
+        assert torch.equal(pa[n], pb[n]), n
