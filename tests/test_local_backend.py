@@ -32,14 +32,6 @@ GREEDY = SamplingParams(temperature=0, max_new_tokens=10)
 SAMPLE = SamplingParams(temperature=1.0, max_new_tokens=16)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def policy(tmp_path_factory):
     config = TinyModelConfig(hidden_size=32, intermediate_size=64, num_layers=2, num_heads=2, vocab_size=300)

@@ -39,15 +39,6 @@ def rise_config(tmp_path: Path, **overrides) -> RiseConfig:
     return RiseConfig.model_validate(data)
 
 
-@pytest.fixture
-def one_thread():
-    """Tiny models run far faster on one thread than on several competing ones (small, busy CI machines)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 # --- _rollout with a scripted backend --------------------------------------------------------------------
 
 
@@ -292,7 +283,7 @@ def test_finished_collect_does_not_load_the_policy(tmp_path, no_model):
 METRIC_KEYS = {"acc@t1", "acc@t2", "m1@t1", "m2@t1", "m1@t2", "p1@t2", "p2@t1"}
 
 
-def test_tiny_end_to_end(tmp_path, monkeypatch, one_thread):
+def test_tiny_end_to_end(tmp_path, monkeypatch):
     monkeypatch.setenv("FEEDLEARN_CACHE", str(tmp_path / "cache"))
     config = RiseConfig.model_validate(
         {
@@ -370,7 +361,7 @@ def write_examples(store: RunStore, n: int) -> None:
     path.write_text("".join(json.dumps({"id": f"e{i}", **row}) + "\n" for i in range(n)))
 
 
-def test_train_on_fewer_examples_than_one_step_is_a_clear_error(tmp_path, monkeypatch, one_thread):
+def test_train_on_fewer_examples_than_one_step_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setenv("FEEDLEARN_CACHE", str(tmp_path / "cache"))
     cfg = rise_config(tmp_path, train={"batch_size": 1, "grad_accum": 4, "max_length": 512})
     store = open_run(cfg.run_dir, "few", cfg.model_dump(mode="json"))
@@ -379,7 +370,7 @@ def test_train_on_fewer_examples_than_one_step_is_a_clear_error(tmp_path, monkey
         Rise(cfg, store, progress=False).train(1)
 
 
-def test_train_with_no_examples_is_a_clear_error(tmp_path, monkeypatch, one_thread):
+def test_train_with_no_examples_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setenv("FEEDLEARN_CACHE", str(tmp_path / "cache"))
     cfg = rise_config(tmp_path, train={"batch_size": 2, "grad_accum": 1})
     store = open_run(cfg.run_dir, "none", cfg.model_dump(mode="json"))

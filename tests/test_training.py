@@ -25,15 +25,6 @@ CORPUS = [f"What is {a} plus {b}? The answer is {a + b}." for a in range(12) for
 ]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Tiny matmuls gain nothing from threads, and on a busy 2-core machine oversubscription is 10-100x slower.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="session")
 def tiny_folder(tmp_path_factory) -> Path:
     config = TinyModelConfig(hidden_size=32, intermediate_size=64, num_layers=2, num_heads=2, vocab_size=300)

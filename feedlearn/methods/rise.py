@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import random
 import re
 from pathlib import Path
 from typing import Literal
@@ -30,6 +32,7 @@ from feedlearn.envs.math_answers import answers_match
 from feedlearn.envs.math_data import MathProblem, ProblemFormat, load_problems
 from feedlearn.envs.math_env import MathEnv, MathPrompt
 from feedlearn.envs.synthetic_math import generate_problems
+from feedlearn.errors import FeedlearnError
 from feedlearn.losses import weighted_sft_loss
 from feedlearn.methods.rise_data import (
     Criterion,
@@ -136,6 +139,13 @@ class SFTSettings(Settings):
     """Optional warm start on worked solutions before RISE (a tiny model knows nothing yet)."""
 
     problems: ProblemSet = Field(description="Problems with worked solutions.")
+    chat_share: float = Field(
+        default=0.0,
+        ge=0.0,
+        le=1.0,
+        description="Share of examples shown after 1-2 earlier, unrelated question-answer turns, so the "
+        "model answers in later turns of a chat as instruct models do (it never sees a retry or a fix).",
+    )
     train: TrainSettings = Field(default_factory=TrainSettings, description="Optimization.")
 
 
@@ -216,21 +226,26 @@ class Rise:
         model, tokenizer = load_policy(
             self._settings(self.base_model_path()), trainable=True, seed=self.config.seed
         )
-        examples = [
-            SFTExample(
-                id=p.id,
-                messages=[
-                    Message(role="user", content=self.config.prompt.first_message(p.question)),
-                    Message(role="assistant", content=solution_text(p)),
-                ],
-            )
-            for p in sft.problems.load("sft")
-        ]
+        problems = sft.problems.load("sft")
+        rng = random.Random(self.config.seed)
+
+        def exchange(p: MathProblem) -> list[Message]:
+            return [
+                Message(role="user", content=self.config.prompt.first_message(p.question)),
+                Message(role="assistant", content=solution_text(p)),
+            ]
+
+        examples = []
+        for p in problems:
+            earlier = rng.sample(problems, rng.randint(1, 2)) if rng.random() < sft.chat_share else []
+            messages = [m for q in earlier for m in exchange(q)] + exchange(p)
+            examples.append(SFTExample(id=p.id, messages=messages))
         rows = tokenize_sft(examples, tokenizer, sft.train.max_length)
         return train(model, tokenizer, rows, _rwr_loss, sft.train, folder, self.store, "sft", self.progress)
 
     def collect(self, iteration: int = 1) -> Path:
         """Roll out the policy (and teachers) on the training problems; resumable by problem id."""
+        single_process("collect")
         cfg = self.config.collect
         out = JsonlAppender(self.store.stage(f"iter{iteration}/collect") / "episodes.jsonl", Episode)
         todo = [p for p in self.config.train_problems.load("train") if p.id not in out]
@@ -328,6 +343,7 @@ class Rise:
     def evaluate(self, iteration: int = 1) -> dict[str, float]:
         """Sequential and parallel evaluation of the policy after `iteration` rounds (0 = the base);
         writes `evaluate/metrics.json` and the episodes. An evaluation already written is returned as is."""
+        single_process("evaluate")
         cfg = self.config.evaluate
         folder = self.store.stage(f"iter{iteration}/evaluate" if iteration else "base/evaluate")
         if (folder / "metrics.json").exists():
@@ -357,6 +373,15 @@ class Rise:
         write_json_atomic(folder / "metrics.json", metrics)
         self.store.log_metrics(folder.relative_to(self.store.path).as_posix(), metrics)
         return metrics
+
+
+def single_process(stage: str) -> None:
+    """Generation stages run in one process; `accelerate launch` is for the train stages."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise FeedlearnError(
+            f"{stage} runs in a single process: launch it with plain `feedlearn`, and use "
+            "`accelerate launch -m feedlearn.cli rise train ...` for the training stages"
+        )
 
 
 def _rwr_loss(model, batch):
