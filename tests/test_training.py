@@ -416,3 +416,21 @@ def test_lora_init_does_not_depend_on_global_rng(tiny_folder):
     assert pa.keys() == pb.keys()
     for n in pa:
         assert torch.equal(pa[n], pb[n]), n
+
+
+def test_epoch_steps_cover_every_row_once_and_group_lengths():
+    from feedlearn.training.trainer import epoch_steps
+
+    lengths = [(i * 37) % 300 + 5 for i in range(1000)]
+    grouped = epoch_steps(lengths, per_step=8, seed=3, group_by_length=True)
+    plain = epoch_steps(lengths, per_step=8, seed=3, group_by_length=False)
+    for steps in (grouped, plain):
+        flat = [i for step in steps for i in step]
+        assert len(steps) == 125 and all(len(s) == 8 for s in steps)
+        assert sorted(flat) == list(range(1000))
+    assert grouped == epoch_steps(lengths, per_step=8, seed=3, group_by_length=True)  # seeded
+
+    def padded(steps):  # tokens a right-padded batch holds
+        return sum(8 * max(lengths[i] for i in s) for s in steps)
+
+    assert padded(grouped) < 0.6 * padded(plain)

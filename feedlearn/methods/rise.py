@@ -250,10 +250,9 @@ class Rise:
         out = JsonlAppender(self.store.stage(f"iter{iteration}/collect") / "episodes.jsonl", Episode)
         todo = [p for p in self.config.train_problems.load("train") if p.id not in out]
         if todo:
-            model, tokenizer = load_policy(self._settings(self.policy_path(iteration - 1)))
+            policy = self._backend(*load_policy(self._settings(self.policy_path(iteration - 1))))
             backends: list[Backend] = [
-                OpenAIBackend.from_config(t.teacher) if t.teacher else self._backend(model, tokenizer)
-                for t in cfg.turns
+                OpenAIBackend.from_config(t.teacher) if t.teacher else policy for t in cfg.turns
             ]
             sampling = SamplingParams(temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens)
             for start in range(0, len(todo), cfg.chunk_size):
