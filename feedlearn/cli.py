@@ -42,7 +42,9 @@ def cmd_stage(args) -> None:
     stage = getattr(method, args.stage)
     result = stage() if args.stage == "sft" else stage(args.iteration)
     if isinstance(result, dict):
-        print(json.dumps(result, indent=2))
+        from feedlearn.report import metrics_table, print_table
+
+        print_table(metrics_table(f"{args.stage}, iteration {args.iteration} (%)", {store.run_id: result}))
     else:
         print(result)
 

@@ -14,7 +14,7 @@ from feedlearn.data.records import Message, SFTExample
 from feedlearn.data.store import RunStore
 from feedlearn.errors import FeedlearnError
 from feedlearn.losses import IGNORE, weighted_sft_loss
-from feedlearn.models.chat import completion_ids, prompt_ids
+from feedlearn.models.chat import completion_spans, prompt_ids
 from feedlearn.models.loading import LoraSettings, ModelSettings, load_policy
 from feedlearn.models.tiny import TinyModelConfig, build_tiny_model
 from feedlearn.training.data import collate, tokenize_sft
@@ -90,6 +90,11 @@ MULTI = [
 ]
 
 
+def completion_ids(tokenizer, messages):
+    ids, [(start, _)] = completion_spans(tokenizer, messages)
+    return ids, start
+
+
 def test_completion_ids_context_is_the_generation_prompt(tokenizer):
     ids, start = completion_ids(tokenizer, MULTI)
     context = prompt_ids(tokenizer, MULTI[:-1])
@@ -127,6 +132,22 @@ def test_trained_part_ends_with_the_end_token(tokenizer):
     trained = [t for t in row["labels"] if t != IGNORE]
     assert trained[-1] == tokenizer.eos_token_id
     assert tokenizer.decode(trained) == "The answer is 7.<|end|>"
+
+
+def test_all_turns_trains_every_assistant_answer(tokenizer):
+    ids, spans = completion_spans(tokenizer, MULTI, all_turns=True)
+    assert [tokenizer.decode(ids[a:b]) for a, b in spans] == [
+        "The answer is 8.<|end|>",
+        "The answer is 7.<|end|>",
+    ]
+    [row] = tokenize_sft([SFTExample(id="m", messages=MULTI)], tokenizer, max_length=1000, all_turns=True)
+    trained = [t if t != IGNORE else None for t in row["labels"]]
+    kept = [i for i, t in enumerate(trained) if t is not None]
+    assert kept == [*range(*spans[0]), *range(*spans[1])]  # both answers, nothing else
+    assert (
+        tokenizer.decode([row["input_ids"][i] for i in kept])
+        == "The answer is 8.<|end|>The answer is 7.<|end|>"
+    )
 
 
 def test_tokenize_sft_drops_over_long_examples(tokenizer, caplog):

@@ -139,12 +139,12 @@ class SFTSettings(Settings):
     """Optional warm start on worked solutions before RISE (a tiny model knows nothing yet)."""
 
     problems: ProblemSet = Field(description="Problems with worked solutions.")
-    chat_share: float = Field(
-        default=0.0,
-        ge=0.0,
-        le=1.0,
-        description="Share of examples shown after 1-2 earlier, unrelated question-answer turns, so the "
-        "model answers in later turns of a chat as instruct models do (it never sees a retry or a fix).",
+    chat_turns: int = Field(
+        default=1,
+        ge=1,
+        description="Each training row is a chat of 1 to chat_turns unrelated problems in a row, every "
+        "answer trained, so the model also answers later turns of a chat as instruct models do (it never "
+        "sees a retry or a correction).",
     )
     train: TrainSettings = Field(default_factory=TrainSettings, description="Optimization.")
 
@@ -219,7 +219,7 @@ class Rise:
     # ---- stages ---------------------------------------------------------------------------------------
 
     def sft(self) -> Path:
-        """Warm start: train the base model on worked solutions (plain SFT, weight 1)."""
+        """Warm start: train the base model on worked solutions (plain SFT, weight 1), in chats."""
         sft, folder = self.config.sft, self.store.stage("sft")
         if is_trained(folder):
             return folder / "model"
@@ -227,20 +227,22 @@ class Rise:
             self._settings(self.base_model_path()), trainable=True, seed=self.config.seed
         )
         problems = sft.problems.load("sft")
-        rng = random.Random(self.config.seed)
-
-        def exchange(p: MathProblem) -> list[Message]:
-            return [
-                Message(role="user", content=self.config.prompt.first_message(p.question)),
-                Message(role="assistant", content=solution_text(p)),
+        random.Random(self.config.seed).shuffle(problems)
+        sizes = random.Random(self.config.seed + 1)
+        examples, start = [], 0
+        while start < len(problems):
+            chat = problems[start : start + sizes.randint(1, sft.chat_turns)]
+            start += len(chat)
+            messages = [
+                message
+                for p in chat
+                for message in (
+                    Message(role="user", content=self.config.prompt.first_message(p.question)),
+                    Message(role="assistant", content=solution_text(p)),
+                )
             ]
-
-        examples = []
-        for p in problems:
-            earlier = rng.sample(problems, rng.randint(1, 2)) if rng.random() < sft.chat_share else []
-            messages = [m for q in earlier for m in exchange(q)] + exchange(p)
-            examples.append(SFTExample(id=p.id, messages=messages))
-        rows = tokenize_sft(examples, tokenizer, sft.train.max_length)
+            examples.append(SFTExample(id=chat[0].id, messages=messages))
+        rows = tokenize_sft(examples, tokenizer, sft.train.max_length, all_turns=True)
         return train(model, tokenizer, rows, _rwr_loss, sft.train, folder, self.store, "sft", self.progress)
 
     def collect(self, iteration: int = 1) -> Path:

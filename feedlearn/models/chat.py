@@ -29,27 +29,34 @@ def prompt_ids(tokenizer, messages: Sequence) -> list[int]:
     )
 
 
-def completion_ids(tokenizer, messages: Sequence) -> tuple[list[int], int]:
-    """Token ids of a conversation ending in an assistant turn, and where that final turn's tokens start.
+def completion_spans(
+    tokenizer, messages: Sequence, all_turns: bool = False
+) -> tuple[list[int], list[tuple[int, int]]]:
+    """Token ids of a conversation ending in an assistant turn, and the [start, end) spans to train on.
 
-    The final turn is what gets trained on; it ends at its end-of-turn (EOS) token, and whatever the
-    template writes after that token (a newline, say) is cut, since the model never generates it.
-    Its start is found by rendering the context with the generation
-    prompt, which must be a prefix of the whole rendering; templates that rewrite earlier turns when a new
-    one is added cannot train on completions only, and are refused with a clear error.
+    By default only the final assistant turn is trained; with `all_turns`, every assistant turn is. A
+    span ends at the turn's end-of-turn (EOS) token; what the template writes after it (a newline, say)
+    is not trained, since the model never generates it, and the ids stop after the final span. A turn's
+    start is found by rendering its context with the generation prompt, which must be a prefix of the
+    whole rendering: templates that rewrite earlier turns when a new one is added cannot train on
+    completions only, and are refused with a clear error.
     """
     messages = as_dicts(messages)
     if not messages or messages[-1]["role"] != "assistant":
         raise FeedlearnError("a training conversation must end with an assistant message")
-    context = prompt_ids(tokenizer, messages[:-1])
     full = list(tokenizer.apply_chat_template(messages, tokenize=True, return_dict=False))
-    if full[: len(context)] != context:
-        raise FeedlearnError(
-            "the chat template renders the context differently once the answer is appended; "
-            "use a template whose rendering of earlier turns does not depend on later ones"
-        )
-    eos = tokenizer.eos_token_id
-    ends = [i for i in range(len(context), len(full)) if full[i] == eos]
-    if ends:
-        full = full[: ends[-1] + 1]
-    return full, len(context)
+    turns = (
+        [i for i, m in enumerate(messages) if m["role"] == "assistant"] if all_turns else [len(messages) - 1]
+    )
+    spans = []
+    for i in turns:
+        context = prompt_ids(tokenizer, messages[:i])
+        if full[: len(context)] != context:
+            raise FeedlearnError(
+                "the chat template renders the context differently once the answer is appended; "
+                "use a template whose rendering of earlier turns does not depend on later ones"
+            )
+        start = len(context)
+        end = next((j + 1 for j in range(start, len(full)) if full[j] == tokenizer.eos_token_id), len(full))
+        spans.append((start, end))
+    return full[: spans[-1][1]], spans

@@ -8,24 +8,30 @@ import torch
 
 from feedlearn.data.records import SFTExample
 from feedlearn.losses import IGNORE
-from feedlearn.models.chat import completion_ids
+from feedlearn.models.chat import completion_spans
 
 log = logging.getLogger(__name__)
 
 
-def tokenize_sft(examples: list[SFTExample], tokenizer, max_length: int) -> list[dict]:
-    """Token ids, labels (only the final assistant turn is trained) and weight of each example.
+def tokenize_sft(
+    examples: list[SFTExample], tokenizer, max_length: int, all_turns: bool = False
+) -> list[dict]:
+    """Token ids, labels and weight of each example. Only the final assistant turn is trained, or with
+    `all_turns` every assistant turn (a chat of several exchanges packs several examples in one row).
 
     Examples longer than `max_length` are dropped, with a warning giving their count: cutting them would
     train on a reply whose start or end is missing.
     """
     rows, dropped = [], 0
     for ex in examples:
-        ids, start = completion_ids(tokenizer, ex.messages)
+        ids, spans = completion_spans(tokenizer, ex.messages, all_turns)
         if len(ids) > max_length:
             dropped += 1
             continue
-        rows.append({"input_ids": ids, "labels": [IGNORE] * start + ids[start:], "weight": ex.weight})
+        labels = [IGNORE] * len(ids)
+        for start, end in spans:
+            labels[start:end] = ids[start:end]
+        rows.append({"input_ids": ids, "labels": labels, "weight": ex.weight})
     if dropped:
         log.warning("dropped %d of %d examples longer than max_length=%d", dropped, len(examples), max_length)
     return rows
