@@ -312,3 +312,10 @@ def test_windowed_does_not_change_the_episode():
     ep = four_turns()
     windowed(ep, 2)
     assert len(ep.turns) == 4
+
+
+def test_retry_message_keeps_other_braces():
+    from feedlearn.envs.math_env import MathPrompt
+
+    prompt = MathPrompt(retry_message="Wrong. Put the answer in \\boxed{}.\n\n{question}")
+    assert prompt.retry("What is 2+2?") == "Wrong. Put the answer in \\boxed{}.\n\nWhat is 2+2?"

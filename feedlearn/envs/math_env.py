@@ -31,6 +31,10 @@ class MathPrompt(BaseModel):
         description="The user message after an attempt; {question} is filled in.",
     )
 
+    def retry(self, question: str) -> str:
+        """The retry message for `question` (only `{question}` is substituted; other braces stay)."""
+        return self.retry_message.replace("{question}", question)
+
     def first_message(self, question: str) -> str:
         """The opening user message for `question`."""
         parts = [self.instruction]
@@ -72,6 +76,6 @@ class MathEnv:
         self.turn += 1
         terminated = self.stop_on_success and reward == 1.0
         truncated = not terminated and self.turn >= self.max_turns
-        feedback = self.prompt.retry_message.format(question=self.problem.question)
+        feedback = self.prompt.retry(self.problem.question)
         info = {"answer": answer, "correct": reward == 1.0, "feedback": feedback}
         return feedback, reward, terminated, truncated, info

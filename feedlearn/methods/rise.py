@@ -197,7 +197,7 @@ class Rise:
         problems = self.config.train_problems.load("train")[:2000]
         prompt = self.config.prompt
         texts = [prompt.first_message(p.question) + " " + solution_text(p) for p in problems]
-        texts.append(prompt.retry_message.format(question=""))
+        texts.append(prompt.retry(""))
         return str(build_tiny_model(self.config.tiny, texts))
 
     def policy_path(self, iteration: int) -> str:
