@@ -43,6 +43,7 @@ def plot_turns(columns: dict[str, dict[str, float]], path: str | Path) -> None:
         parallel = next((k for k in metrics if k.startswith("p") and k.endswith("@t1")), None)
         if parallel:
             ax.axhline(metrics[parallel], ls="--", color=color, alpha=0.6, label=f"{name}: {parallel}")
+    ax.set_xticks(turns)
     ax.set_xlabel("turn")
     ax.set_ylabel("accuracy (%)")
     ax.set_title("Accuracy per turn without an oracle")
