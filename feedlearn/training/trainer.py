@@ -125,12 +125,13 @@ def train(
     )
     started, samples = time.perf_counter(), 0
     lengths = [len(r["input_ids"]) for r in rows]
-    plan: dict[int, list[list[int]]] = {}
+    planned_epoch, steps = None, []
     while step < total_steps:
         epoch, in_epoch = divmod(step, steps_per_epoch)
-        if epoch not in plan:
-            plan = {epoch: epoch_steps(lengths, per_step, settings.seed + epoch, settings.group_by_length)}
-        chunk = plan[epoch][in_epoch][rank::world]
+        if epoch != planned_epoch:
+            planned_epoch = epoch
+            steps = epoch_steps(lengths, per_step, settings.seed + epoch, settings.group_by_length)
+        chunk = steps[in_epoch][rank::world]
         step_loss = 0.0
         for m in range(settings.grad_accum):
             micro = [rows[i] for i in chunk[m * settings.batch_size : (m + 1) * settings.batch_size]]
