@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class Record(BaseModel):
@@ -57,3 +57,50 @@ class Episode(Record):
             if turn.feedback is not None:
                 messages.append(Message(role="user", content=turn.feedback))
         return messages
+
+
+Completion = str | list[Message]
+"""Raw text (the standard form) or assistant messages (the conversational form)."""
+
+
+class PreferencePair(Record):
+    """Two responses to one prompt, and which is preferred when known.
+
+    The standard form holds raw text (prompt + response is the sequence the model sees, EOS appended);
+    the conversational form holds messages rendered with the chat template. Labeled data (chosen /
+    rejected) becomes `a` = chosen, `b` = rejected, `label` = 1.
+    """
+
+    id: str = Field(description="Stable id; the label cache and reference log-probs are keyed by it.")
+    prompt: Completion = Field(description="The context: raw text, or the messages before the responses.")
+    a: Completion = Field(description="First response.")
+    b: Completion = Field(description="Second response.")
+    label: Literal[1, -1] | None = Field(
+        default=None, description="1: `a` is preferred, -1: `b` is, None: unlabeled."
+    )
+
+    @model_validator(mode="after")
+    def _one_form(self):
+        forms = {isinstance(x, str) for x in (self.prompt, self.a, self.b)}
+        if len(forms) > 1:
+            raise ValueError("prompt, a and b must all be text or all be messages, not a mix")
+        for name in ("a", "b"):
+            value = getattr(self, name)
+            if not isinstance(value, str) and (not value or value[-1].role != "assistant"):
+                raise ValueError(f"response '{name}' must end with an assistant message")
+        return self
+
+    @property
+    def conversational(self) -> bool:
+        """Whether the pair is in messages form (rendered with the chat template)."""
+        return not isinstance(self.prompt, str)
+
+
+class LabelRecord(Record):
+    """One answer of a preference labeler, cached so that it is never paid for twice."""
+
+    id: str = Field(description="The pair's id.")
+    label: Literal[1, 0, -1] = Field(
+        description="1: `a` preferred, -1: `b` preferred, 0: no usable preference."
+    )
+    source: str = Field(description="The labeler that answered: 'dataset', 'judge', 'human'.")
