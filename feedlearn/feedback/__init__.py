@@ -1,0 +1,1 @@
+"""Feedback sources: preference labelers with a query budget and a label cache."""

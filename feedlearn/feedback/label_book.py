@@ -1,0 +1,79 @@
+"""Preference labels with a query budget and a per-pair cache in the run folder: no label is paid twice."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from accelerate import PartialState
+from accelerate.utils import broadcast_object_list, gather_object
+
+from feedlearn.data.jsonl import JsonlAppender, read_jsonl
+from feedlearn.data.records import LabelRecord, PreferencePair
+from feedlearn.errors import FeedlearnError
+from feedlearn.feedback.labelers import Labeler
+
+QUERY_CHUNK = 32
+"""Pairs handed to the labeler at once; each chunk's answers are saved before the next is asked."""
+
+
+class LabelBook:
+    """Asks a labeler for the labels it does not have yet, within a budget, and remembers every answer.
+
+    Every cached label was one paid query, so `queries_used` is exact and survives a restart. Under
+    several processes, each process's requests are gathered to the main process, which alone queries and
+    writes the cache, and the answers are broadcast back: queries are counted once, summed over processes.
+    """
+
+    def __init__(self, labeler: Labeler, path: str | Path, budget: int | None = None):
+        self.labeler = labeler
+        self.budget = budget
+        self.state = PartialState()
+        self.cache = JsonlAppender(path, LabelRecord) if self.state.is_main_process else None
+        self.state.wait_for_everyone()  # the main process has repaired a torn last line
+        path = Path(path)
+        self.labels: dict[str, int] = (
+            {r.id: r.label for r in read_jsonl(path, LabelRecord)} if path.exists() else {}
+        )
+
+    @property
+    def queries_used(self) -> int:
+        """Labels paid for so far (cached answers included)."""
+        return len(self.labels)
+
+    @property
+    def exhausted(self) -> bool:
+        """Whether the budget is spent."""
+        return self.budget is not None and self.queries_used >= self.budget
+
+    def get(self, pairs: Sequence[PreferencePair]) -> list[int | None]:
+        """The label of each pair: cached ones are free, the others are queried (and saved one by one) while
+        the budget lasts. None marks a pair left unlabeled because the budget is spent."""
+        wanted = [p for p in pairs if p.id not in self.labels]
+        if self.state.num_processes > 1:
+            wanted = gather_object(wanted)
+        answers = None
+        if self.state.is_main_process:
+            try:
+                answers = self._query(wanted)
+            except FeedlearnError as e:  # the other processes must stop too, not wait for answers
+                answers = e
+        if self.state.num_processes > 1:
+            answers = broadcast_object_list([answers])[0]
+        if isinstance(answers, FeedlearnError):
+            raise answers
+        self.labels.update(answers)
+        return [self.labels.get(p.id) for p in pairs]
+
+    def _query(self, pairs: list[PreferencePair]) -> dict[str, int]:
+        todo = list({p.id: p for p in pairs if p.id not in self.labels}.values())
+        if self.budget is not None:
+            todo = todo[: max(0, self.budget - self.queries_used)]
+        answers = {}
+        for start in range(0, len(todo), QUERY_CHUNK):  # a labeler that fails midway keeps earlier chunks
+            chunk = todo[start : start + QUERY_CHUNK]
+            for pair, label in zip(chunk, self.labeler.label(chunk), strict=True):
+                self.cache.append(LabelRecord(id=pair.id, label=label, source=self.labeler.source))
+                answers[pair.id] = label
+                self.labels[pair.id] = label
+        return answers

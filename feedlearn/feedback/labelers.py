@@ -1,0 +1,280 @@
+"""Preference labelers: the dataset's own labels (a simulated oracle), an LLM judge, a human."""
+
+from __future__ import annotations
+
+import re
+import sys
+from collections.abc import Iterator, Sequence
+from typing import Annotated, Literal, Protocol, TextIO
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from feedlearn.backends.base import Backend, SamplingParams
+from feedlearn.backends.local import LocalBackend
+from feedlearn.backends.openai_compat import OpenAIBackend, OpenAIBackendConfig
+from feedlearn.data.records import Completion, PreferencePair
+from feedlearn.errors import DataError, FeedlearnError
+from feedlearn.models.loading import ModelSettings, load_policy
+
+
+class LabelingStopped(FeedlearnError):
+    """The labeler stopped (a human quit); the answers given so far are saved."""
+
+
+class Labeler(Protocol):
+    """Anything that says which of two responses is better."""
+
+    source: str
+    """Name recorded with each label: 'dataset', 'judge', 'human'."""
+
+    def label(self, pairs: Sequence[PreferencePair]) -> Iterator[int]:
+        """Yield, for each pair in order, 1 (`a` preferred), -1 (`b` preferred) or 0 (no usable preference).
+
+        The caller saves each label as soon as it is yielded, so a labeler that stops midway loses nothing.
+        """
+        ...
+
+
+def render(value: Completion) -> str:
+    """Raw text as is; messages as a `role: content` transcript, one message per line."""
+    if isinstance(value, str):
+        return value
+    return "\n".join(f"{m.role}: {m.content}" for m in value)
+
+
+# ---- dataset ------------------------------------------------------------------------------------------
+
+
+class DatasetLabeler:
+    """Answers with each pair's own label: a simulated oracle over chosen/rejected data."""
+
+    source = "dataset"
+
+    def label(self, pairs: Sequence[PreferencePair]) -> Iterator[int]:
+        for pair in pairs:
+            if pair.label is None:
+                raise DataError(
+                    f"pair '{pair.id}' has no label: "
+                    "the dataset labeler needs labeled pairs (chosen/rejected)"
+                )
+            yield pair.label
+
+
+# ---- LLM judge ----------------------------------------------------------------------------------------
+
+JUDGE_QUESTION = "Which response is better? Reply with exactly one letter: A or B."
+
+_BRACKETED = re.compile(r"\[\[\s*([AB])\s*\]\]", re.IGNORECASE)
+_BARE = re.compile(r"[\W_]*(?:answer\s*:\W*)?(?:response\W*)?([AB])[\W_]*", re.IGNORECASE)
+
+
+def parse_verdict(reply: str) -> str | None:
+    """The judge's choice, "A" or "B", or None when the reply is not a clear single choice.
+
+    Accepted: `[[A]]` or `[[B]]` anywhere (one kind only), or a reply that is just the letter, possibly
+    wrapped in punctuation or quotes and led by "Answer:" or "Response". Parsed only, never evaluated.
+    """
+    bracketed = {letter.upper() for letter in _BRACKETED.findall(reply)}
+    if bracketed:
+        return bracketed.pop() if len(bracketed) == 1 else None
+    bare = _BARE.fullmatch(reply.strip())
+    return bare.group(1).upper() if bare else None
+
+
+def judge_prompt(pair: PreferencePair, swap: bool) -> str:
+    """The pairwise question: the context, then `a` as Response A and `b` as Response B (swapped: b, a)."""
+    first, second = (pair.b, pair.a) if swap else (pair.a, pair.b)
+    return (
+        "Compare two responses to the same context.\n\n"
+        f"[Context]\n{render(pair.prompt)}\n[End of context]\n\n"
+        f"[Response A]\n{render(first)}\n[End of Response A]\n\n"
+        f"[Response B]\n{render(second)}\n[End of Response B]\n\n"
+        f"{JUDGE_QUESTION}"
+    )
+
+
+class JudgeLabeler:
+    """An LLM judge asked about each pair in both orders, so that position bias yields no label.
+
+    Both orders agree: that winner (1 or -1). They disagree, or an order gets no parseable verdict within
+    `max_attempts` (unparseable replies alone are asked again, with `retry_sampling`): 0.
+    """
+
+    source = "judge"
+
+    def __init__(
+        self, backend: Backend, sampling: SamplingParams, retry_sampling: SamplingParams, max_attempts: int
+    ):
+        if max_attempts < 1:
+            raise ValueError(f"max_attempts must be at least 1, got {max_attempts}")
+        self.backend = backend
+        self.sampling = sampling
+        self.retry_sampling = retry_sampling
+        self.max_attempts = max_attempts
+        self.garbage_replies = 0
+        """Unparseable replies, retries included."""
+        self.position_disagreements = 0
+        """Pairs whose two orders named different winners."""
+        self.failed_pairs = 0
+        """Pairs with an order still unparseable after every attempt."""
+
+    @property
+    def stats(self) -> dict[str, float]:
+        """The counters, as metrics."""
+        return {
+            "judge/garbage_replies": float(self.garbage_replies),
+            "judge/position_disagreements": float(self.position_disagreements),
+            "judge/failed_pairs": float(self.failed_pairs),
+        }
+
+    def label(self, pairs: Sequence[PreferencePair]) -> Iterator[int]:
+        conversations = [
+            [{"role": "user", "content": judge_prompt(pair, swap)}]
+            for pair in pairs
+            for swap in (False, True)
+        ]
+        verdicts = self._ask(conversations)
+        for i in range(len(pairs)):
+            yield self._combine(verdicts[2 * i], verdicts[2 * i + 1])
+
+    def _ask(self, conversations: list[list[dict[str, str]]]) -> list[str | None]:
+        """One verdict per conversation, re-asking only the unparseable ones."""
+        verdicts: list[str | None] = [None] * len(conversations)
+        pending = list(range(len(conversations)))
+        sampling = self.sampling
+        for _ in range(self.max_attempts):
+            if not pending:
+                break
+            replies = self.backend.generate([conversations[i] for i in pending], n=1, sampling=sampling)
+            for i, (reply,) in zip(pending, replies, strict=True):
+                verdicts[i] = parse_verdict(reply)
+            pending = [i for i in pending if verdicts[i] is None]
+            self.garbage_replies += len(pending)
+            sampling = self.retry_sampling
+        return verdicts
+
+    def _combine(self, in_order: str | None, swapped: str | None) -> int:
+        first = {"A": 1, "B": -1}.get(in_order)
+        second = {"A": -1, "B": 1}.get(swapped)  # swapped: `a` is Response B
+        if first is None or second is None:
+            self.failed_pairs += 1
+            return 0
+        if first != second:
+            self.position_disagreements += 1
+            return 0
+        return first
+
+
+# ---- human --------------------------------------------------------------------------------------------
+
+HUMAN_QUESTION = "Which is better? [a/b/t=tie/q=quit]: "
+HUMAN_ANSWERS = {"a": 1, "b": -1, "t": 0}
+
+
+class HumanLabeler:
+    """Shows each pair on `stdout` (default: the terminal) and reads the choice from `stdin`."""
+
+    source = "human"
+
+    def __init__(self, stdin: TextIO | None = None, stdout: TextIO | None = None):
+        self.stdin = stdin
+        self.stdout = stdout
+
+    def label(self, pairs: Sequence[PreferencePair]) -> Iterator[int]:
+        stdin, stdout = self.stdin or sys.stdin, self.stdout or sys.stdout
+        for number, pair in enumerate(pairs, start=1):
+            stdout.write(
+                f"\n===== Pair {number} of {len(pairs)} (id {pair.id}) =====\n"
+                f"----- Prompt -----\n{render(pair.prompt)}\n"
+                f"----- Response A -----\n{render(pair.a)}\n"
+                f"----- Response B -----\n{render(pair.b)}\n"
+                "--------------------\n"
+            )
+            yield self._ask(stdin, stdout)
+
+    def _ask(self, stdin: TextIO, stdout: TextIO) -> int:
+        while True:
+            stdout.write(HUMAN_QUESTION)
+            stdout.flush()
+            line = stdin.readline()
+            answer = line.strip().lower()
+            if not line or answer == "q":
+                raise LabelingStopped(
+                    "labeling stopped: the answers given so far are saved; "
+                    "run the same command again to resume"
+                )
+            if answer in HUMAN_ANSWERS:
+                return HUMAN_ANSWERS[answer]
+            stdout.write("Please type a (A is better), b (B is better), t (tie) or q (quit).\n")
+
+
+# ---- settings -----------------------------------------------------------------------------------------
+
+
+class _Settings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DatasetLabelerSettings(_Settings):
+    """Label with the dataset's own preferences (chosen/rejected): a simulated oracle."""
+
+    kind: Literal["dataset"] = Field(default="dataset", description="Which labeler: the dataset's labels.")
+
+
+class JudgeLabelerSettings(_Settings):
+    """Label with an LLM judge, remote (OpenAI-compatible) or local, asked about both response orders."""
+
+    kind: Literal["judge"] = Field(default="judge", description="Which labeler: an LLM judge.")
+    openai: OpenAIBackendConfig | None = Field(
+        default=None, description="A judge behind an OpenAI-compatible endpoint; give this or `local`."
+    )
+    local: ModelSettings | None = Field(
+        default=None, description="A judge model loaded in this process; give this or `openai`."
+    )
+    temperature: float = Field(default=0.0, ge=0.0, description="Sampling temperature of the first ask.")
+    retry_temperature: float = Field(
+        default=1.0, ge=0.0, description="Sampling temperature when an unparseable reply is asked again."
+    )
+    max_new_tokens: int = Field(default=16, gt=0, description="Longest judge reply, in tokens.")
+    max_attempts: int = Field(
+        default=3, ge=1, description="Asks per pair order, first included, before giving up (label 0)."
+    )
+    batch_size: int = Field(default=16, gt=0, description="Sequences per generate call of a local judge.")
+
+    @model_validator(mode="after")
+    def _one_backend(self):
+        if (self.openai is None) == (self.local is None):
+            raise ValueError("give exactly one of 'openai' or 'local'")
+        return self
+
+
+class HumanLabelerSettings(_Settings):
+    """Label by asking a person at the terminal; quitting keeps the answers given so far."""
+
+    kind: Literal["human"] = Field(default="human", description="Which labeler: a human at the terminal.")
+
+
+LabelerSettings = Annotated[
+    DatasetLabelerSettings | JudgeLabelerSettings | HumanLabelerSettings,
+    Field(discriminator="kind"),
+]
+"""The settings of any labeler, told apart by `kind`."""
+
+
+def build_labeler(settings: LabelerSettings, seed: int = 0) -> Labeler:
+    """The labeler that `settings` describes; a local judge is loaded now, seeded with `seed`."""
+    if isinstance(settings, DatasetLabelerSettings):
+        return DatasetLabeler()
+    if isinstance(settings, HumanLabelerSettings):
+        return HumanLabeler()
+    if settings.local is not None:
+        model, tokenizer = load_policy(settings.local)
+        backend = LocalBackend(model, tokenizer, settings.batch_size, seed=seed)
+    else:
+        backend = OpenAIBackend.from_config(settings.openai)
+    return JudgeLabeler(
+        backend,
+        SamplingParams(temperature=settings.temperature, max_new_tokens=settings.max_new_tokens),
+        SamplingParams(temperature=settings.retry_temperature, max_new_tokens=settings.max_new_tokens),
+        settings.max_attempts,
+    )
