@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Literal
 
 import torch
+from accelerate import PartialState
 from pydantic import BaseModel, ConfigDict, Field
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -66,7 +67,8 @@ def load_tokenizer(path: str, chat_template: str | None = None):
 
 
 def load_policy(settings: ModelSettings, trainable: bool = False, seed: int = 0):
-    """Load (model, tokenizer). A folder holding a LoRA adapter loads its base model plus the adapter.
+    """Load (model, tokenizer) onto this process's device (a GPU when there is one). A folder holding a
+    LoRA adapter loads its base model plus the adapter.
 
     With `trainable` and `settings.lora`, a fresh LoRA adapter, initialised from `seed`, is added and only
     it is trained.
@@ -102,6 +104,7 @@ def load_policy(settings: ModelSettings, trainable: bool = False, seed: int = 0)
                     task_type="CAUSAL_LM",
                 ),
             )
+    model.to(PartialState().device)
     if model.generation_config.pad_token_id is None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer
