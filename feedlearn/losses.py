@@ -7,6 +7,8 @@ logits predict token t+1, so both are shifted by one inside.
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
 
@@ -40,3 +42,59 @@ def token_mean_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 def weighted_sft_loss(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """Reward-weighted regression: batch mean of weight x token-mean NLL of each example's completion."""
     return (weights * token_mean_nll(logits, labels)).mean()
+
+
+DPOLoss = Literal["sigmoid", "ipo", "hinge"]
+
+
+def dpo_loss(
+    policy_a: torch.Tensor,
+    policy_b: torch.Tensor,
+    ref_a: torch.Tensor,
+    ref_b: torch.Tensor,
+    labels: torch.Tensor,
+    beta: float,
+    kind: DPOLoss = "sigmoid",
+) -> torch.Tensor:
+    """Per-pair preference loss [batch] from summed sequence log-probs of responses a and b.
+
+    `labels` is 1 where a is preferred and -1 where b is. With h = label x [(log pi(a) - log ref(a)) -
+    (log pi(b) - log ref(b))]: sigmoid (DPO) -log sigmoid(beta h); hinge (SLiC) max(0, 1 - beta h);
+    ipo (h - 1 / (2 beta))^2, on summed log-probs as in the IPO paper (TRL averages them per token).
+    """
+    h = labels * ((policy_a - ref_a) - (policy_b - ref_b))
+    if kind == "sigmoid":
+        return -F.logsigmoid(beta * h)
+    if kind == "hinge":
+        return torch.relu(1 - beta * h)
+    if kind == "ipo":
+        return (h - 1 / (2 * beta)) ** 2
+    raise ValueError(f"unknown DPO loss '{kind}'")
+
+
+def implicit_reward_margin(
+    policy_a: torch.Tensor, policy_b: torch.Tensor, ref_a: torch.Tensor, ref_b: torch.Tensor, beta: float
+) -> torch.Tensor:
+    """m = r(a) - r(b) with r(y) = beta (log pi(y) - log ref(y)): how sure the policy is that a is better."""
+    return beta * ((policy_a - ref_a) - (policy_b - ref_b))
+
+
+def active_targets(
+    margins: torch.Tensor, labels: torch.Tensor, pseudo_label: Literal["flip", "drop"]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Training label and weight of each pair under Active DPO's selection rule.
+
+    `labels` holds the labeler's answer where one is known (1 / -1, or 0 for no usable preference) and
+    NaN where the pair was not queried. Known 1 / -1 labels are used; 0 gets weight 0; an unqueried pair
+    takes the policy's own prediction sign(m) ("flip") or is left out ("drop").
+    """
+    known = ~torch.isnan(labels)
+    pseudo = torch.where(margins >= 0, 1.0, -1.0)
+    targets = torch.where(known, labels.nan_to_num(0.0), pseudo)
+    weights = torch.where(known, (labels.nan_to_num(0.0) != 0).float(), float(pseudo_label == "flip"))
+    return targets, weights
+
+
+def select_queries(margins: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Active DPO's rule: ask for a label where the policy is unsure, |m| <= gamma (beta-scaled units)."""
+    return margins.abs() <= gamma

@@ -1,4 +1,4 @@
-"""Tokenize SFT examples for completion-only training, and pad them into batches."""
+"""Tokenize SFT examples and preference pairs for completion-only training, and pad them into batches."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import logging
 
 import torch
 
-from feedlearn.data.records import SFTExample
+from feedlearn.data.records import Completion, PreferencePair, SFTExample
 from feedlearn.losses import IGNORE
 from feedlearn.models.chat import completion_spans
 
@@ -31,7 +31,7 @@ def tokenize_sft(
         labels = [IGNORE] * len(ids)
         for start, end in spans:
             labels[start:end] = ids[start:end]
-        rows.append({"input_ids": ids, "labels": labels, "weight": ex.weight})
+        rows.append({"input_ids": ids, "labels": labels, "weight": ex.weight, "length": len(ids)})
     if dropped:
         log.warning("dropped %d of %d examples longer than max_length=%d", dropped, len(examples), max_length)
     return rows
@@ -51,4 +51,55 @@ def collate(rows: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
     batch = {"input_ids": ids, "labels": labels, "attention_mask": attention}
     if "weight" in rows[0]:
         batch["weight"] = torch.tensor([r["weight"] for r in rows], dtype=torch.float32)
+    return batch
+
+
+def completion_row(tokenizer, prompt: Completion, response: Completion) -> tuple[list[int], list[int]]:
+    """Token ids of prompt + response, and labels masking out the prompt.
+
+    Messages go through the chat template (the response's final assistant turn is trained); raw text is
+    tokenized as prompt + response + EOS, the response starting where the tokenization of the prompt
+    alone and of the whole diverge (a token can merge across the boundary).
+    """
+    if isinstance(prompt, str):
+        context = tokenizer(prompt)["input_ids"]
+        ids = tokenizer(prompt + response)["input_ids"] + [tokenizer.eos_token_id]
+        start = next((i for i, (x, y) in enumerate(zip(context, ids, strict=False)) if x != y), len(context))
+        spans = [(start, len(ids))]
+    else:
+        ids, spans = completion_spans(tokenizer, [*prompt, *response])
+    labels = [IGNORE] * len(ids)
+    for start, end in spans:
+        labels[start:end] = ids[start:end]
+    return ids, labels
+
+
+def tokenize_pairs(pairs: list[PreferencePair], tokenizer, max_length: int) -> list[dict]:
+    """One row per pair: ids and labels of prompt + a and of prompt + b, and the pair's position in
+    `pairs`. Pairs with a side longer than `max_length` are dropped, with a warning giving their count."""
+    rows, dropped = [], 0
+    for index, pair in enumerate(pairs):
+        a_ids, a_labels = completion_row(tokenizer, pair.prompt, pair.a)
+        b_ids, b_labels = completion_row(tokenizer, pair.prompt, pair.b)
+        if max(len(a_ids), len(b_ids)) > max_length:
+            dropped += 1
+            continue
+        rows.append(
+            {
+                "index": index,
+                "a": {"input_ids": a_ids, "labels": a_labels},
+                "b": {"input_ids": b_ids, "labels": b_labels},
+                "length": max(len(a_ids), len(b_ids)),
+            }
+        )
+    if dropped:
+        log.warning("dropped %d of %d pairs longer than max_length=%d", dropped, len(pairs), max_length)
+    return rows
+
+
+def collate_pairs(rows: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
+    """A batch of B pairs as one padded batch of 2B sequences (the a sides, then the b sides), so both
+    go through the model in a single forward, and `index` [B], the pairs' positions."""
+    batch = collate([r["a"] for r in rows] + [r["b"] for r in rows], pad_id)
+    batch["index"] = torch.tensor([r["index"] for r in rows], dtype=torch.long)
     return batch

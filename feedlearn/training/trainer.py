@@ -54,6 +54,7 @@ class TrainSettings(BaseModel):
 
 
 LossFn = Callable[[torch.nn.Module, dict[str, torch.Tensor]], torch.Tensor]
+Collate = Callable[[list[dict]], dict[str, torch.Tensor]]
 
 
 def is_trained(out_dir: Path) -> bool:
@@ -79,8 +80,14 @@ def train(
     store: RunStore | None = None,
     stage: str = "train",
     progress: bool = True,
+    collate_fn: Collate | None = None,
+    step_metrics: Callable[[], dict[str, float]] | None = None,
 ) -> Path:
     """Train `model` on tokenized `rows` with `loss_fn`; save it to `out_dir/model` and return that path.
+
+    Rows carry a `length` (used to batch similar lengths together) and are padded into batches by
+    `collate_fn` (default: `collate`). `step_metrics`, called on every process after each step, adds
+    method-specific values to the logged metrics.
 
     Each epoch uses `len(rows) // (batch_size x grad_accum x processes)` full steps (the remainder waits
     for the next epoch's shuffle). Checkpoints go to `out_dir/checkpoints`; if one exists, training resumes
@@ -124,7 +131,8 @@ def train(
         total=total_steps, initial=step, desc=stage, disable=not (progress and accelerator.is_main_process)
     )
     started, samples = time.perf_counter(), 0
-    lengths = [len(r["input_ids"]) for r in rows]
+    lengths = [r["length"] for r in rows]
+    collate_fn = collate_fn or (lambda micro: collate(micro, tokenizer.pad_token_id))
     planned_epoch, steps = None, []
     while step < total_steps:
         epoch, in_epoch = divmod(step, steps_per_epoch)
@@ -135,7 +143,7 @@ def train(
         step_loss = 0.0
         for m in range(settings.grad_accum):
             micro = [rows[i] for i in chunk[m * settings.batch_size : (m + 1) * settings.batch_size]]
-            batch = {k: v.to(accelerator.device) for k, v in collate(micro, tokenizer.pad_token_id).items()}
+            batch = {k: v.to(accelerator.device) for k, v in collate_fn(micro).items()}
             last = m == settings.grad_accum - 1
             with nullcontext() if last else accelerator.no_sync(model):
                 loss = loss_fn(model, batch) / settings.grad_accum
@@ -149,6 +157,7 @@ def train(
         step += 1
         bar.update(1)
         bar.set_postfix(loss=f"{step_loss:.4f}")
+        extra = step_metrics() if step_metrics is not None else {}
         if store is not None and accelerator.is_main_process:
             store.log_metrics(
                 stage,
@@ -157,6 +166,7 @@ def train(
                     "losses/grad_norm": float(grad_norm),
                     "charts/lr": scheduler.get_last_lr()[0],
                     "charts/samples_per_s": samples * world / (time.perf_counter() - started),
+                    **extra,
                 },
                 step=step,
             )
