@@ -11,10 +11,13 @@ from pathlib import Path
 from feedlearn.config import load_recipe, read_yaml
 from feedlearn.data.store import open_run
 from feedlearn.errors import ConfigError, FeedlearnError
-from feedlearn.methods.rise import STAGES as RISE_STAGES
-from feedlearn.methods.rise import Rise, RiseConfig
+from feedlearn.methods import dpo, rise
 
-METHODS = {"rise": (RiseConfig, Rise, RISE_STAGES)}
+METHODS = {
+    "rise": (rise.RiseConfig, rise.Rise, rise.STAGES),
+    "dpo": (dpo.DPOConfig, dpo.PreferenceLearning, dpo.STAGES),
+    "active-dpo": (dpo.ActiveDPOConfig, dpo.PreferenceLearning, dpo.STAGES),
+}
 
 
 def load_method(recipe: str, overrides: list[str]):
@@ -40,11 +43,13 @@ def cmd_stage(args) -> None:
     store = open_run(config.run_dir, args.run_id or Path(args.recipe).stem, config.model_dump(mode="json"))
     method = method_cls(config, store)
     stage = getattr(method, args.stage)
-    result = stage() if args.stage == "sft" else stage(args.iteration)
+    iterated = getattr(args, "iteration", None) is not None and args.stage != "sft"
+    result = stage(args.iteration) if iterated else stage()
     if isinstance(result, dict):
         from feedlearn.report import metrics_table, print_table
 
-        print_table(metrics_table(f"{args.stage}, iteration {args.iteration} (%)", {store.run_id: result}))
+        title = f"{args.stage}, iteration {args.iteration}" if iterated else args.stage
+        print_table(metrics_table(title, {store.run_id: result}))
     else:
         print(result)
 
@@ -83,7 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=f"run one stage of {name}")
         p.add_argument("stage", choices=stages)
         recipe_args(p)
-        p.add_argument("--iteration", type=int, default=1, help="which round (evaluate: 0 = the base)")
+        if name == "rise":
+            p.add_argument("--iteration", type=int, default=1, help="which round (evaluate: 0 = the base)")
         p.set_defaults(func=cmd_stage)
 
     demo = sub.add_parser("demo", help="RISE end to end on a tiny offline model (about 10 minutes on a CPU)")

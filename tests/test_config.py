@@ -266,7 +266,7 @@ def test_cli_bad_recipe_file(tmp_path, capsys):
 def test_cli_unknown_method_and_missing_recipe(tmp_path, capsys):
     path = write(tmp_path, "method: ppo\n")
     assert cli.main(["run", str(path)]) == 2
-    assert one_line_error(capsys) == f"error: {path}: key 'method' must be one of rise (got 'ppo')"
+    assert one_line_error(capsys) == f"error: {path}: key 'method' must be one of rise, dpo, active-dpo (got 'ppo')"
     assert cli.main(["run", str(tmp_path / "nope.yaml")]) == 2
     assert one_line_error(capsys) == f"error: {tmp_path / 'nope.yaml'}: recipe not found"
 

@@ -1,0 +1,394 @@
+"""DPO and Active DPO: preference learning from labeled pairs, or from labels asked for only where the
+policy is unsure (spec: shared/methods/active-dpo.md).
+
+Stages:
+- `train`: DPO (sigmoid, IPO or hinge) against a frozen reference. Every label comes through a labeler
+  (the dataset's own labels, an LLM judge, a human) with a budget and a cache in the run folder, so a
+  label is paid for once and `queries_used` is exact across epochs and restarts. Plain DPO asks about
+  every pair; Active DPO asks only where |m| <= gamma, m being the implicit reward margin, and for the
+  other pairs trusts the policy's own sign(m) ("flip") or skips them ("drop").
+- `evaluate`: held-out preference accuracy against the gold labels; it never queries the labeler.
+"""
+
+from __future__ import annotations
+
+import logging
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Literal
+
+import torch
+from accelerate import PartialState
+from accelerate.utils import reduce
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from feedlearn.data.jsonl import JsonlAppender, read_jsonl, write_json_atomic
+from feedlearn.data.preferences import load_pairs
+from feedlearn.data.records import LabelRecord, PreferencePair, Record
+from feedlearn.data.store import RunStore
+from feedlearn.envs.word_preferences import WordPreferenceTask
+from feedlearn.errors import DataError
+from feedlearn.feedback.label_book import LabelBook
+from feedlearn.feedback.labelers import DatasetLabelerSettings, LabelerSettings, build_labeler
+from feedlearn.losses import (
+    DPOLoss,
+    active_targets,
+    dpo_loss,
+    implicit_reward_margin,
+    select_queries,
+    sequence_logprobs,
+)
+from feedlearn.models.loading import ModelSettings, load_policy
+from feedlearn.models.tiny import TinyModelConfig, build_tiny_model
+from feedlearn.training.data import collate_pairs, tokenize_pairs
+from feedlearn.training.scoring import pair_logprobs
+from feedlearn.training.trainer import TrainSettings, is_trained, train
+
+log = logging.getLogger(__name__)
+
+
+class Settings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SyntheticPairs(Settings):
+    """Pairs generated from the hidden-rule word task (`feedlearn.envs.word_preferences`)."""
+
+    n: int = Field(gt=0, description="How many pairs.")
+    seed: int = Field(default=0, description="Same seed, same pairs.")
+    task: WordPreferenceTask = Field(
+        default_factory=WordPreferenceTask, description="The hidden rule; keep it equal for train and eval."
+    )
+
+
+class PreferenceData(Settings):
+    """Where pairs come from: a file (JSONL, JSON or parquet, TRL's forms), or the synthetic task."""
+
+    path: str | None = Field(default=None, description="A local .jsonl, .json or .parquet file.")
+    synthetic: SyntheticPairs | None = Field(default=None, description="Generate pairs instead.")
+    limit: int | None = Field(default=None, gt=0, description="Use only the first `limit` pairs.")
+
+    @model_validator(mode="after")
+    def _one_source(self):
+        if (self.path is None) == (self.synthetic is None):
+            raise ValueError("give exactly one of 'path' or 'synthetic'")
+        return self
+
+    def load(self, prefix: str) -> list[PreferencePair]:
+        """The pairs, read or generated."""
+        if self.path is not None:
+            return load_pairs(self.path, self.limit)
+        s = self.synthetic
+        return s.task.pairs(s.n, s.seed, prefix)[: self.limit]
+
+
+class DPOSettings(Settings):
+    """The preference loss and its reference."""
+
+    beta: float = Field(default=0.1, gt=0, description="Strength of the KL anchor to the reference.")
+    loss: DPOLoss = Field(default="sigmoid", description="sigmoid (DPO), ipo or hinge.")
+    reference: Literal["precomputed", "live"] = Field(
+        default="precomputed",
+        description="precomputed: the reference's log-probs are computed once before training and cached "
+        "in the run folder (exact: the reference is frozen); live: computed each step, with the LoRA "
+        "adapter disabled, or from a frozen copy when all weights train.",
+    )
+    reference_model: str | None = Field(
+        default=None,
+        description="Another model as the reference (same tokenizer); None: the starting policy.",
+    )
+
+
+class ActiveSettings(Settings):
+    """Active DPO's selection rule."""
+
+    gamma: float = Field(
+        default=1.3,
+        ge=0,
+        description="Ask for a label when |m| <= gamma, m = beta x log-ratio margin (beta-scaled units: "
+        "rescale it when beta changes).",
+    )
+    pseudo_label: Literal["flip", "drop"] = Field(
+        default="flip", description="Confident pairs: train on sign(m) (flip), or skip them (drop)."
+    )
+
+
+class DPOConfig(Settings):
+    """A DPO recipe: every training pair's label is asked for (once) from the labeler."""
+
+    method: Literal["dpo"] = "dpo"
+    seed: int = Field(default=0, description="Seeds data order, LoRA init and generated data.")
+    run_dir: str = Field(default="runs", description="Parent folder of run folders.")
+    model: ModelSettings = Field(description="The starting policy, also the reference; 'tiny' builds one.")
+    tiny: TinyModelConfig = Field(default_factory=TinyModelConfig, description="Shape of a tiny model.")
+    train_data: PreferenceData = Field(description="Training pairs (labeled, or unlabeled with a labeler).")
+    eval_data: PreferenceData | None = Field(default=None, description="Held-out labeled pairs.")
+    labeler: LabelerSettings = Field(
+        default_factory=DatasetLabelerSettings, description="Who labels training pairs."
+    )
+    query_budget: int | None = Field(
+        default=None,
+        gt=0,
+        description="Most labels to pay for; once spent, pairs still needing one get no gradient.",
+    )
+    dpo: DPOSettings = Field(default_factory=DPOSettings, description="Loss and reference.")
+    train: TrainSettings = Field(default_factory=TrainSettings, description="Optimization.")
+    score_batch_size: int = Field(default=16, gt=0, description="Pairs per batch when scoring without grad.")
+
+
+class ActiveDPOConfig(DPOConfig):
+    """An Active DPO recipe: labels are asked for only where the policy is unsure."""
+
+    method: Literal["active-dpo"] = "active-dpo"
+    active: ActiveSettings = Field(default_factory=ActiveSettings, description="Selection rule.")
+
+
+STAGES = ["train", "evaluate"]
+
+
+class ReferenceLogprobs(Record):
+    """The frozen reference's summed log-probs of a pair's two responses."""
+
+    id: str
+    a: float
+    b: float
+
+
+class PreferenceLearning:
+    """The stages of one DPO or Active DPO run, reading and writing `run_dir/<run_id>/`."""
+
+    def __init__(self, config: DPOConfig, store: RunStore, progress: bool = True):
+        self.config = config
+        self.store = store
+        self.progress = progress
+        self.active: ActiveSettings | None = getattr(config, "active", None)
+
+    def base_model_path(self) -> str:
+        """The starting policy: the configured model, or a tiny model built on the pairs' text."""
+        if self.config.model.path != "tiny":
+            return self.config.model.path
+        texts = [
+            _text(p.prompt) + _text(side) for p in self.config.train_data.load("train") for side in (p.a, p.b)
+        ]
+        return str(build_tiny_model(self.config.tiny, texts[:20000]))
+
+    def _settings(self, path: str) -> ModelSettings:
+        return self.config.model.model_copy(update={"path": path})
+
+    def reference_logprobs(
+        self, model, tokenizer, pairs: list[PreferencePair], rows: list[dict], path: Path
+    ) -> dict[int, tuple[float, float]]:
+        """The reference's log-probs of every row's pair, computed once and cached in `path` by pair id."""
+        cache = JsonlAppender(path, ReferenceLogprobs) if PartialState().is_main_process else None
+        PartialState().wait_for_everyone()
+        known = {r.id: (r.a, r.b) for r in read_jsonl(path, ReferenceLogprobs)} if path.exists() else {}
+        todo = [r for r in rows if pairs[r["index"]].id not in known]
+        if todo:
+            scored = pair_logprobs(
+                model, todo, tokenizer.pad_token_id, self.config.score_batch_size, self.progress, "reference"
+            )
+            if cache is not None:
+                cache.append(*(ReferenceLogprobs(id=pairs[i].id, a=a, b=b) for i, (a, b) in scored.items()))
+            known.update({pairs[i].id: ab for i, ab in scored.items()})
+        return {r["index"]: known[pairs[r["index"]].id] for r in rows}
+
+    # ---- stages ---------------------------------------------------------------------------------------
+
+    def train(self) -> Path:
+        """Train the policy on the training pairs; labels come from the labeler through the label book."""
+        cfg, folder = self.config, self.store.stage("train")
+        if is_trained(folder):
+            return folder / "model"
+        pairs = cfg.train_data.load("train")
+        model, tokenizer = load_policy(self._settings(self.base_model_path()), trainable=True, seed=cfg.seed)
+        rows = tokenize_pairs(pairs, tokenizer, cfg.train.max_length)
+        reference = self._reference(model, tokenizer, pairs, rows, folder)
+        book = LabelBook(build_labeler(cfg.labeler, cfg.seed), folder / "labels.jsonl", cfg.query_budget)
+        objective = PreferenceObjective(cfg.dpo, self.active, pairs, book, reference)
+        return train(
+            model,
+            tokenizer,
+            rows,
+            objective.loss,
+            cfg.train,
+            folder,
+            self.store,
+            "train",
+            self.progress,
+            collate_fn=lambda micro: objective.collate(micro, tokenizer.pad_token_id),
+            step_metrics=objective.step_metrics,
+        )
+
+    def reference_path(self) -> str:
+        """The reference model: `dpo.reference_model`, or else the starting policy."""
+        return self.config.dpo.reference_model or self.base_model_path()
+
+    def _reference(self, model, tokenizer, pairs, rows, folder):
+        """Precomputed log-probs {index: (a, b)}, or a callable giving a batch's reference log-probs live.
+        The policy itself serves before training when it is the reference."""
+        separate = self.config.dpo.reference_model is not None
+        if self.config.dpo.reference == "precomputed":
+            scorer = load_policy(self._settings(self.reference_path()))[0] if separate else model
+            return self.reference_logprobs(
+                scorer, tokenizer, pairs, rows, folder / "reference_logprobs.jsonl"
+            )
+        if self.config.model.lora is not None and not separate:
+            return LiveReference(None)
+        frozen, _ = load_policy(self._settings(self.reference_path()))
+        return LiveReference(frozen.eval().requires_grad_(False))
+
+    def evaluate(self) -> dict[str, float]:
+        """Preference accuracy (%) of the trained policy on the held-out pairs, against their gold labels:
+        the share whose implicit reward margin has the gold label's sign (a zero margin counts half)."""
+        cfg, folder = self.config, self.store.stage("evaluate")
+        if cfg.eval_data is None:
+            raise DataError("evaluate needs held-out pairs: set eval_data in the recipe")
+        pairs = cfg.eval_data.load("eval")
+        if any(p.label is None for p in pairs):
+            raise DataError("eval_data must be labeled (chosen/rejected, or a label on each pair)")
+        model, tokenizer = load_policy(self._settings(self.reference_path()))
+        rows = tokenize_pairs(pairs, tokenizer, cfg.train.max_length)
+        reference = self.reference_logprobs(
+            model, tokenizer, pairs, rows, folder / "reference_logprobs.jsonl"
+        )
+        policy, _ = load_policy(self._settings(str(self.store.stage("train") / "model")))
+        scored = pair_logprobs(
+            policy, rows, tokenizer.pad_token_id, cfg.score_batch_size, self.progress, "eval"
+        )
+        metrics = preference_metrics(
+            [pairs[r["index"]].label for r in rows],
+            [scored[r["index"]] for r in rows],
+            [reference[r["index"]] for r in rows],
+            cfg.dpo.beta,
+        )
+        labels = self.store.stage("train") / "labels.jsonl"
+        metrics["queries_used"] = len(read_jsonl(labels, LabelRecord)) if labels.exists() else 0
+        if PartialState().is_main_process:
+            write_json_atomic(folder / "metrics.json", metrics)
+            self.store.log_metrics("evaluate", metrics)
+        return metrics
+
+    def run(self) -> None:
+        """Train, then evaluate when held-out pairs are given."""
+        self.train()
+        if self.config.eval_data is not None:
+            self.evaluate()
+
+
+class LiveReference:
+    """Reference log-probs computed each step: the policy with its LoRA adapter disabled (`model` None),
+    or a frozen copy."""
+
+    def __init__(self, model):
+        self.model = model
+
+    @torch.no_grad()
+    def __call__(self, policy, batch) -> torch.Tensor:
+        if self.model is not None:
+            model, context = self.model, nullcontext()
+        else:
+            model = getattr(policy, "module", policy)  # unwrap DDP to reach peft
+            context = model.disable_adapter()
+        with context:
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        return sequence_logprobs(logits, batch["labels"])
+
+
+class PreferenceObjective:
+    """The training loss of DPO / Active DPO over pair batches, with its label bookkeeping."""
+
+    def __init__(
+        self,
+        dpo: DPOSettings,
+        active: ActiveSettings | None,
+        pairs: list[PreferencePair],
+        book: LabelBook,
+        reference: dict[int, tuple[float, float]] | LiveReference,
+    ):
+        self.dpo, self.active, self.pairs, self.book, self.reference = dpo, active, pairs, book, reference
+        self.counts = torch.zeros(3)  # pseudo-labels, of them with a gold label, of them agreeing with it
+
+    def collate(self, rows: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
+        """A pair batch, with the precomputed reference log-probs as `reference` [2B] when there are some."""
+        batch = collate_pairs(rows, pad_id)
+        if isinstance(self.reference, dict):
+            ab = [self.reference[r["index"]] for r in rows]
+            batch["reference"] = torch.tensor([a for a, _ in ab] + [b for _, b in ab], dtype=torch.float32)
+        return batch
+
+    def loss(self, model, batch) -> torch.Tensor:
+        """Mean preference loss over the batch's pairs (a skipped pair adds 0, so accumulation is exact)."""
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        policy_a, policy_b = sequence_logprobs(logits, batch["labels"]).chunk(2)
+        reference = batch["reference"] if "reference" in batch else self.reference(model, batch)
+        ref_a, ref_b = reference.chunk(2)
+        beta = self.dpo.beta
+        margins = implicit_reward_margin(policy_a.detach(), policy_b.detach(), ref_a, ref_b, beta)
+        labels = self._labels([self.pairs[i] for i in batch["index"].tolist()], margins)
+        mode = self.active.pseudo_label if self.active is not None else "drop"
+        targets, weights = active_targets(margins, labels.to(margins.device), mode)
+        self._count(batch["index"].tolist(), labels, targets)
+        losses = dpo_loss(policy_a, policy_b, ref_a, ref_b, targets, beta, self.dpo.loss)
+        return (weights * losses).sum() / len(losses)
+
+    def _labels(self, pairs: list[PreferencePair], margins: torch.Tensor) -> torch.Tensor:
+        """Known labels (cached, or asked for now where the rule says so; 0 if the budget is spent), NaN
+        where the policy labels the pair itself."""
+        ask = (
+            select_queries(margins, self.active.gamma)
+            if self.active
+            else torch.ones_like(margins, dtype=bool)
+        )
+        asked = [p for p, a in zip(pairs, ask.tolist(), strict=True) if a]
+        answers = dict(zip([p.id for p in asked], self.book.get(asked), strict=True))
+        labels = []
+        for pair in pairs:
+            if pair.id in answers:
+                labels.append(answers[pair.id] if answers[pair.id] is not None else 0)
+            else:
+                cached = self.book.labels.get(pair.id)
+                labels.append(float("nan") if cached is None else cached)
+        return torch.tensor(labels, dtype=torch.float32)
+
+    def _count(self, indices: list[int], labels: torch.Tensor, targets: torch.Tensor) -> None:
+        if self.active is None or self.active.pseudo_label != "flip":
+            return
+        pseudo = torch.isnan(labels)
+        gold = torch.tensor([float("nan") if (g := self.pairs[i].label) is None else g for i in indices])
+        has_gold = pseudo & ~torch.isnan(gold)
+        agree = has_gold & (gold == targets.cpu())
+        self.counts += torch.tensor([pseudo.sum(), has_gold.sum(), agree.sum()], dtype=torch.float32)
+
+    def step_metrics(self) -> dict[str, float]:
+        """Labels paid for so far, and this step's pseudo-labels (summed over processes) and how many of
+        them agree with the gold labels where the data has some."""
+        counts = self.counts.to(PartialState().device)
+        if PartialState().num_processes > 1:
+            counts = reduce(counts, "sum")
+        self.counts = torch.zeros(3)
+        pseudo, with_gold, agree = counts.tolist()
+        metrics = {"queries_used": float(self.book.queries_used), "pseudo_labels": pseudo}
+        metrics.update(getattr(self.book.labeler, "stats", {}))  # a judge's garbage / bias counters
+        if with_gold:
+            metrics["pseudo_label_agreement"] = agree / with_gold
+        return metrics
+
+
+def preference_metrics(
+    gold: list[int], policy: list[tuple[float, float]], reference: list[tuple[float, float]], beta: float
+) -> dict[str, float]:
+    """Preference accuracy (%, a zero margin counts half) and the mean gold-signed reward margin."""
+    margins = [
+        label * beta * ((pa - ra) - (pb - rb))
+        for label, (pa, pb), (ra, rb) in zip(gold, policy, reference, strict=True)
+    ]
+    right = sum(1.0 if m > 0 else 0.5 if m == 0 else 0.0 for m in margins)
+    return {
+        "preference_accuracy": round(100.0 * right / len(margins), 2),
+        "reward_margin": sum(margins) / len(margins),
+        "pairs": len(margins),
+    }
+
+
+def _text(value) -> str:
+    return value if isinstance(value, str) else "\n".join(m.content for m in value)

@@ -1,0 +1,304 @@
+"""DPO and Active DPO: losses against hand-computed values, the selection rule, pair tokenization, and
+tiny end-to-end runs (parameters change, accumulation invariance, resume with the label cache)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from feedlearn.data.jsonl import read_jsonl
+from feedlearn.data.records import LabelRecord, Message, PreferencePair
+from feedlearn.data.store import open_run
+from feedlearn.errors import ConfigError, DataError
+from feedlearn.losses import IGNORE, active_targets, dpo_loss, implicit_reward_margin, select_queries
+from feedlearn.methods import dpo
+from feedlearn.methods.dpo import ActiveDPOConfig, DPOConfig, PreferenceLearning, preference_metrics
+from feedlearn.models.tiny import TinyModelConfig, build_tiny_model
+from feedlearn.training.data import collate_pairs, completion_row, tokenize_pairs
+
+NAN = float("nan")
+TINY = TinyModelConfig(hidden_size=32, intermediate_size=64, num_layers=2, num_heads=2, vocab_size=300)
+
+
+# ---- losses ---------------------------------------------------------------------------------------------
+
+
+def test_dpo_losses_match_hand_computed_values():
+    pa, pb = torch.tensor([-3.0, -2.0]), torch.tensor([-5.0, -1.0])
+    ra, rb = torch.tensor([-4.0, -2.5]), torch.tensor([-4.5, -1.5])
+    labels = torch.tensor([1.0, -1.0])
+    # h = label * [(pa - ra) - (pb - rb)] = [1 * (1 - (-0.5)), -1 * (0.5 - 0.5)] = [1.5, 0]
+    beta = 0.5
+    sigmoid = dpo_loss(pa, pb, ra, rb, labels, beta, "sigmoid")
+    assert sigmoid.tolist() == pytest.approx([math.log(1 + math.exp(-0.75)), math.log(2)])
+    hinge = dpo_loss(pa, pb, ra, rb, labels, beta, "hinge")
+    assert hinge.tolist() == pytest.approx([0.25, 1.0])
+    ipo = dpo_loss(pa, pb, ra, rb, labels, beta, "ipo")
+    assert ipo.tolist() == pytest.approx([(1.5 - 1.0) ** 2, 1.0])
+
+
+def test_margin_is_beta_scaled_log_ratio_difference():
+    m = implicit_reward_margin(
+        torch.tensor([-1.0]), torch.tensor([-6.0]), torch.tensor([-2.0]), torch.tensor([-4.0]), 0.1
+    )
+    assert m.item() == pytest.approx(0.1 * ((-1 + 2) - (-6 + 4)))
+
+
+def test_select_queries_asks_when_unsure_boundary_included():
+    margins = torch.tensor([0.0, 1.3, -1.3, 1.31, -2.0])
+    assert select_queries(margins, 1.3).tolist() == [True, True, True, False, False]
+
+
+def test_active_targets_query_flip_drop_and_no_preference():
+    margins = torch.tensor([0.2, 2.0, -3.0, 0.1, 0.0])
+    labels = torch.tensor([-1.0, NAN, NAN, 0.0, 1.0])  # queried b, two confident, a tie, queried a
+    targets, weights = active_targets(margins, labels, "flip")
+    assert targets.tolist() == [-1.0, 1.0, -1.0, 0.0, 1.0]
+    assert weights.tolist() == [1.0, 1.0, 1.0, 0.0, 1.0]
+    targets, weights = active_targets(margins, labels, "drop")
+    assert weights.tolist() == [1.0, 0.0, 0.0, 0.0, 1.0]
+    assert targets[[0, 4]].tolist() == [-1.0, 1.0]
+
+
+def test_preference_metrics_counts_ties_half():
+    gold = [1, -1, 1]
+    policy = [(-1.0, -2.0), (-1.0, -2.0), (-3.0, -3.0)]
+    reference = [(-1.0, -1.0)] * 3
+    m = preference_metrics(gold, policy, reference, beta=1.0)
+    assert m["preference_accuracy"] == pytest.approx(100 * 1.5 / 3)
+    assert m["reward_margin"] == pytest.approx((1 - 1 + 0) / 3)
+
+
+# ---- tokenization --------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_path(tmp_path_factory):
+    task = dpo.WordPreferenceTask()
+    texts = [p.prompt + s for p in task.pairs(200, 0) for s in (p.a, p.b)] + ["user says hello assistant"]
+    return str(build_tiny_model(TINY, texts, cache=tmp_path_factory.mktemp("tiny")))
+
+
+def tokenizer(path):
+    from feedlearn.models.loading import load_tokenizer
+
+    return load_tokenizer(path)
+
+
+def test_text_completion_masks_the_prompt_and_ends_with_eos(tiny_path):
+    tok = tokenizer(tiny_path)
+    ids, labels = completion_row(tok, "Topic: ocean. Words:", " salt wave")
+    prompt = tok("Topic: ocean. Words:")["input_ids"]
+    assert ids[: len(prompt)] == prompt and ids[-1] == tok.eos_token_id
+    assert labels[: len(prompt)] == [IGNORE] * len(prompt)
+    assert labels[len(prompt) :] == ids[len(prompt) :]
+    assert tok.decode(ids[len(prompt) : -1]) == " salt wave"
+
+
+def test_conversational_completion_trains_the_assistant_reply(tiny_path):
+    tok = tokenizer(tiny_path)
+    ids, labels = completion_row(
+        tok, [Message(role="user", content="hello")], [Message(role="assistant", content="salt wave")]
+    )
+    trained = [t for t, label in zip(ids, labels, strict=True) if label != IGNORE]
+    assert tok.decode(trained) == "salt wave<|end|>"
+
+
+def test_collate_pairs_puts_all_a_sides_then_b_sides(tiny_path):
+    tok = tokenizer(tiny_path)
+    pairs = dpo.WordPreferenceTask().pairs(3, seed=5)
+    rows = tokenize_pairs(pairs, tok, 64)
+    batch = collate_pairs(rows, tok.pad_token_id)
+    assert batch["input_ids"].shape[0] == 6
+    assert batch["index"].tolist() == [0, 1, 2]
+    n = len(rows[1]["b"]["input_ids"])
+    assert batch["input_ids"][4, :n].tolist() == rows[1]["b"]["input_ids"]
+    assert batch["attention_mask"][4].sum().item() == n
+
+
+def test_tokenize_pairs_drops_pairs_longer_than_max_length(tiny_path):
+    tok = tokenizer(tiny_path)
+    pairs = [
+        PreferencePair(id="short", prompt="Topic: ocean. Words:", a=" salt", b=" wave", label=1),
+        PreferencePair(id="long", prompt="Topic: ocean. Words:", a=" salt" * 80, b=" wave", label=1),
+    ]
+    rows = tokenize_pairs(pairs, tok, 32)
+    assert [r["index"] for r in rows] == [0]
+
+
+# ---- end to end ----------------------------------------------------------------------------------------
+
+
+def recipe(tmp_path, tiny_path, active: dict | None = None, **overrides) -> DPOConfig:
+    config = {
+        "run_dir": str(tmp_path / "runs"),
+        "model": {"path": tiny_path},
+        "train_data": {"synthetic": {"n": 48, "seed": 0}},
+        "eval_data": {"synthetic": {"n": 32, "seed": 1}},
+        "dpo": {"beta": 0.5},
+        "train": {
+            "learning_rate": 1e-2,
+            "lr_schedule": "constant",
+            "warmup_ratio": 0,
+            "batch_size": 4,
+            "grad_accum": 2,
+            "epochs": 2,
+            "max_length": 64,
+            "checkpoint_every": 2,
+        },
+    }
+    for key, value in overrides.items():
+        config[key] = {**config[key], **value} if key in ("train", "dpo") else value
+    if active is not None:
+        return ActiveDPOConfig.model_validate({**config, "active": active})
+    return DPOConfig.model_validate(config)
+
+
+def run(config, run_id="r") -> PreferenceLearning:
+    return PreferenceLearning(config, open_run(config.run_dir, run_id, config.model_dump(mode="json")), False)
+
+
+def weights(method: PreferenceLearning) -> dict[str, torch.Tensor]:
+    return load_file(str(method.store.stage("train") / "model" / "model.safetensors"))
+
+
+def train_metrics(method: PreferenceLearning) -> list[dict]:
+    rows = [json.loads(line) for line in (method.store.path / "metrics.jsonl").read_text().splitlines()]
+    return [r for r in rows if r["stage"] == "train"]
+
+
+def test_dpo_trains_and_beats_chance_on_held_out_pairs(tmp_path, tiny_path):
+    config = recipe(tmp_path, tiny_path, train={"epochs": 4})
+    method = run(config)
+    method.run()
+    before = load_file(f"{tiny_path}/model.safetensors")
+    after = weights(method)
+    assert any(not torch.equal(before[k], after[k]) for k in after)
+    result = json.loads((method.store.stage("evaluate") / "metrics.json").read_text())
+    assert result["queries_used"] == 48  # plain DPO asks about every pair once, over all epochs
+    assert result["pairs"] == 32
+    steps = train_metrics(method)
+    assert steps[0]["losses/loss"] == pytest.approx(math.log(2), abs=1e-5)  # policy == reference at step 0
+    assert steps[-1]["losses/loss"] < steps[0]["losses/loss"]
+    assert all(s["queries_used"] == 48 for s in steps[6:])  # epochs 2-4 hit the cache
+
+
+def test_active_dpo_queries_fewer_and_logs_pseudo_labels(tmp_path, tiny_path):
+    method = run(recipe(tmp_path, tiny_path, active={"gamma": 0.05}, train={"epochs": 3}))
+    method.train()
+    steps = train_metrics(method)
+    assert steps[0]["queries_used"] == 8  # step 0: pi == ref, every margin is 0, all 8 pairs asked
+    used = steps[-1]["queries_used"]
+    labels = read_jsonl(method.store.stage("train") / "labels.jsonl", LabelRecord)
+    assert used == len(labels) == len({r.id for r in labels}) < 48
+    pseudo = [s for s in steps if s["pseudo_labels"] > 0]
+    assert pseudo and all(0.0 <= s["pseudo_label_agreement"] <= 1.0 for s in pseudo)
+
+
+def test_query_budget_stops_paying_and_drops_the_rest(tmp_path, tiny_path):
+    method = run(recipe(tmp_path, tiny_path, query_budget=12))
+    method.train()
+    assert train_metrics(method)[-1]["queries_used"] == 12
+    assert len(read_jsonl(method.store.stage("train") / "labels.jsonl", LabelRecord)) == 12
+
+
+@pytest.mark.parametrize("active", [None, {"gamma": 0.05}], ids=["dpo", "active"])
+def test_gradient_accumulation_invariance(tmp_path, tiny_path, active):
+    common = {"epochs": 1, "max_grad_norm": 1e9}
+    a = run(recipe(tmp_path / "a", tiny_path, active, train={**common, "batch_size": 8, "grad_accum": 1}))
+    b = run(recipe(tmp_path / "b", tiny_path, active, train={**common, "batch_size": 1, "grad_accum": 8}))
+    a.train(), b.train()
+    wa, wb = weights(a), weights(b)
+    for k in wa:
+        assert torch.allclose(wa[k], wb[k], atol=1e-5), k
+    assert train_metrics(a)[-1]["queries_used"] == train_metrics(b)[-1]["queries_used"]
+
+
+class Crash(Exception):
+    pass
+
+
+def test_resume_keeps_the_label_cache_and_query_count(tmp_path, tiny_path, monkeypatch):
+    config = recipe(tmp_path, tiny_path, active={"gamma": 0.05}, train={"epochs": 3})
+    whole = run(config, "whole")
+    whole.train()
+
+    calls, real_loss = 0, dpo.PreferenceObjective.loss
+
+    def crashing(self, model, batch):
+        nonlocal calls
+        calls += 1
+        if calls == 5 * 2 + 1:  # first micro-batch of step 6; the checkpoint is at step 4
+            raise Crash
+        return real_loss(self, model, batch)
+
+    monkeypatch.setattr(dpo.PreferenceObjective, "loss", crashing)
+    broken = run(config, "broken")
+    with pytest.raises(Crash):
+        broken.train()
+    labels_path = broken.store.stage("train") / "labels.jsonl"
+    paid_before = len(read_jsonl(labels_path, LabelRecord))
+    monkeypatch.setattr(dpo.PreferenceObjective, "loss", real_loss)
+
+    asked = []
+    real_get = dpo.LabelBook.get
+
+    def spying_get(self, pairs):
+        asked.extend(p.id for p in pairs if p.id not in self.labels)
+        return real_get(self, pairs)
+
+    monkeypatch.setattr(dpo.LabelBook, "get", spying_get)
+    resumed = run(config, "broken")
+    resumed.train()
+    labels = read_jsonl(labels_path, LabelRecord)
+    assert len(labels) == len({r.id for r in labels})  # nothing paid twice
+    already = {r.id for r in labels[:paid_before]}
+    assert not already & set(asked)  # the replayed step 5 took its labels from the cache
+    assert train_metrics(resumed)[-1]["queries_used"] == train_metrics(whole)[-1]["queries_used"]
+    wa, wb = weights(whole), weights(resumed)
+    for k in wa:
+        assert torch.allclose(wa[k], wb[k], atol=1e-6), k
+
+
+def test_live_reference_matches_precomputed(tmp_path, tiny_path):
+    lora = {"path": tiny_path, "lora": {"r": 4, "alpha": 8, "dropout": 0.0}}
+    for model in ({"path": tiny_path}, lora):
+        pre = run(recipe(tmp_path / "pre", tiny_path, model=model, train={"epochs": 1}), str(len(model)))
+        live = run(
+            recipe(tmp_path / "live", tiny_path, model=model, dpo={"reference": "live"}, train={"epochs": 1}),
+            str(len(model)),
+        )
+        pre.train(), live.train()
+        for a, b in zip(train_metrics(pre), train_metrics(live), strict=True):
+            assert a["losses/loss"] == pytest.approx(b["losses/loss"], abs=1e-5)
+    assert (tmp_path / "pre" / "runs" / "1" / "train" / "reference_logprobs.jsonl").exists()
+    assert not (tmp_path / "live" / "runs" / "1" / "train" / "reference_logprobs.jsonl").exists()
+
+
+def test_unlabeled_pairs_need_a_labeler_other_than_the_dataset(tmp_path, tiny_path):
+    path = tmp_path / "pairs.jsonl"
+    pairs = dpo.WordPreferenceTask().pairs(16, 0)
+    path.write_text("".join(p.model_copy(update={"label": None}).model_dump_json() + "\n" for p in pairs))
+    method = run(recipe(tmp_path, tiny_path, train_data={"path": str(path)}, eval_data=None))
+    with pytest.raises(DataError, match="has no label"):
+        method.train()
+
+
+def test_evaluate_needs_labeled_held_out_pairs(tmp_path, tiny_path):
+    with pytest.raises(DataError, match="eval_data"):
+        run(recipe(tmp_path, tiny_path, eval_data=None)).evaluate()
+
+
+def test_recipe_errors_name_the_key(tmp_path, tiny_path):
+    from feedlearn.config import load_recipe
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        "method: active-dpo\nmodel: {path: tiny}\ntrain_data: {synthetic: {n: 4}}\nactive: {gama: 1}\n"
+    )
+    with pytest.raises(ConfigError, match="active.gama.*gamma"):
+        load_recipe(ActiveDPOConfig, str(bad), [])
