@@ -29,9 +29,16 @@ def load_method(recipe: str, overrides: list[str]):
     return load_recipe(config_cls, recipe, overrides), method_cls, stages
 
 
+def open_recipe_run(args, config):
+    """The run folder: `--run-id`, or `<method>-<recipe file name>` (recipes of different methods share
+    names such as tiny.yaml)."""
+    run_id = args.run_id or f"{config.method}-{Path(args.recipe).stem}"
+    return open_run(config.run_dir, run_id, config.model_dump(mode="json"))
+
+
 def cmd_run(args) -> None:
     config, method_cls, _ = load_method(args.recipe, args.set)
-    store = open_run(config.run_dir, args.run_id or Path(args.recipe).stem, config.model_dump(mode="json"))
+    store = open_recipe_run(args, config)
     method_cls(config, store).run()
     print(f"run folder: {store.path}")
 
@@ -40,7 +47,7 @@ def cmd_stage(args) -> None:
     config, method_cls, stages = load_method(args.recipe, args.set)
     if args.stage not in stages:
         raise ConfigError(f"unknown stage '{args.stage}' (choose from {', '.join(stages)})")
-    store = open_run(config.run_dir, args.run_id or Path(args.recipe).stem, config.model_dump(mode="json"))
+    store = open_recipe_run(args, config)
     method = method_cls(config, store)
     stage = getattr(method, args.stage)
     iterated = getattr(args, "iteration", None) is not None and args.stage != "sft"
@@ -78,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     def recipe_args(p):
         p.add_argument("recipe", help="a YAML recipe")
         p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a key")
-        p.add_argument("--run-id", help="name of the run folder (default: the recipe's file name)")
+        p.add_argument("--run-id", help="name of the run folder (default: METHOD-RECIPE_NAME)")
 
     run = sub.add_parser("run", help="run every stage of a recipe")
     recipe_args(run)
@@ -98,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=cmd_demo)
 
     report = sub.add_parser("report", help="print the evaluation table of a run folder")
-    report.add_argument("run", help="a run folder, e.g. runs/tiny")
+    report.add_argument("run", help="a run folder, e.g. runs/rise-tiny")
     report.set_defaults(func=cmd_report)
     return parser
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from feedlearn import cli
@@ -266,7 +268,10 @@ def test_cli_bad_recipe_file(tmp_path, capsys):
 def test_cli_unknown_method_and_missing_recipe(tmp_path, capsys):
     path = write(tmp_path, "method: ppo\n")
     assert cli.main(["run", str(path)]) == 2
-    assert one_line_error(capsys) == f"error: {path}: key 'method' must be one of rise, dpo, active-dpo (got 'ppo')"
+    assert (
+        one_line_error(capsys)
+        == f"error: {path}: key 'method' must be one of rise, dpo, active-dpo (got 'ppo')"
+    )
     assert cli.main(["run", str(tmp_path / "nope.yaml")]) == 2
     assert one_line_error(capsys) == f"error: {tmp_path / 'nope.yaml'}: recipe not found"
 
@@ -280,3 +285,13 @@ def test_cli_wrong_type(recipe, capsys):
 def test_cli_set_value_that_is_invalid_yaml(recipe, capsys):
     assert cli.main(["run", str(recipe), "--set", "collect.turns=[1,"]) == 2
     one_line_error(capsys)
+
+
+@pytest.mark.parametrize(
+    "recipe",
+    sorted((Path(cli.__file__).parent / "recipes").glob("*/*.yaml")),
+    ids=lambda p: f"{p.parent.name}/{p.name}",
+)
+def test_every_shipped_recipe_validates(recipe):
+    config, _, _ = cli.load_method(str(recipe), [])
+    assert config.method == recipe.parent.name

@@ -302,3 +302,20 @@ def test_recipe_errors_name_the_key(tmp_path, tiny_path):
     )
     with pytest.raises(ConfigError, match="active.gama.*gamma"):
         load_recipe(ActiveDPOConfig, str(bad), [])
+
+
+def test_cli_runs_active_dpo_and_reports(tmp_path, tiny_path, capsys):
+    from feedlearn import cli
+
+    recipe = tmp_path / "tiny.yaml"
+    recipe.write_text(
+        f"method: active-dpo\nrun_dir: {tmp_path / 'runs'}\nmodel: {{path: {tiny_path}}}\n"
+        "train_data: {synthetic: {n: 32, seed: 0}}\neval_data: {synthetic: {n: 16, seed: 1}}\n"
+        "train: {batch_size: 8, grad_accum: 1, max_length: 64}\nactive: {gamma: 0.5}\n"
+    )
+    assert cli.main(["active-dpo", "train", str(recipe)]) == 0
+    assert (tmp_path / "runs" / "active-dpo-tiny" / "train" / "model" / "done.json").exists()
+    assert cli.main(["run", str(recipe)]) == 0  # train is done: only evaluate runs
+    assert cli.main(["report", str(tmp_path / "runs" / "active-dpo-tiny")]) == 0
+    out = capsys.readouterr().out
+    assert "preference_accuracy" in out and "queries_used" in out
