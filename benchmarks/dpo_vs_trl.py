@@ -1,0 +1,243 @@
+"""feedlearn DPO against TRL's DPOTrainer: same tiny model on disk, same data, batch, steps, seed, CPU.
+
+Two measurements, in one process, one after the other:
+1. First-step loss from the same weights and batch (one batch is the whole data set, so the sampling order
+   cannot matter). The reference is a perturbed copy of the policy, so the loss depends on both models'
+   log-probs of every token and checks the tokenization, masking and math, not just log(2).
+2. Training throughput over the same number of steps, end to end (tokenization, the reference's
+   log-probs, the optimization), in float32, median of interleaved repeats: feedlearn precomputes the
+   reference's log-probs once and batches pairs of similar length together; TRL computes the reference
+   live. TRL with `precompute_ref_log_probs=True` is timed too, so the gain from that one switch can be
+   told apart, and TRL with its default bf16 autocast (different math, shown for information).
+
+    python benchmarks/dpo_vs_trl.py --out bench_out/dpo_vs_trl           # a few minutes on 2 cores
+    python benchmarks/dpo_vs_trl.py --out /tmp/smoke --quick             # a smoke test
+
+Writes `OUT/result.json` and `OUT/throughput.png`. TRL is a benchmark dependency only (`pip install trl`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import time
+from pathlib import Path
+
+import torch
+
+from feedlearn.data.jsonl import write_json_atomic, write_text_atomic
+from feedlearn.data.store import open_run
+from feedlearn.envs.word_preferences import TOPICS, WORDS
+from feedlearn.methods.dpo import DPOConfig, PreferenceLearning
+from feedlearn.models.loading import ModelSettings, load_policy
+from feedlearn.models.tiny import TinyModelConfig, build_tiny_model
+
+FULL = {
+    "repeats": 3,
+    "steps": 60,
+    "batch_size": 8,
+    "max_words": 48,
+    "tiny": TinyModelConfig(
+        hidden_size=256, intermediate_size=768, num_layers=4, num_heads=4, vocab_size=512
+    ),
+}
+QUICK = {
+    "repeats": 1,
+    "steps": 3,
+    "batch_size": 4,
+    "max_words": 12,
+    "tiny": TinyModelConfig(hidden_size=32, intermediate_size=64, num_layers=1, num_heads=2, vocab_size=300),
+}
+LEARNING_RATE, BETA, SEED = 1e-4, 0.1, 0
+
+
+def make_pairs(n: int, max_words: int, seed: int) -> list[dict]:
+    """Standard-form pairs (prompt / chosen / rejected text) of varied lengths, as TRL users have them."""
+    rng = random.Random(seed)
+
+    def response() -> str:
+        return " " + " ".join(rng.choices(WORDS, k=rng.randint(2, max_words)))
+
+    return [
+        {"prompt": f"Topic: {rng.choice(TOPICS)}. Words:", "chosen": response(), "rejected": response()}
+        for _ in range(n)
+    ]
+
+
+def write_pairs(path: Path, pairs: list[dict]) -> Path:
+    write_text_atomic(path, "".join(json.dumps(p) + "\n" for p in pairs))
+    return path
+
+
+def perturbed_copy(model_path: str, out: Path) -> str:
+    """The policy with seeded noise added to every weight: a reference that differs from it."""
+    model, tokenizer = load_policy(ModelSettings(path=model_path))
+    generator = torch.Generator().manual_seed(SEED + 1)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.02 * torch.randn(p.shape, generator=generator))
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return str(out)
+
+
+def feedlearn_run(out: Path, run_id: str, model: str, data: Path, batch: int, reference: str | None) -> dict:
+    """Train with feedlearn; wall time, samples and the logged first-step loss."""
+    config = DPOConfig.model_validate(
+        {
+            "seed": SEED,
+            "run_dir": str(out / "runs"),
+            "model": {"path": model},
+            "train_data": {"path": str(data)},
+            "dpo": {"beta": BETA, "reference_model": reference},
+            "train": {
+                "learning_rate": LEARNING_RATE,
+                "lr_schedule": "constant",
+                "warmup_ratio": 0.0,
+                "batch_size": batch,
+                "grad_accum": 1,
+                "epochs": 1,
+                "max_length": 1024,
+                "checkpoint_every": 1_000_000,
+                "seed": SEED,
+            },
+        }
+    )
+    store = open_run(config.run_dir, run_id, config.model_dump(mode="json"))
+    started = time.perf_counter()
+    PreferenceLearning(config, store, progress=False).train()
+    seconds = time.perf_counter() - started
+    rows = [json.loads(line) for line in (store.path / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in rows if r["stage"] == "train"]
+    return {"seconds": seconds, "samples": len(steps) * batch, "first_loss": steps[0]["losses/loss"]}
+
+
+def trl_run(
+    out: Path, model: str, data: Path, batch: int, reference: str | None, precompute: bool, bf16: bool = False
+) -> dict:
+    """Train with TRL's DPOTrainer; wall time (trainer set-up included), samples and first-step loss."""
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import DPOConfig as TRLConfig
+    from trl import DPOTrainer
+
+    rows = [json.loads(line) for line in data.read_text().splitlines()]
+    args = TRLConfig(
+        output_dir=str(out / "trl"),
+        per_device_train_batch_size=batch,
+        gradient_accumulation_steps=1,
+        num_train_epochs=1,
+        learning_rate=LEARNING_RATE,
+        lr_scheduler_type="constant",
+        warmup_steps=0,
+        beta=BETA,
+        loss_type=["sigmoid"],
+        max_length=1024,
+        precompute_ref_log_probs=precompute,
+        logging_steps=1,
+        save_strategy="no",
+        report_to=[],
+        seed=SEED,
+        disable_tqdm=True,
+        use_cpu=True,
+        bf16=bf16,  # transformers turns bf16 autocast on by default where the CPU has it; feedlearn is fp32
+    )
+    started = time.perf_counter()
+    policy = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32)
+    ref = AutoModelForCausalLM.from_pretrained(reference, dtype=torch.float32) if reference else None
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    trainer = DPOTrainer(
+        model=policy,
+        ref_model=ref,
+        args=args,
+        train_dataset=Dataset.from_list(rows),
+        processing_class=tokenizer,
+    )
+    trainer.train()
+    seconds = time.perf_counter() - started
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    return {"seconds": seconds, "samples": trainer.state.global_step * batch, "first_loss": losses[0]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", required=True, help="folder for result.json, throughput.png and the runs")
+    parser.add_argument("--quick", action="store_true", help="a tiny smoke test")
+    args = parser.parse_args()
+    out = Path(args.out)
+    s = QUICK if args.quick else FULL
+    torch.manual_seed(SEED)
+
+    pairs = make_pairs(s["steps"] * s["batch_size"], s["max_words"], SEED)
+    texts = [p["prompt"] + p[side] for p in pairs for side in ("chosen", "rejected")]
+    model = str(build_tiny_model(s["tiny"], texts))
+    reference = perturbed_copy(model, out / "reference")
+
+    one_batch = write_pairs(out / "data" / "one_batch.jsonl", pairs[: s["batch_size"]])
+    fl_first = feedlearn_run(out, "first-loss", model, one_batch, s["batch_size"], reference)["first_loss"]
+    trl_first = trl_run(out, model, one_batch, s["batch_size"], reference, precompute=False)["first_loss"]
+
+    data = write_pairs(out / "data" / "train.jsonl", pairs)
+    runs = {"feedlearn": [], "trl": [], "trl_precompute": [], "trl_bf16": []}
+    for repeat in range(s["repeats"]):  # interleaved, so a slow spell of the machine hits every trainer
+        runs["trl"].append(trl_run(out, model, data, s["batch_size"], None, precompute=False))
+        runs["trl_precompute"].append(trl_run(out, model, data, s["batch_size"], None, precompute=True))
+        runs["trl_bf16"].append(trl_run(out, model, data, s["batch_size"], None, precompute=False, bf16=True))
+        runs["feedlearn"].append(
+            feedlearn_run(out, f"throughput-{repeat}", model, data, s["batch_size"], None)
+        )
+
+    def rate(name: str) -> float:
+        """Median samples per second over the repeats."""
+        rates = sorted(r["samples"] / r["seconds"] for r in runs[name])
+        return round(rates[len(rates) // 2], 2)
+
+    result = {
+        "feedlearn_samples_per_s": rate("feedlearn"),
+        "trl_samples_per_s": rate("trl"),
+        "ratio": round(rate("feedlearn") / rate("trl"), 3),
+        "first_loss_feedlearn": fl_first,
+        "first_loss_trl": trl_first,
+        "first_loss_abs_diff": abs(fl_first - trl_first),
+        "trl_precompute_samples_per_s": rate("trl_precompute"),
+        "ratio_vs_trl_precompute": round(rate("feedlearn") / rate("trl_precompute"), 3),
+        "trl_bf16_autocast_samples_per_s": rate("trl_bf16"),
+        "settings": {
+            "steps": s["steps"],
+            "batch_size": s["batch_size"],
+            "repeats": s["repeats"],
+            "precision": "float32 for both (TRL's bf16 autocast default turned off); trl_bf16 keeps it on",
+            "tiny": s["tiny"].model_dump(),
+            "torch_threads": torch.get_num_threads(),
+        },
+    }
+    write_json_atomic(out / "result.json", result)
+    plot(result, out / "throughput.png")
+    print(json.dumps(result, indent=2))
+
+
+def plot(result: dict, path: Path) -> None:
+    """Training samples per second of each trainer."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = ["feedlearn", "TRL", "TRL\nprecompute", "TRL bf16\n(other math)"]
+    keys = ["feedlearn", "trl", "trl_precompute", "trl_bf16_autocast"]
+    values = [result[f"{k}_samples_per_s"] for k in keys]
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    bars = ax.bar(names, values, color=["C1", "C0", "C0", "C7"])
+    bars[2].set_alpha(0.6)
+    for bar, v in zip(bars, values, strict=True):
+        ax.annotate(f"{v:.1f}", (bar.get_x() + bar.get_width() / 2, v), ha="center", va="bottom")
+    ax.set_ylabel("training samples / s (end to end)")
+    ax.set_title(f"DPO on a tiny model, CPU: feedlearn / TRL = {result['ratio']:.2f}x")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()
