@@ -100,7 +100,6 @@ def feedlearn_run(out: Path, run_id: str, model: str, data: Path, batch: int, re
                 "epochs": 1,
                 "max_length": 1024,
                 "checkpoint_every": 1_000_000,
-                "seed": SEED,
             },
         }
     )

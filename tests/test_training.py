@@ -259,7 +259,6 @@ def test_resume_equals_uninterrupted(tiny_folder, tmp_path, lora):
         batch_size=2,
         grad_accum=2,
         checkpoint_every=2,
-        seed=3,
     )  # 8 rows / (2 x 2) = 2 steps per epoch, 8 steps in all
     weights = [12.18, 1.0, 0.082, 1.0, 12.18, 0.082, 1.0, 1.0]
 
@@ -267,7 +266,7 @@ def test_resume_equals_uninterrupted(tiny_folder, tmp_path, lora):
     model, tok = load(tiny_folder, lora)
     rows = tokenize_sft(examples(8, weights), tok, 256)
     store_a = RunStore(tmp_path, "a")
-    out_a = train(model, tok, rows, sft_loss, settings, tmp_path / "A", store=store_a)
+    out_a = train(model, tok, rows, sft_loss, settings, tmp_path / "A", store=store_a, seed=3)
 
     calls = 0
 
@@ -282,7 +281,7 @@ def test_resume_equals_uninterrupted(tiny_folder, tmp_path, lora):
     torch.manual_seed(0)
     model, _ = load(tiny_folder, lora)
     with pytest.raises(Crash):
-        train(model, tok, rows, crashing_loss, settings, tmp_path / "B", store=store_b)
+        train(model, tok, rows, crashing_loss, settings, tmp_path / "B", store=store_b, seed=3)
     ckpts = tmp_path / "B" / "checkpoints"
     assert sorted(p.name for p in ckpts.iterdir()) == ["step-4"]  # step-2 was replaced by step-4
     assert json.loads((ckpts / "step-4" / "trainer_state.json").read_text()) == {"step": 4}
@@ -291,7 +290,7 @@ def test_resume_equals_uninterrupted(tiny_folder, tmp_path, lora):
 
     torch.manual_seed(12345)  # the resumed run must not depend on the state the process happens to be in
     model, _ = load(tiny_folder, lora)
-    out_b = train(model, tok, rows, sft_loss, settings, tmp_path / "B", store=store_b)
+    out_b = train(model, tok, rows, sft_loss, settings, tmp_path / "B", store=store_b, seed=3)
 
     a, b = saved_weights(out_a), saved_weights(out_b)
     assert a.keys() == b.keys()
@@ -358,8 +357,8 @@ def test_each_epoch_visits_every_row_once_in_a_seeded_order(tiny_folder, tmp_pat
             return sft_loss(model, batch)
 
         model, _ = load(tiny_folder)
-        settings = TrainSettings(batch_size=2, grad_accum=2, epochs=3, seed=seed, learning_rate=1e-3)
-        train(model, tok, rows, recording_loss, settings, tmp_path / name)
+        settings = TrainSettings(batch_size=2, grad_accum=2, epochs=3, learning_rate=1e-3)
+        train(model, tok, rows, recording_loss, settings, tmp_path / name, seed=seed)
         return [seen[i : i + 8] for i in range(0, len(seen), 8)]
 
     epochs = visits(0, "a")

@@ -217,6 +217,7 @@ class PreferenceLearning:
             self.progress,
             collate_fn=lambda micro: objective.collate(micro, tokenizer.pad_token_id),
             step_metrics=objective.step_metrics,
+            seed=cfg.seed,
         )
 
     def reference_path(self) -> str:

@@ -243,7 +243,18 @@ class Rise:
             ]
             examples.append(SFTExample(id=chat[0].id, messages=messages))
         rows = tokenize_sft(examples, tokenizer, sft.train.max_length, all_turns=True)
-        return train(model, tokenizer, rows, _rwr_loss, sft.train, folder, self.store, "sft", self.progress)
+        return train(
+            model,
+            tokenizer,
+            rows,
+            _rwr_loss,
+            sft.train,
+            folder,
+            self.store,
+            "sft",
+            self.progress,
+            seed=self.config.seed,
+        )
 
     def collect(self, iteration: int = 1) -> Path:
         """Roll out the policy (and teachers) on the training problems; resumable by problem id."""
@@ -327,7 +338,16 @@ class Rise:
         rows = tokenize_sft(examples, tokenizer, self.config.train.max_length)
         stage = f"iter{iteration}/train"
         return train(
-            model, tokenizer, rows, _rwr_loss, self.config.train, folder, self.store, stage, self.progress
+            model,
+            tokenizer,
+            rows,
+            _rwr_loss,
+            self.config.train,
+            folder,
+            self.store,
+            stage,
+            self.progress,
+            seed=self.config.seed,
         )
 
     def run(self) -> None:

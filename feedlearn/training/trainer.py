@@ -50,7 +50,6 @@ class TrainSettings(BaseModel):
         default=True,
         description="Batch examples of similar length together (within windows of 64 steps): less padding.",
     )
-    seed: int = Field(default=0, description="Seeds the data order and any dropout.")
 
 
 LossFn = Callable[[torch.nn.Module, dict[str, torch.Tensor]], torch.Tensor]
@@ -82,12 +81,13 @@ def train(
     progress: bool = True,
     collate_fn: Collate | None = None,
     step_metrics: Callable[[], dict[str, float]] | None = None,
+    seed: int = 0,
 ) -> Path:
     """Train `model` on tokenized `rows` with `loss_fn`; save it to `out_dir/model` and return that path.
 
     Rows carry a `length` (used to batch similar lengths together) and are padded into batches by
     `collate_fn` (default: `collate`). `step_metrics`, called on every process after each step, adds
-    method-specific values to the logged metrics.
+    method-specific values to the logged metrics. `seed` (the recipe's) fixes the data order and dropout.
 
     Each epoch uses `len(rows) // (batch_size x grad_accum x processes)` full steps (the remainder waits
     for the next epoch's shuffle). Checkpoints go to `out_dir/checkpoints`; if one exists, training resumes
@@ -124,7 +124,7 @@ def train(
         accelerator.load_state(str(latest))
         step = json.loads((latest / "trainer_state.json").read_text())["step"]
     else:
-        torch.manual_seed(settings.seed)
+        torch.manual_seed(seed)
 
     model.train()
     bar = tqdm(
@@ -138,7 +138,7 @@ def train(
         epoch, in_epoch = divmod(step, steps_per_epoch)
         if epoch != planned_epoch:
             planned_epoch = epoch
-            steps = epoch_steps(lengths, per_step, settings.seed + epoch, settings.group_by_length)
+            steps = epoch_steps(lengths, per_step, seed + epoch, settings.group_by_length)
         chunk = steps[in_epoch][rank::world]
         step_loss = 0.0
         for m in range(settings.grad_accum):
