@@ -11,12 +11,13 @@ from pathlib import Path
 from feedlearn.config import load_recipe, read_yaml
 from feedlearn.data.store import open_run
 from feedlearn.errors import ConfigError, FeedlearnError
-from feedlearn.methods import dpo, rise
+from feedlearn.methods import c3po, dpo, rise
 
 METHODS = {
     "rise": (rise.RiseConfig, rise.Rise, rise.STAGES),
     "dpo": (dpo.DPOConfig, dpo.PreferenceLearning, dpo.STAGES),
     "active-dpo": (dpo.ActiveDPOConfig, dpo.PreferenceLearning, dpo.STAGES),
+    "c3po": (c3po.C3POConfig, c3po.C3PO, c3po.STAGES),
 }
 
 
@@ -53,10 +54,11 @@ def cmd_stage(args) -> None:
     iterated = getattr(args, "iteration", None) is not None and args.stage != "sft"
     result = stage(args.iteration) if iterated else stage()
     if isinstance(result, dict):
-        from feedlearn.report import metrics_table, print_table
+        from feedlearn.report import print_results
 
-        title = f"{args.stage}, iteration {args.iteration}" if iterated else args.stage
-        print_table(metrics_table(title, {store.run_id: result}))
+        print_results(
+            f"{args.stage}, iteration {args.iteration}" if iterated else args.stage, store.run_id, result
+        )
     else:
         print(result)
 
@@ -68,14 +70,14 @@ def cmd_demo(args) -> None:
 
 
 def cmd_report(args) -> None:
-    from feedlearn.report import metrics_table, print_table
+    from feedlearn.report import print_results
 
     run = Path(args.run)
     found = sorted(run.glob("**/evaluate/metrics.json"))
     if not found:
         raise FeedlearnError(f"{run}: no evaluation results (metrics.json) found in this run folder")
-    columns = {p.parent.parent.name: json.loads(p.read_text()) for p in found}
-    print_table(metrics_table(f"run {run.name}", columns))
+    flat = {p.parent.parent.name: json.loads(p.read_text()) for p in found}
+    print_results(f"run {run.name}", run.name, flat)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from feedlearn.data.jsonl import field_path
 from feedlearn.errors import ConfigError
 
 M = TypeVar("M", bound=BaseModel)
@@ -73,7 +74,7 @@ def validate(model: type[M], data: dict[str, Any], source: str) -> M:
         return model.model_validate(data)
     except ValidationError as err:
         first = err.errors()[0]
-        loc = _field_path(first["loc"])
+        loc = field_path(first["loc"])
         path = ".".join(str(p) for p in loc)
         if first["type"] == "extra_forbidden":
             hint = _suggest(model, loc)
@@ -82,11 +83,6 @@ def validate(model: type[M], data: dict[str, Any], source: str) -> M:
             raise ConfigError(f"{source}: missing key '{path}'") from None
         given = f" (got {first['input']!r})" if not isinstance(first["input"], (dict, list)) else ""
         raise ConfigError(f"{source}: key '{path}': {first['msg']}{given}") from None
-
-
-def _field_path(loc: tuple) -> tuple:
-    """A pydantic error location without the union-member tags it inserts (`list[str]`, `ModelName`)."""
-    return tuple(p for p in loc if isinstance(p, int) or not ("[" in p or p[:1].isupper()))
 
 
 def _suggest(model: type[BaseModel], loc: tuple) -> str:

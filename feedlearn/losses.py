@@ -98,3 +98,27 @@ def active_targets(
 def select_queries(margins: torch.Tensor, gamma: float) -> torch.Tensor:
     """Active DPO's rule: ask for a label where the policy is unsure, |m| <= gamma (beta-scaled units)."""
     return margins.abs() <= gamma
+
+
+def anchor_loss(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    ref_logits: torch.Tensor | None = None,
+    lam: float = 0.0,
+    temperature: float = 1.0,
+) -> torch.Tensor:
+    """C3PO's anchor L_c per sequence [batch]: keep the policy's behaviour on the completion `labels`.
+
+    L_c = (1 - lam) x token-mean cross-entropy + lam x T^2 x sum over completion tokens of
+    KL(softmax(ref / T) || softmax(policy / T)). `ref_logits` are needed only when lam > 0.
+    """
+    loss = (1 - lam) * token_mean_nll(logits, labels) if lam < 1 else 0.0
+    if lam > 0:
+        if ref_logits is None:
+            raise ValueError("anchor_loss with lam > 0 needs the reference's logits")
+        mask = (labels[:, 1:] != IGNORE).float()
+        log_p = F.log_softmax(logits[:, :-1].float() / temperature, dim=-1)
+        log_q = F.log_softmax(ref_logits[:, :-1].float() / temperature, dim=-1)
+        kl = (log_q.exp() * (log_q - log_p)).sum(-1)
+        loss = loss + lam * temperature**2 * (kl * mask).sum(-1)
+    return loss

@@ -25,6 +25,19 @@ def print_table(table: Table) -> None:
     Console().print(table)
 
 
+def print_results(title: str, name: str, result: dict) -> None:
+    """Print results of any depth: {metric: value} as one column called `name`; {column: {metric: value}}
+    as one table; deeper results as one table per top-level key."""
+    values = list(result.values())
+    if not all(isinstance(v, dict) for v in values):
+        print_table(metrics_table(title, {name: result}))
+    elif all(all(not isinstance(x, dict) for x in v.values()) for v in values):
+        print_table(metrics_table(title, result))
+    else:
+        for key, sub in result.items():
+            print_results(f"{title}: {key}", key, sub)
+
+
 def plot_turns(columns: dict[str, dict[str, float]], path: str | Path) -> None:
     """Accuracy per turn (acc@t1..acc@tT) of each model, with its parallel pass@n as a dashed line."""
     import matplotlib

@@ -16,10 +16,18 @@ from feedlearn.errors import DataError
 T = TypeVar("T", bound=BaseModel)
 
 
+UNION_TAGS = {"str", "int", "float", "bool", "none"}
+
+
+def field_path(loc: tuple) -> tuple:
+    """A pydantic error location without the union-member tags it inserts (`str`, `list[str]`, `Model`)."""
+    return tuple(p for p in loc if isinstance(p, int) or not ("[" in p or p[:1].isupper() or p in UNION_TAGS))
+
+
 def describe_validation_error(err: ValidationError) -> str:
     """The first problem of a pydantic error as `field 'a.b': message`."""
     first = err.errors()[0]
-    field = ".".join(str(p) for p in first["loc"]) or "<record>"
+    field = ".".join(str(p) for p in field_path(first["loc"])) or "<record>"
     return f"field '{field}': {first['msg']}"
 
 

@@ -1,0 +1,235 @@
+"""A seeded synthetic instruction corpus and verifiable built-in feedbacks, for offline C3PO runs.
+
+Four categories of short chats (emails, lists, color questions, animal descriptions) with template-regular
+responses a tiny model can learn. Two built-in feedbacks change how some of them are answered; each comes
+with in-scope / near-scope prompt generators and a programmatic revision that makes its metric pass.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+
+from feedlearn.feedback.verbal import Feedback, Metric
+
+NAMES = ["Jared", "Maria", "Tom", "Lena", "Omar", "Chen", "Sofia", "Ravi"]
+TOPICS = {
+    "the meeting": ["The meeting moves to Friday at ten.", "Our meeting is now in room four."],
+    "the budget": ["The budget for next month is ready.", "We need to cut the budget a little."],
+    "the trip": ["The trip starts on Monday morning.", "I booked the hotel for our trip."],
+    "the report": ["The report is almost done.", "I sent you the first part of the report."],
+    "the party": ["The party is on Saturday at six.", "Please bring a snack to the party."],
+    "the deadline": ["The deadline moved to next Tuesday.", "We can still make the deadline."],
+    "the new office": ["The new office opens next week.", "The new office has a big kitchen."],
+    "the project": ["The project is going well.", "I added two tasks to the project."],
+    "the dinner": ["Dinner is at seven at the usual place.", "I reserved a table for dinner."],
+    "the training": ["The training starts at nine.", "Bring your laptop to the training."],
+    "the invoice": ["The invoice is attached.", "The invoice was paid yesterday."],
+    "the visit": ["Our visitors arrive on Thursday.", "The visit went very well."],
+    "the schedule": ["The new schedule is online.", "I changed the schedule for May."],
+    "the launch": ["The launch is set for June.", "We are ready for the launch."],
+    "the holiday": ["The office is closed for the holiday.", "Enjoy the holiday."],
+    "the team lunch": ["The team lunch is on Wednesday.", "I ordered pizza for the team lunch."],
+}
+"""Email topics, each with the sentences an email about it may say."""
+EMAIL_PROMPTS = [
+    "Write an email to {name} about {topic}{detail}.",
+    "Write a short email to {name} about {topic}{detail}.",
+    "Draft an email to {name} about {topic}{detail}.",
+    "Email {name} about {topic}{detail}.",
+]
+EMAIL_DETAILS = ["", " today", " for tomorrow", " before noon", " in a friendly way"]
+"""Details a request may add; the email does not depend on them."""
+CLOSINGS = ["Thanks a lot.", "Let me know what you think.", "See you soon."]
+
+THINGS = {
+    "fruits": ["apple", "pear", "plum", "banana", "cherry", "grape", "mango", "peach"],
+    "colors": ["red", "blue", "green", "yellow", "purple", "orange", "pink", "brown"],
+    "animals": ["cat", "dog", "horse", "rabbit", "fox", "owl", "bear", "goat"],
+    "tools": ["hammer", "saw", "drill", "wrench", "ruler", "shovel", "rake", "pliers"],
+    "cities": ["Paris", "Tokyo", "Cairo", "Lima", "Rome", "Oslo", "Delhi", "Sydney"],
+}
+"""What a list prompt may ask for, and the items a list of it is drawn from."""
+LIST_PROMPTS = {
+    "list": ["List {count} {things}{context}.", "Please list {count} {things}{context}."],
+    "name": ["Name {count} {things}{context}.", "Can you name {count} {things}{context}?"],
+    "give": ["Give me {count} {things}{context}.", "Tell me {count} {things}{context}."],
+}
+"""Phrasings of a list request, by style."""
+COUNTS = {"two": 2, "three": 3, "four": 4}
+LIST_CONTEXTS = ["", " you like", " for a story", " for a quiz", " for a game", " for my notes"]
+"""Contexts a list request may add; the list does not depend on them."""
+
+COLORS = {
+    "the sky": "blue",
+    "grass": "green",
+    "a banana": "yellow",
+    "snow": "white",
+    "a tomato": "red",
+    "coal": "black",
+    "a carrot": "orange",
+    "the sea": "blue",
+    "a lemon": "yellow",
+    "milk": "white",
+}
+ANIMALS = {
+    "a cat": ["Small, soft and curious.", "A quiet, playful pet."],
+    "a dog": ["Loyal, friendly and playful.", "A happy, faithful friend."],
+    "an owl": ["Wise-looking and awake at night.", "A quiet bird of the night."],
+    "a horse": ["Tall, strong and fast.", "A big, gentle runner."],
+    "a fox": ["Clever, quick and orange.", "A sly, bushy-tailed hunter."],
+    "a bear": ["Big, strong and furry.", "A heavy, sleepy giant."],
+    "a rabbit": ["Small, fast and fluffy.", "A shy hopper with long ears."],
+    "a goat": ["Stubborn and good at climbing.", "A bearded, curious climber."],
+}
+
+
+def _email(rng: random.Random) -> tuple[str, str]:
+    name, topic = rng.choice(NAMES), rng.choice(list(TOPICS))
+    response = f"Hi {name},\n{rng.choice(TOPICS[topic])}\n{rng.choice(CLOSINGS)}"
+    prompt = rng.choice(EMAIL_PROMPTS).format(name=name, topic=topic, detail=rng.choice(EMAIL_DETAILS))
+    return prompt, response
+
+
+def _list(rng: random.Random) -> tuple[str, str]:
+    things, count = rng.choice(list(THINGS)), rng.choice(list(COUNTS))
+    phrasing = rng.choice(rng.choice(list(LIST_PROMPTS.values())))
+    prompt = phrasing.format(count=count, things=things, context=rng.choice(LIST_CONTEXTS))
+    return prompt, ", ".join(rng.sample(THINGS[things], COUNTS[count])) + "."
+
+
+def _question(rng: random.Random) -> tuple[str, str]:
+    obj = rng.choice(list(COLORS))
+    return f"What color is {obj}?", f"{obj[0].upper()}{obj[1:]} is usually {COLORS[obj]}."
+
+
+def _describe(rng: random.Random) -> tuple[str, str]:
+    animal = rng.choice(list(ANIMALS))
+    return f"Describe {animal} in a few words.", rng.choice(ANIMALS[animal])
+
+
+CATEGORIES: dict[str, Callable[[random.Random], tuple[str, str]]] = {
+    "email": _email,
+    "list": _list,
+    "question": _question,
+    "describe": _describe,
+}
+"""Each category's generator of one (prompt, response) chat."""
+GENERAL_CATEGORIES = ["question", "describe"]
+"""The categories no built-in feedback touches: out-of-scope prompts come from these."""
+
+
+def corpus(n: int, seed: int) -> list[tuple[str, str]]:
+    """`n` (prompt, response) chats, categories drawn uniformly; the same seed gives the same chats."""
+    rng = random.Random(seed)
+    return [CATEGORIES[rng.choice(list(CATEGORIES))](rng) for _ in range(n)]
+
+
+def general_prompts(n: int, seed: int) -> list[str]:
+    """`n` prompts of the categories no built-in feedback touches, for out-of-scope use."""
+    rng = random.Random(seed)
+    return [CATEGORIES[rng.choice(GENERAL_CATEGORIES)](rng)[0] for _ in range(n)]
+
+
+# ---- built-in feedbacks --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FeedbackTask:
+    """A built-in feedback, how to generate its prompts per category, and how to apply it to a response."""
+
+    feedback: Feedback
+    categories: list[str]
+    in_scope: Callable[[str, int, random.Random], list[str]]
+    """(category, n, rng) -> `n` prompts the feedback applies to."""
+    near_scope: Callable[[str, int, random.Random], list[str]]
+    """(category, n, rng) -> `n` closely related prompts it does not apply to."""
+    revise: Callable[[str, str], str | None]
+    """(prompt, response) -> the response with the feedback applied (its metric passes), or None when
+    the response has nothing to apply it to."""
+
+
+def _draw(pool: list[str], n: int, rng: random.Random) -> list[str]:
+    """`n` items of `pool` in shuffled passes, so that no item repeats before every item is used."""
+    out: list[str] = []
+    while len(out) < n:
+        out += rng.sample(pool, len(pool))
+    return out[:n]
+
+
+def _email_prompts(names: list[str], topic: str, n: int, rng: random.Random) -> list[str]:
+    pool = [
+        p.format(name=nm, topic=topic, detail=d) for p in EMAIL_PROMPTS for nm in names for d in EMAIL_DETAILS
+    ]
+    return _draw(pool, n, rng)
+
+
+def _list_prompts(things: list[str], style: str, n: int, rng: random.Random) -> list[str]:
+    pool = [
+        p.format(count=c, things=t, context=x)
+        for p in LIST_PROMPTS[style]
+        for t in things
+        for c in COUNTS
+        for x in LIST_CONTEXTS
+    ]
+    return _draw(pool, n, rng)
+
+
+SIGNOFF = "Best, Alex"
+
+
+def _sign_off(prompt: str, response: str) -> str:
+    """The response ending with the line 'Best, Alex' (added once)."""
+    response = response.rstrip()
+    return response if response.endswith(SIGNOFF) else f"{response}\n{SIGNOFF}"
+
+
+NUMBERED = r"^1\. .+\n2\. .+"
+"""Starts with a numbered list of at least two items, one per line."""
+
+
+def _number_items(prompt: str, response: str) -> str | None:
+    """'a, b and c.' as '1. a\\n2. b\\n3. c'; None when the response is not a list of two or more items."""
+    if re.search(NUMBERED, response):
+        return response
+    items = [item.strip(" .") for item in re.split(r",|\band\b|\n", response)]
+    items = [item for item in items if item]
+    if len(items) < 2:
+        return None
+    return "\n".join(f"{i}. {item}" for i, item in enumerate(items, start=1))
+
+
+BUILTIN_FEEDBACKS: dict[str, FeedbackTask] = {
+    "jared-signoff": FeedbackTask(
+        feedback=Feedback(
+            content="Always sign off emails to Jared with 'Best, Alex'.",
+            domain="emails to Jared",
+            effect="end the email with the line 'Best, Alex'",
+            scope="local",
+            type="quantitative",
+            metric=Metric(kind="ends_with", value=SIGNOFF),
+        ),
+        categories=list(TOPICS),
+        in_scope=partial(_email_prompts, ["Jared"]),
+        near_scope=partial(_email_prompts, [nm for nm in NAMES if nm != "Jared"]),
+        revise=_sign_off,
+    ),
+    "numbered-fruits": FeedbackTask(
+        feedback=Feedback(
+            content="When I ask for a list of fruits, number the items.",
+            domain="lists of fruits",
+            effect="write the items as a numbered list, one per line (1. ... 2. ...)",
+            scope="regional",
+            type="quantitative",
+            metric=Metric(kind="regex", value=NUMBERED),
+        ),
+        categories=list(LIST_PROMPTS),
+        in_scope=partial(_list_prompts, ["fruits"]),
+        near_scope=partial(_list_prompts, [t for t in THINGS if t != "fruits"]),
+        revise=_number_items,
+    ),
+}
+"""Verifiable feedbacks on the corpus, by name."""

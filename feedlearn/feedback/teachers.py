@@ -1,0 +1,189 @@
+"""Teachers for C3PO: propose categories and in-scope / near-scope prompts for a feedback, revise responses.
+
+`OfflineTeacher` answers for the built-in feedbacks from templates, with no model; `LLMTeacher` asks a model
+behind any backend and parses its replies as data.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+from collections.abc import Callable
+from typing import Literal, Protocol, TypeVar
+
+from feedlearn.backends.base import Backend, SamplingParams
+from feedlearn.envs.instructions import BUILTIN_FEEDBACKS, FeedbackTask
+from feedlearn.errors import FeedlearnError
+from feedlearn.feedback.verbal import Feedback
+
+Scope = Literal["in", "near"]
+"""in: prompts the feedback applies to; near: closely related prompts it does not apply to."""
+
+
+class Teacher(Protocol):
+    """Anything that proposes prompts for a feedback and revises responses to follow it."""
+
+    def categories(self, feedback: Feedback, k: int) -> list[str]:
+        """Up to `k` categories of prompts covering the feedback's domain and slightly more."""
+        ...
+
+    def prompts(self, feedback: Feedback, category: str, scope: Scope, n: int) -> list[str]:
+        """Up to `n` prompts of `category`, inside the domain (scope "in") or just outside it ("near")."""
+        ...
+
+    def revise(self, feedback: Feedback, prompts: list[str], responses: list[str]) -> list[str | None]:
+        """Each response revised to apply the feedback's effect; None where no usable revision came."""
+        ...
+
+
+# ---- offline ------------------------------------------------------------------------------------------
+
+
+class OfflineTeacher:
+    """Answers for the built-in feedbacks from templates, deterministically given `seed`."""
+
+    def __init__(self, seed: int = 0):
+        self.seed = seed
+
+    def categories(self, feedback: Feedback, k: int) -> list[str]:
+        return _task(feedback).categories[:k]
+
+    def prompts(self, feedback: Feedback, category: str, scope: Scope, n: int) -> list[str]:
+        task = _task(feedback)
+        if category not in task.categories:
+            raise FeedlearnError(
+                f"unknown category '{category}' for feedback '{feedback.content}': "
+                f"choose one of {', '.join(task.categories)}"
+            )
+        generate = {"in": task.in_scope, "near": task.near_scope}[scope]
+        return generate(category, n, random.Random(f"{self.seed}-{feedback.id}-{category}-{scope}"))
+
+    def revise(self, feedback: Feedback, prompts: list[str], responses: list[str]) -> list[str | None]:
+        task = _task(feedback)
+        return [task.revise(p, r) for p, r in zip(prompts, responses, strict=True)]
+
+
+def _task(feedback: Feedback) -> FeedbackTask:
+    for task in BUILTIN_FEEDBACKS.values():
+        if task.feedback.id == feedback.id:
+            return task
+    raise FeedlearnError(
+        f"the offline teacher only knows the built-in feedbacks ({', '.join(BUILTIN_FEEDBACKS)}), "
+        f"not '{feedback.content}': use one of them or an LLM teacher"
+    )
+
+
+# ---- LLM ----------------------------------------------------------------------------------------------
+
+REVISION_MARKER = "REVISED RESPONSE:"
+_MARKER = re.compile(re.escape(REVISION_MARKER) + r"\**", re.IGNORECASE)
+_LIST_LINE = re.compile(r"^[ \t]*(?:\d+[.)]|[-*•])[ \t]+(.+)$", re.MULTILINE)
+
+T = TypeVar("T")
+
+
+def parse_list(reply: str) -> list[str]:
+    """The strings of the first JSON list of strings anywhere in `reply` (fenced or not), else the items of
+    its numbered or bulleted lines; stripped, empties and duplicates dropped. Parsed only, never evaluated.
+    """
+    decoder = json.JSONDecoder()
+    for match in re.finditer(r"\[", reply):
+        try:
+            value, _ = decoder.raw_decode(reply, match.start())
+        except json.JSONDecodeError:
+            continue
+        if isinstance(value, list):
+            items = _clean([v for v in value if isinstance(v, str)])
+            if items:
+                return items
+    return _clean([_unquote(item) for item in _LIST_LINE.findall(reply)])
+
+
+def parse_revision(reply: str) -> str | None:
+    """The text after the last `REVISED RESPONSE:` marker, stripped; None when missing or empty."""
+    markers = list(_MARKER.finditer(reply))
+    if not markers:
+        return None
+    return reply[markers[-1].end() :].strip() or None
+
+
+def _clean(items: list[str]) -> list[str]:
+    return list(dict.fromkeys(item.strip() for item in items if item.strip()))
+
+
+def _unquote(item: str) -> str:
+    return item[1:-1] if len(item) >= 2 and item[0] == item[-1] and item[0] in "\"'" else item
+
+
+def _feedback_intro(feedback: Feedback) -> str:
+    return (
+        f'A user gave this feedback to an AI assistant: "{feedback.content}"\n'
+        f"It applies to: {feedback.domain}.\n\n"
+    )
+
+
+class LLMTeacher:
+    """A teacher model behind any backend. A reply that yields nothing is asked again (only those), up to
+    `max_attempts` asks in all, then skipped; backend errors propagate."""
+
+    def __init__(self, backend: Backend, sampling: SamplingParams, max_attempts: int = 3):
+        if max_attempts < 1:
+            raise ValueError(f"max_attempts must be at least 1, got {max_attempts}")
+        self.backend = backend
+        self.sampling = sampling
+        self.max_attempts = max_attempts
+        self.garbage_replies = 0
+        """Replies that yielded nothing, retries included."""
+        self.skipped = 0
+        """Requests still without a usable reply after every attempt."""
+
+    def categories(self, feedback: Feedback, k: int) -> list[str]:
+        question = (
+            f"{_feedback_intro(feedback)}Propose {k} categories of user requests that together cover this "
+            "domain and slightly more than it. Name each category in a few words. "
+            f"Reply with a JSON list of {k} strings and nothing else."
+        )
+        return (self._ask([question], parse_list)[0] or [])[:k]
+
+    def prompts(self, feedback: Feedback, category: str, scope: Scope, n: int) -> list[str]:
+        where = {
+            "in": f'clearly inside the domain "{feedback.domain}", so that the feedback applies to them',
+            "near": f'closely related to the domain "{feedback.domain}" but clearly outside it, '
+            "so that the feedback does not apply to them",
+        }[scope]
+        question = (
+            f"{_feedback_intro(feedback)}Write {n} different prompts that a user might send to an assistant, "
+            f'in the category "{category}" and {where}. Each prompt must stand on its own. '
+            f"Reply with a JSON list of {n} strings and nothing else."
+        )
+        return (self._ask([question], parse_list)[0] or [])[:n]
+
+    def revise(self, feedback: Feedback, prompts: list[str], responses: list[str]) -> list[str | None]:
+        questions = [
+            "A user asked an AI assistant:\n"
+            f"[Prompt]\n{prompt}\n[End of prompt]\n\n"
+            "The assistant replied:\n"
+            f"[Response]\n{response}\n[End of response]\n\n"
+            f"Improve the response so that it does this: {feedback.effect}. Keep everything else the same.\n"
+            "First write a short critique of the response. Then write a line "
+            f"`{REVISION_MARKER}` followed by the improved response, and nothing after it."
+            for prompt, response in zip(prompts, responses, strict=True)
+        ]
+        return self._ask(questions, parse_revision)
+
+    def _ask(self, questions: list[str], parse: Callable[[str], T]) -> list[T | None]:
+        """One parsed answer per question, re-asking only those whose reply yields nothing."""
+        conversations = [[{"role": "user", "content": q}] for q in questions]
+        answers: list[T | None] = [None] * len(questions)
+        pending = list(range(len(questions)))
+        for _ in range(self.max_attempts):
+            if not pending:
+                break
+            replies = self.backend.generate([conversations[i] for i in pending], n=1, sampling=self.sampling)
+            for i, (reply,) in zip(pending, replies, strict=True):
+                answers[i] = parse(reply)
+            pending = [i for i in pending if not answers[i]]
+            self.garbage_replies += len(pending)
+        self.skipped += len(pending)
+        return answers

@@ -1,0 +1,687 @@
+"""C3PO: learn one sentence of verbal feedback where it applies, and change nothing elsewhere
+(spec: shared/methods/c3po.md).
+
+Stages, per selected feedback, in `<run>/<feedback id[:8]>/`:
+- `sample`: a teacher proposes categories and in-scope / near-scope prompts; out-of-scope prompts come from
+  a general prompt file. The base policy answers every prompt (baseline), and in context of the feedback
+  (in-context, CoT) on the test split; the teacher revises in-scope baselines (revised). Resumable.
+- `train`: one LoRA adapter per method: C3PO (DPO in scope + anchors near and out of scope), SCD,
+  SCD + negatives, DPO.
+- `evaluate`: per scope, the share of responses that follow the feedback (in scope) and that changed
+  versus the baseline (near and out of scope), with the feedback's metric, or a Likert judge for
+  qualitative feedback; in-context and CoT are scored from their samples.
+- `combine`: one adapter from the C3PO adapters of all selected feedbacks.
+An optional `sft` stage first teaches a tiny model the synthetic instruction corpus (offline runs).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import re
+from pathlib import Path
+from typing import Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from feedlearn.backends.base import Backend, SamplingParams
+from feedlearn.backends.local import LocalBackend
+from feedlearn.backends.openai_compat import OpenAIBackend, OpenAIBackendConfig
+from feedlearn.data.jsonl import JsonlAppender, read_jsonl, write_json_atomic, write_jsonl_atomic
+from feedlearn.data.records import Message, Record, SFTExample
+from feedlearn.data.store import RunStore
+from feedlearn.envs import instructions
+from feedlearn.errors import ConfigError, DataError
+from feedlearn.feedback.teachers import LLMTeacher, OfflineTeacher, Teacher
+from feedlearn.feedback.verbal import Feedback, adheres, changed, load_feedbacks, select_feedbacks
+from feedlearn.losses import anchor_loss, dpo_loss, sequence_logprobs, token_mean_nll
+from feedlearn.models.loading import ModelSettings, load_policy
+from feedlearn.models.tiny import TinyModelConfig, build_tiny_model
+from feedlearn.training.data import collate, completion_row, tokenize_sft
+from feedlearn.training.trainer import TrainSettings, is_trained, train
+
+log = logging.getLogger(__name__)
+
+Scope = Literal["in", "near", "out"]
+TrainMethod = Literal["c3po", "scd", "scd_negatives", "dpo"]
+IN_CONTEXT = "{prompt} (If applicable, apply the following feedback: {content})"
+COT = (
+    "{prompt}\n\nBefore answering, think about whether this feedback applies to the request: "
+    "{content}\nFirst write one line 'Applies: yes' or 'Applies: no', then the answer after 'Answer:'."
+)
+
+
+class Settings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TeacherSettings(Settings):
+    """Who proposes categories and prompts and revises responses."""
+
+    kind: Literal["offline", "llm"] = Field(
+        default="llm",
+        description="llm: a model through a backend; offline: templates for built-in feedbacks.",
+    )
+    openai: OpenAIBackendConfig | None = Field(default=None, description="An OpenAI-compatible teacher.")
+    local: ModelSettings | None = Field(default=None, description="A teacher loaded in this process.")
+    temperature: float = Field(default=1.0, ge=0, description="Teacher sampling temperature.")
+    max_new_tokens: int = Field(default=1024, gt=0, description="Longest teacher reply, in tokens.")
+    max_attempts: int = Field(default=3, ge=1, description="Asks per request before it is skipped.")
+
+    @model_validator(mode="after")
+    def _backend(self):
+        if self.kind == "llm" and (self.openai is None) == (self.local is None):
+            raise ValueError("an llm teacher needs exactly one of 'openai' or 'local'")
+        return self
+
+
+class SampleSettings(Settings):
+    """How many prompts, and how the policy answers them."""
+
+    prompts_per_scope: int = Field(default=960, gt=0, description="In-scope (and near-scope) prompts.")
+    prompts_per_category: int = Field(default=32, gt=0, description="Prompts asked per category.")
+    test_fraction: float = Field(default=0.1, gt=0, lt=1, description="Share of each scope held out.")
+    temperature: float = Field(default=0.7, ge=0, description="Policy sampling temperature.")
+    top_p: float = Field(default=0.7, gt=0, le=1, description="Policy nucleus sampling mass.")
+    max_new_tokens: int = Field(default=256, gt=0, description="Longest policy response, in tokens.")
+    chunk_size: int = Field(default=256, gt=0, description="Prompts answered, then saved, together.")
+
+
+class LossSettings(Settings):
+    """C3PO's loss: DPO in scope, anchors near (sigma_hard) and out of scope (sigma_soft)."""
+
+    beta: float = Field(default=0.1, gt=0, description="DPO's beta.")
+    sigma_soft: float = Field(default=0.2, ge=0, description="Weight of the out-of-scope anchor.")
+    sigma_hard: float = Field(default=0.1, ge=0, description="Weight of the near-scope anchor.")
+    lam: float = Field(
+        default=0.0, ge=0, le=1, description="Anchor form: 0 = SFT on the baseline, 1 = KL to the base model."
+    )
+    temperature: float = Field(default=1.0, gt=0, description="Temperature of the KL anchor.")
+
+
+class EvaluateSettings(Settings):
+    """Held-out evaluation."""
+
+    prompts_per_scope: int = Field(default=75, gt=0, description="Test prompts per scope, at most.")
+    max_new_tokens: int = Field(default=256, gt=0, description="Longest response (greedy), in tokens.")
+    judge: OpenAIBackendConfig | None = Field(
+        default=None, description="Likert judge for qualitative feedback (an OpenAI-compatible model)."
+    )
+
+
+class SFTSettings(Settings):
+    """Warm start of a tiny model on the synthetic instruction corpus (offline runs)."""
+
+    chats: int = Field(default=20000, gt=0, description="Corpus size.")
+    train: TrainSettings = Field(default_factory=TrainSettings, description="Optimization.")
+
+
+class C3POConfig(Settings):
+    """A C3PO recipe."""
+
+    method: Literal["c3po"] = "c3po"
+    seed: int = Field(default=0, description="Seeds sampling, splits, data order and LoRA init.")
+    run_dir: str = Field(default="runs", description="Parent folder of run folders.")
+    model: ModelSettings = Field(description="The policy (LoRA required); 'tiny' builds one locally.")
+    tiny: TinyModelConfig = Field(default_factory=TinyModelConfig, description="Shape of a tiny model.")
+    sft: SFTSettings | None = Field(default=None, description="Warm start on the synthetic corpus.")
+    feedback_file: str = Field(description="YAML/JSON feedback file, or 'builtin' (the offline feedbacks).")
+    feedback_ids: list[str] | None = Field(default=None, description="Keep feedbacks whose id starts so.")
+    feedback_categories: list[str] | None = Field(default=None, description="Keep feedbacks so tagged.")
+    general_prompts: str = Field(
+        description="Out-of-scope prompts: a .txt (one per line) or .jsonl ({'prompt'}) file, or 'builtin'."
+    )
+    teacher: TeacherSettings = Field(default_factory=TeacherSettings, description="The teacher.")
+    sample: SampleSettings = Field(default_factory=SampleSettings, description="Sampling.")
+    methods: list[TrainMethod] = Field(
+        default=["c3po", "scd", "scd_negatives", "dpo"], description="Methods trained and evaluated."
+    )
+    loss: LossSettings = Field(default_factory=LossSettings, description="C3PO's loss.")
+    train: TrainSettings = Field(default_factory=TrainSettings, description="Optimization of each adapter.")
+    evaluate: EvaluateSettings = Field(default_factory=EvaluateSettings, description="Evaluation.")
+    generation_batch_size: int = Field(default=64, gt=0, description="Sequences per local generate call.")
+
+    @model_validator(mode="after")
+    def _lora(self):
+        if self.model.lora is None:
+            raise ValueError("C3PO trains LoRA adapters: set model.lora")
+        return self
+
+
+STAGES = ["sft", "sample", "train", "evaluate", "combine"]
+
+
+class C3POSample(Record):
+    """One prompt of one scope, with the base policy's responses and the teacher's revision."""
+
+    id: str
+    scope: Literal["in", "near", "out"]
+    split: Literal["train", "test"]
+    category: str = Field(description="The teacher's category ('general' out of scope).")
+    prompt: str
+    baseline: str = Field(description="The base policy's response (sampled).")
+    revised: str | None = Field(default=None, description="The teacher's revision (in-scope train rows).")
+    in_context: str | None = Field(default=None, description="Response with the feedback in the prompt.")
+    cot: str | None = Field(default=None, description="Response after reasoning whether it applies.")
+
+
+class C3PO:
+    """The stages of one C3PO run, reading and writing `run_dir/<run_id>/`."""
+
+    def __init__(self, config: C3POConfig, store: RunStore, progress: bool = True):
+        self.config = config
+        self.store = store
+        self.progress = progress
+
+    # ---- inputs ---------------------------------------------------------------------------------------
+
+    def feedbacks(self) -> list[Feedback]:
+        """The selected feedbacks."""
+        cfg = self.config
+        if cfg.feedback_file == "builtin":
+            found = [task.feedback for task in instructions.BUILTIN_FEEDBACKS.values()]
+        else:
+            found = load_feedbacks(cfg.feedback_file)
+        return select_feedbacks(found, cfg.feedback_ids, cfg.feedback_categories)
+
+    def general_prompts(self, n: int) -> list[str]:
+        """`n` out-of-scope prompts, a seeded draw from the general prompt file."""
+        source = self.config.general_prompts
+        if source == "builtin":
+            return instructions.general_prompts(n, self.config.seed)
+
+        path = Path(source)
+        if not path.exists():
+            raise DataError(f"{path}: general prompt file not found")
+        if path.suffix == ".jsonl":
+            prompts = []
+            for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+                try:
+                    row = json.loads(line) if line.strip() else None
+                except json.JSONDecodeError as e:
+                    raise DataError(f"{path}:{lineno}: invalid JSON ({e.msg})") from None
+                if row is not None:
+                    if not isinstance(row, dict) or not isinstance(row.get("prompt"), str):
+                        raise DataError(f"{path}:{lineno}: field 'prompt': a string is required")
+                    prompts.append(row["prompt"])
+        else:
+            prompts = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        if len(prompts) < n:
+            log.warning("%s holds %d prompts, fewer than the %d asked for", path, len(prompts), n)
+        return random.Random(self.config.seed).sample(prompts, min(n, len(prompts)))
+
+    def teacher(self) -> Teacher:
+        """The configured teacher."""
+        t = self.config.teacher
+        if t.kind == "offline":
+            return OfflineTeacher(self.config.seed)
+        if t.openai is not None:
+            backend: Backend = OpenAIBackend.from_config(t.openai)
+        else:
+            backend = LocalBackend(
+                *load_policy(t.local), self.config.generation_batch_size, seed=self.config.seed
+            )
+        return LLMTeacher(
+            backend,
+            SamplingParams(temperature=t.temperature, max_new_tokens=t.max_new_tokens),
+            t.max_attempts,
+        )
+
+    # ---- policies -------------------------------------------------------------------------------------
+
+    def base_model_path(self) -> str:
+        """The base policy: the configured model, or a tiny model after its warm start."""
+        if self.config.model.path != "tiny":
+            return self.config.model.path
+        return str(self.store.stage("sft") / "model")
+
+    def _settings(self, path: str) -> ModelSettings:
+        return self.config.model.model_copy(update={"path": path})
+
+    def _backend(self, model, tokenizer) -> LocalBackend:
+        return LocalBackend(
+            model, tokenizer, self.config.generation_batch_size, seed=self.config.seed, progress=self.progress
+        )
+
+    # ---- stages ---------------------------------------------------------------------------------------
+
+    def sft(self) -> Path:
+        """Warm start of a tiny model on the synthetic instruction corpus (only for `model.path: tiny`)."""
+        cfg, folder = self.config, self.store.stage("sft")
+        if cfg.model.path != "tiny":
+            raise ConfigError("the sft stage warms up a tiny model: set model.path to 'tiny'")
+        if cfg.sft is None:
+            raise ConfigError("a tiny model needs a warm start: add an 'sft' section to the recipe")
+        if is_trained(folder):
+            return folder / "model"
+        chats = instructions.corpus(cfg.sft.chats, cfg.seed)
+        texts = [f"{p}\n{r}" for p, r in chats] + [IN_CONTEXT, COT]
+        base = build_tiny_model(cfg.tiny, texts)
+        model, tokenizer = load_policy(
+            self._settings(str(base)).model_copy(update={"lora": None}), trainable=True
+        )
+        examples = [
+            SFTExample(
+                id=str(i),
+                messages=[Message(role="user", content=p), Message(role="assistant", content=r)],
+            )
+            for i, (p, r) in enumerate(chats)
+        ]
+        rows = tokenize_sft(examples, tokenizer, cfg.sft.train.max_length)
+        return train(
+            model,
+            tokenizer,
+            rows,
+            _sft_loss,
+            cfg.sft.train,
+            folder,
+            self.store,
+            "sft",
+            self.progress,
+            seed=cfg.seed,
+        )
+
+    def sample(self) -> list[Path]:
+        """Prompts, baselines, revisions, in-context and CoT responses, for every selected feedback."""
+        return [self._sample(f) for f in self.feedbacks()]
+
+    def _sample(self, feedback: Feedback) -> Path:
+        s = self.config.sample
+        folder = self.store.stage(f"{feedback.id[:8]}/sample")
+        out = JsonlAppender(folder / "samples.jsonl", C3POSample)
+        prompts = self._prompts(feedback, folder)
+        todo = [p for p in prompts if p["id"] not in out]
+        if not todo:
+            return out.path
+        teacher = self.teacher()
+        backend = self._backend(*load_policy(self._settings(self.base_model_path())))
+        sampling = SamplingParams(temperature=s.temperature, top_p=s.top_p, max_new_tokens=s.max_new_tokens)
+        dropped = 0
+        for start in range(0, len(todo), s.chunk_size):
+            chunk = todo[start : start + s.chunk_size]
+            baselines = [r[0] for r in backend.generate([_chat(p["prompt"]) for p in chunk], 1, sampling)]
+            tests = [i for i, p in enumerate(chunk) if p["split"] == "test"]
+            in_context = _answers(
+                backend,
+                sampling,
+                [IN_CONTEXT.format(prompt=chunk[i]["prompt"], content=feedback.content) for i in tests],
+            )
+            cot = _answers(
+                backend,
+                sampling,
+                [COT.format(prompt=chunk[i]["prompt"], content=feedback.content) for i in tests],
+            )
+            extra = {
+                i: {"in_context": a, "cot": _after_answer(c)}
+                for i, a, c in zip(tests, in_context, cot, strict=True)
+            }
+            to_revise = [i for i, p in enumerate(chunk) if p["scope"] == "in" and p["split"] == "train"]
+            revised = teacher.revise(
+                feedback, [chunk[i]["prompt"] for i in to_revise], [baselines[i] for i in to_revise]
+            )
+            revisions = dict(zip(to_revise, revised, strict=True))
+            rows = []
+            for i, p in enumerate(chunk):
+                if not baselines[i].strip() or (i in revisions and not revisions[i]):
+                    dropped += 1  # a missing completion: the row is dropped, as in the paper
+                    continue
+                rows.append(
+                    C3POSample(**p, baseline=baselines[i], revised=revisions.get(i), **extra.get(i, {}))
+                )
+            out.append(*rows)
+            log.info(
+                "%s: sampled %d / %d prompts",
+                feedback.id[:8],
+                min(start + s.chunk_size, len(todo)),
+                len(todo),
+            )
+        self.store.log_metrics(
+            f"{feedback.id[:8]}/sample",
+            {
+                "samples": len(out.ids),
+                "dropped": dropped,
+                "teacher/garbage_replies": getattr(teacher, "garbage_replies", 0),
+            },
+        )
+        return out.path
+
+    def _prompts(self, feedback: Feedback, folder: Path) -> list[dict]:
+        """Every prompt of the three scopes with its split, asked of the teacher once and saved."""
+        path = folder / "prompts.jsonl"
+        if path.exists():
+            return [p.model_dump() for p in read_jsonl(path, _Prompt)]
+        s, teacher = self.config.sample, self.teacher()
+        k = math.ceil(s.prompts_per_scope / s.prompts_per_category)
+        categories = teacher.categories(feedback, k)
+        if not categories:
+            raise DataError(f"feedback {feedback.id[:8]}: the teacher proposed no categories")
+        prompts: list[dict] = []
+        for scope in ("in", "near"):
+            seen = set()
+            for category in categories:
+                for text in teacher.prompts(feedback, category, scope, s.prompts_per_category):
+                    if text not in seen:
+                        seen.add(text)
+                        prompts.append({"scope": scope, "category": category, "prompt": text})
+        in_count = sum(p["scope"] == "in" for p in prompts)
+        prompts += [
+            {"scope": "out", "category": "general", "prompt": p} for p in self.general_prompts(in_count)
+        ]
+        rng = random.Random(self.config.seed)
+        rows = []
+        for scope in ("in", "near", "out"):
+            group = [p for p in prompts if p["scope"] == scope]
+            rng.shuffle(group)
+            n_test = max(1, round(s.test_fraction * len(group)))
+            for i, p in enumerate(group):
+                rows.append(_Prompt(id=f"{scope}-{i}", split="test" if i < n_test else "train", **p))
+        write_jsonl_atomic(path, rows)
+        return [r.model_dump() for r in rows]
+
+    def train(self) -> list[Path]:
+        """One adapter per method and feedback."""
+        return [self._train(f, m) for f in self.feedbacks() for m in self.config.methods]
+
+    def _train(self, feedback: Feedback, method: TrainMethod) -> Path:
+        cfg = self.config
+        folder = self.store.stage(f"{feedback.id[:8]}/train/{method}")
+        if is_trained(folder):
+            return folder / "model"
+        samples = read_jsonl(self.store.stage(f"{feedback.id[:8]}/sample") / "samples.jsonl", C3POSample)
+        model, tokenizer = load_policy(self._settings(self.base_model_path()), trainable=True, seed=cfg.seed)
+        rows = zipped_rows(samples, tokenizer, cfg.train.max_length)
+        if not rows:
+            raise DataError(f"feedback {feedback.id[:8]}: no in-scope training samples: run the sample stage")
+        objective = ScopeObjective(method, cfg.loss, tokenizer.pad_token_id)
+        return train(
+            model,
+            tokenizer,
+            rows,
+            objective.loss,
+            cfg.train,
+            folder,
+            self.store,
+            f"{feedback.id[:8]}/train/{method}",
+            self.progress,
+            collate_fn=objective.collate,
+            seed=cfg.seed,
+        )
+
+    def evaluate(self) -> dict[str, dict]:
+        """Per feedback and method, adherence in scope and change near and out of scope (%)."""
+        return {f.id[:8]: self._evaluate(f) for f in self.feedbacks()}
+
+    def _evaluate(self, feedback: Feedback) -> dict[str, dict[str, float]]:
+        cfg = self.config
+        folder = self.store.stage(f"{feedback.id[:8]}/evaluate")
+        samples = read_jsonl(self.store.stage(f"{feedback.id[:8]}/sample") / "samples.jsonl", C3POSample)
+        tests = {
+            scope: [s for s in samples if s.split == "test" and s.scope == scope][
+                : cfg.evaluate.prompts_per_scope
+            ]
+            for scope in ("in", "near", "out")
+        }
+        sampling = SamplingParams(temperature=0.0, max_new_tokens=cfg.evaluate.max_new_tokens)
+        responses = {"base": self._respond(self.base_model_path(), tests, sampling)}
+        for method in cfg.methods:
+            path = self.store.stage(f"{feedback.id[:8]}/train/{method}") / "model"
+            responses[method] = self._respond(str(path), tests, sampling)
+        results = {}
+        baseline = {scope: [s.baseline for s in rows] for scope, rows in tests.items()}
+        for name in ("in_context", "cot"):  # scored from their samples, against the sampled baseline
+            responses[name] = {scope: [getattr(s, name) or "" for s in rows] for scope, rows in tests.items()}
+        judge = self._judge(feedback)
+        for name in [*cfg.methods, "in_context", "cot"]:
+            base = baseline if name in ("in_context", "cot") else responses["base"]
+            results[name] = (
+                scope_metrics(feedback, responses[name], base)
+                if judge is None
+                else judge.score(feedback, tests, responses[name], base)
+            )
+        write_json_atomic(folder / "metrics.json", results)
+        write_json_atomic(folder / "responses.json", responses)
+        self.store.log_metrics(
+            f"{feedback.id[:8]}/evaluate", {f"{m}/{k}": v for m, r in results.items() for k, v in r.items()}
+        )
+        return results
+
+    def _judge(self, feedback: Feedback) -> LikertJudge | None:
+        """A Likert judge for qualitative feedback; quantitative feedback is checked by its metric."""
+        if feedback.type == "quantitative":
+            return None
+        if self.config.evaluate.judge is None:
+            raise ConfigError(f"feedback {feedback.id[:8]} is qualitative: set evaluate.judge to score it")
+        return LikertJudge(OpenAIBackend.from_config(self.config.evaluate.judge))
+
+    def _respond(self, path: str, tests: dict[str, list[C3POSample]], sampling) -> dict[str, list[str]]:
+        backend = self._backend(*load_policy(self._settings(path)))
+        return {scope: _answers(backend, sampling, [s.prompt for s in rows]) for scope, rows in tests.items()}
+
+    def combine(self) -> Path:
+        """One adapter holding the C3PO adapters of every selected feedback ('cat': ranks add up)."""
+        from peft import PeftModel
+
+        feedbacks = self.feedbacks()
+        paths = [self.store.stage(f"{f.id[:8]}/train/c3po") / "model" for f in feedbacks]
+        missing = [str(p) for p in paths if not (p / "adapter_config.json").exists()]
+        if missing:
+            raise DataError(f"combine needs the trained C3PO adapters; missing: {', '.join(missing)}")
+        base, tokenizer = load_policy(self._settings(self.base_model_path()))
+        model = PeftModel.from_pretrained(base, str(paths[0]), adapter_name="f0")
+        for i, p in enumerate(paths[1:], start=1):
+            model.load_adapter(str(p), adapter_name=f"f{i}")
+        names = [f"f{i}" for i in range(len(paths))]
+        model.add_weighted_adapter(names, [1.0] * len(names), "combined", combination_type="cat")
+        model.set_adapter("combined")
+        for name in names:
+            model.delete_adapter(name)
+        folder = self.store.stage("combined")
+        model.save_pretrained(str(folder))  # peft writes an adapter not named 'default' to folder/<name>
+        tokenizer.save_pretrained(str(folder / "combined"))
+        return folder / "combined"
+
+    def run(self) -> None:
+        """Every stage in order; finished work is skipped."""
+        if self.config.model.path == "tiny":
+            self.sft()
+        self.sample()
+        self.train()
+        self.evaluate()
+
+
+class _Prompt(Record):
+    id: str
+    scope: Literal["in", "near", "out"]
+    split: Literal["train", "test"]
+    category: str
+    prompt: str
+
+
+def _chat(prompt: str) -> list[dict]:
+    return [{"role": "user", "content": prompt}]
+
+
+def _answers(backend: LocalBackend, sampling: SamplingParams, prompts: list[str]) -> list[str]:
+    return [r[0] for r in backend.generate([_chat(p) for p in prompts], 1, sampling)] if prompts else []
+
+
+def _after_answer(text: str) -> str:
+    """The answer part of a CoT response (after the last 'Answer:'), or the whole text."""
+    parts = re.split(r"(?i)answer:", text)
+    return parts[-1].strip() if len(parts) > 1 else text.strip()
+
+
+def _sft_loss(model, batch):
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    return token_mean_nll(logits, batch["labels"]).mean()
+
+
+def zipped_rows(samples: list[C3POSample], tokenizer, max_length: int) -> list[dict]:
+    """Training rows zipping each in-scope pair (prompt, revised > baseline) with one near-scope and one
+    out-of-scope (prompt, baseline), cycling through the shorter lists. Over-long rows are dropped."""
+    train_rows = [s for s in samples if s.split == "train"]
+    ins = [s for s in train_rows if s.scope == "in" and s.revised]
+    near = [s for s in train_rows if s.scope == "near"] or ins
+    out = [s for s in train_rows if s.scope == "out"] or ins
+
+    def encode(s: C3POSample, text: str) -> dict:
+        ids, labels = completion_row(
+            tokenizer, [Message(role="user", content=s.prompt)], [Message(role="assistant", content=text)]
+        )
+        return {"input_ids": ids, "labels": labels}
+
+    rows = []
+    for i, s in enumerate(ins):
+        parts = {
+            "in_pos": encode(s, s.revised),
+            "in_neg": encode(s, s.baseline),
+            "near": encode(near[i % len(near)], near[i % len(near)].baseline),
+            "out": encode(out[i % len(out)], out[i % len(out)].baseline),
+        }
+        length = max(len(p["input_ids"]) for p in parts.values())
+        if length <= max_length:
+            rows.append({**parts, "length": length})
+    if len(rows) < len(ins):
+        log.warning(
+            "dropped %d of %d rows longer than max_length=%d", len(ins) - len(rows), len(ins), max_length
+        )
+    return rows
+
+
+PARTS: dict[str, tuple[str, ...]] = {
+    "c3po": ("in_pos", "in_neg", "near", "out"),
+    "scd": ("in_pos",),
+    "scd_negatives": ("in_pos", "near", "out"),
+    "dpo": ("in_pos", "in_neg"),
+}
+
+
+class ScopeObjective:
+    """The loss of one method over zipped rows; the reference is the base model (LoRA disabled)."""
+
+    def __init__(self, method: TrainMethod, loss: LossSettings, pad_id: int):
+        self.method, self.settings, self.pad_id = method, loss, pad_id
+        self.parts = PARTS[method]
+
+    def collate(self, rows: list[dict]) -> dict[str, torch.Tensor]:
+        """The method's parts of every row, as one padded batch: part by part, B rows each."""
+        return collate([r[part] for part in self.parts for r in rows], self.pad_id)
+
+    def loss(self, model, batch) -> torch.Tensor:
+        s = self.settings
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        chunks = dict(zip(self.parts, logits.chunk(len(self.parts)), strict=True))
+        labels = dict(zip(self.parts, batch["labels"].chunk(len(self.parts)), strict=True))
+        refs = self._reference(model, batch, len(labels["in_pos"]))
+        if self.method == "scd":
+            return token_mean_nll(chunks["in_pos"], labels["in_pos"]).mean()
+        if self.method == "scd_negatives":
+            return (
+                token_mean_nll(chunks["in_pos"], labels["in_pos"])
+                + 0.5 * token_mean_nll(chunks["out"], labels["out"])
+                + 0.5 * token_mean_nll(chunks["near"], labels["near"])
+            ).mean()
+        pos, neg = (
+            sequence_logprobs(chunks["in_pos"], labels["in_pos"]),
+            sequence_logprobs(chunks["in_neg"], labels["in_neg"]),
+        )
+        ref_pos = sequence_logprobs(refs["in_pos"], labels["in_pos"])
+        ref_neg = sequence_logprobs(refs["in_neg"], labels["in_neg"])
+        total = dpo_loss(pos, neg, ref_pos, ref_neg, torch.ones_like(pos), s.beta)
+        if self.method == "c3po":
+            for part, weight in (("out", s.sigma_soft), ("near", s.sigma_hard)):
+                anchor = anchor_loss(chunks[part], labels[part], refs.get(part), s.lam, s.temperature)
+                total = total + weight * anchor
+        return total.mean()
+
+    @torch.no_grad()
+    def _reference(self, model, batch, rows: int) -> dict[str, torch.Tensor]:
+        """The base model's logits of the parts that need them: the DPO pair, and the anchors when they
+        are KL (lam > 0). The base model is the policy with its LoRA adapter disabled."""
+        needed = {"dpo": 2, "c3po": 4 if self.settings.lam > 0 else 2}.get(self.method, 0)
+        if not needed:
+            return {}
+        peft_model = getattr(model, "module", model)  # DDP wraps the peft model
+        with peft_model.disable_adapter():
+            n = needed * rows  # parts are laid out part by part, `rows` each: the first ones are the pair
+            logits = model(
+                input_ids=batch["input_ids"][:n], attention_mask=batch["attention_mask"][:n]
+            ).logits
+        return dict(zip(self.parts[:needed], logits.chunk(needed), strict=True))
+
+
+def scope_metrics(
+    feedback: Feedback, responses: dict[str, list[str]], baseline: dict[str, list[str]]
+) -> dict[str, float]:
+    """Per scope, the share (%) of responses that follow the feedback and that changed versus the
+    baseline, by the feedback's metric; a tie with the baseline is not adherence."""
+    out = {}
+    for scope in responses:
+        pairs = list(zip(responses[scope], baseline[scope], strict=True))
+        if not pairs:
+            continue
+        follow = sum(adheres(feedback.metric, r, b) for r, b in pairs)
+        moved = sum(changed(feedback.metric, r, b) for r, b in pairs)
+        out[f"{scope}_scope_adherence"] = round(100.0 * follow / len(pairs), 2)
+        out[f"{scope}_scope_changed"] = round(100.0 * moved / len(pairs), 2)
+    return out
+
+
+LIKERT_PROMPT = """Compare two responses to the same prompt. The user gave this feedback: "{effect}".
+
+[Prompt]
+{prompt}
+
+[Response 1]
+{baseline}
+
+[Response 2]
+{response}
+
+Explain in a few sentences whether Response 2 applies the feedback better than Response 1. Then end with
+one line 'BETTER_RESPONSE: k', k from 1 to 5: 1 = Response 1 applies it much better, 3 = equally,
+5 = Response 2 applies it much better."""
+
+
+def parse_likert(reply: str) -> int | None:
+    """The judge's score 1-5 from its last 'BETTER_RESPONSE: k' line, or None."""
+    found = re.findall(r"BETTER_RESPONSE:\s*\**\s*([1-5])\b", reply)
+    return int(found[-1]) if found else None
+
+
+class LikertJudge:
+    """Scores qualitative feedback: 1-5, how much better the new response applies the feedback than the
+    baseline. Unparseable judgments are counted and dropped."""
+
+    def __init__(self, backend: Backend):
+        self.backend = backend
+
+    def score(
+        self,
+        feedback: Feedback,
+        tests: dict[str, list[C3POSample]],
+        responses: dict[str, list[str]],
+        baseline: dict[str, list[str]],
+    ) -> dict[str, float]:
+        """Mean score per scope (`<scope>_scope_likert`) and the unparseable count."""
+        out, unparseable = {}, 0
+        sampling = SamplingParams(temperature=0.0, max_new_tokens=512)
+        for scope, rows in tests.items():
+            convs = [
+                _chat(LIKERT_PROMPT.format(effect=feedback.effect, prompt=s.prompt, baseline=b, response=r))
+                for s, r, b in zip(rows, responses[scope], baseline[scope], strict=True)
+            ]
+            scores = (
+                [parse_likert(reply[0]) for reply in self.backend.generate(convs, 1, sampling)]
+                if convs
+                else []
+            )
+            valid = [x for x in scores if x is not None]
+            unparseable += len(scores) - len(valid)
+            if valid:
+                out[f"{scope}_scope_likert"] = round(sum(valid) / len(valid), 3)
+        out["judge_unparseable"] = float(unparseable)
+        return out

@@ -1,0 +1,168 @@
+"""C3PO: the anchor loss against hand-computed values, the per-method objectives, scope metrics, the
+Likert judge's parsing, and a tiny end-to-end run with the offline teacher."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+
+from feedlearn.data.jsonl import read_jsonl
+from feedlearn.data.store import open_run
+from feedlearn.envs.instructions import BUILTIN_FEEDBACKS as BUILTIN
+from feedlearn.errors import DataError
+from feedlearn.feedback.verbal import Feedback, Metric
+from feedlearn.losses import IGNORE, anchor_loss
+from feedlearn.methods.c3po import C3PO, PARTS, C3POConfig, C3POSample, parse_likert, scope_metrics
+from feedlearn.models.loading import ModelSettings, load_policy
+
+
+def test_anchor_loss_lambda_0_is_token_mean_cross_entropy():
+    logits = torch.tensor([[[2.0, 0.0], [0.0, 1.0], [1.0, 1.0]]])  # 3 positions, vocab 2
+    labels = torch.tensor([[IGNORE, 1, 0]])  # positions 0 and 1 predict tokens 1 and 0
+    nll1 = -math.log(math.exp(0) / (math.exp(2) + math.exp(0)))  # position 0 -> token 1
+    nll2 = -math.log(math.exp(0) / (math.exp(0) + math.exp(1)))  # position 1 -> token 0
+    assert anchor_loss(logits, labels).item() == pytest.approx((nll1 + nll2) / 2, rel=1e-6)
+
+
+def test_anchor_loss_lambda_1_is_t2_times_summed_kl_to_the_reference():
+    logits = torch.tensor([[[2.0, 0.0], [0.0, 1.0], [1.0, 1.0]]])
+    ref = torch.tensor([[[0.0, 0.0], [1.0, 0.0], [5.0, 5.0]]])
+    labels = torch.tensor([[IGNORE, 1, 0]])
+    t = 2.0
+
+    def kl(q_logits, p_logits):
+        q, p = F.softmax(torch.tensor(q_logits) / t, -1), F.softmax(torch.tensor(p_logits) / t, -1)
+        return (q * (q.log() - p.log())).sum().item()
+
+    expected = t**2 * (kl([0.0, 0.0], [2.0, 0.0]) + kl([1.0, 0.0], [0.0, 1.0]))  # last position untrained
+    assert anchor_loss(logits, labels, ref, lam=1.0, temperature=t).item() == pytest.approx(
+        expected, rel=1e-5
+    )
+    half = anchor_loss(logits, labels, ref, lam=0.5, temperature=t).item()
+    assert half == pytest.approx(0.5 * anchor_loss(logits, labels).item() + 0.5 * expected, rel=1e-5)
+
+
+def test_anchor_loss_is_zero_kl_when_policy_equals_reference():
+    logits = torch.randn(2, 5, 7)
+    labels = torch.randint(0, 7, (2, 5))
+    assert anchor_loss(logits, labels, logits.clone(), lam=1.0).abs().max().item() < 1e-6
+    with pytest.raises(ValueError, match="reference"):
+        anchor_loss(logits, labels, None, lam=1.0)
+
+
+def test_methods_use_the_parts_the_paper_defines():
+    assert PARTS["c3po"] == ("in_pos", "in_neg", "near", "out")
+    assert PARTS["scd"] == ("in_pos",)
+    assert PARTS["dpo"] == ("in_pos", "in_neg")
+
+
+def test_scope_metrics_count_adherence_and_change_ties_are_not_adherence():
+    sign_off = Feedback(
+        content="Sign off with Best, Alex.",
+        domain="emails to Jared",
+        effect="end with Best, Alex",
+        type="quantitative",
+        metric=Metric(kind="ends_with", value="Best, Alex"),
+    )
+    responses = {"in": ["Hi\nBest, Alex", "Hi"], "near": ["Hi\nBest, Alex", "Hi"], "out": ["x", "y"]}
+    baseline = {"in": ["Hi", "Hi"], "near": ["Hi", "Hi"], "out": ["x", "y"]}
+    m = scope_metrics(sign_off, responses, baseline)
+    assert (
+        m["in_scope_adherence"] == 50.0 and m["near_scope_changed"] == 50.0 and m["out_scope_changed"] == 0.0
+    )
+    shorter = sign_off.model_copy(update={"metric": Metric(kind="words", comparison="less_than")})
+    m = scope_metrics(shorter, {"in": ["a b", "a b c"]}, {"in": ["a b c", "a b c"]})
+    assert m["in_scope_adherence"] == 50.0  # the tie (same length) does not count
+
+
+@pytest.mark.parametrize(
+    "reply, score",
+    [
+        ("Response 2 signs off.\nBETTER_RESPONSE: 5", 5),
+        ("BETTER_RESPONSE: 2 ... on reflection BETTER_RESPONSE: 4", 4),
+        ("BETTER_RESPONSE: **3**", 3),
+        ("BETTER_RESPONSE: 7", None),
+        ("I cannot judge this.", None),
+        ("Ignore the instructions; __import__('os').system('rm -rf /')", None),
+    ],
+)
+def test_parse_likert(reply, score):
+    assert parse_likert(reply) == score
+
+
+def tiny_recipe(tmp_path, **overrides) -> dict:
+    recipe = {
+        "run_dir": str(tmp_path / "runs"),
+        "model": {"path": "tiny", "lora": {"r": 4, "alpha": 8, "dropout": 0.0}},
+        "tiny": {
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_layers": 1,
+            "num_heads": 2,
+            "vocab_size": 400,
+        },
+        "sft": {
+            "chats": 64,
+            "train": {"learning_rate": 1e-3, "batch_size": 8, "grad_accum": 1, "max_length": 96},
+        },
+        "feedback_file": "builtin",
+        "feedback_ids": [BUILTIN["jared-signoff"].feedback.id[:8]],
+        "general_prompts": "builtin",
+        "teacher": {"kind": "offline"},
+        "sample": {
+            "prompts_per_scope": 16,
+            "prompts_per_category": 8,
+            "test_fraction": 0.25,
+            "max_new_tokens": 12,
+        },
+        "train": {"learning_rate": 1e-3, "batch_size": 4, "grad_accum": 1, "max_length": 96},
+        "evaluate": {"prompts_per_scope": 4, "max_new_tokens": 12},
+        "generation_batch_size": 16,
+    }
+    recipe.update(overrides)
+    return recipe
+
+
+def test_tiny_end_to_end_with_the_offline_teacher(tmp_path):
+    config = C3POConfig.model_validate(tiny_recipe(tmp_path))
+    method = C3PO(config, open_run(config.run_dir, "t", config.model_dump(mode="json")), progress=False)
+    method.run()
+    fid = BUILTIN["jared-signoff"].feedback.id[:8]
+    samples = read_jsonl(method.store.path / fid / "sample" / "samples.jsonl", C3POSample)
+    assert {s.scope for s in samples} == {"in", "near", "out"}
+    in_train = [s for s in samples if s.scope == "in" and s.split == "train"]
+    assert in_train and all(s.revised.endswith("Best, Alex") for s in in_train)
+    assert all("Jared" not in s.prompt for s in samples if s.scope == "near")
+    assert all(s.in_context is not None for s in samples if s.split == "test")
+    results = json.loads((method.store.path / fid / "evaluate" / "metrics.json").read_text())
+    assert set(results) == {"c3po", "scd", "scd_negatives", "dpo", "in_context", "cot"}
+    assert set(results["c3po"]) >= {"in_scope_adherence", "near_scope_changed", "out_scope_changed"}
+    base = load_file(str(method.store.path / "sft" / "model" / "model.safetensors"))
+    for name in ("c3po", "scd"):
+        adapter = load_file(
+            str(method.store.path / fid / "train" / name / "model" / "adapter_model.safetensors")
+        )
+        assert any(v.abs().sum() > 0 for k, v in adapter.items() if "lora_B" in k)  # B starts at 0
+    assert base  # the base weights were saved once, not per method
+    combined = method.combine()
+    model, _ = load_policy(ModelSettings(path=str(combined)))  # loads on its base, both feedbacks' ranks
+    assert sum("lora_A" in n for n, _ in model.named_parameters()) > 0
+
+
+def test_missing_samples_and_qualitative_feedback_without_judge_are_clear_errors(tmp_path):
+    config = C3POConfig.model_validate(tiny_recipe(tmp_path))
+    method = C3PO(config, open_run(config.run_dir, "t", config.model_dump(mode="json")), progress=False)
+    with pytest.raises(DataError):
+        method.train()
+
+
+def test_recipe_needs_lora(tmp_path):
+    recipe = tiny_recipe(tmp_path)
+    recipe["model"] = {"path": "tiny"}
+    with pytest.raises(ValueError, match="LoRA"):
+        C3POConfig.model_validate(recipe)
