@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
 from feedlearn.backends.base import Backend, SamplingParams
 from feedlearn.backends.local import LocalBackend
@@ -38,8 +38,9 @@ from feedlearn.errors import ConfigError, DataError
 from feedlearn.feedback.teachers import LLMTeacher, OfflineTeacher, Teacher
 from feedlearn.feedback.verbal import Feedback, adheres, changed, load_feedbacks, select_feedbacks
 from feedlearn.losses import anchor_loss, dpo_loss, sequence_logprobs, token_mean_nll
+from feedlearn.methods.common import RecipeConfig, Settings, single_process
 from feedlearn.models.loading import ModelSettings, load_policy
-from feedlearn.models.tiny import TinyModelConfig, build_tiny_model
+from feedlearn.models.tiny import build_tiny_model
 from feedlearn.training.data import collate, completion_row, tokenize_sft
 from feedlearn.training.trainer import TrainSettings, is_trained, train
 
@@ -52,10 +53,6 @@ COT = (
     "{prompt}\n\nBefore answering, think about whether this feedback applies to the request: "
     "{content}\nFirst write one line 'Applies: yes' or 'Applies: no', then the answer after 'Answer:'."
 )
-
-
-class Settings(BaseModel):
-    model_config = ConfigDict(extra="forbid")
 
 
 class TeacherSettings(Settings):
@@ -119,14 +116,10 @@ class SFTSettings(Settings):
     train: TrainSettings = Field(default_factory=TrainSettings, description="Optimization.")
 
 
-class C3POConfig(Settings):
+class C3POConfig(RecipeConfig):
     """A C3PO recipe."""
 
     method: Literal["c3po"] = "c3po"
-    seed: int = Field(default=0, description="Seeds sampling, splits, data order and LoRA init.")
-    run_dir: str = Field(default="runs", description="Parent folder of run folders.")
-    model: ModelSettings = Field(description="The policy (LoRA required); 'tiny' builds one locally.")
-    tiny: TinyModelConfig = Field(default_factory=TinyModelConfig, description="Shape of a tiny model.")
     sft: SFTSettings | None = Field(default=None, description="Warm start on the synthetic corpus.")
     feedback_file: str = Field(description="YAML/JSON feedback file, or 'builtin' (the offline feedbacks).")
     feedback_ids: list[str] | None = Field(default=None, description="Keep feedbacks whose id starts so.")
@@ -289,6 +282,7 @@ class C3PO:
         return [self._sample(f) for f in self.feedbacks()]
 
     def _sample(self, feedback: Feedback) -> Path:
+        single_process("sample")
         s = self.config.sample
         folder = self.store.stage(f"{feedback.id[:8]}/sample")
         out = JsonlAppender(folder / "samples.jsonl", C3POSample)
@@ -415,6 +409,7 @@ class C3PO:
         return {f.id[:8]: self._evaluate(f) for f in self.feedbacks()}
 
     def _evaluate(self, feedback: Feedback) -> dict[str, dict[str, float]]:
+        single_process("evaluate")
         cfg = self.config
         folder = self.store.stage(f"{feedback.id[:8]}/evaluate")
         samples = read_jsonl(self.store.stage(f"{feedback.id[:8]}/sample") / "samples.jsonl", C3POSample)

@@ -20,7 +20,7 @@ from typing import Literal
 import torch
 from accelerate import PartialState
 from accelerate.utils import reduce
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
 from feedlearn.data.jsonl import JsonlAppender, read_jsonl, write_json_atomic
 from feedlearn.data.preferences import load_pairs
@@ -38,17 +38,14 @@ from feedlearn.losses import (
     select_queries,
     sequence_logprobs,
 )
+from feedlearn.methods.common import RecipeConfig, Settings
 from feedlearn.models.loading import ModelSettings, load_policy
-from feedlearn.models.tiny import TinyModelConfig, build_tiny_model
+from feedlearn.models.tiny import build_tiny_model
 from feedlearn.training.data import collate_pairs, tokenize_pairs
 from feedlearn.training.scoring import pair_logprobs
 from feedlearn.training.trainer import TrainSettings, is_trained, train
 
 log = logging.getLogger(__name__)
-
-
-class Settings(BaseModel):
-    model_config = ConfigDict(extra="forbid")
 
 
 class SyntheticPairs(Settings):
@@ -113,14 +110,10 @@ class ActiveSettings(Settings):
     )
 
 
-class DPOConfig(Settings):
+class DPOConfig(RecipeConfig):
     """A DPO recipe: every training pair's label is asked for (once) from the labeler."""
 
     method: Literal["dpo"] = "dpo"
-    seed: int = Field(default=0, description="Seeds data order, LoRA init and generated data.")
-    run_dir: str = Field(default="runs", description="Parent folder of run folders.")
-    model: ModelSettings = Field(description="The starting policy, also the reference; 'tiny' builds one.")
-    tiny: TinyModelConfig = Field(default_factory=TinyModelConfig, description="Shape of a tiny model.")
     train_data: PreferenceData = Field(description="Training pairs (labeled, or unlabeled with a labeler).")
     eval_data: PreferenceData | None = Field(default=None, description="Held-out labeled pairs.")
     labeler: LabelerSettings = Field(

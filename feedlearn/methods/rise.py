@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import random
 import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
 from feedlearn.backends.base import Backend, SamplingParams
 from feedlearn.backends.local import LocalBackend
@@ -32,8 +31,8 @@ from feedlearn.envs.math_answers import answers_match
 from feedlearn.envs.math_data import MathProblem, ProblemFormat, load_problems
 from feedlearn.envs.math_env import MathEnv, MathPrompt
 from feedlearn.envs.synthetic_math import generate_problems
-from feedlearn.errors import FeedlearnError
 from feedlearn.losses import weighted_sft_loss
+from feedlearn.methods.common import RecipeConfig, Settings, single_process
 from feedlearn.methods.rise_data import (
     Criterion,
     best_sample,
@@ -42,15 +41,11 @@ from feedlearn.methods.rise_data import (
     majority_answer,
 )
 from feedlearn.models.loading import ModelSettings, load_policy
-from feedlearn.models.tiny import TinyModelConfig, build_tiny_model
+from feedlearn.models.tiny import build_tiny_model
 from feedlearn.training.data import tokenize_sft
 from feedlearn.training.trainer import TrainSettings, is_trained, train
 
 log = logging.getLogger(__name__)
-
-
-class Settings(BaseModel):
-    model_config = ConfigDict(extra="forbid")
 
 
 class SyntheticSettings(Settings):
@@ -149,14 +144,10 @@ class SFTSettings(Settings):
     train: TrainSettings = Field(default_factory=TrainSettings, description="Optimization.")
 
 
-class RiseConfig(Settings):
+class RiseConfig(RecipeConfig):
     """A RISE recipe."""
 
     method: Literal["rise"] = "rise"
-    seed: int = Field(default=0, description="Seeds sampling, data order and generated problems.")
-    run_dir: str = Field(default="runs", description="Parent folder of run folders.")
-    model: ModelSettings = Field(description="The policy; path 'tiny' builds a tiny model locally.")
-    tiny: TinyModelConfig = Field(default_factory=TinyModelConfig, description="Shape of a tiny model.")
     generation_batch_size: int = Field(default=64, gt=0, description="Sequences per local generate call.")
     prompt: MathPrompt = Field(default_factory=MathPrompt, description="Instruction and retry message.")
     train_problems: ProblemSet = Field(description="Problems to collect trajectories on.")
@@ -394,15 +385,6 @@ class Rise:
         write_json_atomic(folder / "metrics.json", metrics)
         self.store.log_metrics(folder.relative_to(self.store.path).as_posix(), metrics)
         return metrics
-
-
-def single_process(stage: str) -> None:
-    """Generation stages run in one process; `accelerate launch` is for the train stages."""
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        raise FeedlearnError(
-            f"{stage} runs in a single process: launch it with plain `feedlearn`, and use "
-            "`accelerate launch -m feedlearn.cli rise train ...` for the training stages"
-        )
 
 
 def _rwr_loss(model, batch):
