@@ -46,10 +46,11 @@ def main() -> None:
     parser.add_argument("--out", required=True, help="folder for result.json, scope.png and the run")
     parser.add_argument("--quick", action="store_true", help="a tiny smoke test")
     parser.add_argument("--seed", type=int, default=0, help="the recipe's seed")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override the recipe")
     args = parser.parse_args()
     out = Path(args.out)
     started = time.perf_counter()
-    overrides = [f"run_dir={out / 'runs'}", f"seed={args.seed}", *(QUICK if args.quick else [])]
+    overrides = [f"run_dir={out / 'runs'}", f"seed={args.seed}", *(QUICK if args.quick else []), *args.set]
     config = load_recipe(C3POConfig, str(RECIPE), overrides)
     c3po = C3PO(config, open_run(config.run_dir, "c3po-tiny", config.model_dump(mode="json")))
     c3po.run()

@@ -44,6 +44,9 @@ EMAIL_PROMPTS = [
 EMAIL_DETAILS = ["", " today", " for tomorrow", " before noon", " in a friendly way"]
 """Details a request may add; the email does not depend on them."""
 CLOSINGS = ["Thanks a lot.", "Let me know what you think.", "See you soon."]
+SIGN_OFFS = ["Best, Sam", "Cheers, Kim", "Regards, Pat", "Best, Jo"]
+"""Some emails end with a sign-off line (never Alex's): the base model knows the form, not the rule."""
+SIGNED_SHARE = 0.15
 
 THINGS = {
     "fruits": ["apple", "pear", "plum", "banana", "cherry", "grape", "mango", "peach"],
@@ -60,7 +63,22 @@ LIST_PROMPTS = {
 }
 """Phrasings of a list request, by style."""
 COUNTS = {"two": 2, "three": 3, "four": 4}
-LIST_CONTEXTS = ["", " you like", " for a story", " for a quiz", " for a game", " for my notes"]
+LIST_CONTEXTS = [
+    "",
+    " you like",
+    " for a story",
+    " for a quiz",
+    " for a game",
+    " for my notes",
+    " for a class",
+    " for a poem",
+    " for a song",
+    " for my list",
+    " for a test",
+    " for a drawing",
+]
+NUMBERED_SHARE = 0.15
+"""Some lists are written numbered: the base model knows the form, not when it is wanted."""
 """Contexts a list request may add; the list does not depend on them."""
 
 COLORS = {
@@ -90,6 +108,8 @@ ANIMALS = {
 def _email(rng: random.Random) -> tuple[str, str]:
     name, topic = rng.choice(NAMES), rng.choice(list(TOPICS))
     response = f"Hi {name},\n{rng.choice(TOPICS[topic])}\n{rng.choice(CLOSINGS)}"
+    if rng.random() < SIGNED_SHARE:
+        response += "\n" + rng.choice(SIGN_OFFS)
     prompt = rng.choice(EMAIL_PROMPTS).format(name=name, topic=topic, detail=rng.choice(EMAIL_DETAILS))
     return prompt, response
 
@@ -98,7 +118,10 @@ def _list(rng: random.Random) -> tuple[str, str]:
     things, count = rng.choice(list(THINGS)), rng.choice(list(COUNTS))
     phrasing = rng.choice(rng.choice(list(LIST_PROMPTS.values())))
     prompt = phrasing.format(count=count, things=things, context=rng.choice(LIST_CONTEXTS))
-    return prompt, ", ".join(rng.sample(THINGS[things], COUNTS[count])) + "."
+    items = rng.sample(THINGS[things], COUNTS[count])
+    if rng.random() < NUMBERED_SHARE:
+        return prompt, "\n".join(f"{i}. {item}" for i, item in enumerate(items, start=1))
+    return prompt, ", ".join(items) + "."
 
 
 def _question(rng: random.Random) -> tuple[str, str]:
@@ -182,9 +205,12 @@ SIGNOFF = "Best, Alex"
 
 
 def _sign_off(prompt: str, response: str) -> str:
-    """The response ending with the line 'Best, Alex' (added once)."""
-    response = response.rstrip()
-    return response if response.endswith(SIGNOFF) else f"{response}\n{SIGNOFF}"
+    """The response ending with the line 'Best, Alex' (added once; another sign-off is replaced)."""
+    lines = response.rstrip().split("\n")
+    if lines[-1] in SIGN_OFFS:
+        lines = lines[:-1]
+    body = "\n".join(lines)
+    return body if body.endswith(SIGNOFF) else f"{body}\n{SIGNOFF}"
 
 
 NUMBERED = r"^1\. .+\n2\. .+"
