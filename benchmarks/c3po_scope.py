@@ -25,6 +25,7 @@ from pathlib import Path
 from feedlearn.config import load_recipe
 from feedlearn.data.jsonl import write_json_atomic
 from feedlearn.data.store import open_run
+from feedlearn.envs.instructions import BUILTIN_FEEDBACKS
 from feedlearn.methods.c3po import C3PO, C3POConfig
 
 RECIPE = files("feedlearn") / "recipes" / "c3po" / "tiny.yaml"
@@ -37,6 +38,9 @@ QUICK = [
     "sample.max_new_tokens=16",
     "evaluate.prompts_per_scope=4",
     "evaluate.max_new_tokens=16",
+    "train.batch_size=2",
+    "train.epochs=1",
+    f"feedback_ids=[{BUILTIN_FEEDBACKS['jared-signoff'].feedback.id[:8]}]",  # its revision always applies
 ]
 KEYS = {"in_scope_adherence": "in", "near_scope_changed": "near", "out_scope_changed": "out"}
 
