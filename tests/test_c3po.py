@@ -166,3 +166,17 @@ def test_recipe_needs_lora(tmp_path):
     recipe["model"] = {"path": "tiny"}
     with pytest.raises(ValueError, match="LoRA"):
         C3POConfig.model_validate(recipe)
+
+
+def test_general_prompts_from_txt_and_jsonl_files(tmp_path):
+    txt = tmp_path / "general.txt"
+    txt.write_text("Tell me a joke.\n\nWhat is rain?\nName a planet.\n")
+    config = C3POConfig.model_validate(tiny_recipe(tmp_path, general_prompts=str(txt)))
+    method = C3PO(config, open_run(config.run_dir, "g", config.model_dump(mode="json")), progress=False)
+    assert sorted(method.general_prompts(3)) == ["Name a planet.", "Tell me a joke.", "What is rain?"]
+    bad = tmp_path / "general.jsonl"
+    bad.write_text('{"prompt": "ok"}\n{"text": "no prompt key"}\n')
+    config = C3POConfig.model_validate(tiny_recipe(tmp_path, general_prompts=str(bad)))
+    method = C3PO(config, open_run(config.run_dir, "h", config.model_dump(mode="json")), progress=False)
+    with pytest.raises(DataError, match=r"general.jsonl:2: field 'prompt'"):
+        method.general_prompts(2)

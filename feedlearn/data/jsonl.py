@@ -31,8 +31,8 @@ def describe_validation_error(err: ValidationError) -> str:
     return f"field '{field}': {first['msg']}"
 
 
-def iter_jsonl(path: str | Path, model: type[T]) -> Iterator[T]:
-    """Yield each line of `path` as a `model`; a bad line raises DataError naming file, line and field."""
+def json_lines(path: str | Path) -> Iterator[tuple[int, Any]]:
+    """(line number, value) of each non-blank line of a JSONL file; invalid JSON names file and line."""
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: file not found")
@@ -41,15 +41,20 @@ def iter_jsonl(path: str | Path, model: type[T]) -> Iterator[T]:
             if not line.strip():
                 continue
             try:
-                obj = json.loads(line)
+                yield lineno, json.loads(line)
             except json.JSONDecodeError as e:
                 raise DataError(f"{path}:{lineno}: invalid JSON ({e.msg} at column {e.colno})") from None
-            if not isinstance(obj, dict):
-                raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
-            try:
-                yield model.model_validate(obj)
-            except ValidationError as e:
-                raise DataError(f"{path}:{lineno}: {describe_validation_error(e)}") from None
+
+
+def iter_jsonl(path: str | Path, model: type[T]) -> Iterator[T]:
+    """Yield each line of `path` as a `model`; a bad line raises DataError naming file, line and field."""
+    for lineno, obj in json_lines(path):
+        if not isinstance(obj, dict):
+            raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
+        try:
+            yield model.model_validate(obj)
+        except ValidationError as e:
+            raise DataError(f"{path}:{lineno}: {describe_validation_error(e)}") from None
 
 
 def read_jsonl(path: str | Path, model: type[T]) -> list[T]:

@@ -11,7 +11,7 @@ from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
 
-from feedlearn.data.jsonl import describe_validation_error
+from feedlearn.data.jsonl import describe_validation_error, json_lines
 from feedlearn.data.records import Completion, Message, PreferencePair
 from feedlearn.errors import DataError
 
@@ -44,15 +44,8 @@ def load_pairs(path: str | Path, limit: int | None = None) -> list[PreferencePai
 
 
 def _jsonl_rows(path: Path) -> Iterator[tuple[str, Any]]:
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{lineno}: invalid JSON ({e.msg} at column {e.colno})") from None
-            yield f"{path}:{lineno}", row
+    for lineno, row in json_lines(path):
+        yield f"{path}:{lineno}", row
 
 
 def _json_rows(path: Path) -> Iterator[tuple[str, Any]]:

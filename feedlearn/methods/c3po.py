@@ -16,7 +16,6 @@ An optional `sft` stage first teaches a tiny model the synthetic instruction cor
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import random
@@ -30,15 +29,14 @@ from pydantic import Field, model_validator
 from feedlearn.backends.base import Backend, SamplingParams
 from feedlearn.backends.local import LocalBackend
 from feedlearn.backends.openai_compat import OpenAIBackend, OpenAIBackendConfig
-from feedlearn.data.jsonl import JsonlAppender, read_jsonl, write_json_atomic, write_jsonl_atomic
+from feedlearn.data.jsonl import JsonlAppender, json_lines, read_jsonl, write_json_atomic, write_jsonl_atomic
 from feedlearn.data.records import Message, Record, SFTExample
-from feedlearn.data.store import RunStore
 from feedlearn.envs import instructions
 from feedlearn.errors import ConfigError, DataError
 from feedlearn.feedback.teachers import LLMTeacher, OfflineTeacher, Teacher
 from feedlearn.feedback.verbal import Feedback, adheres, changed, load_feedbacks, select_feedbacks
 from feedlearn.losses import anchor_loss, dpo_loss, sequence_logprobs, token_mean_nll
-from feedlearn.methods.common import RecipeConfig, Settings, single_process
+from feedlearn.methods.common import Method, RecipeConfig, Settings, single_process
 from feedlearn.models.loading import ModelSettings, load_policy
 from feedlearn.models.tiny import build_tiny_model
 from feedlearn.training.data import collate, completion_row, tokenize_sft
@@ -161,13 +159,8 @@ class C3POSample(Record):
     cot: str | None = Field(default=None, description="Response after reasoning whether it applies.")
 
 
-class C3PO:
+class C3PO(Method):
     """The stages of one C3PO run, reading and writing `run_dir/<run_id>/`."""
-
-    def __init__(self, config: C3POConfig, store: RunStore, progress: bool = True):
-        self.config = config
-        self.store = store
-        self.progress = progress
 
     # ---- inputs ---------------------------------------------------------------------------------------
 
@@ -191,15 +184,10 @@ class C3PO:
             raise DataError(f"{path}: general prompt file not found")
         if path.suffix == ".jsonl":
             prompts = []
-            for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-                try:
-                    row = json.loads(line) if line.strip() else None
-                except json.JSONDecodeError as e:
-                    raise DataError(f"{path}:{lineno}: invalid JSON ({e.msg})") from None
-                if row is not None:
-                    if not isinstance(row, dict) or not isinstance(row.get("prompt"), str):
-                        raise DataError(f"{path}:{lineno}: field 'prompt': a string is required")
-                    prompts.append(row["prompt"])
+            for lineno, row in json_lines(path):
+                if not isinstance(row, dict) or not isinstance(row.get("prompt"), str):
+                    raise DataError(f"{path}:{lineno}: field 'prompt': a string is required")
+                prompts.append(row["prompt"])
         else:
             prompts = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
         if len(prompts) < n:
@@ -230,14 +218,6 @@ class C3PO:
         if self.config.model.path != "tiny":
             return self.config.model.path
         return str(self.store.stage("sft") / "model")
-
-    def _settings(self, path: str) -> ModelSettings:
-        return self.config.model.model_copy(update={"path": path})
-
-    def _backend(self, model, tokenizer) -> LocalBackend:
-        return LocalBackend(
-            model, tokenizer, self.config.generation_batch_size, seed=self.config.seed, progress=self.progress
-        )
 
     # ---- stages ---------------------------------------------------------------------------------------
 

@@ -7,6 +7,8 @@ import os
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from feedlearn.backends.local import LocalBackend
+from feedlearn.data.store import RunStore
 from feedlearn.errors import FeedlearnError
 from feedlearn.models.loading import ModelSettings
 from feedlearn.models.tiny import TinyModelConfig
@@ -34,4 +36,23 @@ def single_process(stage: str) -> None:
         raise FeedlearnError(
             f"{stage} runs in a single process: launch it with plain `feedlearn`, and use "
             "`accelerate launch -m feedlearn.cli <method> train ...` for the training stages"
+        )
+
+
+class Method:
+    """Base of a method's stages: its recipe, its run folder, and the helpers every method uses."""
+
+    def __init__(self, config: RecipeConfig, store: RunStore, progress: bool = True):
+        self.config = config
+        self.store = store
+        self.progress = progress
+
+    def _settings(self, path: str) -> ModelSettings:
+        """The recipe's model settings (LoRA, dtype, template) for the model at `path`."""
+        return self.config.model.model_copy(update={"path": path})
+
+    def _backend(self, model, tokenizer) -> LocalBackend:
+        """A local generation backend, seeded with the recipe's seed."""
+        return LocalBackend(
+            model, tokenizer, self.config.generation_batch_size, seed=self.config.seed, progress=self.progress
         )

@@ -25,7 +25,6 @@ from pydantic import Field, model_validator
 from feedlearn.data.jsonl import JsonlAppender, read_jsonl, write_json_atomic
 from feedlearn.data.preferences import load_pairs
 from feedlearn.data.records import LabelRecord, PreferencePair, Record
-from feedlearn.data.store import RunStore
 from feedlearn.envs.word_preferences import WordPreferenceTask
 from feedlearn.errors import DataError
 from feedlearn.feedback.label_book import LabelBook
@@ -38,8 +37,8 @@ from feedlearn.losses import (
     select_queries,
     sequence_logprobs,
 )
-from feedlearn.methods.common import RecipeConfig, Settings
-from feedlearn.models.loading import ModelSettings, load_policy
+from feedlearn.methods.common import Method, RecipeConfig, Settings
+from feedlearn.models.loading import load_policy
 from feedlearn.models.tiny import build_tiny_model
 from feedlearn.training.data import collate_pairs, tokenize_pairs
 from feedlearn.training.scoring import pair_logprobs
@@ -147,14 +146,13 @@ class ReferenceLogprobs(Record):
     b: float
 
 
-class PreferenceLearning:
+class PreferenceLearning(Method):
     """The stages of one DPO or Active DPO run, reading and writing `run_dir/<run_id>/`."""
 
-    def __init__(self, config: DPOConfig, store: RunStore, progress: bool = True):
-        self.config = config
-        self.store = store
-        self.progress = progress
-        self.active: ActiveSettings | None = getattr(config, "active", None)
+    @property
+    def active(self) -> ActiveSettings | None:
+        """Active DPO's selection rule; None for plain DPO."""
+        return getattr(self.config, "active", None)
 
     def base_model_path(self) -> str:
         """The starting policy: the configured model, or a tiny model built on the pairs' text."""
@@ -164,9 +162,6 @@ class PreferenceLearning:
             _text(p.prompt) + _text(side) for p in self.config.train_data.load("train") for side in (p.a, p.b)
         ]
         return str(build_tiny_model(self.config.tiny, texts[:20000]))
-
-    def _settings(self, path: str) -> ModelSettings:
-        return self.config.model.model_copy(update={"path": path})
 
     def reference_logprobs(
         self, model, tokenizer, pairs: list[PreferencePair], rows: list[dict], path: Path

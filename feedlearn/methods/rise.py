@@ -22,17 +22,15 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from feedlearn.backends.base import Backend, SamplingParams
-from feedlearn.backends.local import LocalBackend
 from feedlearn.backends.openai_compat import OpenAIBackend, OpenAIBackendConfig
 from feedlearn.data.jsonl import JsonlAppender, read_jsonl, write_json_atomic, write_jsonl_atomic
 from feedlearn.data.records import Episode, Message, SFTExample, Turn
-from feedlearn.data.store import RunStore
 from feedlearn.envs.math_answers import answers_match
 from feedlearn.envs.math_data import MathProblem, ProblemFormat, load_problems
 from feedlearn.envs.math_env import MathEnv, MathPrompt
 from feedlearn.envs.synthetic_math import generate_problems
 from feedlearn.losses import weighted_sft_loss
-from feedlearn.methods.common import RecipeConfig, Settings, single_process
+from feedlearn.methods.common import Method, RecipeConfig, Settings, single_process
 from feedlearn.methods.rise_data import (
     Criterion,
     best_sample,
@@ -40,7 +38,7 @@ from feedlearn.methods.rise_data import (
     is_degenerate,
     majority_answer,
 )
-from feedlearn.models.loading import ModelSettings, load_policy
+from feedlearn.models.loading import load_policy
 from feedlearn.models.tiny import build_tiny_model
 from feedlearn.training.data import tokenize_sft
 from feedlearn.training.trainer import TrainSettings, is_trained, train
@@ -171,13 +169,8 @@ def solution_text(problem: MathProblem) -> str:
     return text
 
 
-class Rise:
+class Rise(Method):
     """The stages of one RISE run, reading and writing `run_dir/<run_id>/`."""
-
-    def __init__(self, config: RiseConfig, store: RunStore, progress: bool = True):
-        self.config = config
-        self.store = store
-        self.progress = progress
 
     # ---- policies -------------------------------------------------------------------------------------
 
@@ -198,14 +191,6 @@ class Rise:
         if self.config.sft is not None:
             return str(self.store.stage("sft") / "model")
         return self.base_model_path()
-
-    def _settings(self, path: str) -> ModelSettings:
-        return self.config.model.model_copy(update={"path": path})
-
-    def _backend(self, model, tokenizer) -> LocalBackend:
-        return LocalBackend(
-            model, tokenizer, self.config.generation_batch_size, seed=self.config.seed, progress=self.progress
-        )
 
     # ---- stages ---------------------------------------------------------------------------------------
 
