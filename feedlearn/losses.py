@@ -122,3 +122,27 @@ def anchor_loss(
         kl = (log_q.exp() * (log_q - log_p)).sum(-1)
         loss = loss + lam * temperature**2 * (kl * mask).sum(-1)
     return loss
+
+
+def cost_to_go(rewards: list[float]) -> list[float]:
+    """Undiscounted return from each step to the end of an episode: G_t = r_t + r_{t+1} + ..."""
+    returns, total = [], 0.0
+    for r in reversed(rewards):
+        total += r
+        returns.append(total)
+    return returns[::-1]
+
+
+def choice_logprobs(
+    last_logits: torch.Tensor, label_ids: torch.Tensor, n_choices: torch.Tensor
+) -> torch.Tensor:
+    """Log-probabilities over the choices only ("shrink head"): the next-token logits [batch, vocab] cut
+    to the label tokens [n_labels] and softmaxed; labels beyond each row's `n_choices` get -inf."""
+    logits = last_logits.float()[:, label_ids]
+    offered = torch.arange(len(label_ids), device=logits.device)[None, :] < n_choices[:, None]
+    return F.log_softmax(logits.masked_fill(~offered, float("-inf")), dim=-1)
+
+
+def reinforce_loss(action_logprobs: torch.Tensor, returns: torch.Tensor) -> torch.Tensor:
+    """REINFORCE without a critic: -mean over steps of log pi(a_t | s_t) x G_t (G_t the cost-to-go)."""
+    return -(action_logprobs * returns).mean()

@@ -132,3 +132,34 @@ def test_low_precision_logits_are_upcast():
     logps, _ = token_logprobs(logits.to(torch.bfloat16), labels)
     assert logps.dtype == torch.float32
     assert logps[0, 0].item() == pytest.approx(LP_A, abs=1e-6)  # these logits are exact in bfloat16
+
+
+def test_cost_to_go_is_the_undiscounted_suffix_sum():
+    from feedlearn.losses import cost_to_go
+
+    assert cost_to_go([-0.05, -0.05, 1.0]) == pytest.approx([0.9, 0.95, 1.0])
+    assert cost_to_go([]) == []
+
+
+def test_choice_logprobs_softmax_over_offered_labels_only():
+    from feedlearn.losses import choice_logprobs
+
+    logits = torch.tensor([[0.0, 1.0, 2.0, 3.0, 9.0], [0.0, 1.0, 2.0, 3.0, 9.0]])
+    labels = torch.tensor([1, 2, 3])  # token ids of the labels "1", "2", "3"; token 4 is not a label
+    lp = choice_logprobs(logits, labels, torch.tensor([3, 2]))
+    z = math.log(math.exp(1) + math.exp(2) + math.exp(3))
+    assert lp[0].tolist() == pytest.approx([1 - z, 2 - z, 3 - z])
+    z2 = math.log(math.exp(1) + math.exp(2))
+    assert lp[1, :2].tolist() == pytest.approx([1 - z2, 2 - z2])
+    assert lp[1, 2].item() == float("-inf")  # only two choices offered in this state
+
+
+def test_reinforce_loss_matches_hand_computed_value():
+    from feedlearn.losses import reinforce_loss
+
+    logps = torch.tensor([math.log(0.5), math.log(0.25)], requires_grad=True)
+    returns = torch.tensor([1.0, -2.0])
+    loss = reinforce_loss(logps, returns)
+    assert loss.item() == pytest.approx(-(math.log(0.5) * 1.0 + math.log(0.25) * -2.0) / 2)
+    loss.backward()
+    assert logps.grad.tolist() == pytest.approx([-0.5, 1.0])  # raise good actions, lower bad ones
