@@ -180,3 +180,35 @@ def test_general_prompts_from_txt_and_jsonl_files(tmp_path):
     method = C3PO(config, open_run(config.run_dir, "h", config.model_dump(mode="json")), progress=False)
     with pytest.raises(DataError, match=r"general.jsonl:2: field 'prompt'"):
         method.general_prompts(2)
+
+
+def test_teacher_replies_are_saved_as_they_come(tmp_path, monkeypatch):
+    from feedlearn.feedback.teachers import OfflineTeacher
+
+    config = C3POConfig.model_validate(tiny_recipe(tmp_path))
+    method = C3PO(config, open_run(config.run_dir, "t", config.model_dump(mode="json")), progress=False)
+    feedback = method.feedbacks()[0]
+    folder = method.store.stage(f"{feedback.id[:8]}/sample")
+    calls, real = [], OfflineTeacher.prompts
+
+    def failing(self, fb, category, scope, n):
+        calls.append((scope, category))
+        if len(calls) == 3:
+            raise RuntimeError("teacher down")
+        return real(self, fb, category, scope, n)
+
+    monkeypatch.setattr(OfflineTeacher, "prompts", failing)
+    with pytest.raises(RuntimeError):
+        method._prompts(feedback, folder)
+    asked = []
+
+    def counting(self, fb, category, scope, n):
+        asked.append((scope, category))
+        return real(self, fb, category, scope, n)
+
+    monkeypatch.setattr(OfflineTeacher, "prompts", counting)
+    prompts = method._prompts(feedback, folder)
+    categories = {p["category"] for p in prompts if p["scope"] == "in"}
+    assert not set(calls[:2]) & set(asked)  # the two replies paid before the crash came from the file
+    assert len(asked) == 2 * len(categories) - 2  # every other (scope, category) was asked once
+    assert {p["scope"] for p in prompts} == {"in", "near", "out"}

@@ -328,15 +328,24 @@ class C3PO(Method):
         if path.exists():
             return [p.model_dump() for p in read_jsonl(path, _Prompt)]
         s, teacher = self.config.sample, self.teacher()
-        k = math.ceil(s.prompts_per_scope / s.prompts_per_category)
-        categories = teacher.categories(feedback, k)
+        # each teacher reply is saved as it comes, so a crash midway loses no paid call
+        asked = JsonlAppender(folder / "teacher_prompts.jsonl", _TeacherPrompts)
+        if "categories" not in asked:
+            k = math.ceil(s.prompts_per_scope / s.prompts_per_category)
+            asked.append(_TeacherPrompts(id="categories", prompts=teacher.categories(feedback, k)))
+        replies = {r.id: r.prompts for r in asked.records()}
+        categories = replies["categories"]
         if not categories:
             raise DataError(f"feedback {feedback.id[:8]}: the teacher proposed no categories")
         prompts: list[dict] = []
         for scope in ("in", "near"):
             seen = set()
             for category in categories:
-                for text in teacher.prompts(feedback, category, scope, s.prompts_per_category):
+                key = f"{scope}:{category}"
+                if key not in replies:
+                    replies[key] = teacher.prompts(feedback, category, scope, s.prompts_per_category)
+                    asked.append(_TeacherPrompts(id=key, prompts=replies[key]))
+                for text in replies[key]:
                     if text not in seen:
                         seen.add(text)
                         prompts.append({"scope": scope, "category": category, "prompt": text})
@@ -465,6 +474,13 @@ class C3PO(Method):
         self.sample()
         self.train()
         self.evaluate()
+
+
+class _TeacherPrompts(Record):
+    """One teacher reply: the categories, or the prompts of one scope and category."""
+
+    id: str
+    prompts: list[str]
 
 
 class _Prompt(Record):
