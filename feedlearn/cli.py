@@ -11,13 +11,14 @@ from pathlib import Path
 from feedlearn.config import load_recipe, read_yaml
 from feedlearn.data.store import open_run
 from feedlearn.errors import ConfigError, FeedlearnError
-from feedlearn.methods import c3po, dpo, rise
+from feedlearn.methods import c3po, dpo, reflect_rl, rise
 
 METHODS = {
     "rise": (rise.RiseConfig, rise.Rise, rise.STAGES),
     "dpo": (dpo.DPOConfig, dpo.PreferenceLearning, dpo.STAGES),
     "active-dpo": (dpo.ActiveDPOConfig, dpo.PreferenceLearning, dpo.STAGES),
     "c3po": (c3po.C3POConfig, c3po.C3PO, c3po.STAGES),
+    "reflect-rl": (reflect_rl.ReflectRLConfig, reflect_rl.ReflectRL, reflect_rl.STAGES),
 }
 
 

@@ -1,0 +1,84 @@
+"""Reflect-RL: the policy's prompt and label shuffling, the choices-only head, a tiny SFT + RL run."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from feedlearn.data.store import open_run
+from feedlearn.envs.text_env import TextObservation
+from feedlearn.errors import FeedlearnError
+from feedlearn.methods.reflect_rl import ChoiceObjective, ReflectRL, ReflectRLConfig, label_ids, policy_prompt
+
+
+def test_policy_prompt_shows_the_analysis_and_the_choices_in_the_shuffled_order():
+    obs = TextObservation("grid", ["south", "north", "east"])
+    text = policy_prompt(obs, "Go north.", [2, 0, 1])
+    assert text == "grid\n# Analyze:\nGo north.\n1. east\n2. south\n3. north\n# Action:"
+    assert policy_prompt(obs, None, [0, 1, 2]) == "grid\n1. south\n2. north\n3. east\n# Action:"
+
+
+def recipe(tmp_path, **overrides) -> ReflectRLConfig:
+    config = {
+        "run_dir": str(tmp_path / "runs"),
+        "model": {"path": "tiny"},
+        "tiny": {
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_layers": 1,
+            "num_heads": 2,
+            "vocab_size": 400,
+        },
+        "env": {"level": "dropoff", "max_steps": 15},
+        "teacher": {"episodes": 6, "negatives": 2},
+        "sft": {"learning_rate": 3e-3, "epochs": 1, "batch_size": 4, "grad_accum": 1, "max_length": 384},
+        "rl": {"iterations": 2, "episodes_per_iteration": 3, "learning_rate": 1e-2},
+        "evaluate": {"episodes": 3},
+        "max_reflection_tokens": 8,
+    }
+    config.update(overrides)
+    return ReflectRLConfig.model_validate(config)
+
+
+def test_labels_are_single_tokens_and_the_head_is_a_softmax_over_offered_choices(tmp_path):
+    method = ReflectRL(recipe(tmp_path), open_run(tmp_path / "runs", "t", {}), progress=False)
+    from feedlearn.models.loading import ModelSettings, load_policy
+
+    model, tok = load_policy(ModelSettings(path=method.base_model_path()))
+    ids = label_ids(tok, 6)
+    assert [tok.decode([i]) for i in ids.tolist()] == ["1", "2", "3", "4", "5", "6"]
+    objective = ChoiceObjective(tok, 6)
+    rows = [
+        {"input_ids": tok.encode("grid\n1. a\n2. b"), "n": 2, "label": 1},
+        {"input_ids": tok.encode("grid"), "n": 6, "label": 5},
+    ]
+    logps = objective.logprobs(model, objective.collate(rows))
+    assert torch.exp(logps).sum(-1).tolist() == pytest.approx([1.0, 1.0], abs=1e-5)
+    assert torch.isinf(logps[0, 2:]).all()  # only two choices were offered
+    with pytest.raises(FeedlearnError, match="one"):
+        label_ids(tok, 12)  # "10" is two digit tokens
+
+
+@pytest.mark.parametrize("reflection", [True, False])
+def test_tiny_sft_then_rl_runs_and_changes_the_policy(tmp_path, reflection):
+    config = recipe(tmp_path, reflection=reflection)
+    method = ReflectRL(config, open_run(config.run_dir, "r", config.model_dump(mode="json")), progress=False)
+    method.run()
+    after_sft = method.evaluate("sft")
+    after_rl = method.evaluate("rl")
+    assert set(after_sft) == {"success", "cost", "episodes"} and after_rl["episodes"] == 3
+    from safetensors.torch import load_file
+
+    sft = load_file(str(method.store.path / "sft" / "policy" / "model" / "model.safetensors"))
+    rl = load_file(str(method.store.path / "rl" / "model" / "model.safetensors"))
+    assert any(not torch.equal(sft[k], rl[k]) for k in rl)  # the policy-gradient steps moved the weights
+    episodes = [
+        json.loads(line) for line in (method.store.path / "rl" / "episodes.jsonl").read_text().splitlines()
+    ]
+    assert len(episodes) == 2 * 3
+    assert all(len(e["actions"]) == len(e["reflections"]) for e in episodes)
+    if not reflection:
+        assert all(r == "" for e in episodes for r in e["reflections"])
+    assert (method.store.path / "sft" / "reflector").exists() == reflection
