@@ -160,7 +160,7 @@ def test_rendering_of_one_state():
         "| . | . : . | . : . |\n"
         "| D | . : . | . : . |\n"
         "+-------------------+\n"
-        "Passenger: at row 0, column 0. Destination: row 4, column 0."
+        "Taxi: row 0, column 2. Passenger: at row 0, column 0. Destination: row 4, column 0."
     )
 
 

@@ -118,7 +118,8 @@ class DangerousTaxi:
         return TextObservation(state=self.render(), choices=list(ACTIONS))
 
     def render(self) -> str:
-        """The map with the taxi, passenger and destination letters, and the passenger/destination line."""
+        """The map with the taxi, passenger and destination letters, then one line giving the three positions
+        in words (a small model reads coordinates far more easily than a grid)."""
         row, col, passenger, dest = self.taxi.decode(self.taxi_state)
         locs = self.taxi.locs
         letters = {locs[dest]: "D"}
@@ -135,7 +136,10 @@ class DangerousTaxi:
             lines.append(" ".join(chars))
         border = "+" + "-" * (len(lines[0]) - 2) + "+"
         where = "in the taxi" if passenger == IN_TAXI else "at row {}, column {}".format(*locs[passenger])
-        summary = f"Passenger: {where}. Destination: row {locs[dest][0]}, column {locs[dest][1]}."
+        summary = (
+            f"Taxi: row {row}, column {col}. Passenger: {where}. "
+            f"Destination: row {locs[dest][0]}, column {locs[dest][1]}."
+        )
         return "\n".join([border, *lines, border, summary])
 
     def _is_goal(self, next_state: int, taxi_done: bool) -> bool:
