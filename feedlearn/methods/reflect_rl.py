@@ -77,6 +77,11 @@ class ReflectRLConfig(RecipeConfig):
     method: Literal["reflect-rl"] = "reflect-rl"
     env: TaxiSettings = Field(default_factory=TaxiSettings, description="The DangerousTaxi environment.")
     reflection: bool = Field(default=True, description="Use a reflection model before each action.")
+    shuffle_labels: bool = Field(
+        default=True,
+        description="Show the choices in a new random order every step, so the policy cannot learn a "
+        "position instead of an action; off, they keep the environment's order.",
+    )
     teacher: TeacherData = Field(default_factory=TeacherData, description="SFT data.")
     sft: TrainSettings = Field(default_factory=TrainSettings, description="SFT of both models.")
     rl: RLSettings = Field(default_factory=RLSettings, description="Online RL of the policy.")
@@ -179,7 +184,8 @@ class ReflectRL(Method):
                 if not s.train_policy:
                     continue
                 order = list(range(len(s.choices)))
-                rng.shuffle(order)  # label shuffling: no position bias
+                if self.config.shuffle_labels:
+                    rng.shuffle(order)  # no position bias
                 obs = TextObservation(s.state, s.choices)
                 text = policy_prompt(obs, s.reflection if self.config.reflection else None, order)
                 ids = prompt_ids(tok, [{"role": "user", "content": text}])
@@ -306,7 +312,8 @@ class ReflectRL(Method):
             orders = []
             for i in active:
                 order = list(range(len(obs[i].choices)))
-                rngs[i].shuffle(order)
+                if self.config.shuffle_labels:
+                    rngs[i].shuffle(order)
                 orders.append(order)
             rows = [
                 {
