@@ -61,9 +61,9 @@ def test_labels_are_single_tokens_and_the_head_is_a_softmax_over_offered_choices
         label_ids(tok, 12)  # "10" is two digit tokens
 
 
-@pytest.mark.parametrize("reflection", [True, False])
-def test_tiny_sft_then_rl_runs_and_changes_the_policy(tmp_path, reflection):
-    config = recipe(tmp_path, reflection=reflection)
+@pytest.mark.parametrize("reflection, shuffle", [(True, True), (False, False)])
+def test_tiny_sft_then_rl_runs_and_changes_the_policy(tmp_path, reflection, shuffle):
+    config = recipe(tmp_path, reflection=reflection, shuffle_labels=shuffle)
     method = ReflectRL(config, open_run(config.run_dir, "r", config.model_dump(mode="json")), progress=False)
     method.run()
     after_sft = method.evaluate("sft")
