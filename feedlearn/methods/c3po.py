@@ -20,6 +20,7 @@ import logging
 import math
 import random
 import re
+from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
@@ -194,8 +195,9 @@ class C3PO(Method):
             log.warning("%s holds %d prompts, fewer than the %d asked for", path, len(prompts), n)
         return random.Random(self.config.seed).sample(prompts, min(n, len(prompts)))
 
+    @cached_property
     def teacher(self) -> Teacher:
-        """The configured teacher."""
+        """The configured teacher, built once per run."""
         t = self.config.teacher
         if t.kind == "offline":
             return OfflineTeacher(self.config.seed)
@@ -270,7 +272,7 @@ class C3PO(Method):
         todo = [p for p in prompts if p["id"] not in out]
         if not todo:
             return out.path
-        teacher = self.teacher()
+        teacher = self.teacher
         backend = self._backend(*load_policy(self._settings(self.base_model_path())))
         sampling = SamplingParams(temperature=s.temperature, top_p=s.top_p, max_new_tokens=s.max_new_tokens)
         dropped = 0
@@ -327,7 +329,7 @@ class C3PO(Method):
         path = folder / "prompts.jsonl"
         if path.exists():
             return [p.model_dump() for p in read_jsonl(path, _Prompt)]
-        s, teacher = self.config.sample, self.teacher()
+        s, teacher = self.config.sample, self.teacher
         # each teacher reply is saved as it comes, so a crash midway loses no paid call
         asked = JsonlAppender(folder / "teacher_prompts.jsonl", _TeacherPrompts)
         if "categories" not in asked:
