@@ -82,3 +82,46 @@ def test_tiny_sft_then_rl_runs_and_changes_the_policy(tmp_path, reflection, shuf
     if not reflection:
         assert all(r == "" for e in episodes for r in e["reflections"])
     assert (method.store.path / "sft" / "reflector").exists() == reflection
+
+
+class Crash(Exception):
+    pass
+
+
+def test_rl_resumed_from_a_checkpoint_equals_an_uninterrupted_run(tmp_path, monkeypatch):
+    from safetensors.torch import load_file
+
+    from feedlearn.methods import reflect_rl
+
+    overrides = {
+        "rl": {"iterations": 4, "episodes_per_iteration": 3, "learning_rate": 1e-2, "checkpoint_every": 2}
+    }
+    whole = ReflectRL(recipe(tmp_path / "a", **overrides), open_run(tmp_path / "a", "r", {}), progress=False)
+    whole.rl()
+
+    calls, real = 0, reflect_rl.ReflectRL._rollout
+
+    def crashing(self, *args, **kwargs):
+        nonlocal calls
+        calls += 1
+        if calls == 3:  # iteration 3; the checkpoint is at iteration 2
+            raise Crash
+        return real(self, *args, **kwargs)
+
+    broken = ReflectRL(recipe(tmp_path / "b", **overrides), open_run(tmp_path / "b", "r", {}), progress=False)
+    monkeypatch.setattr(reflect_rl.ReflectRL, "_rollout", crashing)
+    with pytest.raises(Crash):
+        broken.rl()
+    assert [p.name for p in (broken.store.path / "rl" / "checkpoints").iterdir()] == ["iter-2"]
+    monkeypatch.setattr(reflect_rl.ReflectRL, "_rollout", real)
+    broken.rl()
+    a = load_file(str(whole.store.path / "rl" / "model" / "model.safetensors"))
+    b = load_file(str(broken.store.path / "rl" / "model" / "model.safetensors"))
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=1e-6), k
+    assert not (broken.store.path / "rl" / "checkpoints").exists()
+    ids = [
+        json.loads(line)["id"]
+        for line in (broken.store.path / "rl" / "episodes.jsonl").read_text().splitlines()
+    ]
+    assert len(ids) == len(set(ids)) == 4 * 3  # iteration 3 was logged once

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+import shutil
 from pathlib import Path
 from typing import Literal
 
@@ -24,6 +25,7 @@ import torch
 from pydantic import Field
 
 from feedlearn.backends.base import SamplingParams
+from feedlearn.backends.local import LocalBackend
 from feedlearn.data.jsonl import JsonlAppender, read_jsonl, write_json_atomic, write_jsonl_atomic
 from feedlearn.data.records import Message, Record, SFTExample
 from feedlearn.envs.scripted_teacher import ReflectStep, teacher_episodes
@@ -62,6 +64,9 @@ class RLSettings(Settings):
     max_grad_norm: float = Field(default=0.3, gt=0, description="Gradient clipping norm.")
     replay_size: int = Field(default=50, ge=0, description="Successful episodes kept for a replay step.")
     temperature: float = Field(default=1.0, gt=0, description="Sampling temperature of the policy.")
+    checkpoint_every: int = Field(
+        default=5, gt=0, description="Iterations between checkpoints (policy, optimizer, replay buffer)."
+    )
 
 
 class EvaluateSettings(Settings):
@@ -217,19 +222,29 @@ class ReflectRL(Method):
         if (final / "done.json").exists():
             return final
         self.sft()
-        policy, tok = load_policy(
-            self._settings(str(self.store.stage("sft/policy") / "model")), trainable=True, seed=cfg.seed
+        ckpt = folder / "checkpoint"
+        start = (
+            json.loads((ckpt / "state.json").read_text())["iteration"]
+            if (ckpt / "state.json").exists()
+            else 0
         )
+        source = ckpt if start else self.store.stage("sft/policy") / "model"
+        policy, tok = load_policy(self._settings(str(source)), trainable=True, seed=cfg.seed)
         reflector = self._reflector()
         params = [p for p in policy.parameters() if p.requires_grad]
         optimizer = torch.optim.Adam(params, lr=cfg.rl.learning_rate, weight_decay=cfg.rl.weight_decay)
-        objective = ChoiceObjective(tok, 6)
         replay: list[list[dict]] = []
+        if start:
+            optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt"))
+            replay = json.loads((ckpt / "replay.json").read_text())
+        objective = ChoiceObjective(tok, 6)
         episodes_log = JsonlAppender(folder / "episodes.jsonl", EpisodeRecord)
-        torch.manual_seed(cfg.seed)
-        for iteration in range(1, cfg.rl.iterations + 1):
+        for iteration in range(start + 1, cfg.rl.iterations + 1):
+            # every iteration's sampling is seeded by its number, so a resumed run replays it exactly
+            torch.manual_seed(cfg.seed * 1_000_003 + iteration)
             seeds = [cfg.seed * 100_000 + iteration * 1000 + i for i in range(cfg.rl.episodes_per_iteration)]
-            episodes = self._rollout(policy, tok, reflector, objective, seeds, greedy=False)
+            reflecting = reflector and LocalBackend(*reflector, cfg.generation_batch_size, seed=iteration)
+            episodes = self._rollout(policy, tok, reflecting, objective, seeds, greedy=False)
             steps = [step for ep in episodes for step in ep["steps"]]
             self._update(policy, objective, optimizer, params, steps)
             for ep in episodes:
@@ -239,19 +254,21 @@ class ReflectRL(Method):
                 self._update(policy, objective, optimizer, params, [s for ep in replay for s in ep])
             success = sum(ep["success"] for ep in episodes) / len(episodes)
             cost = sum(ep["cost"] for ep in episodes) / len(episodes)
-            episodes_log.append(
-                *(
-                    EpisodeRecord(id=f"{iteration}-{i}", iteration=iteration, **ep["log"])
-                    for i, ep in enumerate(episodes)
-                )
-            )
+            records = [
+                EpisodeRecord(id=f"{iteration}-{i}", iteration=iteration, **ep["log"])
+                for i, ep in enumerate(episodes)
+            ]
+            episodes_log.append(*(r for r in records if r.id not in episodes_log))
             self.store.log_metrics(
                 "rl", {"charts/success": success, "charts/cost": cost, "replay": len(replay)}, step=iteration
             )
             log.info("rl iteration %d: success %.2f, cost %.2f", iteration, success, cost)
+            if iteration % cfg.rl.checkpoint_every == 0 and iteration < cfg.rl.iterations:
+                _save_checkpoint(folder / "checkpoints", policy, tok, optimizer, replay, iteration)
         policy.save_pretrained(final)
         tok.save_pretrained(final)
         write_json_atomic(final / "done.json", {"iterations": cfg.rl.iterations})
+        shutil.rmtree(folder / "checkpoints", ignore_errors=True)
         return final
 
     def evaluate(self, stage: str = "rl") -> dict[str, float]:
@@ -265,8 +282,11 @@ class ReflectRL(Method):
         policy, tok = load_policy(self._settings(str(path)))
         objective = ChoiceObjective(tok, 6)
         seeds = [cfg.evaluate.seed + i for i in range(cfg.evaluate.episodes)]
+        reflector = self._reflector()
         with torch.no_grad():
-            episodes = self._rollout(policy, tok, self._reflector(), objective, seeds, greedy=True)
+            episodes = self._rollout(
+                policy, tok, reflector and self._backend(*reflector), objective, seeds, greedy=True
+            )
         metrics = {
             "success": round(100.0 * sum(ep["success"] for ep in episodes) / len(episodes), 2),
             "cost": round(sum(ep["cost"] for ep in episodes) / len(episodes), 4),
@@ -286,10 +306,10 @@ class ReflectRL(Method):
     # ---- rollouts -------------------------------------------------------------------------------------
 
     def _reflector(self):
+        """(model, tokenizer) of the trained reflection model, or None without reflection."""
         if not self.config.reflection:
             return None
-        model, tok = load_policy(self._settings(str(self.store.stage("sft/reflector") / "model")))
-        return self._backend(model, tok)
+        return load_policy(self._settings(str(self.store.stage("sft/reflector") / "model")))
 
     def _rollout(self, policy, tok, reflector, objective, seeds: list[int], greedy: bool) -> list[dict]:
         """Play one episode per seed, all at once; each step keeps its prompt ids, label and reward."""
@@ -412,6 +432,26 @@ class ChoiceObjective:
         """Cross-entropy of the teacher's label over the offered labels."""
         logps = self.logprobs(model, batch)
         return -logps.gather(1, batch["label"][:, None]).mean()
+
+
+def _save_checkpoint(folder: Path, policy, tok, optimizer, replay: list, iteration: int) -> None:
+    """Write the RL state to `iter-N` (its state.json last), then drop older checkpoints: a crash mid-save
+    leaves the older one whole."""
+    target = folder / f"iter-{iteration}"
+    policy.save_pretrained(target)
+    tok.save_pretrained(target)
+    torch.save(optimizer.state_dict(), target / "optimizer.pt")
+    write_json_atomic(target / "replay.json", replay)
+    write_json_atomic(target / "state.json", {"iteration": iteration})
+    for old in folder.glob("iter-*"):
+        if old != target:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def _latest_checkpoint(folder: Path) -> Path | None:
+    """The newest complete RL checkpoint (one with its state.json), if any."""
+    done = [p for p in folder.glob("iter-*") if (p / "state.json").exists()]
+    return max(done, key=lambda p: int(p.name.split("-")[1])) if done else None
 
 
 def _sft_loss(model, batch):
