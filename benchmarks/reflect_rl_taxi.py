@@ -52,10 +52,11 @@ def main() -> None:
     parser.add_argument("--out", required=True, help="folder for result.json, curve.png and the runs")
     parser.add_argument("--quick", action="store_true", help="a tiny smoke test")
     parser.add_argument("--seed", type=int, default=0, help="the recipe's seed")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override the recipe")
     args = parser.parse_args()
     out = Path(args.out)
     started = time.perf_counter()
-    common = [f"seed={args.seed}", *(QUICK if args.quick else [])]
+    common = [f"seed={args.seed}", *(QUICK if args.quick else []), *args.set]
     sft, sft_rl, curve_plain = run(out, "no-reflection", [*common, "reflection=false"])
     reflect_sft, reflect_rl, curve_reflect = run(out, "reflection", [*common, "reflection=true"])
     result = {
