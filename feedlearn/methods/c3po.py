@@ -41,7 +41,7 @@ from feedlearn.methods.common import Method, RecipeConfig, Settings, single_proc
 from feedlearn.models.loading import ModelSettings, load_policy
 from feedlearn.models.tiny import build_tiny_model
 from feedlearn.training.data import collate, completion_row, tokenize_sft
-from feedlearn.training.trainer import TrainSettings, is_trained, train
+from feedlearn.training.trainer import TrainSettings, is_trained, sft_loss, train
 
 log = logging.getLogger(__name__)
 
@@ -250,7 +250,7 @@ class C3PO(Method):
             model,
             tokenizer,
             rows,
-            _sft_loss,
+            sft_loss,
             cfg.sft.train,
             folder,
             self.store,
@@ -505,11 +505,6 @@ def _after_answer(text: str) -> str:
     """The answer part of a CoT response (after the last 'Answer:'), or the whole text."""
     parts = re.split(r"(?i)answer:", text)
     return parts[-1].strip() if len(parts) > 1 else text.strip()
-
-
-def _sft_loss(model, batch):
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    return token_mean_nll(logits, batch["labels"]).mean()
 
 
 def zipped_rows(samples: list[C3POSample], tokenizer, max_length: int) -> list[dict]:

@@ -32,13 +32,13 @@ from feedlearn.envs.scripted_teacher import ReflectStep, teacher_episodes
 from feedlearn.envs.taxi import DangerousTaxi, TaxiSettings
 from feedlearn.envs.text_env import TextEnv, TextObservation
 from feedlearn.errors import FeedlearnError
-from feedlearn.losses import choice_logprobs, cost_to_go, reinforce_loss, token_mean_nll
+from feedlearn.losses import choice_logprobs, cost_to_go, reinforce_loss
 from feedlearn.methods.common import Method, RecipeConfig, Settings, single_process
 from feedlearn.models.chat import prompt_ids
 from feedlearn.models.loading import load_policy
 from feedlearn.models.tiny import build_tiny_model
 from feedlearn.training.data import tokenize_sft
-from feedlearn.training.trainer import TrainSettings, is_trained, train
+from feedlearn.training.trainer import TrainSettings, is_trained, sft_loss, train
 
 log = logging.getLogger(__name__)
 
@@ -170,7 +170,7 @@ class ReflectRL(Method):
                     model,
                     tok,
                     rows,
-                    _sft_loss,
+                    sft_loss,
                     self.config.sft,
                     folder,
                     self.store,
@@ -452,8 +452,3 @@ def _latest_checkpoint(folder: Path) -> Path | None:
     """The newest complete RL checkpoint (one with its state.json), if any."""
     done = [p for p in folder.glob("iter-*") if (p / "state.json").exists()]
     return max(done, key=lambda p: int(p.name.split("-")[1])) if done else None
-
-
-def _sft_loss(model, batch):
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    return token_mean_nll(logits, batch["labels"]).mean()

@@ -29,7 +29,6 @@ from feedlearn.envs.math_answers import answers_match
 from feedlearn.envs.math_data import MathProblem, ProblemFormat, load_problems
 from feedlearn.envs.math_env import MathEnv, MathPrompt
 from feedlearn.envs.synthetic_math import generate_problems
-from feedlearn.losses import weighted_sft_loss
 from feedlearn.methods.common import Method, RecipeConfig, Settings, single_process
 from feedlearn.methods.rise_data import (
     Criterion,
@@ -41,7 +40,7 @@ from feedlearn.methods.rise_data import (
 from feedlearn.models.loading import load_policy
 from feedlearn.models.tiny import build_tiny_model
 from feedlearn.training.data import tokenize_sft
-from feedlearn.training.trainer import TrainSettings, is_trained, train
+from feedlearn.training.trainer import TrainSettings, is_trained, sft_loss, train
 
 log = logging.getLogger(__name__)
 
@@ -223,7 +222,7 @@ class Rise(Method):
             model,
             tokenizer,
             rows,
-            _rwr_loss,
+            sft_loss,
             sft.train,
             folder,
             self.store,
@@ -317,7 +316,7 @@ class Rise(Method):
             model,
             tokenizer,
             rows,
-            _rwr_loss,
+            sft_loss,
             self.config.train,
             folder,
             self.store,
@@ -370,11 +369,6 @@ class Rise(Method):
         write_json_atomic(folder / "metrics.json", metrics)
         self.store.log_metrics(folder.relative_to(self.store.path).as_posix(), metrics)
         return metrics
-
-
-def _rwr_loss(model, batch):
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    return weighted_sft_loss(logits, batch["labels"], batch["weight"])
 
 
 def windowed(episode: Episode, window: int | None) -> list[dict]:

@@ -26,6 +26,7 @@ from transformers import get_scheduler
 from feedlearn.data.jsonl import write_json_atomic
 from feedlearn.data.store import RunStore
 from feedlearn.errors import FeedlearnError
+from feedlearn.losses import weighted_sft_loss
 from feedlearn.training.data import collate
 
 
@@ -53,6 +54,15 @@ class TrainSettings(BaseModel):
 
 
 LossFn = Callable[[torch.nn.Module, dict[str, torch.Tensor]], torch.Tensor]
+
+
+def sft_loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The loss of rows from `tokenize_sft`: each row's token-mean NLL times its weight, averaged (plain
+    SFT when every weight is 1, reward-weighted regression otherwise)."""
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    return weighted_sft_loss(logits, batch["labels"], batch["weight"])
+
+
 Collate = Callable[[list[dict]], dict[str, torch.Tensor]]
 
 
