@@ -51,7 +51,7 @@ def cmd_stage(args) -> None:
         raise ConfigError(f"unknown stage '{args.stage}' (choose from {', '.join(stages)})")
     store = open_recipe_run(args, config)
     method = method_cls(config, store)
-    stage = getattr(method, args.stage)
+    stage = getattr(method, args.stage.replace("-", "_"))
     iterated = getattr(args, "iteration", None) is not None and args.stage != "sft"
     result = stage(args.iteration) if iterated else stage()
     if isinstance(result, dict):

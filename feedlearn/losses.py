@@ -146,3 +146,12 @@ def choice_logprobs(
 def reinforce_loss(action_logprobs: torch.Tensor, returns: torch.Tensor) -> torch.Tensor:
     """REINFORCE without a critic: -mean over steps of log pi(a_t | s_t) x G_t (G_t the cost-to-go)."""
     return -(action_logprobs * returns).mean()
+
+
+def ppo_loss(
+    action_logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor, clip: float
+) -> torch.Tensor:
+    """PPO's clipped surrogate: -mean of min(r A, clip(r, 1 - clip, 1 + clip) A), r = pi / pi_old."""
+    ratio = torch.exp(action_logprobs - old_logprobs)
+    clipped = torch.clamp(ratio, 1 - clip, 1 + clip)
+    return -torch.minimum(ratio * advantages, clipped * advantages).mean()

@@ -163,3 +163,17 @@ def test_reinforce_loss_matches_hand_computed_value():
     assert loss.item() == pytest.approx(-(math.log(0.5) * 1.0 + math.log(0.25) * -2.0) / 2)
     loss.backward()
     assert logps.grad.tolist() == pytest.approx([-0.5, 1.0])  # raise good actions, lower bad ones
+
+
+def test_ppo_loss_clips_the_ratio_on_the_side_the_advantage_pushes():
+    from feedlearn.losses import ppo_loss
+
+    old = torch.log(torch.tensor([0.5, 0.5, 0.5]))
+    new = torch.log(torch.tensor([0.75, 0.25, 0.25])).requires_grad_()  # ratios 1.5, 0.5, 0.5
+    adv = torch.tensor([2.0, 1.0, -1.0])
+    loss = ppo_loss(new, old, adv, clip=0.1)
+    # min(1.5*2, 1.1*2) = 2.2 (clipped); min(0.5*1, 0.9*1) = 0.5; min(0.5*-1, 0.9*-1) = -0.9 (clipped)
+    assert loss.item() == pytest.approx(-(2.2 + 0.5 - 0.9) / 3)
+    loss.backward()
+    # only the unclipped middle term has a gradient: d/dlogp of -(r * A)/3 = -(0.5 * 1)/3
+    assert new.grad.tolist() == pytest.approx([0.0, -0.5 / 3, 0.0])

@@ -193,6 +193,7 @@ def test_unsupported_env_and_invalid_step():
             choices=["a"],
             reflection="r",
             action="b",
+            oracle="a",
             kind="oracle",
             train_policy=True,
         )

@@ -117,7 +117,7 @@ def _entries(path: str) -> tuple[list[str], list[str]]:
     return sorted(dirs), sorted(files)
 
 
-def _read_prefix(path: str, limit: int) -> bytes:
+def read_prefix(path: str, limit: int) -> bytes:
     """At most `limit` bytes of the regular file `path`, never through a symlink."""
     fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     with os.fdopen(fd, "rb") as f:
@@ -126,12 +126,12 @@ def _read_prefix(path: str, limit: int) -> bytes:
         return f.read(limit)
 
 
-def _walk(root: str, rel: str = "") -> list[str]:
+def listed_files(root: str, rel: str = "") -> list[str]:
     """Repo-relative paths of the listed files under `root`/`rel`, in a fixed order."""
     dirs, files = _entries(os.path.join(root, rel))
     out = [f"{rel}{name}" for name in files]
     for name in dirs:
-        out += _walk(root, f"{rel}{name}/")
+        out += listed_files(root, f"{rel}{name}/")
     return out
 
 
@@ -170,12 +170,12 @@ def generate_tasks(root: str | os.PathLike, seed: int = 0, max_depth: int | None
     """
     root = os.path.realpath(root)
     found: dict[tuple[str, str], set[str]] = {}
-    for rel in _walk(root):
+    for rel in listed_files(root):
         suffix = os.path.splitext(rel)[1].lower()
         if suffix != ".py" and suffix not in CONFIG_SUFFIXES:
             continue
         try:
-            text = _read_prefix(os.path.join(root, rel), SCAN_BYTES).decode()
+            text = read_prefix(os.path.join(root, rel), SCAN_BYTES).decode()
         except (OSError, UnicodeDecodeError):
             continue
         for symbol in _symbols(suffix, text):
@@ -351,7 +351,7 @@ class AutoExplore:
         """The start of the text file `rel`, truncated to `max_output_chars` with a marker."""
         limit = self.settings.max_output_chars
         try:
-            data = _read_prefix(self._path(rel.split("/")), 4 * limit + 4)  # enough bytes for `limit` chars
+            data = read_prefix(self._path(rel.split("/")), 4 * limit + 4)  # enough bytes for `limit` chars
             if b"\0" in data:
                 raise UnicodeError
             text = codecs.getincrementaldecoder("utf-8")().decode(data)  # drops a cut multi-byte char

@@ -17,12 +17,13 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from feedlearn.data.records import Record
+from feedlearn.envs.alfworld_env import ALFWorldEnv
 from feedlearn.envs.autoexplore import AutoExplore
 from feedlearn.envs.taxi import ACTIONS, IN_TAXI, DangerousTaxi
 from feedlearn.envs.text_env import TextEnv, TextObservation
 from feedlearn.errors import FeedlearnError
 
-P_ORACLE = {DangerousTaxi: 0.9, AutoExplore: 1.0}
+P_ORACLE = {DangerousTaxi: 0.9, AutoExplore: 1.0, ALFWorldEnv: 0.7}
 """The default chance of taking the oracle's move, per environment type."""
 TAXI_MOVES = ("south", "north", "east", "west")
 
@@ -36,6 +37,8 @@ class ReflectStep(Record):
     choices: list[str] = Field(description="The actions available in this state.")
     reflection: str = Field(description="The teacher's analysis of the state (always trained).")
     action: str = Field(description="The choice taken.")
+    oracle: str = Field(description="The oracle's move in this state (what the reflection recommends).")
+    mistake: str | None = Field(default=None, description="A recovery step's wrong move just before it.")
     kind: Literal["oracle", "random", "recovery"] = Field(
         description="oracle: the oracle's move; random: another safe move; recovery: the oracle's move "
         "right after a wrong one."
@@ -62,7 +65,12 @@ def reflect(env: TextEnv, mistake: str | None = None) -> str:
 
 
 def teacher_episodes(
-    env: TextEnv, n: int, seed: int, p_oracle: float | None = None, negatives: int = 0
+    env: TextEnv,
+    n: int,
+    seed: int,
+    p_oracle: float | None = None,
+    negatives: int = 0,
+    templates: bool = True,
 ) -> list[ReflectStep]:
     """`n` teacher episodes, then `negatives` recovery examples, deterministic given `seed`.
 
@@ -70,8 +78,14 @@ def teacher_episodes(
     docstring), else a random other safe move (kind "random"; its reflection still names the oracle's
     move); an episode ends when the env terminates or truncates. A negative is a two-step episode: at a
     random state of an oracle path, a wrong safe move (kind "random"), then at the next state a reflection
-    on that mistake and the oracle's move (kind "recovery").
+    on that mistake and the oracle's move (kind "recovery"). With `templates` False the reflections are
+    left empty, for a teacher model to write (environments without templates, such as ALFWorld).
     """
+    if negatives and isinstance(env, ALFWorldEnv):
+        raise FeedlearnError(
+            "scripted teacher: no recovery negatives for ALFWorld (its games cannot be copied)"
+        )
+    think = reflect if templates else lambda env, mistake=None: ""
     if p_oracle is None:
         p_oracle = next((p for cls, p in P_ORACLE.items() if isinstance(env, cls)), None)
         if p_oracle is None:
@@ -86,16 +100,15 @@ def teacher_episodes(
             others = [a for a in _safe_choices(env, obs) if a != oracle]
             explore = bool(others) and rng.random() >= p_oracle
             action = rng.choice(others) if explore else oracle
-            steps.append(
-                _record(f"{seed}-{i}", t, obs, reflect(env), action, "random" if explore else "oracle")
-            )
+            kind = "random" if explore else "oracle"
+            steps.append(_record(f"{seed}-{i}", t, obs, think(env), action, oracle, kind))
             obs, _, terminated, truncated, _ = env.step(action)
             done, t = terminated or truncated, t + 1
     made = 0
     for _ in range(10 * negatives):
         if made == negatives:
             break
-        pair = _negative(env, rng, f"{seed}-negative-{made}")
+        pair = _negative(env, rng, f"{seed}-negative-{made}", think)
         steps += pair
         made += bool(pair)
     if made < negatives:
@@ -106,7 +119,7 @@ def teacher_episodes(
     return steps
 
 
-def _negative(env: TextEnv, rng: random.Random, episode: str) -> list[ReflectStep]:
+def _negative(env: TextEnv, rng: random.Random, episode: str, think) -> list[ReflectStep]:
     """A wrong safe move at a random state of an oracle path and the recovery after it ([] if none)."""
     obs, _ = env.reset(seed=rng.getrandbits(32))
     length = _oracle_length(env)
@@ -121,17 +134,27 @@ def _negative(env: TextEnv, rng: random.Random, episode: str) -> list[ReflectSte
     if not wrong:
         return []
     action = rng.choice(wrong)
-    first = _record(episode, k, obs, reflect(env), action, "random")
+    first = _record(episode, k, obs, think(env), action, oracle, "random")
     obs, _, terminated, truncated, _ = env.step(action)
     if terminated or truncated:
         return []
-    return [first, _record(episode, k + 1, obs, reflect(env, action), env.oracle_action(), "recovery")]
+    fix = env.oracle_action()
+    return [first, _record(episode, k + 1, obs, think(env, action), fix, fix, "recovery", mistake=action)]
 
 
 def _record(
-    episode: str, step: int, obs: TextObservation, reflection: str, action: str, kind: str
+    episode: str,
+    step: int,
+    obs: TextObservation,
+    reflection: str,
+    action: str,
+    oracle: str,
+    kind: str,
+    mistake: str | None = None,
 ) -> ReflectStep:
     return ReflectStep(
+        oracle=oracle,
+        mistake=mistake,
         episode=episode,
         step=step,
         state=obs.state,

@@ -12,7 +12,7 @@ import re
 from collections.abc import Callable
 from typing import Literal, Protocol, TypeVar
 
-from feedlearn.backends.base import Backend, SamplingParams
+from feedlearn.backends.base import Backend, ParsedAsker, SamplingParams
 from feedlearn.envs.instructions import BUILTIN_FEEDBACKS, FeedbackTask
 from feedlearn.errors import FeedlearnError
 from feedlearn.feedback.verbal import Feedback
@@ -128,15 +128,17 @@ class LLMTeacher:
     `max_attempts` asks in all, then skipped; backend errors propagate."""
 
     def __init__(self, backend: Backend, sampling: SamplingParams, max_attempts: int = 3):
-        if max_attempts < 1:
-            raise ValueError(f"max_attempts must be at least 1, got {max_attempts}")
-        self.backend = backend
-        self.sampling = sampling
-        self.max_attempts = max_attempts
-        self.garbage_replies = 0
+        self.asker = ParsedAsker(backend, sampling, max_attempts)
+
+    @property
+    def garbage_replies(self) -> int:
         """Replies that yielded nothing, retries included."""
-        self.skipped = 0
+        return self.asker.garbage_replies
+
+    @property
+    def skipped(self) -> int:
         """Requests still without a usable reply after every attempt."""
+        return self.asker.skipped
 
     def categories(self, feedback: Feedback, k: int) -> list[str]:
         question = (
@@ -173,17 +175,4 @@ class LLMTeacher:
         return self._ask(questions, parse_revision)
 
     def _ask(self, questions: list[str], parse: Callable[[str], T]) -> list[T | None]:
-        """One parsed answer per question, re-asking only those whose reply yields nothing."""
-        conversations = [[{"role": "user", "content": q}] for q in questions]
-        answers: list[T | None] = [None] * len(questions)
-        pending = list(range(len(questions)))
-        for _ in range(self.max_attempts):
-            if not pending:
-                break
-            replies = self.backend.generate([conversations[i] for i in pending], n=1, sampling=self.sampling)
-            for i, (reply,) in zip(pending, replies, strict=True):
-                answers[i] = parse(reply)
-            pending = [i for i in pending if not answers[i]]
-            self.garbage_replies += len(pending)
-        self.skipped += len(pending)
-        return answers
+        return self.asker.ask([[{"role": "user", "content": q}] for q in questions], parse)

@@ -37,8 +37,8 @@ from feedlearn.errors import ConfigError, DataError
 from feedlearn.feedback.teachers import LLMTeacher, OfflineTeacher, Teacher
 from feedlearn.feedback.verbal import Feedback, adheres, changed, load_feedbacks, select_feedbacks
 from feedlearn.losses import anchor_loss, dpo_loss, sequence_logprobs, token_mean_nll
-from feedlearn.methods.common import Method, RecipeConfig, Settings, single_process
-from feedlearn.models.loading import ModelSettings, load_policy
+from feedlearn.methods.common import BackendSettings, Method, RecipeConfig, Settings, single_process
+from feedlearn.models.loading import load_policy
 from feedlearn.models.tiny import build_tiny_model
 from feedlearn.training.data import collate, completion_row, tokenize_sft
 from feedlearn.training.trainer import TrainSettings, is_trained, sft_loss, train
@@ -54,23 +54,22 @@ COT = (
 )
 
 
-class TeacherSettings(Settings):
+class TeacherSettings(BackendSettings):
     """Who proposes categories and prompts and revises responses."""
 
     kind: Literal["offline", "llm"] = Field(
         default="llm",
-        description="llm: a model through a backend; offline: templates for built-in feedbacks.",
+        description="llm: a model through a backend (`openai` or `local`); offline: templates for "
+        "built-in feedbacks.",
     )
-    openai: OpenAIBackendConfig | None = Field(default=None, description="An OpenAI-compatible teacher.")
-    local: ModelSettings | None = Field(default=None, description="A teacher loaded in this process.")
     temperature: float = Field(default=1.0, ge=0, description="Teacher sampling temperature.")
     max_new_tokens: int = Field(default=1024, gt=0, description="Longest teacher reply, in tokens.")
     max_attempts: int = Field(default=3, ge=1, description="Asks per request before it is skipped.")
 
     @model_validator(mode="after")
-    def _backend(self):
-        if self.kind == "llm" and (self.openai is None) == (self.local is None):
-            raise ValueError("an llm teacher needs exactly one of 'openai' or 'local'")
+    def _llm_has_a_backend(self):
+        if self.kind == "llm" and not self.configured:
+            raise ValueError("an llm teacher needs one of 'openai' or 'local'")
         return self
 
 
@@ -201,14 +200,8 @@ class C3PO(Method):
         t = self.config.teacher
         if t.kind == "offline":
             return OfflineTeacher(self.config.seed)
-        if t.openai is not None:
-            backend: Backend = OpenAIBackend.from_config(t.openai)
-        else:
-            backend = LocalBackend(
-                *load_policy(t.local), self.config.generation_batch_size, seed=self.config.seed
-            )
         return LLMTeacher(
-            backend,
+            t.build(self.config.generation_batch_size, self.config.seed),
             SamplingParams(temperature=t.temperature, max_new_tokens=t.max_new_tokens),
             t.max_attempts,
         )

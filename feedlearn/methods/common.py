@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import os
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from feedlearn.backends.base import Backend
 from feedlearn.backends.local import LocalBackend
+from feedlearn.backends.openai_compat import OpenAIBackend, OpenAIBackendConfig
 from feedlearn.data.store import RunStore
 from feedlearn.errors import FeedlearnError
-from feedlearn.models.loading import ModelSettings
+from feedlearn.models.loading import ModelSettings, load_policy
 from feedlearn.models.tiny import TinyModelConfig
 
 
@@ -18,6 +20,32 @@ class Settings(BaseModel):
     """Base of every recipe section: an unknown key is an error, with a suggestion."""
 
     model_config = ConfigDict(extra="forbid")
+
+
+class BackendSettings(Settings):
+    """A model behind a backend (a teacher, a judge, a model to compare with): at most one of the two."""
+
+    openai: OpenAIBackendConfig | None = Field(default=None, description="An OpenAI-compatible endpoint.")
+    local: ModelSettings | None = Field(default=None, description="A model loaded in this process.")
+
+    @property
+    def configured(self) -> bool:
+        """Whether one of `openai` or `local` is set."""
+        return self.openai is not None or self.local is not None
+
+    def build(self, batch_size: int, seed: int) -> Backend:
+        """The backend; local generation runs `batch_size` sequences at a time, seeded with `seed`."""
+        if self.openai is not None:
+            return OpenAIBackend.from_config(self.openai)
+        if self.local is None:
+            raise FeedlearnError("no backend configured: set 'openai' or 'local'")
+        return LocalBackend(*load_policy(self.local), batch_size, seed=seed)
+
+    @model_validator(mode="after")
+    def _one_backend(self):
+        if self.openai is not None and self.local is not None:
+            raise ValueError("give one of 'openai' or 'local', not both")
+        return self
 
 
 class RecipeConfig(Settings):

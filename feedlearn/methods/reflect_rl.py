@@ -1,14 +1,16 @@
 """Reflect-RL: a reflection model writes a short analysis of each state; a policy model reads it and
-picks one of the numbered actions; the policy is then trained online with REINFORCE
-(spec: shared/methods/reflect-rl.md).
+picks one of the labelled actions; the policy is then trained online with RL
+(spec: shared/methods/reflect-rl.md). Environments: DangerousTaxi, AutoExplore, ALFWorld (`env.name`).
 
 Stages:
-- `sft`: teacher trajectories (the offline scripted teacher: oracle actions, template reflections and
-  recovery steps) train the reflection model (state -> analysis) and the policy (state + analysis +
-  choices -> label, a softmax over the offered labels only);
-- `rl`: REINFORCE on the undiscounted cost-to-go, one step per batch of episodes, plus a step on
-  successful episodes replayed from a small buffer;
-- `evaluate`: success rate and mean cost over test episodes, greedy, with and without reflection.
+- `sft`: teacher trajectories (oracle actions, random steps and recovery steps, with template reflections
+  or reflections written by a teacher model) train the reflection model (state -> analysis) and the
+  policy (state + analysis + choices -> label, a softmax over the offered labels only);
+- `rl`: REINFORCE on the undiscounted cost-to-go (or PPO with a critic head), one update per batch of
+  episodes, plus one on successful episodes replayed from a small buffer; an optional curriculum;
+- `evaluate`: success rate and mean cost per level over test episodes, greedy, with and without
+  reflection;
+- `evaluate-remote`: the same test episodes played by a chat model through a backend, for comparison.
 Without `reflection`, the same stages train and run the policy on the state and choices alone.
 """
 
@@ -18,22 +20,32 @@ import json
 import logging
 import random
 import shutil
+from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 
-from feedlearn.backends.base import SamplingParams
+from feedlearn.backends.base import ParsedAsker, SamplingParams
 from feedlearn.backends.local import LocalBackend
 from feedlearn.data.jsonl import JsonlAppender, read_jsonl, write_json_atomic, write_jsonl_atomic
 from feedlearn.data.records import Message, Record, SFTExample
+from feedlearn.envs.autoexplore import ExploreTask
+from feedlearn.envs.catalog import (
+    ALFWorldEnvSettings,
+    AutoExploreEnvSettings,
+    EnvFactory,
+    EnvSettings,
+    Level,
+    TaxiEnvSettings,
+)
 from feedlearn.envs.scripted_teacher import ReflectStep, teacher_episodes
-from feedlearn.envs.taxi import DangerousTaxi, TaxiSettings
-from feedlearn.envs.text_env import TextEnv, TextObservation
-from feedlearn.errors import FeedlearnError
-from feedlearn.losses import choice_logprobs, cost_to_go, reinforce_loss
-from feedlearn.methods.common import Method, RecipeConfig, Settings, single_process
+from feedlearn.envs.text_env import TextObservation
+from feedlearn.errors import ConfigError, FeedlearnError
+from feedlearn.feedback.reflections import agent_question, choice_parser, llm_reflections, propose_tasks
+from feedlearn.losses import choice_logprobs, cost_to_go, ppo_loss, reinforce_loss
+from feedlearn.methods.common import BackendSettings, Method, RecipeConfig, Settings, single_process
 from feedlearn.models.chat import prompt_ids
 from feedlearn.models.loading import load_policy
 from feedlearn.models.tiny import build_tiny_model
@@ -44,43 +56,110 @@ log = logging.getLogger(__name__)
 
 ANALYZE = "\n# Analyze:"
 ACTION = "\n# Action:"
+LABELS = [*"123456789", *"abcdefghijklmnopqrstuvwxyz"]
+"""The choice labels, in order; a state may offer at most this many choices."""
+REFLECTION_CHUNK = 32
+"""Teacher reflections asked (and saved) at a time."""
 
 
-class TeacherData(Settings):
-    """Offline teacher trajectories for SFT."""
+class TeacherData(BackendSettings):
+    """Teacher trajectories for SFT: the environment's oracle plays; reflections come from templates or
+    from a teacher model (`openai` or `local`)."""
 
-    episodes: int = Field(default=300, gt=0, description="Teacher episodes.")
-    p_oracle: float = Field(default=0.9, ge=0, le=1, description="Share of oracle actions (else random).")
+    episodes: int = Field(default=300, gt=0, description="Teacher episodes (split evenly over the levels).")
+    p_oracle: float | None = Field(
+        default=None,
+        ge=0,
+        le=1,
+        description="Share of oracle actions (else random safe ones); None: the environment's default "
+        "(Taxi 0.9, AutoExplore 1.0, ALFWorld 0.7).",
+    )
     negatives: int = Field(default=100, ge=0, description="Recovery examples (a wrong step, then a fix).")
+    reflections: Literal["template", "llm"] = Field(
+        default="template",
+        description="template: the scripted teacher's sentences (Taxi, AutoExplore); llm: the teacher "
+        "model writes each reflection, told the best move (a template stands in where it gives none).",
+    )
+    tasks: int = Field(
+        default=0, ge=0, description="AutoExplore: extra questions the teacher model writes about files."
+    )
+    temperature: float = Field(default=0.7, ge=0, description="Teacher sampling temperature.")
+    max_new_tokens: int = Field(default=160, gt=0, description="Longest teacher reply, in tokens.")
+    max_attempts: int = Field(default=3, ge=1, description="Asks per request before it is given up.")
+
+    @model_validator(mode="after")
+    def _model_when_needed(self):
+        if (self.reflections == "llm" or self.tasks) and not self.configured:
+            raise ValueError(
+                "llm reflections and teacher tasks need a teacher model: set 'openai' or 'local'"
+            )
+        return self
 
 
 class RLSettings(Settings):
-    """Online REINFORCE."""
+    """Online RL of the policy."""
 
+    algorithm: Literal["reinforce", "ppo"] = Field(
+        default="reinforce",
+        description="reinforce: REINFORCE on the cost-to-go, no critic; ppo: clipped PPO with a linear "
+        "critic head on the policy's last hidden state (detached, so the critic does not train the policy).",
+    )
     iterations: int = Field(default=30, gt=0, description="Policy-gradient iterations.")
     episodes_per_iteration: int = Field(default=16, gt=0, description="Episodes rolled out per iteration.")
+    curriculum: list[Level] | None = Field(
+        default=None,
+        description="Levels trained in turn, each for an equal share of the iterations (Taxi: pickup, "
+        "dropoff, full; AutoExplore: target depths); None: the env's own level.",
+    )
     learning_rate: float = Field(default=2e-4, gt=0, description="Adam learning rate.")
     weight_decay: float = Field(default=0.001, ge=0, description="Adam weight decay.")
     max_grad_norm: float = Field(default=0.3, gt=0, description="Gradient clipping norm.")
-    replay_size: int = Field(default=50, ge=0, description="Successful episodes kept for a replay step.")
+    batch_size: int = Field(
+        default=64,
+        gt=0,
+        description="Steps per forward pass in an update; gradients accumulate over the rest.",
+    )
+    replay_size: int = Field(default=50, ge=0, description="Successful episodes kept for a replay update.")
     temperature: float = Field(default=1.0, gt=0, description="Sampling temperature of the policy.")
+    ppo_clip: float = Field(default=0.1, gt=0, description="PPO: the ratio's clip range.")
+    ppo_epochs: int = Field(default=3, gt=0, description="PPO: update passes over each batch.")
+    value_coef: float = Field(default=0.5, ge=0, description="PPO: weight of the critic's squared error.")
     checkpoint_every: int = Field(
-        default=5, gt=0, description="Iterations between checkpoints (policy, optimizer, replay buffer)."
+        default=5, gt=0, description="Iterations between checkpoints (policy, critic, optimizer, replay)."
+    )
+
+
+class RemoteAgentSettings(BackendSettings):
+    """A chat model that plays the test episodes through a backend (prompted to analyze, then choose)."""
+
+    temperature: float = Field(default=0.0, ge=0, description="Sampling temperature (0: greedy).")
+    max_new_tokens: int = Field(default=512, gt=0, description="Longest reply, in tokens.")
+    max_attempts: int = Field(
+        default=2, ge=1, description="Asks per turn; a turn without a valid choice fails the episode."
     )
 
 
 class EvaluateSettings(Settings):
     """Test episodes."""
 
-    episodes: int = Field(default=100, gt=0, description="Episodes per evaluation.")
+    episodes: int = Field(default=100, gt=0, description="Episodes per level.")
     seed: int = Field(default=10_000, description="Seed of the first test episode (train seeds are lower).")
+    levels: list[Level] | None = Field(
+        default=None, description="Levels evaluated, each reported apart; None: the env's own level."
+    )
+    remote: RemoteAgentSettings | None = Field(
+        default=None, description="A chat model to evaluate on the same episodes (stage evaluate-remote)."
+    )
 
 
 class ReflectRLConfig(RecipeConfig):
-    """A Reflect-RL recipe (DangerousTaxi)."""
+    """A Reflect-RL recipe."""
 
     method: Literal["reflect-rl"] = "reflect-rl"
-    env: TaxiSettings = Field(default_factory=TaxiSettings, description="The DangerousTaxi environment.")
+    env: EnvSettings = Field(
+        default_factory=lambda: TaxiEnvSettings(name="taxi"),
+        description="The environment: {name: taxi | autoexplore | alfworld, ...its settings}.",
+    )
     reflection: bool = Field(default=True, description="Use a reflection model before each action.")
     shuffle_labels: bool = Field(
         default=True,
@@ -94,22 +173,36 @@ class ReflectRLConfig(RecipeConfig):
     max_reflection_tokens: int = Field(default=64, gt=0, description="Longest reflection, in tokens.")
     generation_batch_size: int = Field(default=64, gt=0, description="Sequences per local generate call.")
 
+    @model_validator(mode="after")
+    def _env_needs(self):
+        if (
+            isinstance(self.env, ALFWorldEnvSettings)
+            and self.teacher.reflections != "llm"
+            and self.reflection
+        ):
+            raise ValueError("ALFWorld has no template reflections: set teacher.reflections: llm")
+        if self.teacher.tasks and not isinstance(self.env, AutoExploreEnvSettings):
+            raise ValueError("teacher.tasks writes AutoExplore questions; this env is not AutoExplore")
+        return self
 
-STAGES = ["sft", "rl", "evaluate"]
+
+STAGES = ["sft", "rl", "evaluate", "evaluate-remote"]
 
 
 def policy_prompt(obs: TextObservation, reflection: str | None, order: list[int]) -> str:
     """The policy's input: the state, the analysis (if any), and the choices in the shown `order`."""
     shown = TextObservation(obs.state, [obs.choices[i] for i in order])
     analysis = f"{ANALYZE}\n{reflection}" if reflection is not None else ""
-    return f"{obs.state}{analysis}\n{shown.render_choices()}{ACTION}"
+    return f"{obs.state}{analysis}\n{shown.render_choices(LABELS[: len(order)])}{ACTION}"
 
 
 def label_ids(tokenizer, n: int) -> torch.Tensor:
-    """The token ids of the labels "1".."n"; each must be one token."""
+    """The token ids of the first `n` labels ("1".."9", then "a".."z"); each must be one token."""
+    if n > len(LABELS):
+        raise FeedlearnError(f"a state offers {n} choices; the policy can label at most {len(LABELS)}")
     ids = []
-    for label in range(1, n + 1):
-        tokens = tokenizer.encode(str(label), add_special_tokens=False)
+    for label in LABELS[:n]:
+        tokens = tokenizer.encode(label, add_special_tokens=False)
         if len(tokens) != 1:
             raise FeedlearnError(f"label '{label}' is {len(tokens)} tokens in this tokenizer; it must be one")
         ids.append(tokens[0])
@@ -119,20 +212,84 @@ def label_ids(tokenizer, n: int) -> torch.Tensor:
 class ReflectRL(Method):
     """The stages of one Reflect-RL run, reading and writing `run_dir/<run_id>/`."""
 
-    def env(self) -> TextEnv:
-        """A fresh environment."""
-        return DangerousTaxi(self.config.env)
+    @cached_property
+    def envs(self) -> EnvFactory:
+        """The recipe's environments (with the teacher's AutoExplore questions, when asked for)."""
+        return EnvFactory(self.config.env, extra_tasks=self.teacher_tasks())
+
+    def teacher_tasks(self) -> list[ExploreTask]:
+        """AutoExplore questions written by the teacher model, asked once and saved."""
+        t = self.config.teacher
+        if not t.tasks:
+            return []
+        path = self.store.stage("teacher") / "tasks.jsonl"
+        if not path.exists():
+            tasks = propose_tasks(self._teacher_asker(), self.config.env.root, t.tasks, self.config.seed)
+            write_jsonl_atomic(path, tasks)
+            log.info("teacher wrote %d of %d AutoExplore tasks", len(tasks), t.tasks)
+        return read_jsonl(path, ExploreTask)
+
+    def levels(self, levels: list[Level] | None) -> list[Level | None]:
+        """The given levels, checked, or the env's own level."""
+        for level in levels or []:
+            self.envs.check_level(level)
+        return list(levels) if levels else [self.envs.default_level]
 
     def teacher_steps(self) -> list[ReflectStep]:
-        """The scripted teacher's trajectories, generated once and saved."""
-        path = self.store.stage("teacher") / "steps.jsonl"
+        """The teacher's trajectories (spread over the curriculum's levels), generated once and saved; with
+        llm reflections, the teacher model's reflections replace the templates as they come."""
+        t, stage = self.config.teacher, self.store.stage("teacher")
+        path = stage / "steps.jsonl"
         if not path.exists():
-            t = self.config.teacher
-            steps = teacher_episodes(
-                self.env(), t.episodes, self.config.seed, p_oracle=t.p_oracle, negatives=t.negatives
-            )
+            levels = self.levels(self.config.rl.curriculum)
+            steps = []
+            for i, level in enumerate(levels):
+                steps += teacher_episodes(
+                    self.envs.make("train", level),
+                    t.episodes // len(levels) + (i < t.episodes % len(levels)),
+                    self.config.seed * 1000 + i,
+                    p_oracle=t.p_oracle,
+                    negatives=t.negatives // len(levels) + (i < t.negatives % len(levels)),
+                    templates=not isinstance(self.config.env, ALFWorldEnvSettings),
+                )
             write_jsonl_atomic(path, steps)
-        return read_jsonl(path, ReflectStep)
+        steps = read_jsonl(path, ReflectStep)
+        return self._llm_reflections(steps) if t.reflections == "llm" else steps
+
+    def _llm_reflections(self, steps: list[ReflectStep]) -> list[ReflectStep]:
+        """`steps` with the teacher model's reflections, asked in chunks and saved after each, so a stopped
+        run keeps them; a step the teacher gave no usable reflection keeps its template, or is dropped."""
+        book = JsonlAppender(self.store.stage("teacher") / "reflections.jsonl", TeacherReflection)
+        todo = [s for s in steps if _step_id(s) not in book]
+        if todo:
+            asker = self._teacher_asker()
+            for start in range(0, len(todo), REFLECTION_CHUNK):
+                chunk = todo[start : start + REFLECTION_CHUNK]
+                texts = llm_reflections(asker, chunk)
+                book.append(
+                    *(TeacherReflection(id=_step_id(s), text=x) for s, x in zip(chunk, texts, strict=True))
+                )
+            write_json_atomic(
+                self.store.stage("teacher") / "stats.json",
+                {"garbage_replies": asker.garbage_replies, "skipped": asker.skipped},
+            )
+        written = {r.id: r.text for r in read_jsonl(book.path, TeacherReflection)}
+        out = [
+            s.model_copy(update={"reflection": written[_step_id(s)] or s.reflection})
+            for s in steps
+            if written[_step_id(s)] or s.reflection
+        ]
+        if len(out) < len(steps):
+            log.warning("teacher: %d steps without any reflection were dropped", len(steps) - len(out))
+        return out
+
+    def _teacher_asker(self) -> ParsedAsker:
+        t = self.config.teacher
+        return ParsedAsker(
+            t.build(self.config.generation_batch_size, self.config.seed),
+            SamplingParams(temperature=t.temperature, max_new_tokens=t.max_new_tokens),
+            t.max_attempts,
+        )
 
     def base_model_path(self) -> str:
         """The starting model of both players: the configured one, or a tiny model built on the env's text."""
@@ -140,7 +297,7 @@ class ReflectRL(Method):
             return self.config.model.path
         steps = self.teacher_steps()
         texts = [s.state + ANALYZE + s.reflection + "\n".join(s.choices) + ACTION for s in steps[:3000]]
-        texts += [str(i) for i in range(10)]
+        texts += LABELS
         return str(build_tiny_model(self.config.tiny, texts))
 
     # ---- stages ---------------------------------------------------------------------------------------
@@ -154,7 +311,7 @@ class ReflectRL(Method):
             if not is_trained(folder):
                 examples = [
                     SFTExample(
-                        id=f"{s.episode}-{s.step}",
+                        id=_step_id(s),
                         messages=[
                             Message(role="user", content=s.state + ANALYZE),
                             Message(role="assistant", content=s.reflection),
@@ -188,16 +345,16 @@ class ReflectRL(Method):
             for s in steps:
                 if not s.train_policy:
                     continue
-                order = list(range(len(s.choices)))
-                if self.config.shuffle_labels:
-                    rng.shuffle(order)  # no position bias
+                order = self._order(len(s.choices), rng)
                 obs = TextObservation(s.state, s.choices)
                 text = policy_prompt(obs, s.reflection if self.config.reflection else None, order)
                 ids = prompt_ids(tok, [{"role": "user", "content": text}])
                 if len(ids) <= self.config.sft.max_length:
                     label = order.index(s.choices.index(s.action))
                     rows.append({"input_ids": ids, "n": len(s.choices), "label": label, "length": len(ids)})
-            objective = ChoiceObjective(tok, max(r["n"] for r in rows))
+            if not rows:
+                raise ConfigError(f"no policy example fits in sft.max_length {self.config.sft.max_length}")
+            objective = ChoiceObjective(tok)
             train(
                 model,
                 tok,
@@ -215,95 +372,152 @@ class ReflectRL(Method):
         return out
 
     def rl(self) -> Path:
-        """REINFORCE on the cost-to-go, with a replay step on successful episodes."""
+        """Online RL of the policy (REINFORCE or PPO), with a replay update on successful episodes."""
         single_process("rl")
         cfg, folder = self.config, self.store.stage("rl")
         final = folder / "model"
         if (final / "done.json").exists():
             return final
         self.sft()
-        ckpt = folder / "checkpoint"
-        start = (
-            json.loads((ckpt / "state.json").read_text())["iteration"]
-            if (ckpt / "state.json").exists()
-            else 0
-        )
-        source = ckpt if start else self.store.stage("sft/policy") / "model"
+        levels = self.levels(cfg.rl.curriculum)
+        ckpt = _latest_checkpoint(folder / "checkpoints")
+        start = json.loads((ckpt / "state.json").read_text())["iteration"] if ckpt else 0
+        source = ckpt or self.store.stage("sft/policy") / "model"
         policy, tok = load_policy(self._settings(str(source)), trainable=True, seed=cfg.seed)
+        critic = Critic(policy, seed=cfg.seed) if cfg.rl.algorithm == "ppo" else None
+        if critic:
+            critic.to(next(policy.parameters()).device)
         reflector = self._reflector()
         params = [p for p in policy.parameters() if p.requires_grad]
+        params += list(critic.parameters()) if critic else []
         optimizer = torch.optim.Adam(params, lr=cfg.rl.learning_rate, weight_decay=cfg.rl.weight_decay)
         replay: list[list[dict]] = []
-        if start:
+        if ckpt:
             optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt"))
             replay = json.loads((ckpt / "replay.json").read_text())
-        objective = ChoiceObjective(tok, 6)
+            if critic:
+                critic.load_state_dict(torch.load(ckpt / "critic.pt"))
+        objective = ChoiceObjective(tok)
         episodes_log = JsonlAppender(folder / "episodes.jsonl", EpisodeRecord)
         for iteration in range(start + 1, cfg.rl.iterations + 1):
+            level = levels[(iteration - 1) * len(levels) // cfg.rl.iterations]
             # every iteration's sampling is seeded by its number, so a resumed run replays it exactly
             torch.manual_seed(cfg.seed * 1_000_003 + iteration)
             seeds = [cfg.seed * 100_000 + iteration * 1000 + i for i in range(cfg.rl.episodes_per_iteration)]
             reflecting = reflector and LocalBackend(*reflector, cfg.generation_batch_size, seed=iteration)
-            episodes = self._rollout(policy, tok, reflecting, objective, seeds, greedy=False)
-            steps = [step for ep in episodes for step in ep["steps"]]
-            self._update(policy, objective, optimizer, params, steps)
+            episodes = self._rollout(policy, tok, reflecting, objective, seeds, "train", level, greedy=False)
+            self._update(
+                policy, critic, objective, optimizer, params, [s for ep in episodes for s in ep["steps"]]
+            )
             for ep in episodes:
                 if ep["success"]:
                     replay = (replay + [ep["steps"]])[-cfg.rl.replay_size :]
             if replay and cfg.rl.replay_size:
-                self._update(policy, objective, optimizer, params, [s for ep in replay for s in ep])
+                self._update(policy, critic, objective, optimizer, params, [s for ep in replay for s in ep])
             success = sum(ep["success"] for ep in episodes) / len(episodes)
             cost = sum(ep["cost"] for ep in episodes) / len(episodes)
             records = [
-                EpisodeRecord(id=f"{iteration}-{i}", iteration=iteration, **ep["log"])
+                EpisodeRecord(
+                    id=f"{iteration}-{i}", iteration=iteration, level=_level_name(level), **ep["log"]
+                )
                 for i, ep in enumerate(episodes)
             ]
             episodes_log.append(*(r for r in records if r.id not in episodes_log))
             self.store.log_metrics(
                 "rl", {"charts/success": success, "charts/cost": cost, "replay": len(replay)}, step=iteration
             )
-            log.info("rl iteration %d: success %.2f, cost %.2f", iteration, success, cost)
+            log.info("rl iteration %d (level %s): success %.2f, cost %.2f", iteration, level, success, cost)
             if iteration % cfg.rl.checkpoint_every == 0 and iteration < cfg.rl.iterations:
-                _save_checkpoint(folder / "checkpoints", policy, tok, optimizer, replay, iteration)
+                _save_checkpoint(folder / "checkpoints", policy, critic, tok, optimizer, replay, iteration)
         policy.save_pretrained(final)
         tok.save_pretrained(final)
+        if critic:
+            torch.save(critic.state_dict(), final / "critic.pt")
         write_json_atomic(final / "done.json", {"iterations": cfg.rl.iterations})
         shutil.rmtree(folder / "checkpoints", ignore_errors=True)
         return final
 
-    def evaluate(self, stage: str = "rl") -> dict[str, float]:
-        """Success rate (%) and mean cost of the policy after `stage` ("sft" or "rl") on test episodes."""
+    def evaluate(self, stage: str = "rl") -> dict:
+        """Success rate (%) and mean cost of the policy after `stage` ("sft" or "rl") on test episodes, per
+        level; with reflection, also without it (the policy shown no analysis)."""
         single_process("evaluate")
-        cfg = self.config
         folder = self.store.stage(f"evaluate/{stage}")
         if (folder / "metrics.json").exists():
             return json.loads((folder / "metrics.json").read_text())
         path = self.store.stage("rl") / "model" if stage == "rl" else self.store.stage("sft/policy") / "model"
         policy, tok = load_policy(self._settings(str(path)))
-        objective = ChoiceObjective(tok, 6)
-        seeds = [cfg.evaluate.seed + i for i in range(cfg.evaluate.episodes)]
+        objective = ChoiceObjective(tok)
         reflector = self._reflector()
-        with torch.no_grad():
-            episodes = self._rollout(
-                policy, tok, reflector and self._backend(*reflector), objective, seeds, greedy=True
-            )
-        metrics = {
-            "success": round(100.0 * sum(ep["success"] for ep in episodes) / len(episodes), 2),
-            "cost": round(sum(ep["cost"] for ep in episodes) / len(episodes), 4),
-            "episodes": len(episodes),
-        }
+
+        def play(backend, level):
+            with torch.no_grad():
+                return self._rollout(policy, tok, backend, objective, self._test_seeds(), "test", level, True)
+
+        metrics = _by_level(
+            {lvl: play(reflector and self._backend(*reflector), lvl) for lvl in self._test_levels()}
+        )
+        if reflector:
+            metrics["without_reflection"] = _by_level({lvl: play(None, lvl) for lvl in self._test_levels()})
         write_json_atomic(folder / "metrics.json", metrics)
-        self.store.log_metrics(f"evaluate/{stage}", metrics)
+        self.store.log_metrics(f"evaluate/{stage}", _flat(metrics))
+        return metrics
+
+    def evaluate_remote(self) -> dict:
+        """The test episodes played by the chat model of `evaluate.remote` (analyze, then `Action: <label>`);
+        a turn without a valid label after `max_attempts` asks fails its episode (counted as `invalid`)."""
+        single_process("evaluate-remote")
+        remote = self.config.evaluate.remote
+        if remote is None or not remote.configured:
+            raise ConfigError("evaluate-remote needs evaluate.remote with 'openai' or 'local'")
+        folder = self.store.stage("evaluate/remote")
+        if (folder / "metrics.json").exists():
+            return json.loads((folder / "metrics.json").read_text())
+        asker = ParsedAsker(
+            remote.build(self.config.generation_batch_size, self.config.seed),
+            SamplingParams(temperature=remote.temperature, max_new_tokens=remote.max_new_tokens),
+            remote.max_attempts,
+        )
+        episodes_log = JsonlAppender(folder / "episodes.jsonl", EpisodeRecord)
+        played = {}
+        for level in self._test_levels():
+            played[level] = self._remote_rollout(asker, self._test_seeds(), level)
+            episodes_log.append(
+                *(
+                    EpisodeRecord(
+                        id=f"{_level_name(level)}-{i}", iteration=0, level=_level_name(level), **ep["log"]
+                    )
+                    for i, ep in enumerate(played[level])
+                )
+            )
+        metrics = _by_level(played)
+        metrics["invalid"] = sum(ep["invalid"] for eps in played.values() for ep in eps)
+        write_json_atomic(folder / "metrics.json", metrics)
+        self.store.log_metrics("evaluate/remote", _flat(metrics))
         return metrics
 
     def run(self) -> None:
-        """SFT, evaluation after SFT, RL, evaluation after RL."""
+        """SFT, evaluation after SFT, RL, evaluation after RL (and of the remote model, if one is set)."""
         self.sft()
         self.evaluate("sft")
         self.rl()
         self.evaluate("rl")
+        if self.config.evaluate.remote is not None:
+            self.evaluate_remote()
 
     # ---- rollouts -------------------------------------------------------------------------------------
+
+    def _test_levels(self) -> list[Level | None]:
+        return self.levels(self.config.evaluate.levels)
+
+    def _test_seeds(self) -> list[int]:
+        return [self.config.evaluate.seed + i for i in range(self.config.evaluate.episodes)]
+
+    def _order(self, n: int, rng: random.Random) -> list[int]:
+        """The order the choices are shown in: shuffled (no position bias) or the environment's."""
+        order = list(range(n))
+        if self.config.shuffle_labels:
+            rng.shuffle(order)
+        return order
 
     def _reflector(self):
         """(model, tokenizer) of the trained reflection model, or None without reflection."""
@@ -311,15 +525,14 @@ class ReflectRL(Method):
             return None
         return load_policy(self._settings(str(self.store.stage("sft/reflector") / "model")))
 
-    def _rollout(self, policy, tok, reflector, objective, seeds: list[int], greedy: bool) -> list[dict]:
+    def _rollout(
+        self, policy, tok, reflector, objective, seeds: list[int], split, level, greedy: bool
+    ) -> list[dict]:
         """Play one episode per seed, all at once; each step keeps its prompt ids, label and reward."""
-        envs = [self.env() for _ in seeds]
+        envs = [self.envs.make(split, level) for _ in seeds]
         obs = [env.reset(seed=s)[0] for env, s in zip(envs, seeds, strict=True)]
         rngs = [random.Random(s) for s in seeds]
-        episodes = [
-            {"steps": [], "success": False, "cost": 0.0, "log": {"seed": s, "actions": [], "reflections": []}}
-            for s in seeds
-        ]
+        episodes = [_new_episode(s) for s in seeds]
         active = list(range(len(envs)))
         sampling = SamplingParams(
             temperature=0.0 if greedy else 1.0, max_new_tokens=self.config.max_reflection_tokens
@@ -329,12 +542,7 @@ class ReflectRL(Method):
             if reflector is not None:
                 convs = [[{"role": "user", "content": obs[i].state + ANALYZE}] for i in active]
                 reflections = [r[0] for r in reflector.generate(convs, 1, sampling)]
-            orders = []
-            for i in active:
-                order = list(range(len(obs[i].choices)))
-                if self.config.shuffle_labels:
-                    rngs[i].shuffle(order)
-                orders.append(order)
+            orders = [self._order(len(obs[i].choices), rngs[i]) for i in active]
             rows = [
                 {
                     "input_ids": prompt_ids(tok, [{"role": "user", "content": policy_prompt(obs[i], r, o)}]),
@@ -343,9 +551,7 @@ class ReflectRL(Method):
                 for i, r, o in zip(active, reflections, orders, strict=True)
             ]
             with torch.no_grad():
-                logps = objective.logprobs(
-                    policy, objective.collate([{**r, "label": 0, "length": 0} for r in rows])
-                )
+                logps = objective.logprobs(policy, objective.collate([{**r, "label": 0} for r in rows]))
             picks = (
                 logps.argmax(-1)
                 if greedy
@@ -356,42 +562,148 @@ class ReflectRL(Method):
                 active, rows, orders, picks.tolist(), reflections, strict=True
             ):
                 action = obs[i].choices[order[pick]]
-                obs[i], reward, terminated, truncated, info = envs[i].step(action)
-                ep = episodes[i]
-                ep["steps"].append({**row, "label": pick, "reward": reward})
-                ep["cost"] -= reward
-                ep["log"]["actions"].append(action)
-                ep["log"]["reflections"].append(reflection or "")
-                if terminated or truncated:
-                    ep["success"] = bool(info.get("success"))
-                else:
+                episodes[i]["steps"].append({**row, "label": pick})
+                obs[i], done = _step(envs[i], episodes[i], action, reflection or "")
+                if not done:
                     still.append(i)
             active = still
         for ep in episodes:
-            for step, g in zip(ep["steps"], cost_to_go([s["reward"] for s in ep["steps"]]), strict=True):
+            for step, g in zip(ep["steps"], cost_to_go(ep["rewards"]), strict=True):
                 step["return"] = g
-            ep["log"].update(success=ep["success"], cost=ep["cost"])
         return episodes
 
-    def _update(self, policy, objective, optimizer, params, steps: list[dict]) -> None:
-        """One policy-gradient step on `steps` (REINFORCE on the cost-to-go)."""
+    def _remote_rollout(self, asker: ParsedAsker, seeds: list[int], level) -> list[dict]:
+        """Play one episode per seed with a chat model, all turns of a round asked at once; its reply is
+        logged as the step's analysis."""
+        envs = [self.envs.make("test", level) for _ in seeds]
+        obs = [env.reset(seed=s)[0] for env, s in zip(envs, seeds, strict=True)]
+        episodes = [{**_new_episode(s), "invalid": 0} for s in seeds]
+        active = list(range(len(envs)))
+        while active:
+            labels = {i: LABELS[: len(obs[i].choices)] for i in active}
+            convs = [[{"role": "user", "content": agent_question(obs[i], labels[i])}] for i in active]
+            still = []
+            answers = asker.ask(convs, [choice_parser(labels[i]) for i in active])
+            for i, answer in zip(active, answers, strict=True):
+                if answer is None:  # no valid choice: the episode fails here
+                    episodes[i]["invalid"] += 1
+                    continue
+                pick, reply = answer
+                obs[i], done = _step(envs[i], episodes[i], obs[i].choices[pick], reply)
+                if not done:
+                    still.append(i)
+            active = still
+        return episodes
+
+    def _update(self, policy, critic, objective, optimizer, params, steps: list[dict]) -> None:
+        """One update on `steps`: a REINFORCE step on the cost-to-go, or `ppo_epochs` clipped PPO steps with
+        advantages from the critic; forward passes of `rl.batch_size` steps, gradients accumulated."""
+        rl = self.config.rl
+        chunks = [steps[i : i + rl.batch_size] for i in range(0, len(steps), rl.batch_size)]
+        batches = [objective.collate([{**s, "length": len(s["input_ids"])} for s in c]) for c in chunks]
+        device = next(policy.parameters()).device
+        returns = [torch.tensor([s["return"] for s in c], dtype=torch.float32, device=device) for c in chunks]
+        if critic is None:
+            passes, olds, advantages = 1, None, returns
+        else:
+            with torch.no_grad():
+                outs = [objective.forward(policy, b) for b in batches]
+                olds = [_chosen(logps, b) for (logps, _), b in zip(outs, batches, strict=True)]
+                advantages = [g - critic(h) for g, (_, h) in zip(returns, outs, strict=True)]
+            passes = rl.ppo_epochs
         policy.train()
-        batch = objective.collate([{**s, "length": len(s["input_ids"])} for s in steps])
-        logps = objective.logprobs(policy, batch)
-        chosen = logps.gather(1, batch["label"][:, None]).squeeze(1)
-        loss = reinforce_loss(chosen, torch.tensor([s["return"] for s in steps], dtype=torch.float32))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, self.config.rl.max_grad_norm)
-        optimizer.step()
+        for _ in range(passes):
+            optimizer.zero_grad(set_to_none=True)
+            for k, batch in enumerate(batches):
+                logps, hidden = objective.forward(policy, batch)
+                chosen = _chosen(logps, batch)
+                if critic is None:
+                    loss = reinforce_loss(chosen, returns[k])
+                else:
+                    loss = ppo_loss(chosen, olds[k], advantages[k], rl.ppo_clip)
+                    loss = loss + rl.value_coef * torch.mean((critic(hidden) - returns[k]) ** 2)
+                (loss * len(chunks[k]) / len(steps)).backward()
+            torch.nn.utils.clip_grad_norm_(params, rl.max_grad_norm)
+            optimizer.step()
         policy.eval()
 
 
+def _new_episode(seed: int) -> dict:
+    return {
+        "steps": [],
+        "rewards": [],
+        "success": False,
+        "cost": 0.0,
+        "log": {"seed": seed, "actions": [], "reflections": [], "success": False, "cost": 0.0},
+    }
+
+
+def _step(env, episode: dict, action: str, analysis: str) -> tuple[TextObservation, bool]:
+    """Act in `env`, record the move in `episode`; (next observation, whether the episode ended)."""
+    obs, reward, terminated, truncated, info = env.step(action)
+    episode["rewards"].append(reward)
+    episode["cost"] -= reward
+    episode["log"]["actions"].append(action)
+    episode["log"]["reflections"].append(analysis)
+    done = terminated or truncated
+    if done:
+        episode["success"] = bool(info.get("success"))
+    episode["log"].update(success=episode["success"], cost=episode["cost"])
+    return obs, done
+
+
+def _chosen(logps: torch.Tensor, batch: dict) -> torch.Tensor:
+    return logps.gather(1, batch["label"].to(logps.device)[:, None]).squeeze(1)
+
+
+def _level_name(level: Level | None) -> str:
+    return "all" if level is None else str(level)
+
+
+def _by_level(played: dict) -> dict:
+    """Success (%) and mean cost over all episodes, and per level when there are several."""
+
+    def summary(episodes: list[dict]) -> dict:
+        return {
+            "success": round(100.0 * sum(ep["success"] for ep in episodes) / len(episodes), 2),
+            "cost": round(sum(ep["cost"] for ep in episodes) / len(episodes), 4),
+            "episodes": len(episodes),
+        }
+
+    metrics = summary([ep for eps in played.values() for ep in eps])
+    if len(played) > 1:
+        metrics["levels"] = {_level_name(level): summary(eps) for level, eps in played.items()}
+    return metrics
+
+
+def _flat(metrics: dict, prefix: str = "") -> dict:
+    """Nested metrics as one level of `a/b` keys (for the metrics log)."""
+    out = {}
+    for key, value in metrics.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}/"))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _step_id(step: ReflectStep) -> str:
+    return f"{step.episode}-{step.step}"
+
+
+class TeacherReflection(Record):
+    """A teacher model's reflection on one teacher step (None: no usable reply)."""
+
+    id: str
+    text: str | None
+
+
 class EpisodeRecord(Record):
-    """One RL episode, logged with its actions and reflections."""
+    """One episode, logged with its level, actions and the analysis before each action."""
 
     id: str
     iteration: int
+    level: str
     seed: int
     actions: list[str]
     reflections: list[str]
@@ -402,12 +714,16 @@ class EpisodeRecord(Record):
 class ChoiceObjective:
     """The policy as a softmax over the offered labels ("shrink head"): log-probs at the last prompt token."""
 
-    def __init__(self, tokenizer, max_choices: int):
+    def __init__(self, tokenizer):
         self.pad_id = tokenizer.pad_token_id
-        self.labels = label_ids(tokenizer, max_choices)
+        self.tokenizer = tokenizer
+        self.labels = label_ids(tokenizer, 9)
 
     def collate(self, rows: list[dict]) -> dict[str, torch.Tensor]:
         """Right-padded prompts, their lengths, choice counts and labels."""
+        most = max(r["n"] for r in rows)
+        if most > len(self.labels):
+            self.labels = label_ids(self.tokenizer, most)  # letters after 9; each must be one token
         width = max(len(r["input_ids"]) for r in rows)
         ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
         attention = torch.zeros((len(rows), width), dtype=torch.long)
@@ -421,26 +737,50 @@ class ChoiceObjective:
             "label": torch.tensor([r["label"] for r in rows]),
         }
 
+    def forward(self, model, batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """([batch, labels] log-probabilities over each row's offered labels, [batch, hidden] last-layer
+        hidden state at the last prompt token, detached)."""
+        device = next(model.parameters()).device
+        out = model(
+            input_ids=batch["input_ids"].to(device),
+            attention_mask=batch["attention_mask"].to(device),
+            output_hidden_states=True,
+        )
+        last = batch["attention_mask"].sum(-1).to(device) - 1
+        rows = torch.arange(len(last), device=device)
+        logps = choice_logprobs(out.logits[rows, last], self.labels.to(device), batch["n"].to(device))
+        return logps, out.hidden_states[-1][rows, last].detach().float()
+
     def logprobs(self, model, batch) -> torch.Tensor:
-        """[batch, max_choices] log-probabilities over the labels offered in each row."""
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        last = batch["attention_mask"].sum(-1) - 1
-        final = logits[torch.arange(len(last)), last]
-        return choice_logprobs(final, self.labels.to(final.device), batch["n"])
+        """[batch, labels] log-probabilities over the labels offered in each row."""
+        return self.forward(model, batch)[0]
 
     def sft_loss(self, model, batch) -> torch.Tensor:
         """Cross-entropy of the teacher's label over the offered labels."""
-        logps = self.logprobs(model, batch)
-        return -logps.gather(1, batch["label"][:, None]).mean()
+        return -_chosen(self.logprobs(model, batch), batch).mean()
 
 
-def _save_checkpoint(folder: Path, policy, tok, optimizer, replay: list, iteration: int) -> None:
+class Critic(torch.nn.Module):
+    """PPO's value head: a linear map of the policy's last hidden state to the expected cost-to-go."""
+
+    def __init__(self, policy, seed: int):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.head = torch.nn.Linear(policy.config.hidden_size, 1)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.head(hidden).squeeze(-1)
+
+
+def _save_checkpoint(folder: Path, policy, critic, tok, optimizer, replay: list, iteration: int) -> None:
     """Write the RL state to `iter-N` (its state.json last), then drop older checkpoints: a crash mid-save
     leaves the older one whole."""
     target = folder / f"iter-{iteration}"
     policy.save_pretrained(target)
     tok.save_pretrained(target)
     torch.save(optimizer.state_dict(), target / "optimizer.pt")
+    if critic:
+        torch.save(critic.state_dict(), target / "critic.pt")
     write_json_atomic(target / "replay.json", replay)
     write_json_atomic(target / "state.json", {"iteration": iteration})
     for old in folder.glob("iter-*"):

@@ -1,0 +1,151 @@
+"""The text environments a Reflect-RL recipe can name (`env.name`), their settings, train/test splits and
+curriculum levels.
+
+A level is what a curriculum steps through: DangerousTaxi's `pickup` / `dropoff` / `full`, AutoExplore's
+target depth (0, 1, 2, ...). ALFWorld has no levels.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from functools import cached_property
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from feedlearn.data.jsonl import read_jsonl
+from feedlearn.envs.alfworld_env import ALFWorldEnv
+from feedlearn.envs.autoexplore import AutoExplore, AutoExploreSettings, ExploreTask, generate_tasks
+from feedlearn.envs.taxi import DangerousTaxi, TaxiSettings
+from feedlearn.envs.text_env import TextEnv
+from feedlearn.errors import ConfigError
+
+Split = Literal["train", "test"]
+Level = str | int
+TAXI_LEVELS = ("pickup", "dropoff", "full")
+
+
+class TaxiEnvSettings(TaxiSettings):
+    """DangerousTaxi. Train and test episodes differ by their seeds (`evaluate.seed`)."""
+
+    name: Literal["taxi"] = Field(description="DangerousTaxi on gymnasium's Taxi.")
+
+
+class AutoExploreEnvSettings(AutoExploreSettings):
+    """AutoExplore over a local repository. `hide_unrelated` applies to training episodes only."""
+
+    name: Literal["autoexplore"] = Field(description="AutoExplore over a local repository.")
+    root: str = Field(description="The repository's folder; no action reaches outside it.")
+    tasks: str | None = Field(
+        default=None,
+        description="A JSONL file of tasks (question, targets, depth), e.g. written by a teacher; "
+        "None: questions generated from the tree.",
+    )
+    test_share: float = Field(
+        default=0.2, ge=0, lt=1, description="Share of the tasks held out for evaluation (by a hash of each)."
+    )
+
+
+class ALFWorldEnvSettings(BaseModel):
+    """ALFWorld's text games through the alfworld package (not a dependency of feedlearn)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: Literal["alfworld"] = Field(description="ALFWorld through the alfworld package.")
+    config: str = Field(description="An alfworld config file (with the expert plan enabled).")
+    train_split: str = Field(default="train", description="alfworld's train_eval for training games.")
+    test_split: str = Field(
+        default="eval_out_of_distribution", description="alfworld's train_eval for test games."
+    )
+    max_steps: int = Field(default=50, ge=1, description="Horizon: the episode is truncated after it.")
+
+
+EnvSettings = Annotated[
+    TaxiEnvSettings | AutoExploreEnvSettings | ALFWorldEnvSettings, Field(discriminator="name")
+]
+
+
+class EnvFactory:
+    """Builds environments of one recipe: `make(split, level)`; validates levels."""
+
+    def __init__(
+        self,
+        settings: TaxiEnvSettings | AutoExploreEnvSettings | ALFWorldEnvSettings,
+        extra_tasks: list[ExploreTask] = (),
+    ):
+        """`extra_tasks`: AutoExplore tasks added to the settings' own (those a teacher wrote)."""
+        self.settings = settings
+        self.extra_tasks = list(extra_tasks)
+
+    @property
+    def default_level(self) -> Level | None:
+        """The level the settings name (None: AutoExplore's every depth, or ALFWorld)."""
+        s = self.settings
+        if isinstance(s, TaxiEnvSettings):
+            return s.level
+        if isinstance(s, AutoExploreEnvSettings):
+            return s.depth
+        return None
+
+    def check_level(self, level: Level | None) -> None:
+        """Raise a `ConfigError` for a level this environment does not have."""
+        if level is None:
+            return
+        s = self.settings
+        if isinstance(s, TaxiEnvSettings) and level not in TAXI_LEVELS:
+            raise ConfigError(f"DangerousTaxi has no level {level!r}: choose from {', '.join(TAXI_LEVELS)}")
+        if isinstance(s, AutoExploreEnvSettings):
+            if not isinstance(level, int) or level < 0:
+                raise ConfigError(f"AutoExplore levels are target depths (0, 1, ...), not {level!r}")
+            if not any(t.depth == level for t in self.tasks("train")):
+                raise ConfigError(f"AutoExplore: no training task at depth {level} under {s.root}")
+        if isinstance(s, ALFWorldEnvSettings):
+            raise ConfigError("ALFWorld has no curriculum levels")
+
+    def make(self, split: Split, level: Level | None = None) -> TextEnv:
+        """A fresh environment for `split` episodes at `level` (None: the settings' own)."""
+        self.check_level(level)
+        s = self.settings
+        if isinstance(s, TaxiEnvSettings):
+            return DangerousTaxi(TaxiSettings(**{**_own_fields(s, TaxiSettings), **_level(level, "level")}))
+        if isinstance(s, AutoExploreEnvSettings):
+            own = _own_fields(s, AutoExploreSettings)
+            if split == "test":
+                own["hide_unrelated"] = 0.0
+            settings = AutoExploreSettings(**{**own, **_level(level, "depth")})
+            return AutoExplore(s.root, self.tasks(split), settings)
+        return ALFWorldEnv(s.config, s.train_split if split == "train" else s.test_split, s.max_steps)
+
+    def tasks(self, split: Split) -> list[ExploreTask]:
+        """AutoExplore's tasks of `split`: a task is a test task when a hash of its question and targets
+        falls in the first `test_share` of the range, so the split does not move when tasks are added."""
+        return self._split_tasks[split]
+
+    @cached_property
+    def _split_tasks(self) -> dict[str, list[ExploreTask]]:
+        s = self.settings
+        if not Path(s.root).is_dir():
+            raise ConfigError(f"env.root: {s.root} is not a folder")
+        tasks = read_jsonl(s.tasks, ExploreTask) if s.tasks else generate_tasks(s.root, s.seed, s.max_depth)
+        tasks += self.extra_tasks
+        split: dict[str, list[ExploreTask]] = {"train": [], "test": []}
+        for task in tasks:
+            key = hashlib.sha256(f"{task.question}\0{sorted(task.targets)}".encode()).digest()
+            split["test" if int.from_bytes(key[:8]) / 2**64 < s.test_share else "train"].append(task)
+        for name, part in split.items():
+            if not part and (name == "train" or s.test_share > 0):
+                raise ConfigError(
+                    f"AutoExplore: {len(tasks)} tasks under {s.root} leave none for {name}; "
+                    "use a larger repository or change test_share"
+                )
+        return split
+
+
+def _own_fields(settings: BaseModel, base: type[BaseModel]) -> dict:
+    """The fields of `settings` that `base` declares (the env's own settings, without name, root...)."""
+    return {k: getattr(settings, k) for k in base.model_fields}
+
+
+def _level(level: Level | None, field: str) -> dict:
+    return {} if level is None else {field: level}
