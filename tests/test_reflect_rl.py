@@ -139,3 +139,44 @@ def test_rl_resumed_from_a_checkpoint_equals_an_uninterrupted_run(tmp_path, monk
         for line in (broken.store.path / "rl" / "episodes.jsonl").read_text().splitlines()
     ]
     assert len(ids) == len(set(ids)) == 4 * 3  # iteration 3 was logged once
+
+
+def test_paper_shaped_run_gpt2_architecture_lora_ppo_and_the_recipes_chat_template(tmp_path):
+    """The GPT-2 XL recipes' shape on a 1-layer GPT-2: LoRA adapters, their plain-text chat template, PPO."""
+    import yaml
+    from safetensors.torch import load_file
+    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
+
+    from feedlearn.cli import load_method
+
+    paper, _, _ = load_method("recipes/reflect-rl/gpt2xl_taxi.yaml", [])
+    tiny_dir = ReflectRL(
+        recipe(tmp_path / "t"), open_run(tmp_path / "t", "r", {}), progress=False
+    ).base_model_path()
+    tok = AutoTokenizer.from_pretrained(tiny_dir)
+    gpt2 = tmp_path / "gpt2"
+    GPT2LMHeadModel(
+        GPT2Config(vocab_size=len(tok), n_embd=32, n_layer=1, n_head=2, n_positions=1024)
+    ).save_pretrained(gpt2)
+    tok.save_pretrained(gpt2)
+    model = {
+        "path": str(gpt2),
+        "lora": {"r": 4, "alpha": 16, "dropout": 0.1},
+        "chat_template": paper.model.chat_template,
+    }
+    config = recipe(
+        tmp_path,
+        model=model,
+        rl={"algorithm": "ppo", "iterations": 2, "episodes_per_iteration": 3, "learning_rate": 1e-2},
+    )
+    method = ReflectRL(config, open_run(config.run_dir, "r", config.model_dump(mode="json")), progress=False)
+    method.run()
+    for stage in ("sft/reflector/model", "sft/policy/model", "rl/model"):
+        saved = method.store.path / stage
+        assert (saved / "adapter_config.json").exists() and not (saved / "model.safetensors").exists()
+        assert yaml.safe_load((saved / "adapter_config.json").read_text())["r"] == 4
+    sft = load_file(str(method.store.path / "sft/policy/model/adapter_model.safetensors"))
+    rl = load_file(str(method.store.path / "rl/model/adapter_model.safetensors"))
+    assert any(not torch.equal(sft[k], rl[k]) for k in rl)  # PPO moved the adapter
+    assert (method.store.path / "rl/model/critic.pt").exists()
+    assert method.evaluate("rl")["episodes"] == 3

@@ -285,3 +285,66 @@ def test_a_remote_model_plays_the_test_episodes_and_invalid_turns_fail_them(tmp_
     assert bad["success"] == 0.0 and bad["invalid"] == 5
     with pytest.raises(ConfigError, match="evaluate.remote"):
         method_for(recipe(tmp_path / "c", env)).evaluate_remote()
+
+
+# ---- ALFWorld, through a stand-in of the alfworld package --------------------------------------------
+
+
+class FakeGames:
+    """alfworld's batch env API; a game is won after the two expert steps, each offered among others."""
+
+    PLAN = ["go to countertop 1", "take mug 1 from countertop 1"]
+
+    def __init__(self):
+        self.t = 0
+
+    def reset(self):
+        self.t = 0
+        return ["You are in a kitchen. Your task is to: take the mug."], self.info()
+
+    def info(self):
+        return {
+            "admissible_commands": [["look", "help", "inventory", self.PLAN[min(self.t, 1)]]],
+            "won": [self.t >= 2],
+            "extra.expert_plan": [self.PLAN[self.t :]],
+            "extra.gamefile": ["game-1"],
+        }
+
+    def step(self, actions):
+        self.t += 1 if actions[0] == self.PLAN[min(self.t, 1)] else 0
+        done = self.t >= 2
+        return [f"You did: {actions[0]}"], [1.0 if done else 0.0], [done], self.info()
+
+
+def test_alfworld_runs_with_a_teacher_models_reflections(tmp_path, monkeypatch):
+    import sys
+    import types
+
+    environment = types.ModuleType("alfworld.agents.environment")
+    environment.get_environment = lambda kind: (
+        lambda config, train_eval: types.SimpleNamespace(init_env=lambda batch_size: FakeGames())
+    )
+    for name in ("alfworld", "alfworld.agents"):
+        monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
+    monkeypatch.setitem(sys.modules, "alfworld.agents.environment", environment)
+    (tmp_path / "alfworld.yaml").write_text("env: {type: AlfredTWEnv}\n")
+    fake = FakeBackend(lambda prompt, attempt: f"The mug is near, so: {best_move(prompt)}.")
+    monkeypatch.setattr(TeacherData, "build", lambda self, batch_size, seed: fake)
+    config = recipe(
+        tmp_path,
+        {"name": "alfworld", "config": str(tmp_path / "alfworld.yaml"), "max_steps": 4},
+        teacher={"episodes": 4, "negatives": 0, "reflections": "llm", "local": {"path": "unused"}},
+    )
+    method = method_for(config)
+    method.run()
+    steps = method.teacher_steps()
+    assert steps and all(s.reflection.startswith("The mug is near") for s in steps)
+    assert method.evaluate("rl")["episodes"] == 3
+    with pytest.raises(Exception, match="no recovery negatives for ALFWorld"):
+        method_for(
+            recipe(
+                tmp_path / "neg",
+                config.env.model_dump(),
+                teacher={**config.teacher.model_dump(), "negatives": 1},
+            )
+        ).teacher_steps()

@@ -36,7 +36,11 @@ class AutoExploreEnvSettings(AutoExploreSettings):
     """AutoExplore over a local repository. `hide_unrelated` applies to training episodes only."""
 
     name: Literal["autoexplore"] = Field(description="AutoExplore over a local repository.")
-    root: str = Field(description="The repository's folder; no action reaches outside it.")
+    root: str | None = Field(
+        default=None,
+        description="The repository's folder; no action reaches outside it. None: a small synthetic "
+        "repository (`mini_repo`) written into the run folder, for offline runs.",
+    )
     tasks: str | None = Field(
         default=None,
         description="A JSONL file of tasks (question, targets, depth), e.g. written by a teacher; "
@@ -125,7 +129,7 @@ class EnvFactory:
     @cached_property
     def _split_tasks(self) -> dict[str, list[ExploreTask]]:
         s = self.settings
-        if not Path(s.root).is_dir():
+        if s.root is None or not Path(s.root).is_dir():
             raise ConfigError(f"env.root: {s.root} is not a folder")
         tasks = read_jsonl(s.tasks, ExploreTask) if s.tasks else generate_tasks(s.root, s.seed, s.max_depth)
         tasks += self.extra_tasks

@@ -40,6 +40,7 @@ from feedlearn.envs.catalog import (
     Level,
     TaxiEnvSettings,
 )
+from feedlearn.envs.mini_repo import write_mini_repo
 from feedlearn.envs.scripted_teacher import ReflectStep, teacher_episodes
 from feedlearn.envs.text_env import TextObservation
 from feedlearn.errors import ConfigError, FeedlearnError
@@ -121,6 +122,12 @@ class RLSettings(Settings):
     )
     replay_size: int = Field(default=50, ge=0, description="Successful episodes kept for a replay update.")
     temperature: float = Field(default=1.0, gt=0, description="Sampling temperature of the policy.")
+    reflection_temperature: float = Field(
+        default=1.0,
+        ge=0,
+        description="Sampling temperature of the reflection model in RL rollouts (0: greedy, as in "
+        "evaluation); a small reflector's sampled analyses can be noise that misleads the policy.",
+    )
     ppo_clip: float = Field(default=0.1, gt=0, description="PPO: the ratio's clip range.")
     ppo_epochs: int = Field(default=3, gt=0, description="PPO: update passes over each batch.")
     value_coef: float = Field(default=0.5, ge=0, description="PPO: weight of the critic's squared error.")
@@ -215,7 +222,16 @@ class ReflectRL(Method):
     @cached_property
     def envs(self) -> EnvFactory:
         """The recipe's environments (with the teacher's AutoExplore questions, when asked for)."""
-        return EnvFactory(self.config.env, extra_tasks=self.teacher_tasks())
+        return EnvFactory(self.env_settings, extra_tasks=self.teacher_tasks())
+
+    @cached_property
+    def env_settings(self):
+        """The recipe's env settings; an AutoExplore without a root gets the synthetic mini repository."""
+        env = self.config.env
+        if isinstance(env, AutoExploreEnvSettings) and env.root is None:
+            root = write_mini_repo(self.store.stage("repo"), self.config.seed)
+            env = env.model_copy(update={"root": str(root)})
+        return env
 
     def teacher_tasks(self) -> list[ExploreTask]:
         """AutoExplore questions written by the teacher model, asked once and saved."""
@@ -224,7 +240,7 @@ class ReflectRL(Method):
             return []
         path = self.store.stage("teacher") / "tasks.jsonl"
         if not path.exists():
-            tasks = propose_tasks(self._teacher_asker(), self.config.env.root, t.tasks, self.config.seed)
+            tasks = propose_tasks(self._teacher_asker(), self.env_settings.root, t.tasks, self.config.seed)
             write_jsonl_atomic(path, tasks)
             log.info("teacher wrote %d of %d AutoExplore tasks", len(tasks), t.tasks)
         return read_jsonl(path, ExploreTask)
@@ -453,11 +469,14 @@ class ReflectRL(Method):
             with torch.no_grad():
                 return self._rollout(policy, tok, backend, objective, self._test_seeds(), "test", level, True)
 
-        metrics = _by_level(
-            {lvl: play(reflector and self._backend(*reflector), lvl) for lvl in self._test_levels()}
-        )
+        played = {lvl: play(reflector and self._backend(*reflector), lvl) for lvl in self._test_levels()}
+        records = _episode_records(played)
+        metrics = _by_level(played)
         if reflector:
-            metrics["without_reflection"] = _by_level({lvl: play(None, lvl) for lvl in self._test_levels()})
+            bare = {lvl: play(None, lvl) for lvl in self._test_levels()}
+            records += _episode_records(bare, prefix="without-reflection-")
+            metrics["without_reflection"] = _by_level(bare)
+        write_jsonl_atomic(folder / "episodes.jsonl", records)
         write_json_atomic(folder / "metrics.json", metrics)
         self.store.log_metrics(f"evaluate/{stage}", _flat(metrics))
         return metrics
@@ -477,18 +496,10 @@ class ReflectRL(Method):
             SamplingParams(temperature=remote.temperature, max_new_tokens=remote.max_new_tokens),
             remote.max_attempts,
         )
-        episodes_log = JsonlAppender(folder / "episodes.jsonl", EpisodeRecord)
-        played = {}
-        for level in self._test_levels():
-            played[level] = self._remote_rollout(asker, self._test_seeds(), level)
-            episodes_log.append(
-                *(
-                    EpisodeRecord(
-                        id=f"{_level_name(level)}-{i}", iteration=0, level=_level_name(level), **ep["log"]
-                    )
-                    for i, ep in enumerate(played[level])
-                )
-            )
+        played = {
+            level: self._remote_rollout(asker, self._test_seeds(), level) for level in self._test_levels()
+        }
+        write_jsonl_atomic(folder / "episodes.jsonl", _episode_records(played))
         metrics = _by_level(played)
         metrics["invalid"] = sum(ep["invalid"] for eps in played.values() for ep in eps)
         write_json_atomic(folder / "metrics.json", metrics)
@@ -535,7 +546,8 @@ class ReflectRL(Method):
         episodes = [_new_episode(s) for s in seeds]
         active = list(range(len(envs)))
         sampling = SamplingParams(
-            temperature=0.0 if greedy else 1.0, max_new_tokens=self.config.max_reflection_tokens
+            temperature=0.0 if greedy else self.config.rl.reflection_temperature,
+            max_new_tokens=self.config.max_reflection_tokens,
         )
         while active:
             reflections = [None] * len(active)
@@ -685,6 +697,17 @@ def _flat(metrics: dict, prefix: str = "") -> dict:
         else:
             out[f"{prefix}{key}"] = value
     return out
+
+
+def _episode_records(played: dict, prefix: str = "") -> list[EpisodeRecord]:
+    """Test episodes (level -> episodes) as records with ids `<prefix><level>-<i>`."""
+    return [
+        EpisodeRecord(
+            id=f"{prefix}{_level_name(level)}-{i}", iteration=0, level=_level_name(level), **ep["log"]
+        )
+        for level, episodes in played.items()
+        for i, ep in enumerate(episodes)
+    ]
 
 
 def _step_id(step: ReflectStep) -> str:
