@@ -92,16 +92,41 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="a tiny smoke test (seconds)")
     parser.add_argument("--seed", type=int, default=0, help="seeds model init, data order and subsets")
     parser.add_argument("--topics", type=int, help="topics of the hidden rule (more: harder; default 2)")
+    parser.add_argument(
+        "--pool", type=int, help="labeled pairs in the pool (fewer: label-limited; default 32000)"
+    )
+    parser.add_argument(
+        "--warm-topics",
+        type=int,
+        default=0,
+        help="first teach the model the rule of this many topics (DPO on a separate pool), so that, as a "
+        "pretrained model would, it starts knowing part of the task (default 0: it starts knowing nothing)",
+    )
     args = parser.parse_args()
     out = Path(args.out)
     settings = dict(QUICK if args.quick else FULL)
     if args.topics:
         settings["topics"] = args.topics
+    if args.pool:
+        settings["pool"] = args.pool
     started = time.perf_counter()
 
     config = base_config(out, settings, args.seed)
     model_path = PreferenceLearning(DPOConfig.model_validate(config), None, False).base_model_path()
     config["model"] = {"path": model_path}  # every run starts from the same tiny model
+    if args.warm_topics:
+        warm = {
+            **config,
+            "run_dir": str(out / "warm"),
+            "train_data": {
+                "synthetic": {"n": settings["pool"], "seed": 5, "task": {"topics": args.warm_topics}}
+            },
+        }
+        warm_run = PreferenceLearning(
+            DPOConfig.model_validate(warm), open_run(warm["run_dir"], "warm-start", warm), False
+        )
+        config["model"] = {"path": str(warm_run.train())}
+        settings["warm_topics"] = args.warm_topics
 
     dpo = run(DPOConfig.model_validate(config), "dpo")
     active = []
