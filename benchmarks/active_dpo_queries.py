@@ -11,6 +11,8 @@ Each run is scored by held-out preference accuracy against the hidden rule.
 
     python benchmarks/active_dpo_queries.py --out bench_out/active_dpo        # about 10 minutes on 2 cores
     python benchmarks/active_dpo_queries.py --out /tmp/smoke --quick          # a smoke test, seconds
+    python benchmarks/active_dpo_queries.py --out bench_out/adpo_warm --topics 8 --pool 8000 --warm-topics 4
+                                     # other regimes: fewer labels, a model that knows part of the task
 
 Writes `OUT/result.json` ({"dpo": {...}, "active": [...], "random_subset": [...]}) and `OUT/queries.png`.
 """
