@@ -74,11 +74,17 @@ def cmd_report(args) -> None:
     from feedlearn.report import print_results
 
     run = Path(args.run)
-    found = sorted(run.glob("**/evaluate/metrics.json"))
+    found = sorted(p for p in run.glob("**/metrics.json") if "evaluate" in p.relative_to(run).parts)
     if not found:
         raise FeedlearnError(f"{run}: no evaluation results (metrics.json) found in this run folder")
-    flat = {p.parent.parent.name: json.loads(p.read_text()) for p in found}
+    flat = {_column(p.relative_to(run), run.name): json.loads(p.read_text()) for p in found}
     print_results(f"run {run.name}", run.name, flat)
+
+
+def _column(path: Path, run_name: str) -> str:
+    """A results column's name: the path of its metrics.json without `evaluate` and the file name
+    (`base/evaluate/metrics.json` -> base, `evaluate/sft/metrics.json` -> sft), else the run's name."""
+    return "/".join(p for p in path.parts[:-1] if p != "evaluate") or run_name
 
 
 def build_parser() -> argparse.ArgumentParser:

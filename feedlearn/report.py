@@ -25,14 +25,26 @@ def print_table(table: Table) -> None:
     Console().print(table)
 
 
+def flatten(metrics: dict, prefix: str = "") -> dict:
+    """Nested metrics as one level of `a/b` keys."""
+    out = {}
+    for key, value in metrics.items():
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{prefix}{key}/"))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
 def print_results(title: str, name: str, result: dict) -> None:
     """Print results of any depth: {metric: value} as one column called `name`; {column: {metric: value}}
-    as one table; deeper results as one table per top-level key."""
+    as one table (metrics nested inside a column become `a/b` rows); deeper results as one table per
+    top-level key."""
     values = list(result.values())
     if not all(isinstance(v, dict) for v in values):
-        print_table(metrics_table(title, {name: result}))
-    elif all(all(not isinstance(x, dict) for x in v.values()) for v in values):
-        print_table(metrics_table(title, result))
+        print_table(metrics_table(title, {name: flatten(result)}))
+    elif all(not all(isinstance(x, dict) for x in v.values()) for v in values):
+        print_table(metrics_table(title, {key: flatten(v) for key, v in result.items()}))
     else:
         for key, sub in result.items():
             print_results(f"{title}: {key}", key, sub)

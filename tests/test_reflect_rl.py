@@ -62,7 +62,7 @@ def test_labels_are_single_tokens_and_the_head_is_a_softmax_over_offered_choices
 
 
 @pytest.mark.parametrize("reflection, shuffle", [(True, True), (False, False)])
-def test_tiny_sft_then_rl_runs_and_changes_the_policy(tmp_path, reflection, shuffle):
+def test_tiny_sft_then_rl_runs_and_changes_the_policy(tmp_path, capsys, reflection, shuffle):
     config = recipe(tmp_path, reflection=reflection, shuffle_labels=shuffle)
     method = ReflectRL(config, open_run(config.run_dir, "r", config.model_dump(mode="json")), progress=False)
     method.run()
@@ -85,6 +85,13 @@ def test_tiny_sft_then_rl_runs_and_changes_the_policy(tmp_path, reflection, shuf
     if not reflection:
         assert all(r == "" for e in episodes for r in e["reflections"])
     assert (method.store.path / "sft" / "reflector").exists() == reflection
+    from feedlearn import cli
+
+    capsys.readouterr()
+    assert cli.main(["report", str(method.store.path)]) == 0
+    table = capsys.readouterr().out
+    assert "sft" in table and "rl" in table and "success" in table
+    assert ("without_reflection/success" in table) == reflection
 
 
 class Crash(Exception):

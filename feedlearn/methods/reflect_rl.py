@@ -50,6 +50,7 @@ from feedlearn.methods.common import BackendSettings, Method, RecipeConfig, Sett
 from feedlearn.models.chat import prompt_ids
 from feedlearn.models.loading import load_policy
 from feedlearn.models.tiny import build_tiny_model
+from feedlearn.report import flatten
 from feedlearn.training.data import tokenize_sft
 from feedlearn.training.trainer import TrainSettings, is_trained, sft_loss, train
 
@@ -478,7 +479,7 @@ class ReflectRL(Method):
             metrics["without_reflection"] = _by_level(bare)
         write_jsonl_atomic(folder / "episodes.jsonl", records)
         write_json_atomic(folder / "metrics.json", metrics)
-        self.store.log_metrics(f"evaluate/{stage}", _flat(metrics))
+        self.store.log_metrics(f"evaluate/{stage}", flatten(metrics))
         return metrics
 
     def evaluate_remote(self) -> dict:
@@ -503,7 +504,7 @@ class ReflectRL(Method):
         metrics = _by_level(played)
         metrics["invalid"] = sum(ep["invalid"] for eps in played.values() for ep in eps)
         write_json_atomic(folder / "metrics.json", metrics)
-        self.store.log_metrics("evaluate/remote", _flat(metrics))
+        self.store.log_metrics("evaluate/remote", flatten(metrics))
         return metrics
 
     def run(self) -> None:
@@ -686,17 +687,6 @@ def _by_level(played: dict) -> dict:
     if len(played) > 1:
         metrics["levels"] = {_level_name(level): summary(eps) for level, eps in played.items()}
     return metrics
-
-
-def _flat(metrics: dict, prefix: str = "") -> dict:
-    """Nested metrics as one level of `a/b` keys (for the metrics log)."""
-    out = {}
-    for key, value in metrics.items():
-        if isinstance(value, dict):
-            out.update(_flat(value, f"{prefix}{key}/"))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
 
 
 def _episode_records(played: dict, prefix: str = "") -> list[EpisodeRecord]:
