@@ -12,7 +12,7 @@ import re
 from collections.abc import Callable
 from typing import Literal, Protocol, TypeVar
 
-from feedlearn.backends.base import Backend, ParsedAsker, SamplingParams
+from feedlearn.backends.base import ParsedAsker
 from feedlearn.envs.instructions import BUILTIN_FEEDBACKS, FeedbackTask
 from feedlearn.errors import FeedlearnError
 from feedlearn.feedback.verbal import Feedback
@@ -124,11 +124,11 @@ def _feedback_intro(feedback: Feedback) -> str:
 
 
 class LLMTeacher:
-    """A teacher model behind any backend. A reply that yields nothing is asked again (only those), up to
-    `max_attempts` asks in all, then skipped; backend errors propagate."""
+    """A teacher model behind any backend, asked through `asker`: a reply that yields nothing is asked
+    again (only those), up to its `max_attempts` asks in all, then skipped; backend errors propagate."""
 
-    def __init__(self, backend: Backend, sampling: SamplingParams, max_attempts: int = 3):
-        self.asker = ParsedAsker(backend, sampling, max_attempts)
+    def __init__(self, asker: ParsedAsker):
+        self.asker = asker
 
     @property
     def garbage_replies(self) -> int:

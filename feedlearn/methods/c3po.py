@@ -37,7 +37,7 @@ from feedlearn.errors import ConfigError, DataError
 from feedlearn.feedback.teachers import LLMTeacher, OfflineTeacher, Teacher
 from feedlearn.feedback.verbal import Feedback, adheres, changed, load_feedbacks, select_feedbacks
 from feedlearn.losses import anchor_loss, dpo_loss, sequence_logprobs, token_mean_nll
-from feedlearn.methods.common import BackendSettings, Method, RecipeConfig, Settings, single_process
+from feedlearn.methods.common import AskSettings, Method, RecipeConfig, Settings, single_process
 from feedlearn.models.loading import load_policy
 from feedlearn.models.tiny import build_tiny_model
 from feedlearn.training.data import collate, completion_row, tokenize_sft
@@ -54,7 +54,7 @@ COT = (
 )
 
 
-class TeacherSettings(BackendSettings):
+class TeacherSettings(AskSettings):
     """Who proposes categories and prompts and revises responses."""
 
     kind: Literal["offline", "llm"] = Field(
@@ -62,9 +62,7 @@ class TeacherSettings(BackendSettings):
         description="llm: a model through a backend (`openai` or `local`); offline: templates for "
         "built-in feedbacks.",
     )
-    temperature: float = Field(default=1.0, ge=0, description="Teacher sampling temperature.")
     max_new_tokens: int = Field(default=1024, gt=0, description="Longest teacher reply, in tokens.")
-    max_attempts: int = Field(default=3, ge=1, description="Asks per request before it is skipped.")
 
     @model_validator(mode="after")
     def _llm_has_a_backend(self):
@@ -200,11 +198,7 @@ class C3PO(Method):
         t = self.config.teacher
         if t.kind == "offline":
             return OfflineTeacher(self.config.seed)
-        return LLMTeacher(
-            t.build(self.config.generation_batch_size, self.config.seed),
-            SamplingParams(temperature=t.temperature, max_new_tokens=t.max_new_tokens),
-            t.max_attempts,
-        )
+        return LLMTeacher(t.asker(self.config.generation_batch_size, self.config.seed))
 
     # ---- policies -------------------------------------------------------------------------------------
 

@@ -7,7 +7,7 @@ import os
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from feedlearn.backends.base import Backend
+from feedlearn.backends.base import Backend, ParsedAsker, SamplingParams
 from feedlearn.backends.local import LocalBackend
 from feedlearn.backends.openai_compat import OpenAIBackend, OpenAIBackendConfig
 from feedlearn.data.store import RunStore
@@ -46,6 +46,19 @@ class BackendSettings(Settings):
         if self.openai is not None and self.local is not None:
             raise ValueError("give one of 'openai' or 'local', not both")
         return self
+
+
+class AskSettings(BackendSettings):
+    """A model asked questions whose replies are parsed (a teacher, a model to compare with)."""
+
+    temperature: float = Field(default=1.0, ge=0, description="Sampling temperature (0: greedy).")
+    max_new_tokens: int = Field(default=512, gt=0, description="Longest reply, in tokens.")
+    max_attempts: int = Field(default=3, ge=1, description="Asks per question before it is given up.")
+
+    def asker(self, batch_size: int, seed: int) -> ParsedAsker:
+        """The backend (see `build`) behind a `ParsedAsker` with these sampling settings."""
+        sampling = SamplingParams(temperature=self.temperature, max_new_tokens=self.max_new_tokens)
+        return ParsedAsker(self.build(batch_size, seed), sampling, self.max_attempts)
 
 
 class RecipeConfig(Settings):

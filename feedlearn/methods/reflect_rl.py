@@ -46,7 +46,7 @@ from feedlearn.envs.text_env import TextObservation
 from feedlearn.errors import ConfigError, FeedlearnError
 from feedlearn.feedback.reflections import agent_question, choice_parser, llm_reflections, propose_tasks
 from feedlearn.losses import choice_logprobs, cost_to_go, ppo_loss, reinforce_loss
-from feedlearn.methods.common import BackendSettings, Method, RecipeConfig, Settings, single_process
+from feedlearn.methods.common import AskSettings, Method, RecipeConfig, Settings, single_process
 from feedlearn.models.chat import prompt_ids
 from feedlearn.models.loading import load_policy
 from feedlearn.models.tiny import build_tiny_model
@@ -64,7 +64,7 @@ REFLECTION_CHUNK = 32
 """Teacher reflections asked (and saved) at a time."""
 
 
-class TeacherData(BackendSettings):
+class TeacherData(AskSettings):
     """Teacher trajectories for SFT: the environment's oracle plays; reflections come from templates or
     from a teacher model (`openai` or `local`)."""
 
@@ -87,7 +87,6 @@ class TeacherData(BackendSettings):
     )
     temperature: float = Field(default=0.7, ge=0, description="Teacher sampling temperature.")
     max_new_tokens: int = Field(default=160, gt=0, description="Longest teacher reply, in tokens.")
-    max_attempts: int = Field(default=3, ge=1, description="Asks per request before it is given up.")
 
     @model_validator(mode="after")
     def _model_when_needed(self):
@@ -137,11 +136,10 @@ class RLSettings(Settings):
     )
 
 
-class RemoteAgentSettings(BackendSettings):
+class RemoteAgentSettings(AskSettings):
     """A chat model that plays the test episodes through a backend (prompted to analyze, then choose)."""
 
     temperature: float = Field(default=0.0, ge=0, description="Sampling temperature (0: greedy).")
-    max_new_tokens: int = Field(default=512, gt=0, description="Longest reply, in tokens.")
     max_attempts: int = Field(
         default=2, ge=1, description="Asks per turn; a turn without a valid choice fails the episode."
     )
@@ -301,12 +299,7 @@ class ReflectRL(Method):
         return out
 
     def _teacher_asker(self) -> ParsedAsker:
-        t = self.config.teacher
-        return ParsedAsker(
-            t.build(self.config.generation_batch_size, self.config.seed),
-            SamplingParams(temperature=t.temperature, max_new_tokens=t.max_new_tokens),
-            t.max_attempts,
-        )
+        return self.config.teacher.asker(self.config.generation_batch_size, self.config.seed)
 
     def base_model_path(self) -> str:
         """The starting model of both players: the configured one, or a tiny model built on the env's text."""
@@ -492,11 +485,7 @@ class ReflectRL(Method):
         folder = self.store.stage("evaluate/remote")
         if (folder / "metrics.json").exists():
             return json.loads((folder / "metrics.json").read_text())
-        asker = ParsedAsker(
-            remote.build(self.config.generation_batch_size, self.config.seed),
-            SamplingParams(temperature=remote.temperature, max_new_tokens=remote.max_new_tokens),
-            remote.max_attempts,
-        )
+        asker = remote.asker(self.config.generation_batch_size, self.config.seed)
         played = {
             level: self._remote_rollout(asker, self._test_seeds(), level) for level in self._test_levels()
         }
