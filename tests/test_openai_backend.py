@@ -323,3 +323,32 @@ def test_config_model() -> None:
 def test_invalid_arguments() -> None:
     with pytest.raises(ConfigError, match="max_concurrency"):
         OpenAIBackend(model="m", api_key_env=None, max_concurrency=0)
+
+
+def test_reflect_rl_evaluates_a_remote_chat_model_through_the_cli(server: FakeServer, monkeypatch, tmp_path):
+    """`feedlearn reflect-rl evaluate-remote` against a chat-completions server: the replies' labels are
+    played, a 500 is retried, and the API key reaches no file of the run."""
+    from feedlearn import cli
+
+    monkeypatch.setenv(KEY_ENV, SECRET)
+    server.default = Reply(content="The passenger is aboard; I head east.\nAction: 3")
+    server.script.append(Reply(status=500, headers=FAST_RETRY))
+    recipe = tmp_path / "remote.yaml"
+    recipe.write_text(
+        "method: reflect-rl\nmodel: {path: tiny}\nenv: {name: taxi, level: dropoff}\n"
+        f"run_dir: {tmp_path / 'runs'}\n"
+        "evaluate:\n  episodes: 4\n  remote:\n"
+        f"    openai: {{model: m, base_url: '{server.base_url}', api_key_env: {KEY_ENV}, max_retries: 2}}\n"
+    )
+    assert cli.main(["reflect-rl", "evaluate-remote", str(recipe)]) == 0
+    run = tmp_path / "runs" / "reflect-rl-remote"
+    metrics = json.loads((run / "evaluate" / "remote" / "metrics.json").read_text())
+    assert metrics["episodes"] == 4 and metrics["invalid"] == 0
+    episodes = [
+        json.loads(line) for line in (run / "evaluate" / "remote" / "episodes.jsonl").read_text().splitlines()
+    ]
+    assert all(set(e["actions"]) == {"east"} for e in episodes)
+    assert "Action:" in server.requests[0]["messages"][-1]["content"]  # the prompt asks for a label
+    for path in run.rglob("*"):
+        if path.is_file():
+            assert SECRET not in path.read_text(errors="replace"), path
