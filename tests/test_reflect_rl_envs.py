@@ -16,7 +16,7 @@ from feedlearn.envs.catalog import AutoExploreEnvSettings, EnvFactory
 from feedlearn.envs.scripted_teacher import ReflectStep
 from feedlearn.envs.taxi import IN_TAXI, DangerousTaxi, TaxiSettings
 from feedlearn.errors import ConfigError
-from feedlearn.feedback.reflections import parse_choice, parse_reflection, propose_tasks
+from feedlearn.feedback.reflections import named_move, parse_choice, parse_reflection, propose_tasks
 from feedlearn.methods import reflect_rl
 from feedlearn.methods.reflect_rl import ReflectRL, ReflectRLConfig, RemoteAgentSettings, TeacherData
 
@@ -235,6 +235,11 @@ def test_parse_reflection_and_choice_treat_replies_as_data():
     assert parse_reflection("  Go North now.  ", step) == "Go North now."
     assert parse_reflection("", step) is None and parse_reflection("go south", step) is None
     assert len(parse_reflection("north " * 500, step).split()) == 100
+    taxi = ["south", "north", "east", "west", "pickup", "dropoff"]
+    assert named_move("My last move west took me away. So north is the best move.", taxi) == "north"
+    assert named_move("NORTH! no: southeast... pickup", taxi) == "pickup"  # whole words, any case
+    assert named_move("I cannot tell.", taxi) is None
+    assert named_move("so cd app is the best move", ["cd app", "cd app2", "cat app.py"]) == "cd app"
     labels = ["1", "2", "3"]
     assert parse_choice("I pick 1... Action: 1\nno wait\nAction: **3**", labels) == 2
     assert parse_choice("action : 2", labels) == 1

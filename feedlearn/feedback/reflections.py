@@ -117,3 +117,14 @@ def choice_parser(labels: list[str]):
         return None if pick is None else (pick, reply)
 
     return parse
+
+
+def named_move(text: str, choices: list[str]) -> str | None:
+    """The choice an analysis recommends, read as the choice it names last (analyses end by naming their
+    move); None when it names none."""
+    last = {}
+    for choice in choices:
+        ends = [m.end() for m in re.finditer(rf"(?<!\w){re.escape(choice)}(?!\w)", text, re.IGNORECASE)]
+        if ends:
+            last[choice] = ends[-1]
+    return max(last, key=last.get) if last else None

@@ -44,7 +44,13 @@ from feedlearn.envs.mini_repo import write_mini_repo
 from feedlearn.envs.scripted_teacher import ReflectStep, teacher_episodes
 from feedlearn.envs.text_env import TextObservation
 from feedlearn.errors import ConfigError, FeedlearnError
-from feedlearn.feedback.reflections import agent_question, choice_parser, llm_reflections, propose_tasks
+from feedlearn.feedback.reflections import (
+    agent_question,
+    choice_parser,
+    llm_reflections,
+    named_move,
+    propose_tasks,
+)
 from feedlearn.losses import choice_logprobs, cost_to_go, ppo_loss, reinforce_loss
 from feedlearn.methods.common import AskSettings, Method, RecipeConfig, Settings, single_process
 from feedlearn.models.chat import prompt_ids
@@ -529,7 +535,9 @@ class ReflectRL(Method):
     def _rollout(
         self, policy, tok, reflector, objective, seeds: list[int], split, level, greedy: bool
     ) -> list[dict]:
-        """Play one episode per seed, all at once; each step keeps its prompt ids, label and reward."""
+        """Play one episode per seed, all at once; each step keeps its prompt ids, label and reward. Greedy
+        (evaluation) rollouts with reflection also note, per step, whether the analysis names the oracle's
+        move and whether the policy took the move it names."""
         envs = [self.envs.make(split, level) for _ in seeds]
         obs = [env.reset(seed=s)[0] for env, s in zip(envs, seeds, strict=True)]
         rngs = [random.Random(s) for s in seeds]
@@ -565,6 +573,9 @@ class ReflectRL(Method):
             ):
                 action = obs[i].choices[order[pick]]
                 episodes[i]["steps"].append({**row, "label": pick})
+                if greedy and reflection is not None:
+                    named = named_move(reflection, obs[i].choices)
+                    episodes[i]["diagnosis"].append((named == envs[i].oracle_action(), named == action))
                 obs[i], done = _step(envs[i], episodes[i], action, reflection or "")
                 if not done:
                     still.append(i)
@@ -633,6 +644,7 @@ class ReflectRL(Method):
 def _new_episode(seed: int) -> dict:
     return {
         "steps": [],
+        "diagnosis": [],
         "rewards": [],
         "success": False,
         "cost": 0.0,
@@ -663,14 +675,24 @@ def _level_name(level: Level | None) -> str:
 
 
 def _by_level(played: dict) -> dict:
-    """Success (%) and mean cost over all episodes, and per level when there are several."""
+    """Success (%) and mean cost over all episodes, and per level when there are several; with reflection
+    diagnoses, the % of steps whose analysis names the oracle's move and whose action is the named one."""
 
     def summary(episodes: list[dict]) -> dict:
-        return {
+        out = {
             "success": round(100.0 * sum(ep["success"] for ep in episodes) / len(episodes), 2),
             "cost": round(sum(ep["cost"] for ep in episodes) / len(episodes), 4),
             "episodes": len(episodes),
         }
+        steps = [d for ep in episodes for d in ep.get("diagnosis", [])]
+        if steps:
+            out["reflection_names_best_move"] = round(
+                100.0 * sum(right for right, _ in steps) / len(steps), 2
+            )
+            out["policy_follows_reflection"] = round(
+                100.0 * sum(follows for _, follows in steps) / len(steps), 2
+            )
+        return out
 
     metrics = summary([ep for eps in played.values() for ep in eps])
     if len(played) > 1:
