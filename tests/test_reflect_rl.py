@@ -188,3 +188,18 @@ def test_paper_shaped_run_gpt2_architecture_lora_ppo_and_the_recipes_chat_templa
     assert any(not torch.equal(sft[k], rl[k]) for k in rl)  # PPO moved the adapter
     assert (method.store.path / "rl/model/critic.pt").exists()
     assert method.evaluate("rl")["episodes"] == 3
+
+
+def test_the_reflector_can_train_for_more_epochs_than_the_policy(tmp_path):
+    sft = {"learning_rate": 3e-3, "epochs": 1, "batch_size": 4, "grad_accum": 1, "max_length": 384}
+    config = recipe(tmp_path, reflector_sft={**sft, "epochs": 3})
+    method = ReflectRL(config, open_run(config.run_dir, "r", config.model_dump(mode="json")), progress=False)
+    method.sft()
+    rows = [json.loads(line) for line in (method.store.path / "metrics.jsonl").read_text().splitlines()]
+    steps = {
+        stage: max(r["step"] for r in rows if r["stage"] == stage)
+        for stage in ("sft/reflector", "sft/policy")
+    }
+    reflector_examples = len(method.teacher_steps())
+    assert steps["sft/reflector"] == 3 * (reflector_examples // 4)  # 3 epochs of full batches of 4
+    assert steps["sft/policy"] < steps["sft/reflector"] / 2  # one epoch, on the trained steps only

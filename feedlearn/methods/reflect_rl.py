@@ -179,7 +179,14 @@ class ReflectRLConfig(RecipeConfig):
         "position instead of an action; off, they keep the environment's order.",
     )
     teacher: TeacherData = Field(default_factory=TeacherData, description="SFT data.")
-    sft: TrainSettings = Field(default_factory=TrainSettings, description="SFT of both models.")
+    sft: TrainSettings = Field(
+        default_factory=TrainSettings, description="SFT of the policy (and reflector)."
+    )
+    reflector_sft: TrainSettings | None = Field(
+        default=None,
+        description="SFT of the reflection model when it differs from `sft` (None: `sft`). Its decisive "
+        "words are a few tokens of a long analysis, so it may need more epochs than the policy.",
+    )
     rl: RLSettings = Field(default_factory=RLSettings, description="Online RL of the policy.")
     evaluate: EvaluateSettings = Field(default_factory=EvaluateSettings, description="Evaluation.")
     max_reflection_tokens: int = Field(default=64, gt=0, description="Longest reflection, in tokens.")
@@ -338,13 +345,14 @@ class ReflectRL(Method):
                 model, tok = load_policy(
                     self._settings(self.base_model_path()), trainable=True, seed=self.config.seed
                 )
-                rows = tokenize_sft(examples, tok, self.config.sft.max_length)
+                settings = self.config.reflector_sft or self.config.sft
+                rows = tokenize_sft(examples, tok, settings.max_length)
                 train(
                     model,
                     tok,
                     rows,
                     sft_loss,
-                    self.config.sft,
+                    settings,
                     folder,
                     self.store,
                     "sft/reflector",
