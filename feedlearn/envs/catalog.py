@@ -10,20 +10,20 @@ from __future__ import annotations
 import hashlib
 from functools import cached_property
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from feedlearn.data.jsonl import read_jsonl
 from feedlearn.envs.alfworld_env import ALFWorldEnv
 from feedlearn.envs.autoexplore import AutoExplore, AutoExploreSettings, ExploreTask, generate_tasks
-from feedlearn.envs.taxi import DangerousTaxi, TaxiSettings
+from feedlearn.envs.taxi import DangerousTaxi, TaxiLevel, TaxiSettings
 from feedlearn.envs.text_env import TextEnv
 from feedlearn.errors import ConfigError
 
 Split = Literal["train", "test"]
 Level = str | int
-TAXI_LEVELS = ("pickup", "dropoff", "full")
+TAXI_LEVELS = get_args(TaxiLevel)
 
 
 class TaxiEnvSettings(TaxiSettings):

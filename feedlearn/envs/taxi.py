@@ -24,6 +24,8 @@ ACTIONS = ["south", "north", "east", "west", "pickup", "dropoff"]
 """The choices, in Taxi's action order (index = Taxi's action id)."""
 IN_TAXI = 4
 """Taxi's passenger index for "in the taxi"; 0-3 index its four landmarks."""
+TaxiLevel = Literal["pickup", "dropoff", "full"]
+"""The curriculum levels."""
 DANGER_REWARD = -0.5
 PICKUP_BONUS = 1.0
 
@@ -33,7 +35,7 @@ class TaxiSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    level: Literal["pickup", "dropoff", "full"] = Field(
+    level: TaxiLevel = Field(
         default="full",
         description="pickup: stop once the passenger is aboard (+1 bonus); dropoff: start with the "
         "passenger aboard; full: Taxi's whole task.",
