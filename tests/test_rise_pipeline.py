@@ -283,6 +283,21 @@ def test_finished_collect_does_not_load_the_policy(tmp_path, no_model):
 METRIC_KEYS = {"acc@t1", "acc@t2", "m1@t1", "m2@t1", "m1@t2", "p1@t2", "p2@t1"}
 
 
+def test_tiny_tokenizer_comes_from_the_warm_start_problems(tmp_path, monkeypatch):
+    """With a warm start, the tiny model (and its tokenizer) is built on the warm-start problems: changing
+    the collection set reuses it; without a warm start it is built on the collection problems."""
+    monkeypatch.setenv("FEEDLEARN_CACHE", str(tmp_path / "cache"))
+    sft = {"problems": {"synthetic": {"n": 30, "seed": 3, "levels": [1]}}}
+
+    def base(train_n: int, **overrides) -> str:
+        train = {"synthetic": {"n": train_n, "seed": 1, "levels": [1]}}
+        config = rise_config(tmp_path, train_problems=train, **overrides)
+        return Rise(config, RunStore(tmp_path / "runs", "r"), progress=False).base_model_path()
+
+    assert base(10, sft=sft) == base(40, sft=sft)
+    assert base(10) != base(40) != base(10, sft=sft)
+
+
 def test_tiny_end_to_end(tmp_path, monkeypatch):
     monkeypatch.setenv("FEEDLEARN_CACHE", str(tmp_path / "cache"))
     config = RiseConfig.model_validate(

@@ -174,10 +174,12 @@ class Rise(Method):
     # ---- policies -------------------------------------------------------------------------------------
 
     def base_model_path(self) -> str:
-        """The starting policy: the configured model, or a tiny model built on the task's text."""
+        """The starting policy: the configured model, or a tiny model built on the task's text (the
+        warm-start problems when there is a warm start, so the collection set can change without it)."""
         if self.config.model.path != "tiny":
             return self.config.model.path
-        problems = self.config.train_problems.load("train")[:2000]
+        corpus = self.config.sft.problems if self.config.sft else self.config.train_problems
+        problems = corpus.load("corpus")[:2000]
         prompt = self.config.prompt
         texts = [prompt.first_message(p.question) + " " + solution_text(p) for p in problems]
         texts.append(prompt.retry(""))
