@@ -4,12 +4,13 @@ The task (`feedlearn.envs.word_preferences`) has a hidden rule the oracle labele
 some words, and the response whose words are worth more is preferred. One tiny model, built once, starts
 every run. Runs:
 - DPO on every pair of the pool (one query per pair);
-- Active DPO for several gamma values, asking only where |m| <= gamma;
+- Active DPO for several gamma values, asking only where |m| <= gamma, and elsewhere training on its own
+  label (`flip`) or skipping the pair (`drop`);
 - DPO on a random subset as large as each Active DPO run's queries, trained for as many optimizer steps
   as the full run (the subset's epochs scaled up), so it gets every chance to catch up.
 Each run is scored by held-out preference accuracy against the hidden rule.
 
-    python benchmarks/active_dpo_queries.py --out bench_out/active_dpo        # about 10 minutes on 2 cores
+    python benchmarks/active_dpo_queries.py --out bench_out/active_dpo        # about 9 minutes on 2 cores
     python benchmarks/active_dpo_queries.py --out /tmp/smoke --quick          # a smoke test, seconds
     python benchmarks/active_dpo_queries.py --out bench_out/adpo_warm --topics 8 --pool 8000 --warm-topics 4
                                      # other regimes: fewer labels, a model that knows part of the task
@@ -30,6 +31,8 @@ from feedlearn.data.jsonl import write_json_atomic, write_jsonl_atomic
 from feedlearn.data.store import open_run
 from feedlearn.methods.dpo import ActiveDPOConfig, DPOConfig, PreferenceLearning
 
+PSEUDO_LABELS = ("flip", "drop")
+"""What Active DPO does with the pairs it is sure of: train on its own label, or skip them."""
 FULL = {"pool": 32000, "eval": 2000, "gammas": [1.0, 1.5, 2.0, 3.0], "topics": 2, "epochs": 1, "tiny": {}}
 QUICK = {
     "pool": 256,
@@ -132,11 +135,11 @@ def main() -> None:
 
     dpo = run(DPOConfig.model_validate(config), "dpo")
     active = []
-    for gamma in settings["gammas"]:
-        result = run(
-            ActiveDPOConfig.model_validate({**config, "active": {"gamma": gamma}}), f"active-g{gamma}"
-        )
-        active.append({"gamma": gamma, **result})
+    for mode in PSEUDO_LABELS:
+        for gamma in settings["gammas"]:
+            active_config = {**config, "active": {"gamma": gamma, "pseudo_label": mode}}
+            result = run(ActiveDPOConfig.model_validate(active_config), f"active-{mode}-g{gamma}")
+            active.append({"gamma": gamma, "pseudo_label": mode, **result})
 
     pool = DPOConfig.model_validate(config).train_data.load("train")
     order = list(range(len(pool)))
@@ -154,7 +157,11 @@ def main() -> None:
         "dpo": dpo,
         "active": active,
         "random_subset": subsets,
-        "settings": {**settings, "seed": args.seed, "lr": config["train"]["learning_rate"]},
+        "settings": {
+            **settings,
+            "seed": args.seed,
+            "lr": config["train"]["learning_rate"],
+        },
         "seconds": round(time.perf_counter() - started, 1),
     }
     write_json_atomic(out / "result.json", result)
@@ -173,18 +180,20 @@ def plot(result: dict, path: Path) -> None:
     dpo = result["dpo"]
     ax.axhline(dpo["accuracy"], color="C0", ls="--", alpha=0.6)
     ax.plot(dpo["queries"], dpo["accuracy"], "s", color="C0", ms=8, label="DPO, all labels")
-    ax.plot(
-        [a["queries"] for a in result["active"]],
-        [a["accuracy"] for a in result["active"]],
-        "o-",
-        color="C1",
-        label="Active DPO",
-    )
-    for a in result["active"]:
-        ax.annotate(
-            f"Γ={a['gamma']}", (a["queries"], a["accuracy"]), textcoords="offset points", xytext=(4, -10)
+    for color, mode in zip(("C1", "C3"), PSEUDO_LABELS, strict=True):
+        runs = [a for a in result["active"] if a["pseudo_label"] == mode]
+        ax.plot(
+            [a["queries"] for a in runs],
+            [a["accuracy"] for a in runs],
+            "o-",
+            color=color,
+            label=f"Active DPO, {mode}",
         )
-    subsets = result["random_subset"]
+        for a in runs:
+            ax.annotate(
+                f"Γ={a['gamma']}", (a["queries"], a["accuracy"]), textcoords="offset points", xytext=(4, -10)
+            )
+    subsets = sorted(result["random_subset"], key=lambda s: s["queries"])
     ax.plot(
         [s["queries"] for s in subsets],
         [s["accuracy"] for s in subsets],
