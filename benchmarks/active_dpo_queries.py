@@ -10,7 +10,7 @@ every run. Runs:
   as the full run (the subset's epochs scaled up), so it gets every chance to catch up.
 Each run is scored by held-out preference accuracy against the hidden rule.
 
-    python benchmarks/active_dpo_queries.py --out bench_out/active_dpo        # about 9 minutes on 2 cores
+    python benchmarks/active_dpo_queries.py --out bench_out/active_dpo        # about 8 minutes on 2 cores
     python benchmarks/active_dpo_queries.py --out /tmp/smoke --quick          # a smoke test, seconds
     python benchmarks/active_dpo_queries.py --out bench_out/adpo_warm --topics 8 --pool 8000 --warm-topics 4
                                      # other regimes: fewer labels, a model that knows part of the task
@@ -157,11 +157,7 @@ def main() -> None:
         "dpo": dpo,
         "active": active,
         "random_subset": subsets,
-        "settings": {
-            **settings,
-            "seed": args.seed,
-            "lr": config["train"]["learning_rate"],
-        },
+        "settings": {**settings, "seed": args.seed, "lr": config["train"]["learning_rate"]},
         "seconds": round(time.perf_counter() - started, 1),
     }
     write_json_atomic(out / "result.json", result)
