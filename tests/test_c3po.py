@@ -17,8 +17,19 @@ from feedlearn.envs.instructions import BUILTIN_FEEDBACKS as BUILTIN
 from feedlearn.errors import DataError
 from feedlearn.feedback.verbal import Feedback, Metric
 from feedlearn.losses import IGNORE, anchor_loss
-from feedlearn.methods.c3po import C3PO, PARTS, C3POConfig, C3POSample, parse_likert, scope_metrics
-from feedlearn.models.loading import ModelSettings, load_policy
+from feedlearn.methods.c3po import (
+    C3PO,
+    PARTS,
+    C3POConfig,
+    C3POSample,
+    LossSettings,
+    ScopeObjective,
+    parse_likert,
+    scope_metrics,
+    zipped_rows,
+)
+from feedlearn.models.loading import LoraSettings, ModelSettings, load_policy
+from feedlearn.models.tiny import TinyModelConfig, build_tiny_model
 
 
 def test_anchor_loss_lambda_0_is_token_mean_cross_entropy():
@@ -59,6 +70,43 @@ def test_methods_use_the_parts_the_paper_defines():
     assert PARTS["c3po"] == ("in_pos", "in_neg", "near", "out")
     assert PARTS["scd"] == ("in_pos",)
     assert PARTS["dpo"] == ("in_pos", "in_neg")
+
+
+def test_c3po_objective_at_the_start_is_log2_plus_the_anchors_and_the_revision_sft(tmp_path):
+    """A fresh LoRA adapter (B = 0) leaves the policy equal to the base model, so DPO is -log sigmoid(0)
+    and the KL anchors are 0; the SFT anchors and the revision's SFT term are the policy's cross-entropy."""
+    texts = [
+        "Email Jared about lunch.",
+        "Hi Jared,\nLunch at noon?\nBest, Alex",
+        "List two fruits.",
+        "pear, plum.",
+    ]
+    tiny = TinyModelConfig(hidden_size=32, intermediate_size=64, num_layers=1, num_heads=2, vocab_size=300)
+    settings = ModelSettings(path=str(build_tiny_model(tiny, texts, cache=tmp_path)), lora=LoraSettings(r=4))
+    model, tokenizer = load_policy(settings, trainable=True)
+    row = dict(id="x", split="train", category="c")
+    samples = [
+        C3POSample(**row, scope="in", prompt=texts[0], baseline="Hi Jared,\nLunch?", revised=texts[1]),
+        C3POSample(**row, scope="near", prompt="Email Sam about lunch.", baseline="Hi Sam,\nLunch?"),
+        C3POSample(**row, scope="out", prompt=texts[2], baseline=texts[3]),
+    ]
+    rows = zipped_rows(samples, tokenizer, max_length=96)
+
+    def loss(**settings) -> float:
+        objective = ScopeObjective("c3po", LossSettings(**settings), tokenizer.pad_token_id)
+        return objective.loss(model, objective.collate(rows)).item()
+
+    def cross_entropy(part: str) -> float:
+        ids, labels = torch.tensor(rows[0][part]["input_ids"]), torch.tensor(rows[0][part]["labels"])
+        logits = model(input_ids=ids[None]).logits[0]
+        return F.cross_entropy(logits[:-1], labels[1:], ignore_index=IGNORE).item()
+
+    with torch.no_grad():
+        assert loss(lam=1.0) == pytest.approx(math.log(2), abs=1e-5)
+        expected = math.log(2) + 0.2 * cross_entropy("out") + 0.1 * cross_entropy("near")
+        assert loss(lam=0.0) == pytest.approx(expected, rel=1e-5)
+        with_sft = math.log(2) + 0.5 * cross_entropy("in_pos")
+        assert loss(lam=1.0, chosen_sft=0.5) == pytest.approx(with_sft, rel=1e-5)
 
 
 def test_scope_metrics_count_adherence_and_change_ties_are_not_adherence():

@@ -93,6 +93,13 @@ class LossSettings(Settings):
         default=0.0, ge=0, le=1, description="Anchor form: 0 = SFT on the baseline, 1 = KL to the base model."
     )
     temperature: float = Field(default=1.0, gt=0, description="Temperature of the KL anchor.")
+    chosen_sft: float = Field(
+        default=0.0,
+        ge=0,
+        description="Weight of SFT on the revision added to the in-scope DPO term, as in RPO (Pang et al., "
+        "2024; TRL's loss_type [sigmoid, sft]): keeps DPO from making the revision itself less likely. "
+        "0 = the paper's loss.",
+    )
 
 
 class EvaluateSettings(Settings):
@@ -567,6 +574,7 @@ class ScopeObjective:
         ref_neg = sequence_logprobs(refs["in_neg"], labels["in_neg"])
         total = dpo_loss(pos, neg, ref_pos, ref_neg, torch.ones_like(pos), s.beta)
         if self.method == "c3po":
+            total = total + s.chosen_sft * token_mean_nll(chunks["in_pos"], labels["in_pos"])
             for part, weight in (("out", s.sigma_soft), ("near", s.sigma_hard)):
                 anchor = anchor_loss(chunks[part], labels[part], refs.get(part), s.lam, s.temperature)
                 total = total + weight * anchor
