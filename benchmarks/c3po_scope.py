@@ -1,13 +1,16 @@
 """C3PO against SCD, SCD + negatives, DPO and in-context prompting: does the feedback apply where it
 belongs, and nowhere else? Offline, on the tiny recipe (`recipes/c3po/tiny.yaml`).
 
+The recipe's C3PO adds SFT on the revision to the paper's loss (`loss.chosen_sft`); the row
+`c3po_paper_loss` is C3PO without it, trained on the same base model and samples.
+
 A tiny model learns a synthetic instruction corpus, then each built-in feedback ("sign off emails to
 Jared with 'Best, Alex'", "number the items of lists of fruits") with an offline teacher that writes
 prompts from templates and applies the feedback's effect programmatically, so adherence is measured by
 the feedback's metric, not guessed. Per method, averaged over the feedbacks: in-scope adherence, and the
 share of near- and out-of-scope responses whose behaviour changed versus the base model (greedy).
 
-    python benchmarks/c3po_scope.py --out bench_out/c3po        # about 10 minutes on 2 cores
+    python benchmarks/c3po_scope.py --out bench_out/c3po        # about 7 minutes on 2 cores
     python benchmarks/c3po_scope.py --out /tmp/smoke --quick    # a smoke test
 
 Writes `OUT/result.json` ({"<method>": {"in_scope_adherence": %, "near_scope_changed": %,
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import time
 from importlib.resources import files
 from pathlib import Path
@@ -42,6 +46,7 @@ QUICK = [
     "train.epochs=1",
     f"feedback_ids=[{BUILTIN_FEEDBACKS['jared-signoff'].feedback.id[:8]}]",  # its revision always applies
 ]
+PAPER = "c3po_paper_loss"
 KEYS = {"in_scope_adherence": "in", "near_scope_changed": "near", "out_scope_changed": "out"}
 
 
@@ -59,6 +64,11 @@ def main() -> None:
     c3po = C3PO(config, open_run(config.run_dir, "c3po-tiny", config.model_dump(mode="json")))
     c3po.run()
     per_feedback = c3po.evaluate()
+    if config.loss.chosen_sft > 0:
+        paper = paper_loss(config, c3po)
+        per_feedback = {
+            fid: {"c3po": m["c3po"], PAPER: paper[fid]["c3po"], **m} for fid, m in per_feedback.items()
+        }
     methods = next(iter(per_feedback.values())).keys()
     result = {
         method: {
@@ -72,6 +82,19 @@ def main() -> None:
     write_json_atomic(out / "result.json", result)
     plot(result, out / "scope.png")
     print(json.dumps(result, indent=2))
+
+
+def paper_loss(config: C3POConfig, run: C3PO) -> dict[str, dict]:
+    """C3PO with the paper's loss (no SFT on the revision), on the run's base model and samples."""
+    config = config.model_copy(
+        update={"methods": ["c3po"], "loss": config.loss.model_copy(update={"chosen_sft": 0.0})}
+    )
+    paper = C3PO(config, open_run(config.run_dir, f"c3po-tiny-{PAPER}", config.model_dump(mode="json")))
+    stages = ["sft", *(f"{f.id[:8]}/sample" for f in run.feedbacks())]
+    for stage in stages:
+        shutil.copytree(run.store.stage(stage), paper.store.stage(stage), dirs_exist_ok=True)
+    paper.train()
+    return paper.evaluate()
 
 
 def plot(result: dict, path: Path) -> None:
@@ -93,7 +116,7 @@ def plot(result: dict, path: Path) -> None:
     ):
         xs = [j + (i - 1) * width for j in range(len(methods))]
         ax.bar(xs, [result[m][key] for m in methods], width, label=label, color=f"C{i}")
-    ax.set_xticks(range(len(methods)), methods)
+    ax.set_xticks(range(len(methods)), methods, rotation=20, ha="right")
     ax.set_ylabel("% of held-out prompts")
     ax.set_ylim(0, 105)
     ax.set_title("Verbal feedback: applied in scope, unchanged elsewhere")
