@@ -11,10 +11,11 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
+from feedlearn.backends.base import ParsedAsker, SamplingParams
 from feedlearn.data.jsonl import read_jsonl
 from feedlearn.data.store import open_run
 from feedlearn.envs.instructions import BUILTIN_FEEDBACKS as BUILTIN
-from feedlearn.errors import DataError
+from feedlearn.errors import ConfigError, DataError
 from feedlearn.feedback.verbal import Feedback, Metric
 from feedlearn.losses import IGNORE, anchor_loss
 from feedlearn.methods.c3po import (
@@ -22,6 +23,7 @@ from feedlearn.methods.c3po import (
     PARTS,
     C3POConfig,
     C3POSample,
+    LikertJudge,
     LossSettings,
     ScopeObjective,
     parse_likert,
@@ -207,6 +209,43 @@ def test_missing_samples_and_qualitative_feedback_without_judge_are_clear_errors
     method = C3PO(config, open_run(config.run_dir, "t", config.model_dump(mode="json")), progress=False)
     with pytest.raises(DataError):
         method.train()
+    qualitative = method.feedbacks()[0].model_copy(update={"type": "qualitative", "metric": None})
+    with pytest.raises(ConfigError, match="set evaluate.judge"):
+        method._judge(qualitative)
+
+
+class ScriptedJudge:
+    """Replies 'BETTER_RESPONSE: 4' to prompts about Jared and garbage to the rest; counts its calls."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def generate(self, conversations, n, sampling):
+        self.calls += len(conversations)
+        return [["BETTER_RESPONSE: 4" if "Jared" in c[-1]["content"] else "no idea"] for c in conversations]
+
+
+def test_likert_judge_averages_per_scope_and_counts_judgments_given_up(tmp_path):
+    backend = ScriptedJudge()
+    judge = LikertJudge(ParsedAsker(backend, SamplingParams(temperature=0.0), max_attempts=2))
+    row = dict(split="test", category="c", baseline="Hi")
+    tests = {
+        "in": [C3POSample(**row, id=str(i), scope="in", prompt="Email Jared.") for i in range(3)],
+        "near": [C3POSample(**row, id=str(i), scope="near", prompt="Email Sam.") for i in range(2)],
+    }
+    responses = {"in": ["Hi\nBest, Alex"] * 3, "near": ["Hi"] * 2}
+    feedback = BUILTIN["jared-signoff"].feedback.model_copy(update={"type": "qualitative", "metric": None})
+    scores = judge.score(feedback, tests, responses, {"in": ["Hi"] * 3, "near": ["Hi"] * 2})
+    assert scores == {"in_scope_likert": 4.0, "judge_unparseable": 2.0}
+    assert backend.calls == 3 + 2 * 2  # each garbage judgment was asked twice
+
+
+def test_judge_runs_through_any_backend_and_needs_one(tmp_path):
+    local = {"local": {"path": str(tmp_path / "judge-model")}, "temperature": 0.0}
+    config = C3POConfig.model_validate(tiny_recipe(tmp_path, evaluate={"judge": local}))
+    assert config.evaluate.judge.local.path.endswith("judge-model")
+    with pytest.raises(ValueError, match="judge needs one of 'openai' or 'local'"):
+        C3POConfig.model_validate(tiny_recipe(tmp_path, evaluate={"judge": {"temperature": 0.0}}))
 
 
 def test_recipe_needs_lora(tmp_path):

@@ -27,9 +27,8 @@ from typing import Literal
 import torch
 from pydantic import Field, model_validator
 
-from feedlearn.backends.base import Backend, SamplingParams
+from feedlearn.backends.base import ParsedAsker, SamplingParams
 from feedlearn.backends.local import LocalBackend
-from feedlearn.backends.openai_compat import OpenAIBackend, OpenAIBackendConfig
 from feedlearn.data.jsonl import JsonlAppender, json_lines, read_jsonl, write_json_atomic, write_jsonl_atomic
 from feedlearn.data.records import Message, Record, SFTExample
 from feedlearn.envs import instructions
@@ -107,9 +106,17 @@ class EvaluateSettings(Settings):
 
     prompts_per_scope: int = Field(default=75, gt=0, description="Test prompts per scope, at most.")
     max_new_tokens: int = Field(default=256, gt=0, description="Longest response (greedy), in tokens.")
-    judge: OpenAIBackendConfig | None = Field(
-        default=None, description="Likert judge for qualitative feedback (an OpenAI-compatible model)."
+    judge: AskSettings | None = Field(
+        default=None,
+        description="Likert judge for qualitative feedback: `openai` (any OpenAI-compatible endpoint) or "
+        "`local`; an unparseable judgment is asked again up to `max_attempts`, then counted and dropped.",
     )
+
+    @model_validator(mode="after")
+    def _judge_has_a_backend(self):
+        if self.judge is not None and not self.judge.configured:
+            raise ValueError("the judge needs one of 'openai' or 'local'")
+        return self
 
 
 class SFTSettings(Settings):
@@ -434,7 +441,9 @@ class C3PO(Method):
             return None
         if self.config.evaluate.judge is None:
             raise ConfigError(f"feedback {feedback.id[:8]} is qualitative: set evaluate.judge to score it")
-        return LikertJudge(OpenAIBackend.from_config(self.config.evaluate.judge))
+        return LikertJudge(
+            self.config.evaluate.judge.asker(self.config.generation_batch_size, self.config.seed)
+        )
 
     def _respond(self, path: str, tests: dict[str, list[C3POSample]], sampling) -> dict[str, list[str]]:
         backend = self._backend(*load_policy(self._settings(path)))
@@ -637,10 +646,10 @@ def parse_likert(reply: str) -> int | None:
 
 class LikertJudge:
     """Scores qualitative feedback: 1-5, how much better the new response applies the feedback than the
-    baseline. Unparseable judgments are counted and dropped."""
+    baseline. Unparseable judgments are asked again (the asker's attempts), then counted and dropped."""
 
-    def __init__(self, backend: Backend):
-        self.backend = backend
+    def __init__(self, asker: ParsedAsker):
+        self.asker = asker
 
     def score(
         self,
@@ -649,22 +658,15 @@ class LikertJudge:
         responses: dict[str, list[str]],
         baseline: dict[str, list[str]],
     ) -> dict[str, float]:
-        """Mean score per scope (`<scope>_scope_likert`) and the unparseable count."""
-        out, unparseable = {}, 0
-        sampling = SamplingParams(temperature=0.0, max_new_tokens=512)
+        """Mean score per scope (`<scope>_scope_likert`) and the count of judgments given up on."""
+        out, skipped = {}, self.asker.skipped
         for scope, rows in tests.items():
             convs = [
                 _chat(LIKERT_PROMPT.format(effect=feedback.effect, prompt=s.prompt, baseline=b, response=r))
                 for s, r, b in zip(rows, responses[scope], baseline[scope], strict=True)
             ]
-            scores = (
-                [parse_likert(reply[0]) for reply in self.backend.generate(convs, 1, sampling)]
-                if convs
-                else []
-            )
-            valid = [x for x in scores if x is not None]
-            unparseable += len(scores) - len(valid)
+            valid = [x for x in self.asker.ask(convs, parse_likert) if x is not None]
             if valid:
                 out[f"{scope}_scope_likert"] = round(sum(valid) / len(valid), 3)
-        out["judge_unparseable"] = float(unparseable)
+        out["judge_unparseable"] = float(self.asker.skipped - skipped)
         return out
