@@ -62,8 +62,7 @@ def main() -> None:
     overrides = [f"run_dir={out / 'runs'}", f"seed={args.seed}", *(QUICK if args.quick else []), *args.set]
     config = load_recipe(C3POConfig, str(RECIPE), overrides)
     c3po = C3PO(config, open_run(config.run_dir, "c3po-tiny", config.model_dump(mode="json")))
-    c3po.run()
-    per_feedback = c3po.evaluate()
+    per_feedback = c3po.run()
     if config.loss.chosen_sft > 0:
         paper = paper_loss(config, c3po)
         per_feedback = {

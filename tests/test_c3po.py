@@ -202,6 +202,7 @@ def test_tiny_end_to_end_with_the_offline_teacher(tmp_path):
     combined = method.combine()
     model, _ = load_policy(ModelSettings(path=str(combined)))  # loads on its base, both feedbacks' ranks
     assert sum("lora_A" in n for n, _ in model.named_parameters()) > 0
+    assert "combined" not in results and "combined" in method.evaluate()[fid]
 
 
 def test_missing_samples_and_qualitative_feedback_without_judge_are_clear_errors(tmp_path):

@@ -7,10 +7,12 @@ Stages, per selected feedback, in `<run>/<feedback id[:8]>/`:
   (in-context, CoT) on the test split; the teacher revises in-scope baselines (revised). Resumable.
 - `train`: one LoRA adapter per method: C3PO (DPO in scope + anchors near and out of scope), SCD,
   SCD + negatives, DPO.
+- `combine`: one adapter from the C3PO adapters of all selected feedbacks (part of `run` when there are
+  several).
 - `evaluate`: per scope, the share of responses that follow the feedback (in scope) and that changed
   versus the baseline (near and out of scope), with the feedback's metric, or a Likert judge for
-  qualitative feedback; in-context and CoT are scored from their samples.
-- `combine`: one adapter from the C3PO adapters of all selected feedbacks.
+  qualitative feedback; in-context and CoT are scored from their samples; the combined adapter, once
+  there, is scored on each feedback as `combined`.
 An optional `sft` stage first teaches a tiny model the synthetic instruction corpus (offline runs).
 """
 
@@ -154,7 +156,7 @@ class C3POConfig(RecipeConfig):
         return self
 
 
-STAGES = ["sft", "sample", "train", "evaluate", "combine"]
+STAGES = ["sft", "sample", "train", "combine", "evaluate"]
 
 
 class C3POSample(Record):
@@ -412,16 +414,18 @@ class C3PO(Method):
             for scope in ("in", "near", "out")
         }
         sampling = SamplingParams(temperature=0.0, max_new_tokens=cfg.evaluate.max_new_tokens)
+        adapters = {m: self.store.stage(f"{feedback.id[:8]}/train/{m}") / "model" for m in cfg.methods}
+        if (self.combined_path() / "adapter_config.json").exists():
+            adapters["combined"] = self.combined_path()
         responses = {"base": self._respond(self.base_model_path(), tests, sampling)}
-        for method in cfg.methods:
-            path = self.store.stage(f"{feedback.id[:8]}/train/{method}") / "model"
-            responses[method] = self._respond(str(path), tests, sampling)
+        for name, path in adapters.items():
+            responses[name] = self._respond(str(path), tests, sampling)
         results = {}
         baseline = {scope: [s.baseline for s in rows] for scope, rows in tests.items()}
         for name in ("in_context", "cot"):  # scored from their samples, against the sampled baseline
             responses[name] = {scope: [getattr(s, name) or "" for s in rows] for scope, rows in tests.items()}
         judge = self._judge(feedback)
-        for name in [*cfg.methods, "in_context", "cot"]:
+        for name in [*adapters, "in_context", "cot"]:
             base = baseline if name in ("in_context", "cot") else responses["base"]
             results[name] = (
                 scope_metrics(feedback, responses[name], base)
@@ -449,6 +453,10 @@ class C3PO(Method):
         backend = self._backend(*load_policy(self._settings(path)))
         return {scope: _answers(backend, sampling, [s.prompt for s in rows]) for scope, rows in tests.items()}
 
+    def combined_path(self) -> Path:
+        """Where `combine` saves its adapter; `evaluate` scores it (as `combined`) once it is there."""
+        return self.store.path / "combined" / "combined"
+
     def combine(self) -> Path:
         """One adapter holding the C3PO adapters of every selected feedback ('cat': ranks add up)."""
         from peft import PeftModel
@@ -467,18 +475,19 @@ class C3PO(Method):
         model.set_adapter("combined")
         for name in names:
             model.delete_adapter(name)
-        folder = self.store.stage("combined")
-        model.save_pretrained(str(folder))  # peft writes an adapter not named 'default' to folder/<name>
-        tokenizer.save_pretrained(str(folder / "combined"))
-        return folder / "combined"
+        model.save_pretrained(str(self.store.stage("combined")))  # an adapter not named 'default' goes
+        tokenizer.save_pretrained(str(self.combined_path()))  # to <folder>/<its name>
+        return self.combined_path()
 
-    def run(self) -> None:
-        """Every stage in order; finished work is skipped."""
+    def run(self) -> dict[str, dict]:
+        """Every stage in order; finished work is skipped. Returns `evaluate`'s results."""
         if self.config.model.path == "tiny":
             self.sft()
         self.sample()
         self.train()
-        self.evaluate()
+        if "c3po" in self.config.methods and len(self.feedbacks()) > 1:
+            self.combine()
+        return self.evaluate()
 
 
 class _TeacherPrompts(Record):
