@@ -226,7 +226,7 @@ class ScriptedJudge:
         return [["BETTER_RESPONSE: 4" if "Jared" in c[-1]["content"] else "no idea"] for c in conversations]
 
 
-def test_likert_judge_averages_per_scope_and_counts_judgments_given_up(tmp_path):
+def test_likert_judge_averages_per_scope_and_counts_judgments_given_up():
     backend = ScriptedJudge()
     judge = LikertJudge(ParsedAsker(backend, SamplingParams(temperature=0.0), max_attempts=2))
     row = dict(split="test", category="c", baseline="Hi")
