@@ -13,26 +13,31 @@ from typing import Any, TypeVar
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from feedlearn.data.jsonl import field_path
+from feedlearn.data.jsonl import field_path, parse_yaml, read_text
 from feedlearn.errors import ConfigError
 
 M = TypeVar("M", bound=BaseModel)
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
-    """A YAML mapping from a file; malformed YAML names the file and line."""
+    """A YAML mapping from a file; a missing file, a folder, a byte that is not UTF-8, malformed YAML or
+    an empty recipe raises a one-line ConfigError naming the file (and the line where there is one)."""
     path = Path(path)
-    if not path.exists():
-        raise ConfigError(f"{path}: recipe not found")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f":{mark.line + 1}" if mark else ""
-        raise ConfigError(f"{path}{where}: invalid YAML ({getattr(e, 'problem', e)})") from None
+    text = read_text(path, ConfigError, missing="recipe not found")
+    data = parse_yaml(path, text, ConfigError)
+    if data is None:
+        raise ConfigError(f"{path}: the recipe is empty; write a YAML mapping of keys to values")
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: a recipe must be a YAML mapping of keys to values")
+        raise ConfigError(
+            f"{path}: a recipe must be a YAML mapping of keys to values, got {_yaml_kind(data)}"
+        )
     return data
+
+
+def _yaml_kind(value: Any) -> str:
+    """A YAML value's kind as a recipe writer says it: 'a list', 'a string', ..."""
+    kinds = {list: "a list", str: "a string", bool: "a boolean", int: "a number", float: "a number"}
+    return kinds.get(type(value), type(value).__name__)
 
 
 def apply_override(data: dict[str, Any], assignment: str) -> None:

@@ -193,12 +193,39 @@ def test_malformed_yaml_tab_indent(tmp_path):
 
 
 def test_recipe_must_be_a_mapping_and_exist(tmp_path):
-    with pytest.raises(ConfigError, match="must be a YAML mapping"):
+    with pytest.raises(ConfigError, match="must be a YAML mapping of keys to values, got a list$"):
         read_yaml(write(tmp_path, "- a\n- b\n"))
-    with pytest.raises(ConfigError, match="must be a YAML mapping"):
+    with pytest.raises(ConfigError, match="must be a YAML mapping of keys to values, got a string$"):
+        read_yaml(write(tmp_path, "method rise\n"))
+    with pytest.raises(ConfigError, match=r"empty\.yaml: the recipe is empty; write a YAML mapping"):
         read_yaml(write(tmp_path, "", name="empty.yaml"))
     with pytest.raises(ConfigError, match="recipe not found"):
         read_yaml(tmp_path / "missing.yaml")
+    (tmp_path / "recipes").mkdir()
+    with pytest.raises(ConfigError, match=r"recipes: is a folder, not a file$"):
+        read_yaml(tmp_path / "recipes")
+
+
+def test_bad_byte_in_recipe_names_line_and_offset(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_bytes(b'method: rise\nseed: 0\nmodel: {path: "caf\xe9"}\n')  # Latin-1, not UTF-8
+    with pytest.raises(ConfigError) as e:
+        load_recipe(RiseConfig, path)
+    assert str(e.value) == f"{path}:3: not valid UTF-8 (byte 0xe9 at offset 39)"
+
+
+def test_characters_yaml_does_not_allow_are_one_line(tmp_path):
+    path = write(tmp_path, "method: rise\nseed: 0\x00\n")
+    with pytest.raises(ConfigError) as e:
+        read_yaml(path)
+    assert str(e.value) == f"{path}:2: invalid YAML (character #x0000 is not allowed)"
+
+
+def test_yaml_value_its_tag_cannot_build(tmp_path):
+    path = write(tmp_path, "method: rise\nseed: 2024-13-45\n")
+    with pytest.raises(ConfigError) as e:
+        read_yaml(path)
+    assert str(e.value) == f"{path}: invalid YAML (month must be in 1..12)"
 
 
 @pytest.mark.parametrize("bad", ["train.learning_rate", "=5", ""])
@@ -263,6 +290,17 @@ def test_cli_bad_recipe_file(tmp_path, capsys):
     path = write(tmp_path, "method: rise\ntrain: x: y\n")
     assert cli.main(["run", str(path)]) == 2
     assert one_line_error(capsys).startswith(f"error: {path}:2: invalid YAML")
+
+
+def test_cli_recipe_with_a_bad_byte(tmp_path, capsys):
+    path = tmp_path / "r.yaml"
+    path.write_bytes(TINY.encode("utf-8").replace(b"Solve", b"\xffSolve"))
+    offset = TINY.encode("utf-8").index(b"Solve")
+    line = TINY[:offset].count("\n") + 1
+    assert cli.main(["run", str(path)]) == 2
+    assert one_line_error(capsys) == f"error: {path}:{line}: not valid UTF-8 (byte 0xff at offset {offset})"
+    assert cli.main(["run", str(tmp_path)]) == 2
+    assert one_line_error(capsys) == f"error: {tmp_path}: is a folder, not a file"
 
 
 def test_cli_unknown_method_and_missing_recipe(tmp_path, capsys):

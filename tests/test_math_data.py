@@ -109,6 +109,25 @@ def test_missing_file(tmp_path):
         load_gsm8k(tmp_path / "nope.jsonl")
 
 
+def test_folder_and_empty_file(tmp_path):
+    (tmp_path / "gsm8k").mkdir()
+    with pytest.raises(DataError, match=r"gsm8k: is a folder, not a file$"):
+        load_problems(tmp_path / "gsm8k", "gsm8k")
+    path = write_lines(tmp_path / "empty.jsonl", "", "  ")
+    for load in (load_gsm8k, load_math, lambda p: load_problems(p, "feedlearn")):
+        with pytest.raises(DataError, match=r"empty\.jsonl: no problems in the file$"):
+            load(path)
+
+
+def test_bad_byte_names_line_and_offset(tmp_path):
+    path = tmp_path / "gsm8k.jsonl"
+    path.write_bytes(json.dumps(GSM8K_ROWS[0]).encode() + b"\n" + b'{"question": "\xfe"}\n')
+    with pytest.raises(DataError) as err:
+        load_gsm8k(path)
+    offset = len(json.dumps(GSM8K_ROWS[0])) + 1 + len('{"question": "')
+    assert str(err.value) == f"{path}:2: not valid UTF-8 (byte 0xfe at offset {offset})"
+
+
 # --- MATH ------------------------------------------------------------------------------------------------
 
 

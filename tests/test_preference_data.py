@@ -289,6 +289,35 @@ def test_json_file_must_be_an_array(tmp_path):
     assert str(e.value).startswith(f"{path}: expected a JSON array of objects, got dict")
 
 
+@pytest.mark.parametrize(("text", "kind"), [("3", "int"), ('"pairs"', "str"), ("null", "NoneType")])
+def test_json_file_that_is_a_scalar(tmp_path, text, kind):
+    path = tmp_path / "pairs.json"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(
+        DataError, match=rf"^{re.escape(str(path))}: expected a JSON array of objects, got {kind};"
+    ):
+        load_pairs(path)
+
+
+def test_json_nested_too_deeply(tmp_path):
+    path = tmp_path / "pairs.json"
+    path.write_text("[" * 100_000, encoding="utf-8")
+    with pytest.raises(DataError, match=r"pairs\.json: invalid JSON \(nested too deeply\)$"):
+        load_pairs(path)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_file_with_no_rows(tmp_path, fmt):
+    path = tmp_path / f"pairs.{fmt}"
+    if fmt == "parquet":
+        pq.write_table(pa.table({"prompt": pa.array([], pa.string())}), path)
+    else:
+        path.write_text("[]" if fmt == "json" else "\n", encoding="utf-8")
+    with pytest.raises(DataError, match=rf"^{re.escape(str(path))}: no preference pairs in the file$"):
+        load_pairs(path)
+    assert load_pairs(path, limit=0) == []  # nothing was asked for
+
+
 def test_unreadable_parquet(tmp_path):
     path = tmp_path / "pairs.parquet"
     path.write_text("not parquet", encoding="utf-8")

@@ -117,6 +117,52 @@ def test_iter_jsonl_yields_good_records_before_the_bad_line(tmp_path):
         next(it)
 
 
+def test_bad_byte_is_reported_after_the_good_lines_before_it(tmp_path):
+    path = tmp_path / "d.jsonl"
+    first = json.dumps({**GOOD, "id": "é"}, ensure_ascii=False).encode("utf-8") + b"\n"
+    path.write_bytes(first + b"\n" + b'{"id": "b\x80"}\n')  # 0x80: a continuation byte with no lead
+    it = iter_jsonl(path, SFTExample)
+    assert next(it).id == "é"  # read line by line: the bad byte is not seen before its line
+    with pytest.raises(DataError) as e:
+        next(it)
+    offset = len(first) + 1 + len(b'{"id": "b')
+    assert str(e.value) == f"{path}:3: not valid UTF-8 (byte 0x80 at offset {offset})"
+
+
+def test_folder_and_empty_files(tmp_path):
+    (tmp_path / "runs").mkdir()
+    with pytest.raises(DataError, match=r"/runs: is a folder, not a file$"):
+        read_jsonl(tmp_path / "runs", SFTExample)
+    empty = tmp_path / "labels.jsonl"  # the library's own files, e.g. a label cache, may hold no records
+    empty.write_bytes(b"")
+    assert read_jsonl(empty, SFTExample) == []
+    empty.write_text("\n \n", encoding="utf-8")
+    assert read_jsonl(empty, SFTExample) == []
+
+
+def test_crlf_lines_and_byte_order_mark(tmp_path):
+    path = tmp_path / "d.jsonl"
+    path.write_bytes(
+        b"\xef\xbb\xbf" + json.dumps(GOOD).encode() + b"\r\n\r\n" + b'{"id": "b", "messages": []}\r\n'
+    )
+    assert [r.id for r in read_jsonl(path, SFTExample)] == ["a", "b"]
+
+
+@pytest.mark.parametrize(
+    ("line", "problem"),
+    [
+        ("[" * 100_000, "nested too deeply"),
+        ('{"id": ' + "9" * 5000 + "}", "Exceeds the limit (4300 digits) for integer string conversion"),
+    ],
+    ids=["deep", "long-number"],
+)
+def test_json_python_cannot_parse_is_one_line(tmp_path, line, problem):
+    path = write_lines(tmp_path / "d.jsonl", [json.dumps(GOOD), line])
+    with pytest.raises(DataError) as e:
+        read_jsonl(path, SFTExample)
+    assert str(e.value).startswith(f"{path}:2: invalid JSON ({problem}") and "\n" not in str(e.value)
+
+
 # ---- appending ------------------------------------------------------------------------------------------
 
 

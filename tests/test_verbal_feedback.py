@@ -76,8 +76,19 @@ def test_load_list_or_feedbacks_mapping(tmp_path, name, wrap):
     assert feedbacks[2].metric is None and feedbacks[2].categories == []
 
 
-def test_empty_feedbacks_list(tmp_path):
-    assert load_feedbacks(write(tmp_path, "fb.yaml", {"feedbacks": []})) == []
+@pytest.mark.parametrize(
+    ("name", "data"),
+    [
+        ("fb.yaml", {"feedbacks": []}),
+        ("fb.yaml", []),
+        ("fb.yaml", ""),
+        ("fb.yaml", "# to do\n"),
+        ("fb.json", "[]"),
+        ("fb.json", "\n"),
+    ],
+)
+def test_file_with_no_feedbacks(tmp_path, name, data):
+    assert load_error(tmp_path, name, data) == f"{tmp_path / name}: no feedbacks in the file"
 
 
 def test_id_is_a_stable_uuid_of_content_domain_effect():
@@ -122,11 +133,31 @@ def test_invalid_json_names_the_line(tmp_path):
     assert msg.startswith(f"{tmp_path / 'fb.json'}:3: invalid JSON")
 
 
-@pytest.mark.parametrize("data", ["just text\n", "", "feedbacks: 3\n", "feedbacks:\n"])
+@pytest.mark.parametrize("data", ["just text\n", "feedbacks: 3\n", "feedbacks:\n"])
 def test_not_a_list(tmp_path, data):
     assert "expected a list of feedbacks or a mapping with a 'feedbacks' list" in load_error(
         tmp_path, "fb.yaml", data
     )
+
+
+def test_bad_byte_names_line_and_offset(tmp_path):
+    path = tmp_path / "fb.yaml"
+    path.write_bytes(b"- content: a\n  domain: b\xe9\n")
+    with pytest.raises(DataError) as e:
+        load_feedbacks(path)
+    assert str(e.value) == f"{path}:2: not valid UTF-8 (byte 0xe9 at offset 24)"
+
+
+def test_characters_yaml_does_not_allow(tmp_path):
+    msg = load_error(tmp_path, "fb.yaml", "- content: a\n  domain: \x07b\n")
+    assert msg == f"{tmp_path / 'fb.yaml'}:2: invalid YAML (character #x0007 is not allowed)"
+
+
+def test_folder_is_not_a_feedback_file(tmp_path):
+    folder = tmp_path / "feedbacks"
+    folder.mkdir()
+    with pytest.raises(DataError, match=r"feedbacks: is a folder, not a file$"):
+        load_feedbacks(folder)
 
 
 def test_unknown_top_level_key(tmp_path):

@@ -1,7 +1,12 @@
-"""JSONL and JSON files: validated reading with file/line/field errors, crash-safe appends, atomic writes."""
+"""JSONL and JSON files: validated reading with file/line/field errors, crash-safe appends, atomic writes.
+
+Also the checks every text file a user gives goes through (it is a file, it is UTF-8, its JSON or YAML
+parses), each problem raised on one line naming the file and, where it applies, the line.
+"""
 
 from __future__ import annotations
 
+import codecs
 import json
 import os
 import tempfile
@@ -9,14 +14,16 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
+import yaml
 from pydantic import BaseModel, ValidationError
 
-from feedlearn.errors import DataError
+from feedlearn.errors import DataError, FeedlearnError
 
 T = TypeVar("T", bound=BaseModel)
 
 
 UNION_TAGS = {"str", "int", "float", "bool", "none"}
+NEWLINE = "\n"
 
 
 def field_path(loc: tuple) -> tuple:
@@ -31,19 +38,102 @@ def describe_validation_error(err: ValidationError) -> str:
     return f"field '{field}': {first['msg']}"
 
 
-def json_lines(path: str | Path) -> Iterator[tuple[int, Any]]:
-    """(line number, value) of each non-blank line of a JSONL file; invalid JSON names file and line."""
+def require_file(
+    path: str | Path, error: type[FeedlearnError] = DataError, missing: str = "file not found"
+) -> Path:
+    """`path`, if it is a file; else `error`: '<path>: is a folder, not a file' or '<path>: <missing>'."""
     path = Path(path)
+    if path.is_dir():
+        raise error(f"{path}: is a folder, not a file")
     if not path.exists():
-        raise DataError(f"{path}: file not found")
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
+        raise error(f"{path}: {missing}")
+    return path
+
+
+def _not_utf8(path: Path, lineno: int, byte: int, offset: int) -> str:
+    return f"{path}:{lineno}: not valid UTF-8 (byte 0x{byte:02x} at offset {offset})"
+
+
+def _cannot_read(path: Path, err: OSError) -> str:
+    return f"{path}: cannot read the file ({err.strerror or err})"
+
+
+def read_text(
+    path: str | Path, error: type[FeedlearnError] = DataError, missing: str = "file not found"
+) -> str:
+    """The whole text of a UTF-8 file (a leading byte-order mark is dropped). A byte that is not UTF-8
+    raises `error` as '<path>:<line>: not valid UTF-8 (byte 0xff at offset 57)', the offset counted in
+    bytes from the start of the file."""
+    path = require_file(path, error, missing)
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise error(_cannot_read(path, e)) from None
+    start = len(codecs.BOM_UTF8) if data.startswith(codecs.BOM_UTF8) else 0
+    try:
+        return data[start:].decode("utf-8")
+    except UnicodeDecodeError as e:
+        at = start + e.start
+        raise error(_not_utf8(path, data.count(b"\n", 0, at) + 1, data[at], at)) from None
+
+
+def json_problem(err: ValueError | RecursionError) -> str:
+    """What a `json.loads` failure that is not a JSONDecodeError says, on one line."""
+    if isinstance(err, RecursionError):
+        return "nested too deeply"
+    return str(err).split(";")[0]  # e.g. an integer over Python's 4300-digit limit
+
+
+def parse_yaml(path: str | Path, text: str, error: type[FeedlearnError] = DataError) -> Any:
+    """The YAML value of a file's text; a problem raises `error` as '<path>:<line>: invalid YAML (...)'."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.MarkedYAMLError as e:
+        where = f":{e.problem_mark.line + 1}" if e.problem_mark else ""
+        problem = " ".join(str(e.problem or e.context or type(e).__name__).split())
+    except yaml.reader.ReaderError as e:  # a character YAML does not allow, e.g. a NUL or other control
+        where = f":{text.count(NEWLINE, 0, e.position) + 1}"
+        code = e.character if isinstance(e.character, int) else ord(e.character)
+        problem = f"character #x{code:04x} is not allowed"
+    except yaml.YAMLError as e:
+        where, problem = "", " ".join(str(e).split())
+    except RecursionError:
+        where, problem = "", "nested too deeply"
+    except ValueError as e:  # a value its tag cannot build, e.g. the date 2024-13-45
+        where, problem = "", " ".join(str(e).split())
+    raise error(f"{path}{where}: invalid YAML ({problem})") from None
+
+
+def json_lines(path: str | Path) -> Iterator[tuple[int, Any]]:
+    """(line number, value) of each non-blank line of a JSONL file; invalid JSON names file and line.
+
+    The file is read and decoded one line at a time (lines end at a newline; a carriage return before
+    it is whitespace). A byte that is not UTF-8 is reported with its line and its offset in the file.
+    """
+    path = require_file(path)
+    try:
+        f = path.open("rb")
+    except OSError as e:
+        raise DataError(_cannot_read(path, e)) from None
+    with f:
+        offset = 0
+        for lineno, raw in enumerate(f, start=1):
+            start = len(codecs.BOM_UTF8) if lineno == 1 and raw.startswith(codecs.BOM_UTF8) else 0
+            try:
+                line = raw[start:].decode("utf-8")
+            except UnicodeDecodeError as e:
+                at = start + e.start
+                raise DataError(_not_utf8(path, lineno, raw[at], offset + at)) from None
+            offset += len(raw)
             if not line.strip():
                 continue
             try:
-                yield lineno, json.loads(line)
+                value = json.loads(line)
             except json.JSONDecodeError as e:
                 raise DataError(f"{path}:{lineno}: invalid JSON ({e.msg} at column {e.colno})") from None
+            except (ValueError, RecursionError) as e:
+                raise DataError(f"{path}:{lineno}: invalid JSON ({json_problem(e)})") from None
+            yield lineno, value
 
 
 def iter_jsonl(path: str | Path, model: type[T]) -> Iterator[T]:

@@ -11,7 +11,7 @@ from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
 
-from feedlearn.data.jsonl import describe_validation_error, json_lines
+from feedlearn.data.jsonl import describe_validation_error, json_lines, json_problem, read_text, require_file
 from feedlearn.data.records import Completion, Message, PreferencePair
 from feedlearn.errors import DataError
 
@@ -24,11 +24,10 @@ def load_pairs(path: str | Path, limit: int | None = None) -> list[PreferencePai
 
     Accepted rows: prompt/chosen/rejected as text or messages (chosen/rejected may repeat the prompt, or
     hold it implicitly as their shared start), and canonical prompt/a/b with an optional label. A row
-    without an `id` gets one derived from its content. A bad row raises DataError naming file, row and field.
+    without an `id` gets one derived from its content. A bad row raises DataError naming file, row and field;
+    so does a file with no rows.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: file not found")
+    path = require_file(path)
     reader = _READERS.get(path.suffix.lower())
     if reader is None:
         raise DataError(f"{path}: unsupported file type '{path.suffix}'; use {', '.join(_READERS)}")
@@ -40,6 +39,8 @@ def load_pairs(path: str | Path, limit: int | None = None) -> list[PreferencePai
             raise DataError(f"{place}: id '{pair.id}' is also used at {seen[pair.id]}; make ids unique")
         seen[pair.id] = place
         pairs.append(pair)
+    if not pairs and limit != 0:
+        raise DataError(f"{path}: no preference pairs in the file")
     return pairs
 
 
@@ -49,10 +50,15 @@ def _jsonl_rows(path: Path) -> Iterator[tuple[str, Any]]:
 
 
 def _json_rows(path: Path) -> Iterator[tuple[str, Any]]:
+    text = read_text(path)
+    if not text.strip():
+        return  # no rows: load_pairs says the file is empty
     try:
-        rows = json.loads(path.read_text(encoding="utf-8"))
+        rows = json.loads(text)
     except json.JSONDecodeError as e:
         raise DataError(f"{path}: invalid JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
+    except (ValueError, RecursionError) as e:
+        raise DataError(f"{path}: invalid JSON ({json_problem(e)})") from None
     if not isinstance(rows, list):
         raise DataError(
             f"{path}: expected a JSON array of objects, got {type(rows).__name__}; "

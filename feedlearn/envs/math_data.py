@@ -82,9 +82,9 @@ def load_gsm8k(path: str | Path) -> list[MathProblem]:
     The gold is what follows `####`, commas removed; the whole answer field is kept as the solution. The
     id is the row's `id` if it has one, else `gsm8k-<i>` with i the row's 0-based index (blank lines are
     not rows). A malformed row (bad JSON, a field missing or of the wrong type, no `####`) raises
-    DataError naming file, line and field.
+    DataError naming file, line and field; so does a file with no rows.
     """
-    return [
+    problems = [
         MathProblem(
             id=str(row.id) if row.id is not None else f"gsm8k-{index}",
             question=row.question,
@@ -94,6 +94,7 @@ def load_gsm8k(path: str | Path) -> list[MathProblem]:
         )
         for index, row in enumerate(iter_jsonl(path, Gsm8kRow))
     ]
+    return _some(path, problems)
 
 
 def load_math(path: str | Path) -> list[MathProblem]:
@@ -102,9 +103,9 @@ def load_math(path: str | Path) -> list[MathProblem]:
     The gold answer is the last `\\boxed{}` of the solution; the level `'Level 3'` becomes 3 (missing or
     unrecognised: None). The id is the row's `id` if it has one, else `math-<i>` (0-based row index). A
     malformed row, or a solution with no complete boxed answer, raises DataError naming file, line and
-    field.
+    field; so does a file with no rows.
     """
-    return [
+    problems = [
         MathProblem(
             id=str(row.id) if row.id is not None else f"math-{index}",
             question=row.problem,
@@ -115,17 +116,28 @@ def load_math(path: str | Path) -> list[MathProblem]:
         )
         for index, row in enumerate(iter_jsonl(path, MathRow))
     ]
+    return _some(path, problems)
 
 
 def load_problems(path: str | Path, format: ProblemFormat) -> list[MathProblem]:
-    """Problems of a JSONL file in `format`: 'gsm8k', 'math', or 'feedlearn' (`MathProblem` rows)."""
+    """Problems of a JSONL file in `format`: 'gsm8k', 'math', or 'feedlearn' (`MathProblem` rows).
+
+    A file with no problems (empty, or only blank lines) raises DataError.
+    """
     if format == "gsm8k":
         return load_gsm8k(path)
     if format == "math":
         return load_math(path)
     if format == "feedlearn":
-        return read_jsonl(path, MathProblem)
+        return _some(path, read_jsonl(path, MathProblem))
     raise DataError(f"{path}: unknown problem format {format!r}; use 'gsm8k', 'math' or 'feedlearn'")
+
+
+def _some(path: str | Path, problems: list[MathProblem]) -> list[MathProblem]:
+    """`problems`, unless the file held none: that is reported now, naming the file."""
+    if not problems:
+        raise DataError(f"{path}: no problems in the file")
+    return problems
 
 
 def save_problems(path: str | Path, problems: Iterable[MathProblem]) -> None:

@@ -9,10 +9,9 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import Field, ValidationError, ValidationInfo, field_validator
 
-from feedlearn.data.jsonl import describe_validation_error
+from feedlearn.data.jsonl import describe_validation_error, json_problem, parse_yaml, read_text, require_file
 from feedlearn.data.records import Record
 from feedlearn.errors import DataError
 
@@ -123,7 +122,8 @@ class Feedback(Record):
 def load_feedbacks(path: str | Path) -> list[Feedback]:
     """The feedbacks of a YAML or JSON file: a list of them, or a mapping with a `feedbacks:` list.
 
-    A problem raises a one-line DataError naming the file, the entry (counted from 1) and the field.
+    A problem raises a one-line DataError naming the file, the entry (counted from 1) and the field; a
+    file with no feedbacks is a problem too.
     """
     path = Path(path)
     entries = _read_entries(path)
@@ -149,28 +149,25 @@ def load_feedbacks(path: str | Path) -> list[Feedback]:
 
 
 def _read_entries(path: Path) -> list[Any]:
-    """The raw list of feedback entries of a file."""
-    if not path.exists():
-        raise DataError(f"{path}: file not found")
+    """The raw list of feedback entries of a file; a file with none is an error."""
+    require_file(path)
     suffix = path.suffix.lower()
     if suffix not in (".yaml", ".yml", ".json"):
         raise DataError(f"{path}: expected a .yaml, .yml or .json feedback file")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise DataError(f"{path}: not UTF-8 text") from None
+    text = read_text(path)
+    if not text.strip():
+        raise DataError(f"{path}: no feedbacks in the file")
     if suffix == ".json":
         try:
             data = json.loads(text)
         except json.JSONDecodeError as e:
             raise DataError(f"{path}:{e.lineno}: invalid JSON ({e.msg} at column {e.colno})") from None
+        except (ValueError, RecursionError) as e:
+            raise DataError(f"{path}: invalid JSON ({json_problem(e)})") from None
     else:
-        try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as e:
-            mark = getattr(e, "problem_mark", None)
-            where = f":{mark.line + 1}" if mark else ""
-            raise DataError(f"{path}{where}: invalid YAML ({getattr(e, 'problem', None) or e})") from None
+        data = parse_yaml(path, text)
+    if data is None:  # YAML of only comments, or a JSON null
+        raise DataError(f"{path}: no feedbacks in the file")
     if isinstance(data, dict):
         unknown = sorted(str(k) for k in data if k != "feedbacks")
         if unknown:
@@ -181,6 +178,8 @@ def _read_entries(path: Path) -> list[Any]:
             f"{path}: expected a list of feedbacks or a mapping with a 'feedbacks' list, "
             f"got {type(data).__name__}"
         )
+    if not data:
+        raise DataError(f"{path}: no feedbacks in the file")
     return data
 
 
