@@ -1,8 +1,11 @@
-"""Answer extraction, gold parsing and math_verify comparison: correctness, safety and time bounds."""
+"""Answer extraction, gold parsing and math_verify comparison: correctness, safety, time and memory bounds."""
 
 from __future__ import annotations
 
+import os
+import resource
 import signal
+import sys
 import threading
 import time
 
@@ -213,7 +216,7 @@ def test_answers_match_costly_short_input_is_cut_off():
     assert time.monotonic() - start < 1.5
 
 
-def test_answers_match_restores_the_callers_alarm():
+def test_answers_match_leaves_the_callers_alarm_alone():
     fired = []
     old_handler = signal.signal(signal.SIGALRM, lambda signum, frame: fired.append(signum))
     try:
@@ -228,7 +231,110 @@ def test_answers_match_restores_the_callers_alarm():
     assert fired == []
 
 
-# --- answers_match from other threads (helper processes) -------------------------------------------------
+# --- every comparison in a helper process, bounded in time and memory ----------------------------------
+
+# `(2^{10000000})!`: sympy computes ever larger integers, about 250 MB more a second, until stopped.
+HOSTILE = "(2^{10000000})!"
+
+
+def _peak_rss_bytes() -> int:
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024  # bytes on macOS, kB on Linux
+
+
+def _proc_status(pid: int, field: str) -> int:
+    """A `Vm...` field of /proc/<pid>/status, in bytes."""
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError(f"no {field} in /proc/{pid}/status")
+
+
+def _address_space_limit(pid: int) -> int:
+    with open(f"/proc/{pid}/limits") as limits:
+        for line in limits:
+            if line.startswith("Max address space"):
+                return int(line.split()[3])  # the soft limit, in bytes
+    raise AssertionError(f"no address-space limit in /proc/{pid}/limits")
+
+
+def _idle_helper_pids() -> list[int]:
+    with ma._helpers_lock:
+        return [helper.proc.pid for helper in ma._idle_helpers]
+
+
+def test_answers_match_never_compares_in_the_calling_process(monkeypatch):
+    def forbidden(*args, **kwargs):
+        raise AssertionError("compared in the calling process")
+
+    for name in ("_match_with_timer", "_compare", "_load_math_verify"):
+        monkeypatch.setattr(ma, name, forbidden)  # the helper loads its own copy of the module
+    assert answers_match("0.5", r"\frac{1}{2}") is True
+    assert answers_match("2", "3") is False
+    assert _in_thread(answers_match, "1,000", "1000") is True
+
+
+def test_hostile_input_does_not_grow_the_calling_process():
+    answers_match("1", "2")  # a warm helper, so the timing below is the comparison's
+    before = _peak_rss_bytes()
+    start = time.monotonic()
+    assert answers_match(HOSTILE, "5", timeout_s=1.0) is False  # in-process, this grew RSS by ~250 MB
+    assert time.monotonic() - start < 3.0
+    assert _peak_rss_bytes() - before < 100 << 20
+
+
+def test_hostile_input_does_not_grow_the_calling_process_from_a_thread():
+    _in_thread(answers_match, "1", "2")
+    before = _peak_rss_bytes()
+    start = time.monotonic()
+    assert _in_thread(answers_match, HOSTILE, "5", timeout_s=1.0) is False
+    assert time.monotonic() - start < 3.0
+    assert _peak_rss_bytes() - before < 100 << 20
+
+
+@pytest.fixture
+def small_helper_headroom(monkeypatch):
+    """Fresh helpers limited to 64 MiB above their ready size (they read the headroom from argv)."""
+    ma._close_idle_helpers()
+    monkeypatch.setattr(ma, "_HELPER_MEMORY_HEADROOM_BYTES", 64 << 20)
+    yield 64 << 20
+    ma._close_idle_helpers()  # later tests get helpers with the default headroom
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads /proc")
+def test_helper_memory_limit_holds_and_the_helper_keeps_serving(small_helper_headroom):
+    assert answers_match("x+1", "1+x") is True
+    (pid,) = _idle_helper_pids()
+    ready_peak = _proc_status(pid, "VmPeak")
+    limit = _address_space_limit(pid)
+    assert limit - ready_peak <= small_helper_headroom
+
+    start = time.monotonic()
+    assert answers_match(HOSTILE, "5", timeout_s=1.0) is False  # MemoryError inside math_verify: False
+    assert time.monotonic() - start < 3.0
+    peak = _proc_status(pid, "VmPeak")
+    assert ready_peak + small_helper_headroom // 2 < peak <= limit  # it hit the limit, and the limit held
+
+    assert _idle_helper_pids() == [pid]  # the same helper, still serving
+    assert answers_match("0.5", r"\frac{1}{2}") is True
+    assert answers_match(r"\sin^2 x + \cos^2 x", "1") is True
+    assert answers_match("2", "3") is False
+    assert _idle_helper_pids() == [pid]
+
+
+def test_dead_helper_is_replaced():
+    assert answers_match("2/4", "0.5") is True
+    with ma._helpers_lock:
+        helpers = list(ma._idle_helpers)
+    for helper in helpers:  # as if killed by the kernel's OOM killer while idle
+        helper.proc.kill()
+        helper.proc.wait()
+    assert answers_match("2/4", "0.5") is True
+    assert not set(_idle_helper_pids()) & {helper.proc.pid for helper in helpers}
+
+
+# --- answers_match from other threads ----------------------------------------------------------------------
 
 
 def _in_thread(fn, *args, **kwargs):

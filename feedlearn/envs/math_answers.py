@@ -1,7 +1,7 @@
 """Final answers of math problems: extract the boxed answer from model output, compare it with the gold.
 
 Model output is data: nothing here evaluates it as code. Comparison is done by the `math_verify` library,
-which parses LaTeX into sympy (never `eval`), and every comparison is bounded in time, from any thread.
+which parses LaTeX into sympy (never `eval`), in a helper process bounded in time and memory, from any thread.
 """
 
 from __future__ import annotations
@@ -103,17 +103,20 @@ def answers_match(predicted: str, gold: str, timeout_s: float = 2.0) -> bool:
     `MAX_ANSWER_CHARS`, one that fails to parse, or a comparison still running after `timeout_s` seconds
     is False.
 
-    Time bound. Short inputs can be very costly (sympy spent over 30 s on `9^{9^{9}}` before we gave up), and
-    math_verify's own timeout uses `signal.alarm`, which works only in the main thread and has whole-second
-    resolution. So math_verify's timeouts are switched off and replaced by one budget for parse + verify:
+    Limits. Short inputs can cost a lot of time or memory (sympy spent over 30 s on `9^{9^{9}}` before we
+    gave up; `(2^{10000000})!` grows by about 250 MB a second), so every comparison that needs math_verify
+    runs in a helper Python process, whichever thread calls, and the calling process's memory, signal
+    handlers and timers are left alone:
 
-    - in the main thread, a `SIGALRM` timer (`setitimer`, so fractions of a second work) interrupts the
-      work; a timer or `SIGALRM` handler the caller had set is put back afterwards;
-    - in any other thread, the comparison runs in a helper Python process (the same code, on that
-      process's main thread, so the same timer applies); if it has not answered `timeout_s + 1` seconds
-      later it is killed. Helpers start on first use (about a second), are reused, one per concurrent
-      caller, and are limited to `_HELPER_MEMORY_BYTES` of address space so a hostile input cannot eat
-      the machine's memory.
+    - a `SIGALRM` timer (`setitimer`, so fractions of a second work) on the helper's main thread bounds
+      parse + verify to `timeout_s` (math_verify's own timeouts, whole-second `signal.alarm`, are off); a
+      helper that has not answered `timeout_s + 1` seconds later is killed;
+    - the helper's address space is limited to its size once ready plus `_HELPER_MEMORY_HEADROOM_BYTES`;
+      a MemoryError there is a False verdict (math_verify catches it, so the work may go on until the
+      timer), and the helper keeps serving.
+
+    Helpers start on first use (about a second), are reused, one per concurrent caller, and are replaced
+    when they die or are killed. Each comparison costs one pipe round trip on top of math_verify's work.
 
     POSIX only (Linux, macOS), as the timer and the helper protocol need signals and `select` on pipes.
     """
@@ -124,12 +127,6 @@ def answers_match(predicted: str, gold: str, timeout_s: float = 2.0) -> bool:
     if _squash(predicted) == _squash(gold):
         return True
     timeout_s = max(float(timeout_s), 0.01) if math.isfinite(timeout_s) else 2.0
-    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGALRM) is not None:
-        try:
-            return _match_with_timer(predicted, gold, timeout_s)
-        except ValueError:
-            pass  # signals unavailable here (e.g. a subinterpreter): use a helper process instead
-    # (a SIGALRM handler installed outside Python, getsignal() None, could not be put back: helper too)
     return _match_in_helper(predicted, gold, timeout_s)
 
 
@@ -147,7 +144,7 @@ def score_answer(text: str, gold: str) -> tuple[float, str | None]:
     return (1.0 if answers_match(answer, gold) else 0.0), answer
 
 
-# --- comparison in this process (main thread only) ------------------------------------------------------
+# --- comparison under a timer (run by a helper process, on its main thread) ------------------------------
 
 
 class _OutOfTime(BaseException):
@@ -216,7 +213,15 @@ def _match_with_timer(predicted: str, gold: str, timeout_s: float) -> bool:
 
 # --- comparison in a helper process (any thread) --------------------------------------------------------
 
-_HELPER_MEMORY_BYTES = 4 << 30
+# Address space a helper may add to its own once ready (math_verify and sympy loaded, one comparison done).
+# Measured (Linux x86-64, CPython 3.11, sympy 1.14, math_verify 0.9): VmPeak 62 MB when ready, 70 MB after a
+# dozen typical comparisons, 81 MB after `9^{9^{9}}` was cut off at 2 s; `(2^{10000000})!` reached 584 MB
+# in 2 s and 1.3 GB in 5 s with no limit, and stops at the limit (~573 MiB) with this headroom. Relative to
+# the ready size, so that platforms where Python maps more at start (say, a large locale archive) keep the
+# same room.
+_HELPER_MEMORY_HEADROOM_BYTES = 512 << 20
+# The whole address-space limit where the helper cannot read its own size (no /proc/self/status).
+_HELPER_MEMORY_FALLBACK_BYTES = 1 << 30
 _HELPER_START_TIMEOUT_S = 60.0
 _HELPER_GRACE_S = 1.0
 _HELPER_CODE = (
@@ -224,29 +229,50 @@ _HELPER_CODE = (
     "spec = importlib.util.spec_from_file_location('_feedlearn_math_answers_helper', sys.argv[1])\n"
     "module = importlib.util.module_from_spec(spec)\n"
     "spec.loader.exec_module(module)\n"
-    "module._helper_main()\n"
+    "module._helper_main(int(sys.argv[2]))\n"
 )
 
 
-def _helper_main() -> None:
+def _own_address_space_bytes() -> int | None:
+    """This process's peak virtual memory size (VmPeak), or None where /proc/self/status is missing."""
+    try:
+        with open("/proc/self/status", "rb") as status:
+            for line in status:
+                if line.startswith(b"VmPeak:"):
+                    return int(line.split()[1]) * 1024  # in kB
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _limit_address_space(headroom_bytes: int) -> None:
+    """Cap this process's address space at its current peak plus `headroom_bytes` (best effort)."""
+    try:
+        import resource
+
+        size = _own_address_space_bytes()
+        limit = _HELPER_MEMORY_FALLBACK_BYTES if size is None else size + headroom_bytes
+        _, hard = resource.getrlimit(resource.RLIMIT_AS)
+        if hard != resource.RLIM_INFINITY:
+            limit = min(limit, hard)
+        resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
+    except (ImportError, ValueError, OSError):
+        pass  # no limit where it cannot be set
+
+
+def _helper_main(headroom_bytes: int) -> None:
     """Body of a helper process: answer one JSON request `[predicted, gold, timeout_s]` per line."""
     reply = os.fdopen(os.dup(1), "wb", buffering=0)
     os.dup2(2, 1)  # anything else printed goes to stderr, not into the replies
     _load_math_verify()
-    try:
-        import resource
-
-        _, hard = resource.getrlimit(resource.RLIMIT_AS)
-        limit = _HELPER_MEMORY_BYTES if hard == resource.RLIM_INFINITY else min(hard, _HELPER_MEMORY_BYTES)
-        resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
-    except (ImportError, ValueError, OSError):
-        pass  # no limit where it cannot be set
+    _compare("1/2", "0.5")  # load the parts of sympy a comparison needs before measuring our size
+    _limit_address_space(headroom_bytes)
     reply.write(b"ready\n")
     for line in sys.stdin.buffer:
         try:
             predicted, gold, timeout_s = json.loads(line)
             ok = _match_with_timer(predicted, gold, float(timeout_s))
-        except Exception:
+        except Exception:  # a MemoryError (the address-space limit) included: False, and serve on
             ok = False
         reply.write(b"1\n" if ok else b"0\n")
 
@@ -258,7 +284,13 @@ class _Helper:
         failure = f"the answer-checking helper process ({sys.executable}) did not start"
         try:
             self.proc = subprocess.Popen(
-                [sys.executable or "python3", "-c", _HELPER_CODE, str(Path(__file__).resolve())],
+                [
+                    sys.executable or "python3",
+                    "-c",
+                    _HELPER_CODE,
+                    str(Path(__file__).resolve()),
+                    str(int(_HELPER_MEMORY_HEADROOM_BYTES)),
+                ],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.DEVNULL,
@@ -319,7 +351,11 @@ def _match_in_helper(predicted: str, gold: str, timeout_s: float) -> bool:
                 helper = None
     if helper is None:
         helper = _Helper()
-    verdict = helper.ask(predicted, gold, timeout_s)
+    try:
+        verdict = helper.ask(predicted, gold, timeout_s)
+    except BaseException:  # e.g. KeyboardInterrupt while waiting: the helper is mid-request, unusable
+        helper.close()
+        raise
     if verdict is None:
         helper.close()
         return False
