@@ -221,7 +221,7 @@ class ScriptedJudge:
     def __init__(self):
         self.calls = 0
 
-    def generate(self, conversations, n, sampling):
+    def generate(self, conversations, n, sampling, keys=None):
         self.calls += len(conversations)
         return [["BETTER_RESPONSE: 4" if "Jared" in c[-1]["content"] else "no idea"] for c in conversations]
 
@@ -258,10 +258,20 @@ def test_recipe_needs_lora(tmp_path):
 
 def test_general_prompts_from_txt_and_jsonl_files(tmp_path):
     txt = tmp_path / "general.txt"
-    txt.write_text("Tell me a joke.\n\nWhat is rain?\nName a planet.\n")
+    txt.write_text("Tell me a joke.\n\nWhat is rain?\nName a planet.\nWhat is rain?\n")
     config = C3POConfig.model_validate(tiny_recipe(tmp_path, general_prompts=str(txt)))
     method = C3PO(config, open_run(config.run_dir, "g", config.model_dump(mode="json")), progress=False)
-    assert sorted(method.general_prompts(3)) == ["Name a planet.", "Tell me a joke.", "What is rain?"]
+    # a repeated prompt is drawn once
+    assert sorted(method.general_prompts(5)) == ["Name a planet.", "Tell me a joke.", "What is rain?"]
+    for name, content, message in [
+        ("empty.txt", "\n\n", "empty.txt: no prompts in the file"),
+        ("latin1.txt", "caf\xe9\n", r"latin1.txt:1: not valid UTF-8 \(byte 0xe9 at offset 3\)"),
+    ]:
+        (tmp_path / name).write_bytes(content.encode("latin-1"))
+        config = C3POConfig.model_validate(tiny_recipe(tmp_path, general_prompts=str(tmp_path / name)))
+        method = C3PO(config, open_run(config.run_dir, name, config.model_dump(mode="json")), progress=False)
+        with pytest.raises(DataError, match=message):
+            method.general_prompts(2)
     bad = tmp_path / "general.jsonl"
     bad.write_text('{"prompt": "ok"}\n{"text": "no prompt key"}\n')
     config = C3POConfig.model_validate(tiny_recipe(tmp_path, general_prompts=str(bad)))

@@ -163,7 +163,7 @@ class FakeBackend:
         self.reply = reply
         self.asked: dict[str, int] = {}
 
-    def generate(self, conversations, n, sampling):
+    def generate(self, conversations, n, sampling, keys=None):
         out = []
         for conv in conversations:
             prompt = conv[-1]["content"]

@@ -50,7 +50,7 @@ class ScriptedBackend:
         self.script = script
         self.calls: list[tuple[list, int, SamplingParams]] = []
 
-    def generate(self, conversations, n, sampling):
+    def generate(self, conversations, n, sampling, keys=None):
         self.calls.append(([list(c) for c in conversations], n, sampling))
         replies = []
         for conv in conversations:
@@ -88,7 +88,7 @@ def rollout(tmp_path, problems=PROBLEMS, scripts=(TURN1, TURN2), **config):
     rise = Rise(cfg, RunStore(tmp_path / "runs", "r"), progress=False)
     backends = [ScriptedBackend(s) for s in scripts]
     sampling = SamplingParams(temperature=0.7, max_new_tokens=16)
-    return rise, rise._rollout(problems, backends, sampling), backends, sampling
+    return rise, rise._rollout(problems, backends, sampling, "collect/iter1"), backends, sampling
 
 
 def test_rollout_episodes(tmp_path):
@@ -189,7 +189,7 @@ class FakePolicy:
         self.calls = 0
         self.asked: list[str] = []
 
-    def generate(self, conversations, n, sampling):
+    def generate(self, conversations, n, sampling, keys=None):
         self.calls += 1
         if self.calls == self.die_on_call:
             raise Killed

@@ -6,7 +6,7 @@ import random
 import pytest
 
 from feedlearn.backends.base import ParsedAsker, SamplingParams
-from feedlearn.envs.instructions import BUILTIN_FEEDBACKS, CATEGORIES, corpus, general_prompts
+from feedlearn.envs.instructions import BUILTIN_FEEDBACKS, CATEGORIES, corpus, general_pool, general_prompts
 from feedlearn.errors import BackendError, FeedlearnError
 from feedlearn.feedback.teachers import LLMTeacher, OfflineTeacher, parse_list, parse_revision
 from feedlearn.feedback.verbal import Feedback, metric_value
@@ -34,10 +34,17 @@ def test_corpus_is_seeded_and_covers_every_category():
     assert fruit_list.endswith(".") and fruit_list.count(", ") == 2
 
 
-def test_general_prompts_avoid_builtin_feedback_categories():
-    prompts = general_prompts(100, seed=0)
-    assert prompts == general_prompts(100, seed=0)
-    assert all(p.startswith(("What color is", "Describe")) for p in prompts)
+def test_general_prompts_avoid_builtin_feedback_categories_and_repeat_only_after_all_are_used():
+    prompts = general_prompts(400, seed=0)
+    assert prompts == general_prompts(400, seed=0)
+    assert prompts != general_prompts(400, seed=1)
+    assert all(
+        p.startswith(("What color", "Which color", "Tell me the color", "Describe", "Briefly", "In a few"))
+        for p in prompts
+    )
+    pool = general_pool()
+    assert len(pool) == len(set(pool)) == 324
+    assert set(prompts[: len(pool)]) == set(pool)  # no repeat before every prompt is used
 
 
 @pytest.mark.parametrize("name", list(BUILTIN_FEEDBACKS))
@@ -121,7 +128,7 @@ class FakeBackend:
         self.error = error
         self.calls = []
 
-    def generate(self, conversations, n, sampling):
+    def generate(self, conversations, n, sampling, keys=None):
         self.calls.append((list(conversations), n, sampling))
         if self.error is not None:
             raise self.error

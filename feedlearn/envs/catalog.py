@@ -7,7 +7,6 @@ target depth (0, 1, 2, ...). ALFWorld has no levels.
 
 from __future__ import annotations
 
-import hashlib
 from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Literal, get_args
@@ -20,6 +19,7 @@ from feedlearn.envs.autoexplore import AutoExplore, AutoExploreSettings, Explore
 from feedlearn.envs.taxi import DangerousTaxi, TaxiLevel, TaxiSettings
 from feedlearn.envs.text_env import TextEnv
 from feedlearn.errors import ConfigError
+from feedlearn.seeds import held_out
 
 Split = Literal["train", "test"]
 Level = str | int
@@ -27,7 +27,8 @@ TAXI_LEVELS = get_args(TaxiLevel)
 
 
 class TaxiEnvSettings(TaxiSettings):
-    """DangerousTaxi. Train and test episodes differ by their seeds (`evaluate.seed`)."""
+    """DangerousTaxi. Train and test episodes start from seeds of different purposes (`feedlearn.seeds`);
+    its few start states are shared by both, as in the paper's setting."""
 
     name: Literal["taxi"] = Field(description="DangerousTaxi on gymnasium's Taxi.")
 
@@ -135,8 +136,8 @@ class EnvFactory:
         tasks += self.extra_tasks
         split: dict[str, list[ExploreTask]] = {"train": [], "test": []}
         for task in tasks:
-            key = hashlib.sha256(f"{task.question}\0{sorted(task.targets)}".encode()).digest()
-            split["test" if int.from_bytes(key[:8]) / 2**64 < s.test_share else "train"].append(task)
+            test = held_out(f"{task.question}\0{sorted(task.targets)}", s.test_share)
+            split["test" if test else "train"].append(task)
         for name, part in split.items():
             if not part and (name == "train" or s.test_share > 0):
                 raise ConfigError(

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from functools import partial
 
 from feedlearn.feedback.verbal import Feedback, Metric
+from feedlearn.seeds import derive_seed
 
 NAMES = ["Jared", "Maria", "Tom", "Lena", "Omar", "Chen", "Sofia", "Ravi"]
 TOPICS = {
@@ -126,14 +127,30 @@ def _list(rng: random.Random) -> tuple[str, str]:
     return prompt, ", ".join(items) + "."
 
 
+QUESTION_PROMPTS = [
+    "What color is {obj}{context}?",
+    "Which color is {obj}{context}?",
+    "Tell me the color of {obj}{context}.",
+]
+DESCRIBE_PROMPTS = [
+    "Describe {animal} in a few words{context}.",
+    "Briefly describe {animal}{context}.",
+    "In a few words, describe {animal}{context}.",
+]
+GENERAL_CONTEXTS = ["", " for a quiz", " for a child", " for my notes", " for a class", " for a story"]
+"""Contexts a general request may add; the answer does not depend on them."""
+
+
 def _question(rng: random.Random) -> tuple[str, str]:
     obj = rng.choice(list(COLORS))
-    return f"What color is {obj}?", f"{obj[0].upper()}{obj[1:]} is usually {COLORS[obj]}."
+    prompt = rng.choice(QUESTION_PROMPTS).format(obj=obj, context=rng.choice(GENERAL_CONTEXTS))
+    return prompt, f"{obj[0].upper()}{obj[1:]} is usually {COLORS[obj]}."
 
 
 def _describe(rng: random.Random) -> tuple[str, str]:
     animal = rng.choice(list(ANIMALS))
-    return f"Describe {animal} in a few words.", rng.choice(ANIMALS[animal])
+    prompt = rng.choice(DESCRIBE_PROMPTS).format(animal=animal, context=rng.choice(GENERAL_CONTEXTS))
+    return prompt, rng.choice(ANIMALS[animal])
 
 
 CATEGORIES: dict[str, Callable[[random.Random], tuple[str, str]]] = {
@@ -149,14 +166,21 @@ GENERAL_CATEGORIES = ["question", "describe"]
 
 def corpus(n: int, seed: int) -> list[tuple[str, str]]:
     """`n` (prompt, response) chats, categories drawn uniformly; the same seed gives the same chats."""
-    rng = random.Random(seed)
+    rng = random.Random(derive_seed(seed, "data", "instruction-corpus"))
     return [CATEGORIES[rng.choice(list(CATEGORIES))](rng) for _ in range(n)]
 
 
 def general_prompts(n: int, seed: int) -> list[str]:
-    """`n` prompts of the categories no built-in feedback touches, for out-of-scope use."""
-    rng = random.Random(seed)
-    return [CATEGORIES[rng.choice(GENERAL_CATEGORIES)](rng)[0] for _ in range(n)]
+    """`n` prompts of the categories no built-in feedback touches, for out-of-scope use; no prompt repeats
+    before all of them (`len(general_pool())`) are used."""
+    return _draw(general_pool(), n, random.Random(derive_seed(seed, "data", "general-prompts")))
+
+
+def general_pool() -> list[str]:
+    """Every prompt of the general categories."""
+    return [
+        p.format(obj=obj, context=c) for p in QUESTION_PROMPTS for obj in COLORS for c in GENERAL_CONTEXTS
+    ] + [p.format(animal=a, context=c) for p in DESCRIBE_PROMPTS for a in ANIMALS for c in GENERAL_CONTEXTS]
 
 
 # ---- built-in feedbacks --------------------------------------------------------------------------------

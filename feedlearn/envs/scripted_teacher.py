@@ -22,6 +22,7 @@ from feedlearn.envs.autoexplore import AutoExplore
 from feedlearn.envs.taxi import ACTIONS, IN_TAXI, DangerousTaxi
 from feedlearn.envs.text_env import TextEnv, TextObservation
 from feedlearn.errors import FeedlearnError
+from feedlearn.seeds import derive_seed
 
 P_ORACLE = {DangerousTaxi: 0.9, AutoExplore: 1.0, ALFWorldEnv: 0.7}
 """The default chance of taking the oracle's move, per environment type."""
@@ -71,8 +72,11 @@ def teacher_episodes(
     p_oracle: float | None = None,
     negatives: int = 0,
     templates: bool = True,
+    key: str = "teacher",
 ) -> list[ReflectStep]:
-    """`n` teacher episodes, then `negatives` recovery examples, deterministic given `seed`.
+    """`n` teacher episodes, then `negatives` recovery examples, deterministic given `seed` and `key` (which
+    also prefixes the episodes' ids). Their episodes start from "teacher" seeds (`feedlearn.seeds`), never
+    from a seed a test episode starts from.
 
     Each step takes the oracle's move with probability `p_oracle` (None: the env's default, see the module
     docstring), else a random other safe move (kind "random"; its reflection still names the oracle's
@@ -90,10 +94,10 @@ def teacher_episodes(
         p_oracle = next((p for cls, p in P_ORACLE.items() if isinstance(env, cls)), None)
         if p_oracle is None:
             raise FeedlearnError(_unsupported(env))
-    rng = random.Random(seed)
+    rng = random.Random(derive_seed(seed, "teacher", key, "moves"))
     steps = []
     for i in range(n):
-        obs, _ = env.reset(seed=rng.getrandbits(32))
+        obs, _ = env.reset(seed=derive_seed(seed, "teacher", key, "episode", i))
         done, t = False, 0
         while not done:
             oracle = env.oracle_action()
@@ -101,14 +105,15 @@ def teacher_episodes(
             explore = bool(others) and rng.random() >= p_oracle
             action = rng.choice(others) if explore else oracle
             kind = "random" if explore else "oracle"
-            steps.append(_record(f"{seed}-{i}", t, obs, think(env), action, oracle, kind))
+            steps.append(_record(f"{key}-{i}", t, obs, think(env), action, oracle, kind))
             obs, _, terminated, truncated, _ = env.step(action)
             done, t = terminated or truncated, t + 1
     made = 0
-    for _ in range(10 * negatives):
+    for attempt in range(10 * negatives):
         if made == negatives:
             break
-        pair = _negative(env, rng, f"{seed}-negative-{made}", think)
+        start = derive_seed(seed, "teacher", key, "negative", attempt)
+        pair = _negative(env, start, rng, f"{key}-negative-{made}", think)
         steps += pair
         made += bool(pair)
     if made < negatives:
@@ -119,9 +124,10 @@ def teacher_episodes(
     return steps
 
 
-def _negative(env: TextEnv, rng: random.Random, episode: str, think) -> list[ReflectStep]:
-    """A wrong safe move at a random state of an oracle path and the recovery after it ([] if none)."""
-    obs, _ = env.reset(seed=rng.getrandbits(32))
+def _negative(env: TextEnv, start: int, rng: random.Random, episode: str, think) -> list[ReflectStep]:
+    """A wrong safe move at a random state of the oracle path from the episode seeded `start`, and the
+    recovery after it ([] if none)."""
+    obs, _ = env.reset(seed=start)
     length = _oracle_length(env)
     span = min(length, env.max_steps - 1)  # the recovery step must fit in the horizon
     if span < 1:

@@ -3,14 +3,21 @@
 Difficulty level k chains k operations (add, subtract, multiply by a small number) on two-digit numbers.
 Each solution works every operation digit by digit, the way one does it on paper (`56+95: 6+5=11,
 5+9+1=15, 56+95=151.`), and ends with `\\boxed{answer}`: small models can learn that, and their slips
-are the kind of errors a second attempt can fix.
+are the kind of errors a second attempt can fix. A problem is a test problem when its question hashes into
+the first `TEST_SHARE` of the range, so train and test sets never share a question, whatever their seeds.
 """
 
 from __future__ import annotations
 
 import random
+from typing import Literal
 
 from feedlearn.envs.math_data import MathProblem
+from feedlearn.errors import FeedlearnError
+from feedlearn.seeds import derive_seed, held_out
+
+TEST_SHARE = 0.2
+"""Share of all possible questions that only test sets draw."""
 
 NAMES = ["Ava", "Ben", "Cara", "Dev", "Eli", "Fay", "Gus", "Hana", "Ivo", "Jun", "Kai", "Lena", "Mo", "Nia"]
 OBJECTS = ["apples", "books", "coins", "shells", "stamps", "marbles", "pens", "cards", "eggs", "rocks"]
@@ -82,7 +89,18 @@ def make_problem(rng: random.Random, level: int, problem_id: str) -> MathProblem
     )
 
 
-def generate_problems(n: int, seed: int, levels: list[int], prefix: str = "syn") -> list[MathProblem]:
-    """`n` problems, levels drawn uniformly from `levels`; the same seed gives the same problems."""
-    rng = random.Random(seed)
-    return [make_problem(rng, rng.choice(levels), f"{prefix}-{seed}-{i}") for i in range(n)]
+def generate_problems(
+    n: int, seed: int, levels: list[int], prefix: str = "syn", split: Literal["train", "test"] = "train"
+) -> list[MathProblem]:
+    """`n` problems of `split`, levels drawn uniformly from `levels`; one seed, one set of problems."""
+    rng = random.Random(derive_seed(seed, "data", "synthetic-math"))
+    problems: list[MathProblem] = []
+    for _ in range(100 * n + 1000):
+        if len(problems) == n:
+            return problems
+        problem = make_problem(rng, rng.choice(levels), f"{prefix}-{seed}-{len(problems)}")
+        if held_out(problem.question, TEST_SHARE) == (split == "test"):
+            problems.append(problem)
+    raise FeedlearnError(
+        f"synthetic math: found only {len(problems)} of {n} {split} problems at levels {levels}"
+    )

@@ -3,17 +3,23 @@
 Each prompt names a topic; a response is a few words. Every (topic, word) has a hidden value drawn from a
 seeded normal distribution, and the response with the higher total value is preferred. A model must learn
 these values from preference labels alone, so accuracy grows with the labels it gets: the setting where
-choosing which labels to ask for matters.
+choosing which labels to ask for matters. A pair is a test pair when a hash of its topic and word sets falls
+in the first `TEST_SHARE` of the range, so train and test pairs never coincide.
 """
 
 from __future__ import annotations
 
 import hashlib
 import random
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from feedlearn.data.records import PreferencePair
+from feedlearn.seeds import derive_seed, held_out
+
+TEST_SHARE = 0.2
+"""Share of all possible pairs that only test sets draw."""
 
 TOPICS = ["ocean", "forest", "city", "desert", "kitchen", "garden", "winter", "music"]
 WORDS = str.split(
@@ -51,16 +57,20 @@ class WordPreferenceTask(BaseModel):
         values = self.values()
         return sum(values.get((topic, w), 0.0) for w in response.split())
 
-    def pairs(self, n: int, seed: int, prefix: str = "pair") -> list[PreferencePair]:
-        """`n` labeled pairs (a = the preferred response, label 1), a function of `seed` and the rule."""
-        rng = random.Random(f"{self.rule_seed}-{seed}")
+    def pairs(
+        self, n: int, seed: int, prefix: str = "pair", split: Literal["train", "test"] = "train"
+    ) -> list[PreferencePair]:
+        """`n` labeled pairs of `split` (a = the preferred response, label 1), a function of `seed` and the
+        rule."""
+        rng = random.Random(derive_seed(seed, "data", "word-pairs", self.rule_seed))
         values, topics = self.values(), TOPICS[: self.topics]
         out = []
         while len(out) < n:
             topic = rng.choice(topics)
             a, b = (rng.sample(WORDS, self.response_words) for _ in range(2))
             gap = sum(values[topic, w] for w in a) - sum(values[topic, w] for w in b)
-            if abs(gap) < self.min_gap:
+            content = "|".join([topic, *sorted(" ".join(sorted(side)) for side in (a, b))])
+            if abs(gap) < self.min_gap or held_out(content, TEST_SHARE) != (split == "test"):
                 continue
             chosen, rejected = (a, b) if gap > 0 else (b, a)
             text = f"{topic}|{' '.join(chosen)}|{' '.join(rejected)}"

@@ -14,6 +14,7 @@ from feedlearn.backends.base import ParsedAsker
 from feedlearn.envs.autoexplore import CAT_SUFFIXES, ExploreTask, listed_files, read_prefix
 from feedlearn.envs.scripted_teacher import ReflectStep
 from feedlearn.envs.text_env import TextObservation
+from feedlearn.seeds import derive_seed
 
 REFLECTION_WORDS = 50
 """The length the spec asks of a reflection."""
@@ -63,7 +64,7 @@ def propose_tasks(
     only that file answers. Files are read like `cat` reads them (sandboxed, truncated)."""
     root = os.path.realpath(root)
     files = [f for f in listed_files(root) if f.lower().endswith(CAT_SUFFIXES)]
-    picked = random.Random(seed).sample(files, min(n, len(files)))
+    picked = random.Random(derive_seed(seed, "teacher", "tasks")).sample(files, min(n, len(files)))
     questions = []
     for rel in picked:
         text = read_prefix(os.path.join(root, rel), 4 * max_chars).decode(errors="replace")[:max_chars]

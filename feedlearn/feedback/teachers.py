@@ -16,6 +16,7 @@ from feedlearn.backends.base import ParsedAsker
 from feedlearn.envs.instructions import BUILTIN_FEEDBACKS, FeedbackTask
 from feedlearn.errors import FeedlearnError
 from feedlearn.feedback.verbal import Feedback
+from feedlearn.seeds import derive_seed
 
 Scope = Literal["in", "near"]
 """in: prompts the feedback applies to; near: closely related prompts it does not apply to."""
@@ -57,7 +58,9 @@ class OfflineTeacher:
                 f"choose one of {', '.join(task.categories)}"
             )
         generate = {"in": task.in_scope, "near": task.near_scope}[scope]
-        return generate(category, n, random.Random(f"{self.seed}-{feedback.id}-{category}-{scope}"))
+        return generate(
+            category, n, random.Random(derive_seed(self.seed, "teacher", feedback.id, category, scope))
+        )
 
     def revise(self, feedback: Feedback, prompts: list[str], responses: list[str]) -> list[str | None]:
         task = _task(feedback)

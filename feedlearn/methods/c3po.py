@@ -31,7 +31,15 @@ from pydantic import Field, model_validator
 
 from feedlearn.backends.base import ParsedAsker, SamplingParams
 from feedlearn.backends.local import LocalBackend
-from feedlearn.data.jsonl import JsonlAppender, json_lines, read_jsonl, write_json_atomic, write_jsonl_atomic
+from feedlearn.data.jsonl import (
+    JsonlAppender,
+    json_lines,
+    read_jsonl,
+    read_text,
+    require_file,
+    write_json_atomic,
+    write_jsonl_atomic,
+)
 from feedlearn.data.records import Message, Record, SFTExample
 from feedlearn.envs import instructions
 from feedlearn.errors import ConfigError, DataError
@@ -41,6 +49,7 @@ from feedlearn.losses import anchor_loss, dpo_loss, sequence_logprobs, token_mea
 from feedlearn.methods.common import AskSettings, Method, RecipeConfig, Settings, single_process
 from feedlearn.models.loading import load_policy
 from feedlearn.models.tiny import build_tiny_model
+from feedlearn.seeds import derive_seed
 from feedlearn.training.data import collate, completion_row, tokenize_sft
 from feedlearn.training.trainer import TrainSettings, is_trained, sft_loss, train
 
@@ -193,9 +202,7 @@ class C3PO(Method):
         if source == "builtin":
             return instructions.general_prompts(n, self.config.seed)
 
-        path = Path(source)
-        if not path.exists():
-            raise DataError(f"{path}: general prompt file not found")
+        path = require_file(source, missing="general prompt file not found")
         if path.suffix == ".jsonl":
             prompts = []
             for lineno, row in json_lines(path):
@@ -203,10 +210,14 @@ class C3PO(Method):
                     raise DataError(f"{path}:{lineno}: field 'prompt': a string is required")
                 prompts.append(row["prompt"])
         else:
-            prompts = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+            prompts = [line.strip() for line in read_text(path).splitlines() if line.strip()]
+        if not prompts:
+            raise DataError(f"{path}: no prompts in the file")
         if len(prompts) < n:
             log.warning("%s holds %d prompts, fewer than the %d asked for", path, len(prompts), n)
-        return random.Random(self.config.seed).sample(prompts, min(n, len(prompts)))
+        prompts = list(dict.fromkeys(prompts))
+        rng = random.Random(derive_seed(self.config.seed, "data", "general-prompts"))
+        return rng.sample(prompts, min(n, len(prompts)))
 
     @cached_property
     def teacher(self) -> Teacher:
@@ -237,7 +248,7 @@ class C3PO(Method):
             return folder / "model"
         chats = instructions.corpus(cfg.sft.chats, cfg.seed)
         texts = [f"{p}\n{r}" for p, r in chats] + [IN_CONTEXT, COT]
-        base = build_tiny_model(cfg.tiny, texts)
+        base = build_tiny_model(cfg.tiny, texts, cfg.seed)
         model, tokenizer = load_policy(
             self._settings(str(base)).model_copy(update={"lora": None}), trainable=True
         )
@@ -272,25 +283,33 @@ class C3PO(Method):
         folder = self.store.stage(f"{feedback.id[:8]}/sample")
         out = JsonlAppender(folder / "samples.jsonl", C3POSample)
         prompts = self._prompts(feedback, folder)
-        todo = [p for p in prompts if p["id"] not in out]
-        if not todo:
+        if all(p["id"] in out for p in prompts):
             return out.path
         teacher = self.teacher
         backend = self._backend(*load_policy(self._settings(self.base_model_path())))
         sampling = SamplingParams(temperature=s.temperature, top_p=s.top_p, max_new_tokens=s.max_new_tokens)
-        dropped = 0
-        for start in range(0, len(todo), s.chunk_size):
-            chunk = todo[start : start + s.chunk_size]
-            baselines = [r[0] for r in backend.generate([_chat(p["prompt"]) for p in chunk], 1, sampling)]
+
+        def answers(kind: str, rows: list[dict], texts: list[str]) -> list[str]:
+            keys = [f"{feedback.id[:8]}/{p['id']}/{kind}" for p in rows]
+            return (
+                [r[0] for r in backend.generate([_chat(t) for t in texts], 1, sampling, keys)] if rows else []
+            )
+
+        # Chunks are fixed slices of the prompt list: a resumed stage batches what an uninterrupted one did.
+        for start in range(0, len(prompts), s.chunk_size):
+            chunk = [p for p in prompts[start : start + s.chunk_size] if p["id"] not in out]
+            if not chunk:
+                continue
+            baselines = answers("baseline", chunk, [p["prompt"] for p in chunk])
             tests = [i for i, p in enumerate(chunk) if p["split"] == "test"]
-            in_context = _answers(
-                backend,
-                sampling,
+            in_context = answers(
+                "in-context",
+                [chunk[i] for i in tests],
                 [IN_CONTEXT.format(prompt=chunk[i]["prompt"], content=feedback.content) for i in tests],
             )
-            cot = _answers(
-                backend,
-                sampling,
+            cot = answers(
+                "cot",
+                [chunk[i] for i in tests],
                 [COT.format(prompt=chunk[i]["prompt"], content=feedback.content) for i in tests],
             )
             extra = {
@@ -305,8 +324,7 @@ class C3PO(Method):
             rows = []
             for i, p in enumerate(chunk):
                 if not baselines[i].strip() or (i in revisions and not revisions[i]):
-                    dropped += 1  # a missing completion: the row is dropped, as in the paper
-                    continue
+                    continue  # a missing completion: the row is dropped, as in the paper
                 rows.append(
                     C3POSample(**p, baseline=baselines[i], revised=revisions.get(i), **extra.get(i, {}))
                 )
@@ -314,14 +332,14 @@ class C3PO(Method):
             log.info(
                 "%s: sampled %d / %d prompts",
                 feedback.id[:8],
-                min(start + s.chunk_size, len(todo)),
-                len(todo),
+                min(start + s.chunk_size, len(prompts)),
+                len(prompts),
             )
         self.store.log_metrics(
             f"{feedback.id[:8]}/sample",
             {
                 "samples": len(out.ids),
-                "dropped": dropped,
+                "dropped": len(prompts) - len(out.ids),
                 "teacher/garbage_replies": getattr(teacher, "garbage_replies", 0),
             },
         )
@@ -358,7 +376,13 @@ class C3PO(Method):
         prompts += [
             {"scope": "out", "category": "general", "prompt": p} for p in self.general_prompts(in_count)
         ]
-        rng = random.Random(self.config.seed)
+        # A prompt lives in one scope and one split: the first scope that has it keeps it, so no test prompt
+        # is also a training prompt.
+        first: dict[str, dict] = {}
+        for p in prompts:
+            first.setdefault(p["prompt"], p)
+        prompts = list(first.values())
+        rng = random.Random(derive_seed(self.config.seed, "data", "split", feedback.id))
         rows = []
         for scope in ("in", "near", "out"):
             group = [p for p in prompts if p["scope"] == scope]

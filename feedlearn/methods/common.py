@@ -36,7 +36,7 @@ class BackendSettings(Settings):
     def build(self, batch_size: int, seed: int) -> Backend:
         """The backend; local generation runs `batch_size` sequences at a time, seeded with `seed`."""
         if self.openai is not None:
-            return OpenAIBackend.from_config(self.openai)
+            return OpenAIBackend(self.openai, seed=seed)
         if self.local is None:
             raise FeedlearnError("no backend configured: set 'openai' or 'local'")
         return LocalBackend(*load_policy(self.local), batch_size, seed=seed)

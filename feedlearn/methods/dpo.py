@@ -70,12 +70,12 @@ class PreferenceData(Settings):
             raise ValueError("give exactly one of 'path' or 'synthetic'")
         return self
 
-    def load(self, prefix: str) -> list[PreferencePair]:
-        """The pairs, read or generated."""
+    def load(self, prefix: str, split: Literal["train", "test"] = "train") -> list[PreferencePair]:
+        """The pairs, read or generated (generated test pairs never coincide with generated training ones)."""
         if self.path is not None:
             return load_pairs(self.path, self.limit)
         s = self.synthetic
-        return s.task.pairs(s.n, s.seed, prefix)[: self.limit]
+        return s.task.pairs(s.n, s.seed, prefix, split)[: self.limit]
 
 
 class DPOSettings(Settings):
@@ -161,7 +161,7 @@ class PreferenceLearning(Method):
         texts = [
             _text(p.prompt) + _text(side) for p in self.config.train_data.load("train") for side in (p.a, p.b)
         ]
-        return str(build_tiny_model(self.config.tiny, texts[:20000]))
+        return str(build_tiny_model(self.config.tiny, texts[:20000], self.config.seed))
 
     def reference_logprobs(
         self, model, tokenizer, pairs: list[PreferencePair], rows: list[dict], path: Path
@@ -232,7 +232,7 @@ class PreferenceLearning(Method):
         cfg, folder = self.config, self.store.stage("evaluate")
         if cfg.eval_data is None:
             raise DataError("evaluate needs held-out pairs: set eval_data in the recipe")
-        pairs = cfg.eval_data.load("eval")
+        pairs = cfg.eval_data.load("eval", "test")
         if any(p.label is None for p in pairs):
             raise DataError("eval_data must be labeled (chosen/rejected, or a label on each pair)")
         model, tokenizer = load_policy(self._settings(self.reference_path()))

@@ -28,7 +28,7 @@ import torch
 from pydantic import Field, model_validator
 
 from feedlearn.backends.base import ParsedAsker, SamplingParams
-from feedlearn.backends.local import LocalBackend
+from feedlearn.backends.local import LocalBackend, sample_rows
 from feedlearn.data.jsonl import JsonlAppender, read_jsonl, write_json_atomic, write_jsonl_atomic
 from feedlearn.data.records import Message, Record, SFTExample
 from feedlearn.envs.autoexplore import ExploreTask
@@ -57,6 +57,7 @@ from feedlearn.models.chat import prompt_ids
 from feedlearn.models.loading import load_policy
 from feedlearn.models.tiny import build_tiny_model
 from feedlearn.report import flatten
+from feedlearn.seeds import derive_seed
 from feedlearn.training.data import tokenize_sft
 from feedlearn.training.trainer import TrainSettings, is_trained, sft_loss, train
 
@@ -155,7 +156,11 @@ class EvaluateSettings(Settings):
     """Test episodes."""
 
     episodes: int = Field(default=100, gt=0, description="Episodes per level.")
-    seed: int = Field(default=10_000, description="Seed of the first test episode (train seeds are lower).")
+    seed: int = Field(
+        default=0,
+        description="Picks the test episodes; their seeds are of purpose 'test' (feedlearn.seeds), which no "
+        "training or teacher episode has.",
+    )
     levels: list[Level] | None = Field(
         default=None, description="Levels evaluated, each reported apart; None: the env's own level."
     )
@@ -241,7 +246,9 @@ class ReflectRL(Method):
         """The recipe's env settings; an AutoExplore without a root gets the synthetic mini repository."""
         env = self.config.env
         if isinstance(env, AutoExploreEnvSettings) and env.root is None:
-            root = write_mini_repo(self.store.stage("repo"), self.config.seed)
+            root = write_mini_repo(
+                self.store.stage("repo"), derive_seed(self.config.seed, "data", "mini-repo")
+            )
             env = env.model_copy(update={"root": str(root)})
         return env
 
@@ -275,10 +282,11 @@ class ReflectRL(Method):
                 steps += teacher_episodes(
                     self.envs.make("train", level),
                     t.episodes // len(levels) + (i < t.episodes % len(levels)),
-                    self.config.seed * 1000 + i,
+                    self.config.seed,
                     p_oracle=t.p_oracle,
                     negatives=t.negatives // len(levels) + (i < t.negatives % len(levels)),
                     templates=not isinstance(self.config.env, ALFWorldEnvSettings),
+                    key=f"level{i}",
                 )
             write_jsonl_atomic(path, steps)
         steps = read_jsonl(path, ReflectStep)
@@ -321,13 +329,14 @@ class ReflectRL(Method):
         steps = self.teacher_steps()
         texts = [s.state + ANALYZE + s.reflection + "\n".join(s.choices) + ACTION for s in steps[:3000]]
         texts += LABELS
-        return str(build_tiny_model(self.config.tiny, texts))
+        return str(build_tiny_model(self.config.tiny, texts, self.config.seed))
 
     # ---- stages ---------------------------------------------------------------------------------------
 
     def sft(self) -> dict[str, Path]:
         """Train the reflection model and the policy on the teacher's trajectories."""
-        steps, rng = self.teacher_steps(), random.Random(self.config.seed)
+        steps = self.teacher_steps()
+        rng = random.Random(derive_seed(self.config.seed, "order", "sft-labels"))
         out = {}
         if self.config.reflection:
             folder = self.store.stage("sft/reflector")
@@ -417,19 +426,20 @@ class ReflectRL(Method):
         optimizer = torch.optim.Adam(params, lr=cfg.rl.learning_rate, weight_decay=cfg.rl.weight_decay)
         replay: list[list[dict]] = []
         if ckpt:
-            optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt"))
+            optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=True))
             replay = json.loads((ckpt / "replay.json").read_text())
             if critic:
-                critic.load_state_dict(torch.load(ckpt / "critic.pt"))
+                critic.load_state_dict(torch.load(ckpt / "critic.pt", weights_only=True))
         objective = ChoiceObjective(tok)
         episodes_log = JsonlAppender(folder / "episodes.jsonl", EpisodeRecord)
         for iteration in range(start + 1, cfg.rl.iterations + 1):
             level = levels[(iteration - 1) * len(levels) // cfg.rl.iterations]
-            # every iteration's sampling is seeded by its number, so a resumed run replays it exactly
-            torch.manual_seed(cfg.seed * 1_000_003 + iteration)
-            seeds = [cfg.seed * 100_000 + iteration * 1000 + i for i in range(cfg.rl.episodes_per_iteration)]
-            reflecting = reflector and LocalBackend(*reflector, cfg.generation_batch_size, seed=iteration)
-            episodes = self._rollout(policy, tok, reflecting, objective, seeds, "train", level, greedy=False)
+            # an iteration's episodes, samples and dropout are seeded by its number: a resumed run replays it
+            torch.manual_seed(derive_seed(cfg.seed, "order", "rl", iteration))
+            reflecting = reflector and LocalBackend(*reflector, cfg.generation_batch_size, seed=cfg.seed)
+            episodes = self._rollout(
+                policy, tok, reflecting, objective, self.train_seeds(iteration), "train", level, greedy=False
+            )
             self._update(
                 policy, critic, objective, optimizer, params, [s for ep in episodes for s in ep["steps"]]
             )
@@ -475,7 +485,7 @@ class ReflectRL(Method):
 
         def play(backend, level):
             with torch.no_grad():
-                return self._rollout(policy, tok, backend, objective, self._test_seeds(), "test", level, True)
+                return self._rollout(policy, tok, backend, objective, self.test_seeds(), "test", level, True)
 
         played = {lvl: play(reflector and self._backend(*reflector), lvl) for lvl in self._test_levels()}
         records = _episode_records(played)
@@ -501,7 +511,7 @@ class ReflectRL(Method):
             return json.loads((folder / "metrics.json").read_text())
         asker = remote.asker(self.config.generation_batch_size, self.config.seed)
         played = {
-            level: self._remote_rollout(asker, self._test_seeds(), level) for level in self._test_levels()
+            level: self._remote_rollout(asker, self.test_seeds(), level) for level in self._test_levels()
         }
         write_jsonl_atomic(folder / "episodes.jsonl", _episode_records(played))
         metrics = _by_level(played)
@@ -524,8 +534,15 @@ class ReflectRL(Method):
     def _test_levels(self) -> list[Level | None]:
         return self.levels(self.config.evaluate.levels)
 
-    def _test_seeds(self) -> list[int]:
-        return [self.config.evaluate.seed + i for i in range(self.config.evaluate.episodes)]
+    def train_seeds(self, iteration: int) -> list[int]:
+        """The seeds of RL iteration `iteration`'s episodes ("train" seeds: no test episode has one)."""
+        n = self.config.rl.episodes_per_iteration
+        return [derive_seed(self.config.seed, "train", "rl", iteration, i) for i in range(n)]
+
+    def test_seeds(self) -> list[int]:
+        """The seeds of the test episodes ("test" seeds: no training or teacher episode has one)."""
+        s = self.config.evaluate
+        return [derive_seed(s.seed, "test", "episode", i) for i in range(s.episodes)]
 
     def _order(self, n: int, rng: random.Random) -> list[int]:
         """The order the choices are shown in: shuffled (no position bias) or the environment's."""
@@ -548,7 +565,8 @@ class ReflectRL(Method):
         move and whether the policy took the move it names."""
         envs = [self.envs.make(split, level) for _ in seeds]
         obs = [env.reset(seed=s)[0] for env, s in zip(envs, seeds, strict=True)]
-        rngs = [random.Random(s) for s in seeds]
+        rngs = [random.Random(derive_seed(s, "order", "labels")) for s in seeds]
+        actions = [torch.Generator().manual_seed(derive_seed(s, "sampling", "actions")) for s in seeds]
         episodes = [_new_episode(s) for s in seeds]
         active = list(range(len(envs)))
         sampling = SamplingParams(
@@ -559,7 +577,8 @@ class ReflectRL(Method):
             reflections = [None] * len(active)
             if reflector is not None:
                 convs = [[{"role": "user", "content": obs[i].state + ANALYZE}] for i in active]
-                reflections = [r[0] for r in reflector.generate(convs, 1, sampling)]
+                keys = [f"reflection/{seeds[i]}/step{len(episodes[i]['steps'])}" for i in active]
+                reflections = [r[0] for r in reflector.generate(convs, 1, sampling, keys)]
             orders = [self._order(len(obs[i].choices), rngs[i]) for i in active]
             rows = [
                 {
@@ -570,11 +589,13 @@ class ReflectRL(Method):
             ]
             with torch.no_grad():
                 logps = objective.logprobs(policy, objective.collate([{**r, "label": 0} for r in rows]))
-            picks = (
-                logps.argmax(-1)
-                if greedy
-                else torch.distributions.Categorical(logits=logps / self.config.rl.temperature).sample()
-            )
+            if greedy:
+                picks = logps.argmax(-1)
+            else:  # each episode draws its actions from its own generator
+                uniforms = torch.cat(
+                    [torch.rand(1, generator=actions[i], dtype=torch.float64) for i in active]
+                )
+                picks = sample_rows(torch.softmax(logps / self.config.rl.temperature, -1), uniforms)
             still = []
             for i, row, order, pick, reflection in zip(
                 active, rows, orders, picks.tolist(), reflections, strict=True
@@ -797,7 +818,7 @@ class Critic(torch.nn.Module):
 
     def __init__(self, policy, seed: int):
         super().__init__()
-        torch.manual_seed(seed)
+        torch.manual_seed(derive_seed(seed, "init", "critic"))
         self.head = torch.nn.Linear(policy.config.hidden_size, 1)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:

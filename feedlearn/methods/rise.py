@@ -39,6 +39,7 @@ from feedlearn.methods.rise_data import (
 )
 from feedlearn.models.loading import load_policy
 from feedlearn.models.tiny import build_tiny_model
+from feedlearn.seeds import derive_seed
 from feedlearn.training.data import tokenize_sft
 from feedlearn.training.trainer import TrainSettings, is_trained, sft_loss, train
 
@@ -67,13 +68,14 @@ class ProblemSet(Settings):
             raise ValueError("give exactly one of 'path' or 'synthetic'")
         return self
 
-    def load(self, prefix: str) -> list[MathProblem]:
-        """The problems, read or generated."""
+    def load(self, prefix: str, split: Literal["train", "test"] = "train") -> list[MathProblem]:
+        """The problems, read or generated (generated test problems never share a question with generated
+        training problems)."""
         if self.path is not None:
             problems = load_problems(self.path, self.format)
         else:
             s = self.synthetic
-            problems = generate_problems(s.n, s.seed, s.levels, prefix=prefix)
+            problems = generate_problems(s.n, s.seed, s.levels, prefix, split)
         return problems[: self.limit]
 
 
@@ -183,7 +185,7 @@ class Rise(Method):
         prompt = self.config.prompt
         texts = [prompt.first_message(p.question) + " " + solution_text(p) for p in problems]
         texts.append(prompt.retry(""))
-        return str(build_tiny_model(self.config.tiny, texts))
+        return str(build_tiny_model(self.config.tiny, texts, self.config.seed))
 
     def policy_path(self, iteration: int) -> str:
         """The policy after `iteration` RISE rounds (0 = the base, after the optional SFT warm start)."""
@@ -204,8 +206,8 @@ class Rise(Method):
             self._settings(self.base_model_path()), trainable=True, seed=self.config.seed
         )
         problems = sft.problems.load("sft")
-        random.Random(self.config.seed).shuffle(problems)
-        sizes = random.Random(self.config.seed + 1)
+        random.Random(derive_seed(self.config.seed, "order", "sft-problems")).shuffle(problems)
+        sizes = random.Random(derive_seed(self.config.seed, "order", "sft-chat-sizes"))
         examples, start = [], 0
         while start < len(problems):
             chat = problems[start : start + sizes.randint(1, sft.chat_turns)]
@@ -238,17 +240,20 @@ class Rise(Method):
         single_process("collect")
         cfg = self.config.collect
         out = JsonlAppender(self.store.stage(f"iter{iteration}/collect") / "episodes.jsonl", Episode)
-        todo = [p for p in self.config.train_problems.load("train") if p.id not in out]
-        if todo:
+        problems = self.config.train_problems.load("train")
+        if any(p.id not in out for p in problems):
             policy = self._backend(*load_policy(self._settings(self.policy_path(iteration - 1))))
             backends: list[Backend] = [
-                OpenAIBackend.from_config(t.teacher) if t.teacher else policy for t in cfg.turns
+                OpenAIBackend(t.teacher, seed=self.config.seed) if t.teacher else policy for t in cfg.turns
             ]
             sampling = SamplingParams(temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens)
-            for start in range(0, len(todo), cfg.chunk_size):
-                chunk = todo[start : start + cfg.chunk_size]
-                out.append(*self._rollout(chunk, backends, sampling))
-                log.info("collected %d / %d problems", min(start + cfg.chunk_size, len(todo)), len(todo))
+            # Chunks are fixed slices of the problem list, so a resumed collection batches what an
+            # uninterrupted one did.
+            for start in range(0, len(problems), cfg.chunk_size):
+                chunk = [p for p in problems[start : start + cfg.chunk_size] if p.id not in out]
+                if chunk:
+                    out.append(*self._rollout(chunk, backends, sampling, f"collect/iter{iteration}"))
+                    log.info("collected %d / %d problems", len(out.ids), len(problems))
         episodes = out.records()
         solved = sum(any(t.reward == 1.0 for t in e.turns) for e in episodes)
         self.store.log_metrics(
@@ -257,16 +262,20 @@ class Rise(Method):
         )
         return out.path
 
-    def _rollout(self, problems: list[MathProblem], backends: list[Backend], sampling) -> list[Episode]:
+    def _rollout(
+        self, problems: list[MathProblem], backends: list[Backend], sampling, stage: str
+    ) -> list[Episode]:
+        """One episode per problem; each turn's samples are seeded by the stage, the episode and the turn."""
         envs = [MathEnv(p, self.config.prompt, max_turns=len(backends)) for p in problems]
         episodes = []
         for p, env in zip(problems, envs, strict=True):
             first, _ = env.reset()
             episodes.append(Episode(id=p.id, task_id=p.id, prompt=[Message(role="user", content=first)]))
         active = list(range(len(problems)))
-        for spec, backend in zip(self.config.collect.turns, backends, strict=True):
+        for turn, (spec, backend) in enumerate(zip(self.config.collect.turns, backends, strict=True)):
             convs = [[m.model_dump() for m in episodes[i].conversation()] for i in active]
-            samples = backend.generate(convs, spec.n, sampling)
+            keys = [f"{stage}/{episodes[i].id}/turn{turn + 1}" for i in active]
+            samples = backend.generate(convs, spec.n, sampling, keys)
             still = []
             for i, texts in zip(active, samples, strict=True):
                 kept = [t for t in texts if not is_degenerate(t)] or [""]
@@ -346,7 +355,7 @@ class Rise(Method):
         folder = self.store.stage(f"iter{iteration}/evaluate" if iteration else "base/evaluate")
         if (folder / "metrics.json").exists():
             return json.loads((folder / "metrics.json").read_text())
-        problems = self.config.test_problems.load("test")
+        problems = self.config.test_problems.load("test", "test")
         model, tokenizer = load_policy(self._settings(self.policy_path(iteration)))
         backend = self._backend(model, tokenizer)
         sampling = SamplingParams(temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens)
@@ -355,16 +364,21 @@ class Rise(Method):
             Episode(id=p.id, task_id=p.id, prompt=[Message(role="user", content=e.reset()[0])])
             for p, e in zip(problems, envs, strict=True)
         ]
-        for _ in range(cfg.turns):
+        # Keys without the iteration: every policy of the run draws from the same random numbers on a test
+        # problem (common random numbers), so their difference is less noisy than independent draws.
+        for turn in range(cfg.turns):
             convs = [windowed(e, cfg.context_window) for e in episodes]
-            replies = backend.generate(convs, 1, sampling)
+            keys = [f"evaluate/{e.id}/turn{turn + 1}" for e in episodes]
+            replies = backend.generate(convs, 1, sampling, keys)
             for env, episode, (text,) in zip(envs, episodes, replies, strict=True):
                 feedback, reward, _, _, info = env.step(text)
                 episode.turns.append(
                     Turn(action=text, reward=reward, answer=info["answer"], feedback=feedback)
                 )
         first = [[{"role": "user", "content": e.prompt[0].content}] for e in episodes]
-        parallel = backend.generate(first, cfg.parallel_samples, sampling)
+        parallel = backend.generate(
+            first, cfg.parallel_samples, sampling, [f"evaluate/{e.id}/parallel" for e in episodes]
+        )
         parallel_scored = [[env.score(t) for t in texts] for env, texts in zip(envs, parallel, strict=True)]
         metrics = rise_metrics(problems, episodes, parallel_scored)
         write_jsonl_atomic(folder / "episodes.jsonl", episodes)

@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from feedlearn.errors import FeedlearnError
+from feedlearn.seeds import derive_seed
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -93,7 +94,7 @@ def load_policy(settings: ModelSettings, trainable: bool = False, seed: int = 0)
     if trainable and settings.lora is not None and not isinstance(model, PeftModel):
         lora = settings.lora
         with torch.random.fork_rng():
-            torch.manual_seed(seed)
+            torch.manual_seed(derive_seed(seed, "init", "lora"))
             model = get_peft_model(
                 model,
                 LoraConfig(

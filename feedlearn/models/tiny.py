@@ -19,6 +19,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from feedlearn.data.jsonl import write_text_atomic
 from feedlearn.models.chat import CHAT_SPECIAL_TOKENS, DEFAULT_CHAT_TEMPLATE
+from feedlearn.seeds import derive_seed
 
 
 class TinyModelConfig(BaseModel):
@@ -32,7 +33,6 @@ class TinyModelConfig(BaseModel):
     num_layers: int = Field(default=4, gt=0, description="Transformer blocks.")
     num_heads: int = Field(default=4, gt=0, description="Attention heads (hidden_size must divide evenly).")
     max_length: int = Field(default=1024, gt=0, description="Longest sequence the model accepts.")
-    seed: int = Field(default=0, description="Seed of the random initial weights.")
 
 
 def cache_dir() -> Path:
@@ -63,16 +63,19 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int) -> PreTrainedTokenize
     )
 
 
-def build_tiny_model(config: TinyModelConfig, texts: list[str], cache: Path | None = None) -> Path:
-    """Build (or find in the cache) a tiny model for this corpus; returns its folder, loadable by path."""
+def build_tiny_model(
+    config: TinyModelConfig, texts: list[str], seed: int = 0, cache: Path | None = None
+) -> Path:
+    """Build (or find in the cache) a tiny model for this corpus, its initial weights drawn from the
+    recipe's `seed`; returns its folder, loadable by path."""
     key = hashlib.sha256(
-        json.dumps({"config": config.model_dump(), "texts": texts}, sort_keys=True).encode()
+        json.dumps({"config": config.model_dump(), "texts": texts, "seed": seed}, sort_keys=True).encode()
     ).hexdigest()[:16]
     folder = (cache or cache_dir()) / key
     if (folder / "done").exists():
         return folder
     tokenizer = train_tokenizer(texts, config.vocab_size)
-    torch.manual_seed(config.seed)
+    torch.manual_seed(derive_seed(seed, "init", "tiny"))
     model = LlamaForCausalLM(
         LlamaConfig(
             vocab_size=len(tokenizer),

@@ -27,6 +27,7 @@ from feedlearn.data.jsonl import write_json_atomic
 from feedlearn.data.store import RunStore
 from feedlearn.errors import FeedlearnError
 from feedlearn.losses import weighted_sft_loss
+from feedlearn.seeds import derive_seed
 from feedlearn.training.data import collate
 
 
@@ -134,7 +135,7 @@ def train(
         accelerator.load_state(str(latest))
         step = json.loads((latest / "trainer_state.json").read_text())["step"]
     else:
-        torch.manual_seed(seed)
+        torch.manual_seed(derive_seed(seed, "order", stage, "dropout"))
 
     model.train()
     bar = tqdm(
@@ -148,7 +149,8 @@ def train(
         epoch, in_epoch = divmod(step, steps_per_epoch)
         if epoch != planned_epoch:
             planned_epoch = epoch
-            steps = epoch_steps(lengths, per_step, seed + epoch, settings.group_by_length)
+            epoch_seed = derive_seed(seed, "order", stage, "epoch", epoch)
+            steps = epoch_steps(lengths, per_step, epoch_seed, settings.group_by_length)
         chunk = steps[in_epoch][rank::world]
         step_loss = 0.0
         for m in range(settings.grad_accum):
