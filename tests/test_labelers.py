@@ -42,9 +42,11 @@ class FakeBackend:
         self.answer = answer
         self.error = error
         self.calls = []
+        self.keys = []
 
-    def generate(self, conversations, n, sampling):
+    def generate(self, conversations, n, sampling, keys=None):
         self.calls.append((list(conversations), n, sampling))
+        self.keys.append(keys)
         if self.error is not None:
             raise self.error
         return [[self.answer(c[-1]["content"])] for c in conversations]
@@ -138,6 +140,8 @@ def test_always_garbage_gives_up_after_max_attempts():
     labeler = judge(backend, max_attempts=3)
     assert list(labeler.label([text_pair("p1", "GOOD: 4", "bad: 5")])) == [0]
     assert len(backend.calls) == 3
+    # each attempt is seeded apart: a sampled retry is not the same draw again
+    assert len({key for keys in backend.keys for key in keys}) == 6
     assert labeler.garbage_replies == 6
     assert labeler.failed_pairs == 1
     assert labeler.position_disagreements == 0

@@ -6,8 +6,7 @@ import pytest
 import torch
 
 from feedlearn.backends.base import SamplingParams
-from feedlearn.backends.local import LocalBackend
-from feedlearn.errors import FeedlearnError
+from feedlearn.backends.local import LocalBackend, sample_rows
 from feedlearn.models.chat import CHAT_SPECIAL_TOKENS, prompt_ids
 from feedlearn.models.loading import ModelSettings, load_policy
 from feedlearn.models.tiny import TinyModelConfig, build_tiny_model
@@ -85,12 +84,9 @@ def test_n_samples_per_conversation_map_to_their_conversation(policy):
         assert replies == [[r] * 3 for r in expected], bs
 
 
-def test_greedy_with_n_above_one(policy):
+def test_greedy_with_n_above_one_repeats_the_greedy_reply(policy):
     expected = alone(policy)
-    try:
-        replies = backend(policy, batch_size=8).generate(CONVERSATIONS, 3, GREEDY)
-    except FeedlearnError:
-        return  # a clear refusal would do too
+    replies = backend(policy, batch_size=8).generate(CONVERSATIONS, 3, GREEDY)
     assert replies == [[r] * 3 for r in expected]
 
 
@@ -103,12 +99,38 @@ def test_same_seed_same_samples(policy):
     assert backend(policy, seed=6).generate(CONVERSATIONS, 3, SAMPLE) != a
 
 
-def test_each_call_is_seeded_in_sequence(policy):
-    first = backend(policy, seed=5)
-    calls = [first.generate(CONVERSATIONS, 2, SAMPLE) for _ in range(2)]
-    assert calls[0] != calls[1]  # a second call draws new samples
-    again = backend(policy, seed=5)
-    assert [again.generate(CONVERSATIONS, 2, SAMPLE) for _ in range(2)] == calls
+def test_a_conversations_samples_do_not_depend_on_its_batch_or_earlier_calls(policy):
+    together = backend(policy, seed=5, batch_size=64).generate(CONVERSATIONS, 3, SAMPLE)
+    one_by_one = backend(policy, seed=5, batch_size=1)
+    one_by_one.generate(CONVERSATIONS[:2], 2, SAMPLE)  # earlier calls change nothing
+    for conversation, replies in zip(CONVERSATIONS[::-1], together[::-1], strict=True):
+        assert one_by_one.generate([conversation], 3, SAMPLE) == [replies]
+
+
+def test_samples_are_seeded_by_key(policy):
+    b = backend(policy, seed=5)
+    keys = ["record-1", "record-2", "record-3", "record-4"]
+    first = b.generate(CONVERSATIONS, 2, SAMPLE, keys=keys)
+    assert b.generate(CONVERSATIONS[::-1], 2, SAMPLE, keys=keys[::-1]) == first[::-1]
+    same_prompt = b.generate([CONVERSATIONS[0]] * 2, 1, SAMPLE, keys=["a", "b"])
+    assert same_prompt[0] != same_prompt[1]  # two records of one prompt draw their own samples
+    alone_reply = b.generate([CONVERSATIONS[0]], 1, SAMPLE)[0]
+    assert b.generate([CONVERSATIONS[0]] * 2, 1, SAMPLE) == [alone_reply] * 2  # no keys: keyed by content
+    with pytest.raises(ValueError, match="2 keys for 4 conversations"):
+        b.generate(CONVERSATIONS, 1, SAMPLE, keys=keys[:2])
+
+
+def test_top_p_keeps_only_the_nucleus(policy):
+    nucleus = SamplingParams(temperature=1.0, top_p=1e-6, max_new_tokens=10)
+    replies = backend(policy, seed=3).generate(CONVERSATIONS, 4, nucleus)
+    assert replies == [[r] * 4 for r in alone(policy)]  # a tiny nucleus holds the argmax alone
+
+
+def test_sample_rows_inverts_each_rows_cdf():
+    probs = torch.tensor([[0.2, 0.0, 0.8], [0.5, 0.5, 0.0], [0.0, 0.0, 1.0]])
+    uniforms = torch.tensor([0.1, 0.75, 0.0])
+    assert sample_rows(probs, uniforms).tolist() == [0, 1, 2]
+    assert sample_rows(probs, torch.tensor([0.2, 0.5, 0.999])).tolist() == [2, 1, 2]  # zero mass skipped
 
 
 def test_replies_contain_no_special_tokens(policy, monkeypatch):

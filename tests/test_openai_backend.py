@@ -14,9 +14,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from feedlearn.backends.base import SamplingParams
-from feedlearn.backends.openai_compat import OpenAIBackend, OpenAIBackendConfig
-from feedlearn.errors import BackendError, ConfigError
+from feedlearn.backends import openai_compat
+from feedlearn.backends.base import SamplingParams, conversation_key
+from feedlearn.backends.openai_compat import OpenAIBackend, OpenAIBackendConfig, key_for
+from feedlearn.errors import BackendError
+from feedlearn.seeds import derive_seed
 
 KEY_ENV = "FEEDLEARN_TEST_OPENAI_KEY"
 SECRET = "sk-test-SECRET-9f8e7d6c5b4a3210-do-not-leak"
@@ -32,6 +34,8 @@ class Reply:
     delay: float = 0.0  # seconds to sleep before answering
     headers: dict[str, str] = field(default_factory=dict)
     content: str | None = "auto"  # "auto" = derived from the request; None = JSON null
+    body: bytes | None = None  # a raw 200 body sent instead of a completion ("{auth}" is replaced)
+    content_type: str = "application/json"  # of `body`
 
 
 class FakeServer:
@@ -75,6 +79,10 @@ def make_handler(server: FakeServer) -> type[BaseHTTPRequestHandler]:
                     # Echo the Authorization header, as a careless server might: it must not leak.
                     error = {"message": f"scripted {reply.status}; you sent {auth}", "type": "test"}
                     self.send_json(reply.status, {"error": error}, reply.headers)
+                elif reply.body is not None:
+                    # A careless server's page may echo the request: it must not reach the error.
+                    data = reply.body.replace(b"{auth}", str(auth).encode())
+                    self.send_raw(200, data, reply.content_type, reply.headers)
                 else:
                     self.send_json(200, completion(body, reply), reply.headers)
             except (BrokenPipeError, ConnectionResetError):
@@ -84,9 +92,11 @@ def make_handler(server: FakeServer) -> type[BaseHTTPRequestHandler]:
                     server.in_flight -= 1
 
         def send_json(self, status: int, payload: dict, headers: dict[str, str]) -> None:
-            data = json.dumps(payload).encode()
+            self.send_raw(status, json.dumps(payload).encode(), "application/json", headers)
+
+        def send_raw(self, status: int, data: bytes, content_type: str, headers: dict[str, str]) -> None:
             self.send_response(status)
-            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(data)))
             for name, value in headers.items():
                 self.send_header(name, value)
@@ -131,15 +141,20 @@ def server() -> Iterator[FakeServer]:
     thread.join()
 
 
+@pytest.fixture(autouse=True)
+def fast_malformed_retries(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(openai_compat, "MALFORMED_RETRY_DELAY_S", 0.001)
+
+
 @pytest.fixture
 def make_backend(server: FakeServer, monkeypatch: pytest.MonkeyPatch) -> Iterator:
     monkeypatch.setenv(KEY_ENV, SECRET)
     made: list[OpenAIBackend] = []
 
-    def make(**kwargs: object) -> OpenAIBackend:
+    def make(seed: int = 0, **kwargs: object) -> OpenAIBackend:
         args = {"model": "test-model", "base_url": server.base_url, "api_key_env": KEY_ENV}
         args |= {"max_retries": 1, "timeout_s": 0.5} | kwargs
-        backend = OpenAIBackend(**args)
+        backend = OpenAIBackend(OpenAIBackendConfig(**args), seed=seed)
         made.append(backend)
         return backend
 
@@ -277,15 +292,15 @@ def test_concurrency_is_bounded(server: FakeServer, make_backend) -> None:
 def test_missing_key_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(KEY_ENV, raising=False)
     with pytest.raises(BackendError, match=KEY_ENV):
-        OpenAIBackend(model="m", base_url="http://127.0.0.1:9/v1", api_key_env=KEY_ENV)
+        OpenAIBackend(OpenAIBackendConfig(model="m", base_url="http://127.0.0.1:9/v1", api_key_env=KEY_ENV))
     monkeypatch.setenv(KEY_ENV, "")
     with pytest.raises(BackendError, match=KEY_ENV):
-        OpenAIBackend(model="m", base_url="http://127.0.0.1:9/v1", api_key_env=KEY_ENV)
+        OpenAIBackend(OpenAIBackendConfig(model="m", base_url="http://127.0.0.1:9/v1", api_key_env=KEY_ENV))
 
 
 def test_no_key_needed_sends_dummy(server: FakeServer, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
-    backend = OpenAIBackend(model="m", base_url=server.base_url, api_key_env=None)
+    backend = OpenAIBackend(OpenAIBackendConfig(model="m", base_url=server.base_url, api_key_env=None))
     try:
         assert backend.generate([chat("a")], n=1, sampling=SAMPLING) == [["a|0"]]
     finally:
@@ -311,18 +326,14 @@ def test_key_never_leaks(server: FakeServer, make_backend, caplog: pytest.LogCap
 
 def test_config_model() -> None:
     config = OpenAIBackendConfig(model="m", base_url="http://x/v1", api_key_env=None, max_concurrency=3)
-    backend = OpenAIBackend.from_config(config)
+    backend = OpenAIBackend(config)
     assert backend.config == config
     assert repr(backend).startswith("OpenAIBackend(model='m', base_url='http://x/v1', api_key_env=None")
+    assert repr(backend).endswith(", seed=0)")
     backend.close()
     with pytest.raises(ValueError, match="api_key"):
         OpenAIBackendConfig(model="m", api_key="sk-nope")  # extra="forbid": keys never go in configs
     assert all(f.description for f in OpenAIBackendConfig.model_fields.values())
-
-
-def test_invalid_arguments() -> None:
-    with pytest.raises(ConfigError, match="max_concurrency"):
-        OpenAIBackend(model="m", api_key_env=None, max_concurrency=0)
 
 
 def test_reflect_rl_evaluates_a_remote_chat_model_through_the_cli(server: FakeServer, monkeypatch, tmp_path):
@@ -352,3 +363,224 @@ def test_reflect_rl_evaluates_a_remote_chat_model_through_the_cli(server: FakeSe
     for path in run.rglob("*"):
         if path.is_file():
             assert SECRET not in path.read_text(errors="replace"), path
+
+
+# --- 200 replies that are not chat completions -------------------------------------------------------
+
+HTML = b"<html><body><h1>Login</h1><p>you sent {auth}</p></body></html>"
+MALFORMED = {
+    "not-json": (Reply(body=b'{"choices": [ oops {auth}'), "application/json, not JSON"),
+    "html": (Reply(body=HTML, content_type="text/html; charset=utf-8"), "text/html, not JSON"),
+    "null": (Reply(body=b"null"), "application/json, JSON, but not an object"),
+    "foo": (Reply(body=b'{"foo": 1}'), "application/json, no 'choices' list"),
+    "error-object": (Reply(body=b'{"error": {"message": "{auth}"}}'), "an 'error' object, no 'choices'"),
+    "no-message": (Reply(body=b'{"choices": [{"index": 0}]}'), "a choice without a 'message' object"),
+    "content-not-text": (
+        Reply(body=b'{"choices": [{"message": {"content": {"x": 1}}}]}'),
+        "a message whose 'content' is not text",
+    ),
+}
+
+
+@pytest.mark.parametrize("kind", list(MALFORMED))
+def test_malformed_200_then_success(server: FakeServer, make_backend, kind: str) -> None:
+    server.script.append(MALFORMED[kind][0])
+    assert make_backend().generate([chat("a")], n=1, sampling=SAMPLING) == [["a|0"]]
+    assert len(server.requests) == 2
+    assert server.requests[0]["seed"] == server.requests[1]["seed"]  # the same request, asked again
+
+
+@pytest.mark.parametrize("kind", list(MALFORMED))
+def test_always_malformed_200(server: FakeServer, make_backend, kind: str) -> None:
+    reply, problem = MALFORMED[kind]
+    server.default = reply
+    with pytest.raises(BackendError) as info:
+        make_backend(max_retries=2).generate([chat("a")], n=1, sampling=SAMPLING)
+    message = str(info.value)
+    assert "HTTP 200 with a body that is not a chat completion (" in message
+    assert problem in message and "after 3 attempts;" in message
+    assert server.base_url in message and "test-model" in message
+    assert "\n" not in message
+    assert SECRET not in message and "oops" not in message and "Login" not in message  # never the body
+    assert info.value.__cause__ is None and info.value.__context__ is None  # no chained traceback
+    assert len(server.requests) == 3
+
+
+def test_malformed_200_backoff_doubles(server: FakeServer, make_backend, monkeypatch) -> None:
+    waits: list[float] = []
+    monkeypatch.setattr(openai_compat, "time", type("FakeTime", (), {"sleep": staticmethod(waits.append)}))
+    monkeypatch.setattr(openai_compat, "MALFORMED_RETRY_DELAY_S", 0.25)
+    server.default = Reply(body=HTML, content_type="text/html")
+    with pytest.raises(BackendError, match=r"\(text/html, not JSON\) after 4 attempts"):
+        make_backend(max_retries=3).generate([chat("a")], n=1, sampling=SAMPLING)
+    assert waits == [0.25, 0.5, 1.0]
+
+
+def test_malformed_200_no_retries(server: FakeServer, make_backend) -> None:
+    server.default = Reply(body=b"{}")
+    with pytest.raises(BackendError, match="after 1 attempt;"):
+        make_backend(max_retries=0).generate([chat("a")], n=1, sampling=SAMPLING)
+    assert len(server.requests) == 1
+
+
+# --- where the API key goes -----------------------------------------------------------------------------
+
+
+def key_records(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if "API key" in r.getMessage() or "not sending" in r.getMessage()
+    ]
+
+
+def test_default_key_env_is_withheld_from_other_hosts(server: FakeServer, monkeypatch, caplog) -> None:
+    caplog.set_level(logging.DEBUG)
+    monkeypatch.setenv("OPENAI_API_KEY", SECRET)
+    config = OpenAIBackendConfig.model_validate({"model": "m", "base_url": server.base_url})  # as a recipe
+    backend = OpenAIBackend(config)
+    try:
+        assert backend.generate([chat("a")], n=1, sampling=SAMPLING) == [["a|0"]]
+    finally:
+        backend.close()
+    assert server.auth == ["Bearer EMPTY"]
+    host = server.base_url.split("/")[2]
+    [line] = key_records(caplog)
+    assert f"not sending $OPENAI_API_KEY to {host}" in line
+    assert "name api_key_env explicitly" in line
+    assert SECRET not in caplog.text
+
+
+def test_withheld_key_needs_no_variable(server: FakeServer, monkeypatch) -> None:
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    backend = OpenAIBackend(OpenAIBackendConfig(model="m", base_url=server.base_url))
+    backend.close()
+
+
+def test_withheld_key_401_says_so(server: FakeServer, monkeypatch) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", SECRET)
+    server.default = Reply(status=401)
+    backend = OpenAIBackend(OpenAIBackendConfig(model="m", base_url=server.base_url, max_retries=0))
+    try:
+        with pytest.raises(BackendError, match="no API key was sent.*name api_key_env explicitly"):
+            backend.generate([chat("a")], n=1, sampling=SAMPLING)
+    finally:
+        backend.close()
+
+
+def test_explicit_default_key_env_is_sent(server: FakeServer, monkeypatch, caplog) -> None:
+    caplog.set_level(logging.DEBUG)
+    monkeypatch.setenv("OPENAI_API_KEY", SECRET)
+    fields = {"model": "m", "base_url": server.base_url, "api_key_env": "OPENAI_API_KEY"}
+    backend = OpenAIBackend(OpenAIBackendConfig.model_validate(fields))
+    try:
+        assert backend.generate([chat("a")], n=1, sampling=SAMPLING) == [["a|0"]]
+    finally:
+        backend.close()
+    assert server.auth == [f"Bearer {SECRET}"]
+    host = server.base_url.split("/")[2]
+    assert host.startswith("127.0.0.1:")
+    [line] = key_records(caplog)
+    assert line == f"OpenAI backend: sending the API key from $OPENAI_API_KEY to {host}"
+    for record in caplog.records:
+        assert SECRET not in record.getMessage()
+        assert SECRET[-12:] not in record.getMessage()
+
+
+def test_key_goes_to_openai_by_default(monkeypatch, caplog) -> None:
+    caplog.set_level(logging.INFO)
+    monkeypatch.setenv("OPENAI_API_KEY", SECRET)
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    backend = OpenAIBackend(OpenAIBackendConfig(model="m"))  # builds a client; sends nothing
+    try:
+        assert backend._client.api_key == SECRET
+        assert backend._client.base_url.host == "api.openai.com"
+    finally:
+        backend.close()
+    assert key_records(caplog) == [
+        "OpenAI backend: sending the API key from $OPENAI_API_KEY to api.openai.com"
+    ]
+
+
+def test_missing_default_key_for_openai(monkeypatch) -> None:
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    with pytest.raises(BackendError, match="OPENAI_API_KEY is not set or empty.*for api.openai.com"):
+        OpenAIBackend(OpenAIBackendConfig(model="m"))
+
+
+def test_key_for(monkeypatch) -> None:
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    default = OpenAIBackendConfig(model="m")
+    assert key_for(default) == "OPENAI_API_KEY"  # base_url None: OpenAI
+    assert key_for(OpenAIBackendConfig(model="m", base_url="https://API.openai.com/v1")) == "OPENAI_API_KEY"
+    local = OpenAIBackendConfig(model="m", base_url="http://127.0.0.1:8000/v1")
+    assert key_for(local) is None
+    assert key_for(local, {"model", "base_url", "api_key_env"}) == "OPENAI_API_KEY"
+    named = OpenAIBackendConfig(model="m", base_url="http://127.0.0.1:8000/v1", api_key_env="OPENAI_API_KEY")
+    assert key_for(named) == "OPENAI_API_KEY"
+    assert key_for(named, {"model"}) is None  # fields_set overrides the config's own
+    assert key_for(OpenAIBackendConfig(model="m", base_url="http://h/v1", api_key_env="MY_KEY")) == "MY_KEY"
+    assert key_for(OpenAIBackendConfig(model="m", api_key_env=None)) is None
+    # A look-alike host is not OpenAI's.
+    assert key_for(OpenAIBackendConfig(model="m", base_url="https://api.openai.com.evil.test/v1")) is None
+    assert key_for(OpenAIBackendConfig(model="m", base_url="https://api.openai.com@evil.test/v1")) is None
+    # base_url None goes where $OPENAI_BASE_URL says: the effective host decides.
+    monkeypatch.setenv("OPENAI_BASE_URL", "http://elsewhere.test/v1")
+    assert key_for(default) is None
+    monkeypatch.setenv("OPENAI_BASE_URL", "https://api.openai.com/v1")
+    assert key_for(default) == "OPENAI_API_KEY"
+
+
+def test_openai_base_url_env_is_where_requests_go(server: FakeServer, monkeypatch) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", SECRET)
+    monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)
+    backend = OpenAIBackend(OpenAIBackendConfig(model="m"))
+    try:
+        assert backend.generate([chat("a")], n=1, sampling=SAMPLING) == [["a|0"]]
+    finally:
+        backend.close()
+    assert server.auth == ["Bearer EMPTY"]
+
+
+# --- seeds ------------------------------------------------------------------------------------------
+
+
+def seeds_by_prompt(server: FakeServer) -> dict[str, list[int]]:
+    out: dict[str, list[int]] = {}
+    for body in sorted(server.requests, key=lambda b: -b["n"]):  # re-asks ask for fewer
+        out.setdefault(body["messages"][-1]["content"], []).append(body["seed"])
+    return out
+
+
+def test_seed_follows_keys(server: FakeServer, make_backend) -> None:
+    backend = make_backend(seed=7)
+    backend.generate([chat("a"), chat("b"), chat("c")], n=2, sampling=SAMPLING, keys=["k1", "k2", "k1"])
+    seeds = seeds_by_prompt(server)
+    assert seeds["a"] == seeds["c"] == [derive_seed(7, "sampling", "k1", 0)]
+    assert seeds["b"] == [derive_seed(7, "sampling", "k2", 0)]
+    assert seeds["a"] != seeds["b"]
+    server.requests.clear()
+    make_backend(seed=8).generate([chat("a")], n=2, sampling=SAMPLING, keys=["k1"])
+    assert seeds_by_prompt(server)["a"] != seeds["a"]  # another recipe seed, another sample
+
+
+def test_seed_default_key_is_the_conversation(server: FakeServer, make_backend) -> None:
+    backend = make_backend()
+    backend.generate([chat("a"), chat("b")], n=1, sampling=SAMPLING)
+    backend.generate([chat("a")], n=1, sampling=SAMPLING)
+    seeds = seeds_by_prompt(server)
+    assert seeds["a"] == [derive_seed(0, "sampling", conversation_key(chat("a")), 0)] * 2
+    assert seeds["b"] == [derive_seed(0, "sampling", conversation_key(chat("b")), 0)]
+
+
+def test_seed_counts_reasks(server: FakeServer, make_backend) -> None:
+    server.default = Reply(choices=1)
+    make_backend(seed=3).generate([chat("a")], n=3, sampling=SAMPLING, keys=["rec"])
+    assert seeds_by_prompt(server)["a"] == [derive_seed(3, "sampling", "rec", r) for r in range(3)]
+    assert len(set(seeds_by_prompt(server)["a"])) == 3
+
+
+def test_keys_must_match_conversations(make_backend) -> None:
+    with pytest.raises(ValueError, match="2 keys for 1 conversations"):
+        make_backend().generate([chat("a")], n=1, sampling=SAMPLING, keys=["x", "y"])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
@@ -10,6 +12,12 @@ from pydantic import BaseModel, ConfigDict, Field
 
 Conversation = Sequence[dict[str, str]]
 """A chat as a list of `{"role": ..., "content": ...}` dicts, the form every chat API takes."""
+
+
+def conversation_key(conversation: Conversation) -> str:
+    """A key naming a conversation by its content: what a backend seeds its samples from by default."""
+    text = json.dumps([[m["role"], m["content"]] for m in conversation], ensure_ascii=False)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 class SamplingParams(BaseModel):
@@ -26,9 +34,18 @@ class Backend(Protocol):
     """Anything that turns conversations into assistant replies."""
 
     def generate(
-        self, conversations: Sequence[Conversation], n: int, sampling: SamplingParams
+        self,
+        conversations: Sequence[Conversation],
+        n: int,
+        sampling: SamplingParams,
+        keys: Sequence[str] | None = None,
     ) -> list[list[str]]:
-        """Return, for each conversation, `n` sampled assistant replies (in order)."""
+        """Return, for each conversation, `n` sampled assistant replies (in order).
+
+        `keys` name each conversation's record (default: `conversation_key`); a conversation's samples are
+        drawn from a seed made of the backend's seed and its key, so they do not depend on the other
+        conversations of the call or on earlier calls.
+        """
         ...
 
 
@@ -58,17 +75,28 @@ class ParsedAsker:
         parse: Callable[[str], T | None] | Sequence[Callable[[str], T | None]],
     ) -> list[T | None]:
         """The parse of one reply per conversation (None where every attempt was garbage); `parse` is one
-        parser for all, or one per conversation."""
+        parser for all, or one per conversation. Each attempt at a question is seeded by the question and
+        the attempt's number, so a resumed stage asks exactly what an uninterrupted one would."""
         parsers = parse if isinstance(parse, Sequence) else [parse] * len(conversations)
         answers: list[T | None] = [None] * len(conversations)
         pending = list(range(len(conversations)))
-        for _ in range(self.max_attempts):
+        for attempt in range(self.max_attempts):
             if not pending:
                 break
-            replies = self.backend.generate([conversations[i] for i in pending], n=1, sampling=self.sampling)
+            replies = self.backend.generate(
+                [conversations[i] for i in pending],
+                n=1,
+                sampling=self.sampling,
+                keys=attempt_keys([conversations[i] for i in pending], attempt),
+            )
             for i, (reply,) in zip(pending, replies, strict=True):
                 answers[i] = parsers[i](reply)
             pending = [i for i in pending if not answers[i]]
             self.garbage_replies += len(pending)
         self.skipped += len(pending)
         return answers
+
+
+def attempt_keys(conversations: Sequence[Conversation], attempt: int) -> list[str]:
+    """The keys of a question asked again: its content and the attempt's number (0 for the first ask)."""
+    return [f"{conversation_key(c)}/attempt-{attempt}" for c in conversations]

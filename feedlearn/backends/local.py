@@ -1,4 +1,10 @@
-"""Local generation with transformers: batched, left-padded, KV-cached, n samples per conversation."""
+"""Local generation with transformers: batched, left-padded, KV-cached, n samples per conversation.
+
+Every sampled row draws its tokens from its own generator, seeded from the backend's seed, the
+conversation's key and the sample's index, so a conversation's replies do not depend on which other
+conversations share its batch, or on the calls made before it: a resumed stage samples what an
+uninterrupted one did.
+"""
 
 from __future__ import annotations
 
@@ -6,16 +12,52 @@ from collections.abc import Sequence
 
 import torch
 from tqdm.auto import tqdm
+from transformers import LogitsProcessor, LogitsProcessorList, TemperatureLogitsWarper, TopPLogitsWarper
 
-from feedlearn.backends.base import Conversation, SamplingParams
+from feedlearn.backends.base import Conversation, SamplingParams, conversation_key
 from feedlearn.models.chat import prompt_ids
+from feedlearn.seeds import derive_seed
+
+
+def row_uniforms(seeds: Sequence[int], count: int) -> torch.Tensor:
+    """[rows, count] uniform draws in [0, 1), row i from its own generator seeded with `seeds[i]`."""
+    return torch.stack(
+        [torch.rand(count, generator=torch.Generator().manual_seed(s), dtype=torch.float64) for s in seeds]
+    )
+
+
+def sample_rows(probs: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
+    """One index per row of `probs` [rows, k], by inverse transform of the row's uniform [rows]: the row's
+    draw depends on its own probabilities and uniform only. A zero-probability index is never drawn."""
+    cdf = probs.double().cumsum(-1)
+    points = uniforms.to(cdf.device, torch.float64)[:, None] * cdf[:, -1:]
+    return torch.searchsorted(cdf, points, right=True).squeeze(1).clamp(max=probs.shape[-1] - 1)
+
+
+class _RowSampler(LogitsProcessor):
+    """Samples every row's next token with temperature and top-p, from the row's own uniforms, and leaves
+    only that token's logit finite, so that greedy decoding takes it."""
+
+    def __init__(self, uniforms: torch.Tensor, prompt_length: int, sampling: SamplingParams):
+        self.uniforms, self.prompt_length = uniforms, prompt_length
+        self.warpers = LogitsProcessorList([TemperatureLogitsWarper(sampling.temperature)])
+        if sampling.top_p < 1.0:
+            self.warpers.append(TopPLogitsWarper(sampling.top_p))
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        step = input_ids.shape[1] - self.prompt_length
+        probs = torch.softmax(self.warpers(input_ids, scores).float(), dim=-1)
+        picks = sample_rows(probs, self.uniforms[:, step])
+        out = torch.full_like(scores, float("-inf"))
+        out[torch.arange(len(picks), device=scores.device), picks] = 0.0
+        return out
 
 
 class LocalBackend:
     """Generate with an in-memory transformers model.
 
-    Conversations are sorted by length so each batch wastes little padding; sampling is seeded per call, so
-    the same calls in the same order give the same replies.
+    Rows (one per conversation and sample) are sorted by prompt length so each batch wastes little
+    padding; greedy decoding (temperature 0) gives one reply per conversation, repeated `n` times.
     """
 
     def __init__(self, model, tokenizer, batch_size: int = 64, seed: int = 0, progress: bool = True):
@@ -24,45 +66,56 @@ class LocalBackend:
         self.batch_size = batch_size
         self.seed = seed
         self.progress = progress
-        self._calls = 0
 
     @torch.no_grad()
     def generate(
-        self, conversations: Sequence[Conversation], n: int, sampling: SamplingParams
+        self,
+        conversations: Sequence[Conversation],
+        n: int,
+        sampling: SamplingParams,
+        keys: Sequence[str] | None = None,
     ) -> list[list[str]]:
-        """For each conversation, `n` replies decoded without special tokens (greedy: n copies of one)."""
-        self._calls += 1
-        torch.manual_seed(self.seed * 1_000_003 + self._calls)
-        encoded = [prompt_ids(self.tokenizer, c) for c in conversations]
-        order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
+        """For each conversation, `n` replies decoded without special tokens (see `Backend.generate`)."""
+        keys = [conversation_key(c) for c in conversations] if keys is None else list(keys)
+        if len(keys) != len(conversations):
+            raise ValueError(f"{len(keys)} keys for {len(conversations)} conversations")
         greedy = sampling.temperature == 0
         draws = 1 if greedy else n
-        per_batch = max(1, self.batch_size // draws)
-        replies: list[list[str]] = [[] for _ in encoded]
+        encoded = [prompt_ids(self.tokenizer, c) for c in conversations]
+        rows = [(i, k) for i in range(len(encoded)) for k in range(draws)]
+        rows.sort(key=lambda row: len(encoded[row[0]]))
+        replies: list[list[str]] = [[""] * draws for _ in encoded]
         was_training = self.model.training
         self.model.eval()
-        batches = range(0, len(order), per_batch)
+        batches = range(0, len(rows), self.batch_size)
         for start in tqdm(
             batches, desc="generate", disable=not self.progress or len(batches) < 2, leave=False
         ):
-            idx = order[start : start + per_batch]
-            batch = self.tokenizer.pad({"input_ids": [encoded[i] for i in idx]}, return_tensors="pt")
+            batch_rows = rows[start : start + self.batch_size]
+            batch = self.tokenizer.pad(
+                {"input_ids": [encoded[i] for i, _ in batch_rows]}, return_tensors="pt"
+            )
             batch = {k: v.to(self.model.device) for k, v in batch.items()}
+            processors = LogitsProcessorList()
+            if not greedy:
+                seeds = [derive_seed(self.seed, "sampling", keys[i], k) for i, k in batch_rows]
+                uniforms = row_uniforms(seeds, sampling.max_new_tokens)
+                processors.append(_RowSampler(uniforms, batch["input_ids"].shape[1], sampling))
             out = self.model.generate(
                 **batch,
                 max_new_tokens=sampling.max_new_tokens,
-                do_sample=not greedy,
-                temperature=None if greedy else sampling.temperature,
-                top_p=None if greedy else sampling.top_p,
+                do_sample=False,
+                temperature=None,
+                top_p=None,
                 top_k=None,
-                num_return_sequences=draws,
+                logits_processor=processors,
                 pad_token_id=self.tokenizer.pad_token_id,
                 eos_token_id=self.tokenizer.eos_token_id,
             )
             texts = self.tokenizer.batch_decode(
                 out[:, batch["input_ids"].shape[1] :], skip_special_tokens=True
             )
-            for j, i in enumerate(idx):
-                replies[i] = texts[j * draws : (j + 1) * draws] * (n // draws)
+            for (i, k), text in zip(batch_rows, texts, strict=True):
+                replies[i][k] = text
         self.model.train(was_training)
-        return replies
+        return [r * (n // draws) for r in replies]

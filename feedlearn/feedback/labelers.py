@@ -9,7 +9,7 @@ from typing import Annotated, Literal, Protocol, TextIO
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from feedlearn.backends.base import Backend, SamplingParams
+from feedlearn.backends.base import Backend, SamplingParams, attempt_keys
 from feedlearn.backends.local import LocalBackend
 from feedlearn.backends.openai_compat import OpenAIBackend, OpenAIBackendConfig
 from feedlearn.data.records import Completion, PreferencePair
@@ -142,10 +142,11 @@ class JudgeLabeler:
         verdicts: list[str | None] = [None] * len(conversations)
         pending = list(range(len(conversations)))
         sampling = self.sampling
-        for _ in range(self.max_attempts):
+        for attempt in range(self.max_attempts):
             if not pending:
                 break
-            replies = self.backend.generate([conversations[i] for i in pending], n=1, sampling=sampling)
+            asked = [conversations[i] for i in pending]
+            replies = self.backend.generate(asked, n=1, sampling=sampling, keys=attempt_keys(asked, attempt))
             for i, (reply,) in zip(pending, replies, strict=True):
                 verdicts[i] = parse_verdict(reply)
             pending = [i for i in pending if verdicts[i] is None]
@@ -271,7 +272,7 @@ def build_labeler(settings: LabelerSettings, seed: int = 0) -> Labeler:
         model, tokenizer = load_policy(settings.local)
         backend = LocalBackend(model, tokenizer, settings.batch_size, seed=seed)
     else:
-        backend = OpenAIBackend.from_config(settings.openai)
+        backend = OpenAIBackend(settings.openai, seed=seed)
     return JudgeLabeler(
         backend,
         SamplingParams(temperature=settings.temperature, max_new_tokens=settings.max_new_tokens),
