@@ -336,7 +336,8 @@ def test_open_run_same_config_twice(tmp_path):
 
 def test_open_run_different_config_is_refused(tmp_path):
     config = {"seed": 0, "train": {"learning_rate": 1e-05}}
-    open_run(tmp_path, "r1", config)
+    store = open_run(tmp_path, "r1", config)
+    (store.stage("sft") / "episodes.jsonl").write_text("{}\n")  # a stage has produced something
     with pytest.raises(ConfigError, match="--run-id") as e:
         open_run(tmp_path, "r1", {"seed": 1, "train": {"learning_rate": 1e-05}})
     assert str(tmp_path / "r1") in str(e.value)
@@ -357,3 +358,81 @@ def test_log_metrics_appends_rows_and_stage_folder(tmp_path):
     assert all(isinstance(r["time"], float) for r in rows)
     folder = store.stage("iter1/train")
     assert folder == tmp_path / "run" / "iter1" / "train" and folder.is_dir()
+
+
+def test_a_run_that_produced_nothing_takes_the_corrected_config(tmp_path):
+    store = open_run(tmp_path, "r", {"data": "typo.jsonl"})
+    store.stage("train")  # a stage started, then failed before writing anything
+    fixed = open_run(tmp_path, "r", {"data": "data.jsonl"})
+    assert yaml.safe_load((fixed.path / "config.yaml").read_text()) == {"data": "data.jsonl"}
+    fixed.log_metrics("train", {"losses/loss": 1.0}, step=1)
+    with pytest.raises(ConfigError, match="different config"):
+        open_run(tmp_path, "r", {"data": "other.jsonl"})
+
+
+def test_a_summary_row_replaces_the_stages_earlier_summary(tmp_path):
+    store = RunStore(tmp_path, "run")
+    store.log_metrics("collect", {"episodes": 10})
+    store.log_metrics("train", {"losses/loss": 1.0}, step=1)
+    store.log_metrics("collect", {"episodes": 12})  # the stage ran again (a rerun, a resume)
+    assert [(r["stage"], r["step"], r.get("episodes")) for r in store.metrics()] == [
+        ("train", 1, None),
+        ("collect", None, 12),
+    ]
+
+
+def test_drop_metrics_removes_the_steps_after_a_checkpoint_of_that_stage_only(tmp_path):
+    store = RunStore(tmp_path, "run")
+    for step in (1, 2, 3):
+        store.log_metrics("train", {"losses/loss": float(step)}, step=step)
+        store.log_metrics("sft", {"losses/loss": float(step)}, step=step)
+    store.log_metrics("train", {"examples": 3})
+    store.drop_metrics("train", after_step=1)
+    rows = [(r["stage"], r["step"]) for r in store.metrics()]
+    assert rows == [("train", 1), ("sft", 1), ("sft", 2), ("sft", 3), ("train", None)]
+
+
+def test_a_metrics_line_torn_by_a_crash_is_dropped_when_the_run_opens(tmp_path):
+    store = RunStore(tmp_path, "run")
+    store.log_metrics("train", {"losses/loss": 1.0}, step=1)
+    with store.metrics_path.open("a") as f:
+        f.write('{"stage": "train", "step": 2, "los')  # killed mid-write
+    store = RunStore(tmp_path, "run")
+    store.log_metrics("train", {"losses/loss": 2.0}, step=2)
+    assert [r["step"] for r in store.metrics()] == [1, 2]
+
+
+LOCK_HOLDER = """
+import sys, time
+from feedlearn.data.store import open_run
+open_run(sys.argv[1], "r", {})
+print("locked", flush=True)
+time.sleep(60)
+"""
+
+
+def test_a_second_writer_is_refused_with_the_holders_pid_and_a_dead_holder_leaves_no_lock(tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    from feedlearn.errors import FeedlearnError
+
+    holder = subprocess.Popen(
+        [sys.executable, "-c", LOCK_HOLDER, str(tmp_path)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(FeedlearnError) as refused:
+            open_run(tmp_path, "r", {})
+        message = str(refused.value)
+        assert message == (
+            f"run folder {tmp_path / 'r'} is in use by process {holder.pid}: wait for it to finish, "
+            "or pass --run-id NEW to start another run"
+        )
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    store = open_run(tmp_path, "r", {})  # the kernel released the dead holder's lock
+    assert (store.path / ".lock").read_text() == f"{os.getpid()}\n"
+    assert open_run(tmp_path, "r", {}).path == store.path  # this process may open its own run again

@@ -273,7 +273,7 @@ def test_resume_equals_uninterrupted(tiny_folder, tmp_path, lora):
     def crashing_loss(model, batch):
         nonlocal calls
         calls += 1
-        if calls == 4 * settings.grad_accum + 1:  # the first micro-batch of step 5
+        if calls == 5 * settings.grad_accum + 1:  # step 6: step 5 was logged after the checkpoint at 4
             raise Crash
         return sft_loss(model, batch)
 
@@ -286,6 +286,7 @@ def test_resume_equals_uninterrupted(tiny_folder, tmp_path, lora):
     assert sorted(p.name for p in ckpts.iterdir()) == ["step-4"]  # step-2 was replaced by step-4
     assert json.loads((ckpts / "step-4" / "trainer_state.json").read_text()) == {"step": 4}
     assert not (tmp_path / "B" / "model").exists()
+    assert [r["step"] for r in metrics(store_b)] == [1, 2, 3, 4, 5]
     (ckpts / "step-6").mkdir()  # a later save torn by the crash: no trainer_state.json, must be ignored
 
     torch.manual_seed(12345)  # the resumed run must not depend on the state the process happens to be in
@@ -298,7 +299,7 @@ def test_resume_equals_uninterrupted(tiny_folder, tmp_path, lora):
         assert torch.allclose(a[k], b[k], atol=1e-6, rtol=0), k
     # the resumed steps saw the same batches with the same weights, lr and optimizer state
     steps_a, steps_b = metrics(store_a), metrics(store_b)
-    assert [r["step"] for r in steps_b] == [1, 2, 3, 4, 5, 6, 7, 8]
+    assert [r["step"] for r in steps_b] == [1, 2, 3, 4, 5, 6, 7, 8]  # step 5 is logged once, on resume
     for ra, rb in zip(steps_a, steps_b, strict=True):
         assert rb["losses/loss"] == pytest.approx(ra["losses/loss"], rel=1e-5, abs=1e-7)
         assert rb["charts/lr"] == pytest.approx(ra["charts/lr"], rel=1e-9)

@@ -178,6 +178,16 @@ def write_jsonl_atomic(path: str | Path, records: Iterable[BaseModel]) -> None:
     write_text_atomic(path, "".join(r.model_dump_json() + "\n" for r in records))
 
 
+def drop_torn_tail(path: Path) -> None:
+    """Cut a JSONL file after its last complete line: a line without its newline was torn by a crash."""
+    if not path.exists():
+        return
+    data = path.read_bytes()
+    if data and not data.endswith(b"\n"):
+        with path.open("r+b") as f:
+            f.truncate(data.rfind(b"\n") + 1)
+
+
 class JsonlAppender:
     """Append records to a JSONL file one durable line at a time, keyed by the record's `id`.
 
@@ -189,18 +199,10 @@ class JsonlAppender:
         self.path = Path(path)
         self.model = model
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._drop_torn_tail()
+        drop_torn_tail(self.path)
         self.ids: set[str] = set()
         if self.path.exists():
             self.ids = {r.id for r in iter_jsonl(self.path, model)}
-
-    def _drop_torn_tail(self) -> None:
-        if not self.path.exists():
-            return
-        data = self.path.read_bytes()
-        if data and not data.endswith(b"\n"):
-            with self.path.open("r+b") as f:
-                f.truncate(data.rfind(b"\n") + 1)
 
     def __contains__(self, record_id: str) -> bool:
         return record_id in self.ids

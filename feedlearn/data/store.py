@@ -1,16 +1,32 @@
-"""The run store: `runs/<run_id>/` holds the resolved config, one folder per stage, metrics and reports."""
+"""The run store: `runs/<run_id>/` holds the resolved config, one folder per stage, metrics and reports.
+
+One process writes a run folder at a time: `open_run` takes a lock on it (an `flock` on `.lock`, which the
+kernel releases when its holder exits, however it exits, so a dead process leaves no stale lock) and refuses a
+second writer with a one-line message naming the folder and the holder's process id.
+"""
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import yaml
+from accelerate import PartialState
+from accelerate.utils import broadcast_object_list
 
-from feedlearn.data.jsonl import write_text_atomic
-from feedlearn.errors import ConfigError
+from feedlearn.data.jsonl import drop_torn_tail, write_text_atomic
+from feedlearn.errors import ConfigError, FeedlearnError
+
+LOCK = ".lock"
+CONFIG = "config.yaml"
+METRICS = "metrics.jsonl"
+_held: dict[Path, int] = {}
+"""Run folders this process has locked, and the lock file's descriptor (held until the process exits)."""
 
 
 class RunStore:
@@ -20,10 +36,12 @@ class RunStore:
         self.run_id = run_id
         self.path = Path(root) / run_id
         self.path.mkdir(parents=True, exist_ok=True)
+        self.metrics_path = self.path / METRICS
+        drop_torn_tail(self.metrics_path)
 
     def save_config(self, config: dict[str, Any]) -> None:
         """Write the resolved config as `config.yaml` (secrets never live in configs, only env var names)."""
-        write_text_atomic(self.path / "config.yaml", yaml.safe_dump(config, sort_keys=False))
+        write_text_atomic(self.path / CONFIG, yaml.safe_dump(config, sort_keys=False))
 
     def stage(self, name: str) -> Path:
         """The folder of one stage, created on first use."""
@@ -32,21 +50,80 @@ class RunStore:
         return folder
 
     def log_metrics(self, stage: str, metrics: dict[str, Any], step: int | None = None) -> None:
-        """Append one metrics row (stage, step, wall time, values) to `metrics.jsonl`."""
+        """Append one metrics row (stage, step, wall time, values) to `metrics.jsonl`. A row without a step
+        is the stage's summary: it replaces the summary an earlier run of the stage logged."""
+        if step is None:
+            self._keep_rows(lambda row: not (row["stage"] == stage and row["step"] is None))
         row = {"stage": stage, "step": step, "time": round(time.time(), 3), **metrics}
-        with (self.path / "metrics.jsonl").open("a", encoding="utf-8") as f:
+        with self.metrics_path.open("a", encoding="utf-8") as f:
             f.write(json.dumps(row) + "\n")
+
+    def drop_metrics(self, stage: str, after_step: int) -> None:
+        """Drop the rows of `stage` logged after step `after_step`: a stage resumed from its checkpoint
+        there logs them again, so the file holds each step once."""
+        self._keep_rows(
+            lambda row: not (row["stage"] == stage and row["step"] is not None and row["step"] > after_step)
+        )
+
+    def metrics(self) -> list[dict[str, Any]]:
+        """Every metrics row, in the order logged."""
+        if not self.metrics_path.exists():
+            return []
+        return [json.loads(line) for line in self.metrics_path.read_text(encoding="utf-8").splitlines()]
+
+    def _keep_rows(self, keep: Callable[[dict[str, Any]], bool]) -> None:
+        rows = self.metrics()
+        kept = [row for row in rows if keep(row)]
+        if len(kept) < len(rows):
+            write_text_atomic(self.metrics_path, "".join(json.dumps(row) + "\n" for row in kept))
+
+    def has_outputs(self) -> bool:
+        """Whether any stage has written a file here (beyond the config and the lock)."""
+        return any(p.is_file() and p.name not in (CONFIG, LOCK) for p in self.path.rglob("*"))
+
+    def lock(self) -> None:
+        """Become this folder's only writer, or raise a `FeedlearnError` naming the process that is."""
+        key = self.path.resolve()
+        if key in _held:
+            return
+        fd = os.open(self.path / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise FeedlearnError(
+                f"run folder {self.path} is in use by process {holder}: wait for it to finish, or pass "
+                "--run-id NEW to start another run"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        _held[key] = fd
 
 
 def open_run(run_dir: str | Path, run_id: str, config: dict[str, Any]) -> RunStore:
-    """The run folder for a resolved config; an existing run made with a different config is refused,
-    so resuming never mixes the outputs of two configs."""
+    """The run folder for a resolved config, locked for this run (under several processes, by the main
+    one). An existing run made with a different config is refused, so resuming never mixes the outputs of
+    two configs; a folder in which no stage has written anything yet (a run that failed at once, say on a
+    mistyped path) takes the new config."""
     store = RunStore(run_dir, run_id)
-    saved = store.path / "config.yaml"
-    if saved.exists() and yaml.safe_load(saved.read_text(encoding="utf-8")) != config:
+    state = PartialState()
+    refusal = None
+    if state.is_main_process:
+        try:
+            store.lock()
+        except FeedlearnError as e:
+            refusal = str(e)
+    if state.num_processes > 1:
+        refusal = broadcast_object_list([refusal])[0]
+    if refusal is not None:
+        raise FeedlearnError(refusal)
+    saved = store.path / CONFIG
+    if saved.exists() and yaml.safe_load(saved.read_text(encoding="utf-8")) != config and store.has_outputs():
         raise ConfigError(
             f"run '{store.path}' was made with a different config: pass --run-id NEW to start another run, "
             "or delete the folder"
         )
-    store.save_config(config)
+    if state.is_main_process:
+        store.save_config(config)
     return store

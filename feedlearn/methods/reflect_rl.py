@@ -432,6 +432,7 @@ class ReflectRL(Method):
                 critic.load_state_dict(torch.load(ckpt / "critic.pt", weights_only=True))
         objective = ChoiceObjective(tok)
         episodes_log = JsonlAppender(folder / "episodes.jsonl", EpisodeRecord)
+        self.store.drop_metrics("rl", after_step=start)  # the iterations after the checkpoint are done again
         for iteration in range(start + 1, cfg.rl.iterations + 1):
             level = levels[(iteration - 1) * len(levels) // cfg.rl.iterations]
             # an iteration's episodes, samples and dropout are seeded by its number: a resumed run replays it

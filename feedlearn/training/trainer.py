@@ -136,6 +136,8 @@ def train(
         step = json.loads((latest / "trainer_state.json").read_text())["step"]
     else:
         torch.manual_seed(derive_seed(seed, "order", stage, "dropout"))
+    if store is not None and accelerator.is_main_process:
+        store.drop_metrics(stage, after_step=step)  # the steps after the checkpoint are done again
 
     model.train()
     bar = tqdm(
