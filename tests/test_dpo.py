@@ -128,6 +128,8 @@ def test_tokenize_pairs_drops_pairs_longer_than_max_length(tiny_path):
     ]
     rows = tokenize_pairs(pairs, tok, 32)
     assert [r["index"] for r in rows] == [0]
+    with pytest.raises(DataError, match="all 2 pairs are longer than max_length=4 tokens"):
+        tokenize_pairs(pairs, tok, 4)
 
 
 # ---- end to end ----------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 
 from feedlearn.data.records import Message, SFTExample
 from feedlearn.data.store import RunStore
-from feedlearn.errors import FeedlearnError
+from feedlearn.errors import DataError, FeedlearnError
 from feedlearn.losses import IGNORE, weighted_sft_loss
 from feedlearn.models.chat import completion_spans, prompt_ids
 from feedlearn.models.loading import LoraSettings, ModelSettings, load_policy
@@ -150,6 +150,41 @@ def test_all_turns_trains_every_assistant_answer(tokenizer):
     )
 
 
+ADVERSARIAL_REPLIES = [
+    "\nThe answer is 7.",  # a leading newline merges with the template's newline when rendered whole
+    "\n\n\nThe answer is 7.",
+    "The answer is 7.\n\n",
+    "  The answer is 7.  ",
+    "",
+    "   ",
+    "The <|end|> answer <|user|>\nis 7.<|assistant|>",  # special-token text a model wrote, as text
+]
+
+
+@pytest.fixture(scope="module")
+def newline_tokenizer(tmp_path_factory):
+    """A tokenizer that merges blank lines into one token, as real ones do."""
+    config = TinyModelConfig(hidden_size=32, intermediate_size=64, num_layers=1, num_heads=2, vocab_size=300)
+    folder = build_tiny_model(config, [t + "\n\n\n" for t in CORPUS], cache=tmp_path_factory.mktemp("nl"))
+    return load_policy(ModelSettings(path=str(folder)))
+
+
+@pytest.mark.parametrize("reply", ADVERSARIAL_REPLIES)
+def test_any_reply_a_model_can_sample_tokenizes_and_trains(newline_tokenizer, reply):
+    model, tok = newline_tokenizer
+    assert len(tok.encode("\n\n", add_special_tokens=False)) == 1  # so a leading newline would merge
+    messages = [*MULTI[:-1], Message(role="assistant", content=reply)]
+    ids, [(start, end)] = completion_spans(tok, messages)
+    assert ids[:start] == prompt_ids(tok, messages[:-1])  # the context generation saw
+    assert end == len(ids) and ids[end - 1] == tok.eos_token_id
+    assert tok.eos_token_id not in ids[start : end - 1]  # the reply's own text holds no real end token
+    assert tok.decode(ids[start : end - 1]) == reply
+    [row] = tokenize_sft([SFTExample(id="x", messages=messages)], tok, max_length=1000)
+    batch = collate([row], tok.pad_token_id)
+    loss = sft_loss(model, {**batch, "weight": torch.ones(1)})
+    assert torch.isfinite(loss)
+
+
 def test_tokenize_sft_drops_over_long_examples(tokenizer, caplog):
     short, long_ = examples(1)[0], SFTExample(id="long", messages=MULTI)
     n_long = len(completion_ids(tokenizer, MULTI)[0])
@@ -161,6 +196,10 @@ def test_tokenize_sft_drops_over_long_examples(tokenizer, caplog):
     assert "dropped 1 of 2 examples longer than max_length" in caplog.text
     # exactly max_length is kept
     assert len(tokenize_sft([long_, short], tokenizer, max_length=n_long)) == 2
+    with pytest.raises(
+        DataError, match=r"all 2 examples are longer than max_length=3 tokens: raise max_length"
+    ):
+        tokenize_sft([long_, short], tokenizer, max_length=3)
 
 
 # ---- collation ------------------------------------------------------------------------------------------

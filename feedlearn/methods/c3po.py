@@ -50,7 +50,7 @@ from feedlearn.methods.common import AskSettings, Method, RecipeConfig, Settings
 from feedlearn.models.loading import load_policy
 from feedlearn.models.tiny import build_tiny_model
 from feedlearn.seeds import derive_seed
-from feedlearn.training.data import collate, completion_row, tokenize_sft
+from feedlearn.training.data import collate, completion_row, report_dropped, tokenize_sft
 from feedlearn.training.trainer import TrainSettings, is_trained, sft_loss, train
 
 log = logging.getLogger(__name__)
@@ -568,10 +568,7 @@ def zipped_rows(samples: list[C3POSample], tokenizer, max_length: int) -> list[d
         length = max(len(p["input_ids"]) for p in parts.values())
         if length <= max_length:
             rows.append({**parts, "length": length})
-    if len(rows) < len(ins):
-        log.warning(
-            "dropped %d of %d rows longer than max_length=%d", len(ins) - len(rows), len(ins), max_length
-        )
+    report_dropped(len(ins) - len(rows), len(ins), "rows", max_length)
     return rows
 
 

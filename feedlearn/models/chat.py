@@ -34,29 +34,48 @@ def completion_spans(
 ) -> tuple[list[int], list[tuple[int, int]]]:
     """Token ids of a conversation ending in an assistant turn, and the [start, end) spans to train on.
 
-    By default only the final assistant turn is trained; with `all_turns`, every assistant turn is. A
-    span ends at the turn's end-of-turn (EOS) token; what the template writes after it (a newline, say)
-    is not trained, since the model never generates it, and the ids stop after the final span. A turn's
-    start is found by rendering its context with the generation prompt, which must be a prefix of the
-    whole rendering: templates that rewrite earlier turns when a new one is added cannot train on
+    By default only the final assistant turn is trained; with `all_turns`, every assistant turn is. The
+    rendering is tokenized piece by piece: each context as generation sees it (`prompt_ids`), then each
+    reply on its own, so a token never merges across the boundary (a reply starting with a newline, say).
+    A reply's text is tokenized with special tokens split, so special-token text a model wrote is text;
+    its span ends with the end-of-turn (EOS) token the template writes. What the template writes after
+    it is not trained, and the ids stop after the final span. Each context must render as a prefix of
+    the whole conversation: templates that rewrite earlier turns when a new one is added cannot train on
     completions only, and are refused with a clear error.
     """
     messages = as_dicts(messages)
     if not messages or messages[-1]["role"] != "assistant":
         raise FeedlearnError("a training conversation must end with an assistant message")
-    full = list(tokenizer.apply_chat_template(messages, tokenize=True, return_dict=False))
     turns = (
         [i for i, m in enumerate(messages) if m["role"] == "assistant"] if all_turns else [len(messages) - 1]
     )
+    eos = tokenizer.eos_token
+
+    def encode(text: str, split_special_tokens: bool = False) -> list[int]:
+        return tokenizer(text, add_special_tokens=False, split_special_tokens=split_special_tokens)[
+            "input_ids"
+        ]
+
+    ids: list[int] = []
     spans = []
+    done = ""  # the part of the rendering tokenized so far
     for i in turns:
-        context = prompt_ids(tokenizer, messages[:i])
-        if full[: len(context)] != context:
+        context = tokenizer.apply_chat_template(messages[:i], add_generation_prompt=True, tokenize=False)
+        whole = tokenizer.apply_chat_template(messages[: i + 1], tokenize=False)
+        if not (context.startswith(done) and whole.startswith(context)):
             raise FeedlearnError(
                 "the chat template renders the context differently once the answer is appended; "
                 "use a template whose rendering of earlier turns does not depend on later ones"
             )
-        start = len(context)
-        end = next((j + 1 for j in range(start, len(full)) if full[j] == tokenizer.eos_token_id), len(full))
-        spans.append((start, end))
-    return full[: spans[-1][1]], spans
+        ids += encode(context[len(done) :])
+        reply = whole[len(context) :]
+        cut = reply.rfind(eos) if eos else -1
+        start = len(ids)
+        if cut < 0:  # the template does not close a turn with EOS: the whole rendered reply is trained
+            ids += encode(reply)
+            done = whole
+        else:
+            ids += [*encode(reply[:cut], split_special_tokens=True), tokenizer.eos_token_id]
+            done = whole[: len(context) + cut + len(eos)]
+        spans.append((start, len(ids)))
+    return ids, spans

@@ -7,6 +7,7 @@ import logging
 import torch
 
 from feedlearn.data.records import Completion, PreferencePair, SFTExample
+from feedlearn.errors import DataError
 from feedlearn.losses import IGNORE
 from feedlearn.models.chat import completion_spans
 
@@ -32,9 +33,19 @@ def tokenize_sft(
         for start, end in spans:
             labels[start:end] = ids[start:end]
         rows.append({"input_ids": ids, "labels": labels, "weight": ex.weight, "length": len(ids)})
-    if dropped:
-        log.warning("dropped %d of %d examples longer than max_length=%d", dropped, len(examples), max_length)
+    report_dropped(dropped, len(examples), "examples", max_length)
     return rows
+
+
+def report_dropped(dropped: int, total: int, what: str, max_length: int) -> None:
+    """Warn about items dropped for length; all of them dropped is an error, not an empty stage."""
+    if dropped and dropped == total:
+        raise DataError(
+            f"all {total} {what} are longer than max_length={max_length} tokens: raise max_length in the "
+            "recipe's train settings"
+        )
+    if dropped:
+        log.warning("dropped %d of %d %s longer than max_length=%d", dropped, total, what, max_length)
 
 
 def collate(rows: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
@@ -92,8 +103,7 @@ def tokenize_pairs(pairs: list[PreferencePair], tokenizer, max_length: int) -> l
                 "length": max(len(a_ids), len(b_ids)),
             }
         )
-    if dropped:
-        log.warning("dropped %d of %d pairs longer than max_length=%d", dropped, len(pairs), max_length)
+    report_dropped(dropped, len(pairs), "pairs", max_length)
     return rows
 
 
