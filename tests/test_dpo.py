@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 from feedlearn.data.jsonl import read_jsonl
 from feedlearn.data.records import LabelRecord, Message, PreferencePair
 from feedlearn.data.store import open_run
-from feedlearn.errors import ConfigError, DataError
+from feedlearn.errors import ConfigError, DataError, FeedlearnError
 from feedlearn.losses import IGNORE, active_targets, dpo_loss, implicit_reward_margin, select_queries
 from feedlearn.methods import dpo
 from feedlearn.methods.dpo import ActiveDPOConfig, DPOConfig, PreferenceLearning, preference_metrics
@@ -174,19 +174,29 @@ def train_metrics(method: PreferenceLearning) -> list[dict]:
 
 
 def test_dpo_trains_and_beats_chance_on_held_out_pairs(tmp_path, tiny_path):
-    config = recipe(tmp_path, tiny_path, train={"epochs": 4})
+    one_topic = {"topics": 1}  # one hidden word-value table: learnable from 256 pairs in seconds
+    config = recipe(
+        tmp_path,
+        tiny_path,
+        train={"epochs": 2},
+        train_data={"synthetic": {"n": 256, "seed": 0, "task": one_topic}},
+        eval_data={"synthetic": {"n": 200, "seed": 1, "task": one_topic}},
+    )
     method = run(config)
     method.run()
     before = load_file(f"{tiny_path}/model.safetensors")
     after = weights(method)
     assert any(not torch.equal(before[k], after[k]) for k in after)
     result = json.loads((method.store.stage("evaluate") / "metrics.json").read_text())
-    assert result["queries_used"] == 48  # plain DPO asks about every pair once, over all epochs
-    assert result["pairs"] == 32
+    assert result["queries_used"] == 256  # plain DPO asks about every pair once, over all epochs
+    assert result["pairs"] == 200
+    # the untrained policy equals its reference, so it scores exactly 50; one accuracy over 200 pairs has
+    # a standard error of 3.5 points, so 75 is 7 of them above chance (measured: 89.0)
+    assert result["preference_accuracy"] > 75
     steps = train_metrics(method)
     assert steps[0]["losses/loss"] == pytest.approx(math.log(2), abs=1e-5)  # policy == reference at step 0
     assert steps[-1]["losses/loss"] < steps[0]["losses/loss"]
-    assert all(s["queries_used"] == 48 for s in steps[6:])  # epochs 2-4 hit the cache
+    assert len(steps) == 64 and all(s["queries_used"] == 256 for s in steps[32:])  # epoch 2 hits the cache
 
 
 def test_active_dpo_queries_fewer_and_logs_pseudo_labels(tmp_path, tiny_path):
@@ -228,6 +238,55 @@ def test_gradient_accumulation_invariance(tmp_path, tiny_path, active):
 
 class Crash(Exception):
     pass
+
+
+class AlwaysA:
+    """A judge backend that always names the first response: both orders disagree, so no label is usable."""
+
+    def generate(self, conversations, n, sampling, keys=None):
+        return [["A"] * n for _ in conversations]
+
+
+@pytest.mark.parametrize("pairs", [48, 160], ids=["short-run", "stopped-early"])
+def test_a_judge_that_never_gives_a_usable_label_fails_the_run(tmp_path, tiny_path, monkeypatch, pairs):
+    from feedlearn.backends.base import SamplingParams
+    from feedlearn.feedback.labelers import JudgeLabeler
+
+    judge = JudgeLabeler(AlwaysA(), SamplingParams(temperature=0), SamplingParams(), max_attempts=1)
+    monkeypatch.setattr(dpo, "build_labeler", lambda settings, seed: judge)
+    config = recipe(
+        tmp_path, tiny_path, train_data={"synthetic": {"n": pairs, "seed": 0}}, train={"epochs": 1}
+    )
+    method = run(config)
+    with pytest.raises(FeedlearnError, match="the judge labeler gave no usable label for any of the") as err:
+        method.run()
+    assert "position_disagreements" in str(err.value) and "\n" not in str(err.value)
+    labels = read_jsonl(method.store.stage("train") / "labels.jsonl", LabelRecord)
+    assert labels and all(r.label == 0 for r in labels)  # every answer bought is kept
+    if pairs > 64:  # caught after the first 64 labels, before paying for the rest
+        assert len(labels) == 64 and not (method.store.stage("train") / "model").exists()
+    else:  # too short for the early check: caught at the end, and on every rerun
+        assert len(labels) == 48
+        with pytest.raises(FeedlearnError, match="no usable label"):
+            run(config).run()
+
+
+def test_a_mostly_unusable_labeler_is_warned_about_once(tmp_path, caplog):
+    from feedlearn.feedback.label_book import CHECK_AFTER, LabelBook
+
+    class Ties:
+        source = "dataset"
+
+        def label(self, pairs):
+            for i, _ in enumerate(pairs):
+                yield 1 if i % 3 == 0 else 0
+
+    book = LabelBook(Ties(), tmp_path / "labels.jsonl")
+    pairs = [PreferencePair(id=f"p{i}", prompt="p", a="x", b="y", label=1) for i in range(3 * CHECK_AFTER)]
+    with caplog.at_level("WARNING", logger="feedlearn.feedback.label_book"):
+        book.get(pairs)
+    warnings = [r.getMessage() for r in caplog.records]
+    assert warnings == ["the dataset labeler gave a usable label for only 22 of 64 pairs"]
 
 
 def test_resume_keeps_the_label_cache_and_query_count(tmp_path, tiny_path, monkeypatch):

@@ -140,7 +140,10 @@ def test_rl_resumed_from_a_checkpoint_equals_an_uninterrupted_run(tmp_path, monk
         assert torch.allclose(a[k], b[k], atol=1e-6), k
     assert not (broken.store.path / "rl" / "checkpoints").exists()
     if algorithm == "ppo":
-        critics = [torch.load(m.store.path / "rl" / "model" / "critic.pt") for m in (whole, broken)]
+        critics = [
+            torch.load(m.store.path / "rl" / "model" / "critic.pt", weights_only=True)
+            for m in (whole, broken)
+        ]
         assert all(torch.allclose(critics[0][k], critics[1][k], atol=1e-6) for k in critics[0])
     ids = [
         json.loads(line)["id"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -15,6 +16,10 @@ from feedlearn.feedback.labelers import Labeler
 
 QUERY_CHUNK = 32
 """Pairs handed to the labeler at once; each chunk's answers are saved before the next is asked."""
+CHECK_AFTER = 64
+"""Labels paid for before their usefulness is judged: none usable is an error, under half a warning."""
+
+log = logging.getLogger(__name__)
 
 
 class LabelBook:
@@ -28,6 +33,8 @@ class LabelBook:
     def __init__(self, labeler: Labeler, path: str | Path, budget: int | None = None):
         self.labeler = labeler
         self.budget = budget
+        self.path = Path(path)
+        self.warned = False
         self.state = PartialState()
         self.cache = JsonlAppender(path, LabelRecord) if self.state.is_main_process else None
         self.state.wait_for_everyone()  # the main process has repaired a torn last line
@@ -76,4 +83,33 @@ class LabelBook:
                 self.cache.append(LabelRecord(id=pair.id, label=label, source=self.labeler.source))
                 answers[pair.id] = label
                 self.labels[pair.id] = label
+            if self.queries_used >= CHECK_AFTER:
+                self.check()
         return answers
+
+    def check(self) -> None:
+        """See `check_labels`; warns once."""
+        stats = getattr(self.labeler, "stats", {})
+        warned = check_labels(self.labels, self.labeler.source, self.path, stats, warn=not self.warned)
+        self.warned = self.warned or warned
+
+
+def check_labels(
+    labels: dict[str, int], source: str, path: Path, stats: dict[str, float] | None = None, warn: bool = True
+) -> bool:
+    """Raise when no label paid for is usable (every one a tie, a judge whose two orders disagree, or
+    unparseable): such a labeler gives DPO nothing to learn from, and a paid one spends its budget for
+    nothing. Warn (and return True) when fewer than half are, after `CHECK_AFTER` labels."""
+    n, usable = len(labels), sum(label != 0 for label in labels.values())
+    counts = ", ".join(f"{name.split('/')[-1]} {value:g}" for name, value in (stats or {}).items())
+    counts = f" ({counts})" if counts else ""
+    if n and not usable:
+        raise FeedlearnError(
+            f"the {source} labeler gave no usable label for any of the {n} pairs asked{counts}: each "
+            "answer was a tie, two orders that disagree, or unparseable; check the labeler (its model, "
+            f"endpoint and replies) before paying for more. The labels are kept in {path}"
+        )
+    if warn and n >= CHECK_AFTER and usable < n / 2:
+        log.warning("the %s labeler gave a usable label for only %d of %d pairs%s", source, usable, n, counts)
+        return True
+    return False

@@ -27,7 +27,7 @@ from feedlearn.data.preferences import load_pairs
 from feedlearn.data.records import LabelRecord, PreferencePair, Record
 from feedlearn.envs.word_preferences import WordPreferenceTask
 from feedlearn.errors import DataError
-from feedlearn.feedback.label_book import LabelBook
+from feedlearn.feedback.label_book import LabelBook, check_labels
 from feedlearn.feedback.labelers import DatasetLabelerSettings, LabelerSettings, build_labeler
 from feedlearn.losses import (
     DPOLoss,
@@ -185,15 +185,19 @@ class PreferenceLearning(Method):
     def train(self) -> Path:
         """Train the policy on the training pairs; labels come from the labeler through the label book."""
         cfg, folder = self.config, self.store.stage("train")
+        labels = folder / "labels.jsonl"
         if is_trained(folder):
+            records = read_jsonl(labels, LabelRecord) if labels.exists() else []
+            if records:  # a run whose labels were all unusable fails on every rerun too
+                check_labels({r.id: r.label for r in records}, records[0].source, labels)
             return folder / "model"
         pairs = cfg.train_data.load("train")
         model, tokenizer = load_policy(self._settings(self.base_model_path()), trainable=True, seed=cfg.seed)
         rows = tokenize_pairs(pairs, tokenizer, cfg.train.max_length)
         reference = self._reference(model, tokenizer, pairs, rows, folder)
-        book = LabelBook(build_labeler(cfg.labeler, cfg.seed), folder / "labels.jsonl", cfg.query_budget)
+        book = LabelBook(build_labeler(cfg.labeler, cfg.seed), labels, cfg.query_budget)
         objective = PreferenceObjective(cfg.dpo, self.active, pairs, book, reference)
-        return train(
+        final = train(
             model,
             tokenizer,
             rows,
@@ -207,6 +211,9 @@ class PreferenceLearning(Method):
             step_metrics=objective.step_metrics,
             seed=cfg.seed,
         )
+        if PartialState().is_main_process:
+            book.check()  # a run in which no label was usable fails, even one too short for the early check
+        return final
 
     def reference_path(self) -> str:
         """The reference model: `dpo.reference_model`, or else the starting policy."""
