@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from feedlearn.config import load_recipe, read_yaml
-from feedlearn.data.store import open_run
+from feedlearn.data.store import open_run, write_problem, writing
 from feedlearn.errors import ConfigError, FeedlearnError
 from feedlearn.methods import c3po, dpo, reflect_rl, rise
 
@@ -41,7 +41,8 @@ def open_recipe_run(args, config):
 def cmd_run(args) -> None:
     config, method_cls, _ = load_method(args.recipe, args.set)
     store = open_recipe_run(args, config)
-    method_cls(config, store).run()
+    with writing(store.path):
+        method_cls(config, store).run()
     print(f"run folder: {store.path}")
 
 
@@ -53,7 +54,8 @@ def cmd_stage(args) -> None:
     method = method_cls(config, store)
     stage = getattr(method, args.stage.replace("-", "_"))
     iterated = getattr(args, "iteration", None) is not None and args.stage != "sft"
-    result = stage(args.iteration) if iterated else stage()
+    with writing(store.path):
+        result = stage(args.iteration) if iterated else stage()
     if isinstance(result, dict):
         from feedlearn.report import print_results
 
@@ -67,7 +69,8 @@ def cmd_stage(args) -> None:
 def cmd_demo(args) -> None:
     from feedlearn.demo import run_demo
 
-    run_demo(Path(args.out), args.set)
+    with writing(Path(args.out)):
+        run_demo(Path(args.out), args.set)
 
 
 def cmd_report(args) -> None:
@@ -127,6 +130,12 @@ def main(argv: list[str] | None = None) -> int:
         args.func(args)
     except FeedlearnError as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # before a run folder exists: a cache or run_dir that cannot be written
+        problem = write_problem(Path("."), e)
+        if problem is None:
+            raise
+        print(f"error: {problem}", file=sys.stderr)
         return 2
     return 0
 

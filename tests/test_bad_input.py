@@ -188,3 +188,90 @@ def test_unreadable_file(tmp_path, monkeypatch, name, file, good, load, error):
     monkeypatch.setattr(type(path), "open", denied)
     monkeypatch.setattr(type(path), "read_bytes", denied)
     assert one_line_error(load, path, error) == f"{path}: cannot read the file (Permission denied)"
+
+
+# ---- model paths and failed writes -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("path", "message"),
+    [
+        ("runs/x/sft/model", "model folder 'runs/x/sft/model' does not exist: check model.path"),
+        ("/no/such/model", "model folder '/no/such/model' does not exist"),
+        ("./model", "model folder './model' does not exist"),
+        ("org/model", r"cannot load model 'org/model' \(no local folder of that name; as a hub id\): "),
+    ],
+)
+def test_a_model_path_that_names_no_folder_says_so(path, message, monkeypatch, tmp_path):
+    from feedlearn.errors import FeedlearnError
+    from feedlearn.models.loading import ModelSettings, load_policy
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(FeedlearnError, match=message) as err:
+        load_policy(ModelSettings(path=path))
+    assert "\n" not in str(err.value)
+
+
+def test_a_file_given_as_a_model_folder_says_so(tmp_path):
+    from feedlearn.errors import FeedlearnError
+    from feedlearn.models.loading import ModelSettings, load_policy
+
+    (tmp_path / "weights.bin").write_bytes(b"x")
+    with pytest.raises(FeedlearnError, match="weights.bin' is a file: give the model's folder"):
+        load_policy(ModelSettings(path=str(tmp_path / "weights.bin")))
+
+
+RECIPE = """method: dpo
+model: {path: tiny}
+train_data: {synthetic: {n: 8}}
+"""
+
+
+@pytest.mark.parametrize(
+    ("error", "free", "message"),
+    [
+        (OSError(28, "No space left on device"), 10 << 30, "the disk is full"),
+        (RuntimeError("basic_ios::clear: iostream error"), 1 << 20, "the disk is full (1 MiB free)"),
+        (
+            PermissionError(13, "Permission denied", "/ro/cache/tiny"),
+            10 << 30,
+            "/ro/cache/tiny: cannot write",
+        ),
+        (OSError(30, "Read-only file system", "/ro/run"), 10 << 30, "/ro/run: cannot write there"),
+    ],
+)
+def test_a_full_disk_or_unwritable_place_is_one_line_through_the_cli(
+    tmp_path, monkeypatch, capsys, error, free, message
+):
+    import shutil
+    from collections import namedtuple
+
+    from feedlearn import cli
+    from feedlearn.methods.dpo import PreferenceLearning
+
+    def fails(self):
+        raise error
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(free * 2, free, free))
+    monkeypatch.setattr(PreferenceLearning, "run", fails)
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(RECIPE + f"run_dir: {tmp_path / 'runs'}\n")
+    assert cli.main(["run", str(recipe)]) == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("error: ") and message in line
+
+
+def test_other_errors_keep_their_traceback_when_the_disk_has_room(tmp_path, monkeypatch):
+    from feedlearn import cli
+    from feedlearn.methods.dpo import PreferenceLearning
+
+    def fails(self):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(PreferenceLearning, "run", fails)
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(RECIPE + f"run_dir: {tmp_path / 'runs'}\n")
+    with pytest.raises(RuntimeError, match="a bug"):
+        cli.main(["run", str(recipe)])

@@ -7,11 +7,14 @@ second writer with a one-line message naming the folder and the holder's process
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
+import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +30,9 @@ CONFIG = "config.yaml"
 METRICS = "metrics.jsonl"
 _held: dict[Path, int] = {}
 """Run folders this process has locked, and the lock file's descriptor (held until the process exits)."""
+NEARLY_FULL_BYTES = 64 << 20
+"""Free space under which a failed write (say torch's 'iostream error', which names no cause) is put down
+to a full disk."""
 
 
 class RunStore:
@@ -127,3 +133,38 @@ def open_run(run_dir: str | Path, run_id: str, config: dict[str, Any]) -> RunSto
     if state.is_main_process:
         store.save_config(config)
     return store
+
+
+@contextmanager
+def writing(folder: Path) -> Iterator[None]:
+    """Turn a write that failed under `folder` because the disk is full or the place is not writable into
+    a one-line `FeedlearnError` that says so; other errors pass through untouched."""
+    try:
+        yield
+    except FeedlearnError:
+        raise
+    except Exception as e:
+        problem = write_problem(folder, e)
+        if problem is None:
+            raise
+        raise FeedlearnError(problem) from None
+
+
+def write_problem(folder: Path, error: Exception) -> str | None:
+    """What a failed write means for the user, or None when it is not a full disk or a permission."""
+    code = getattr(error, "errno", None)
+    where = getattr(error, "filename", None) or folder
+    if code in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return (
+            f"{where}: cannot write there ({os.strerror(code)}): make it writable, or choose another place "
+            "(the recipe's run_dir; $FEEDLEARN_CACHE for tiny models)"
+        )
+    existing = next((p for p in (Path(folder), *Path(folder).parents) if p.exists()), Path("."))
+    free = shutil.disk_usage(existing).free
+    nearly_full = isinstance(error, (OSError, RuntimeError)) and free < NEARLY_FULL_BYTES
+    if code in (errno.ENOSPC, errno.EDQUOT) or "No space left" in str(error) or nearly_full:
+        return (
+            f"{where}: the disk is full ({free >> 20} MiB free): free some space and run the same command "
+            "again; the run resumes where it stopped"
+        )
+    return None

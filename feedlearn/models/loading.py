@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -67,6 +68,23 @@ def load_tokenizer(path: str, chat_template: str | None = None):
     return tokenizer
 
 
+HUB_ID = re.compile(r"[\w.-]+(/[\w.-]+)?")
+"""What a hub id looks like: `name` or `namespace/name`."""
+
+
+def check_model_source(path: str) -> None:
+    """Raise a `FeedlearnError` for a model path that names a local folder that is not there (a hub id,
+    `name` or `namespace/name`, is left to the hub)."""
+    if Path(path).expanduser().is_dir():
+        return
+    if Path(path).exists():
+        raise FeedlearnError(f"model '{path}' is a file: give the model's folder")
+    if not HUB_ID.fullmatch(path) or path.startswith("."):
+        raise FeedlearnError(
+            f"model folder '{path}' does not exist: check model.path (or the stage that writes it)"
+        )
+
+
 def load_policy(settings: ModelSettings, trainable: bool = False, seed: int = 0):
     """Load (model, tokenizer) onto this process's device (a GPU when there is one). A folder holding a
     LoRA adapter loads its base model plus the adapter.
@@ -76,6 +94,7 @@ def load_policy(settings: ModelSettings, trainable: bool = False, seed: int = 0)
     """
     from peft import LoraConfig, PeftModel, get_peft_model
 
+    check_model_source(settings.path)
     dtype = resolve_dtype(settings.dtype)
     adapter_config = Path(settings.path) / "adapter_config.json"
     try:
@@ -87,9 +106,10 @@ def load_policy(settings: ModelSettings, trainable: bool = False, seed: int = 0)
             model = AutoModelForCausalLM.from_pretrained(settings.path, dtype=dtype)
         tokenizer = load_tokenizer(settings.path, settings.chat_template)
     except OSError as e:
+        where = "the folder" if Path(settings.path).exists() else "no local folder of that name; as a hub id"
         raise FeedlearnError(
-            f"cannot load model '{settings.path}': {str(e).splitlines()[0]} "
-            "(give a local folder, or a hub id with network access)"
+            f"cannot load model '{settings.path}' ({where}): {str(e).splitlines()[0]} "
+            "(give a model folder, or a hub id with network access)"
         ) from None
     if trainable and settings.lora is not None and not isinstance(model, PeftModel):
         lora = settings.lora
