@@ -193,12 +193,13 @@ def test_tiny_end_to_end_with_the_offline_teacher(tmp_path):
     assert set(results) == {"c3po", "scd", "scd_negatives", "dpo", "in_context", "cot"}
     assert set(results["c3po"]) >= {"in_scope_adherence", "near_scope_changed", "out_scope_changed"}
     base = load_file(str(method.store.path / "sft" / "model" / "model.safetensors"))
+    assert any("mlp" in k for k in base)
     for name in ("c3po", "scd"):
         adapter = load_file(
             str(method.store.path / fid / "train" / name / "model" / "adapter_model.safetensors")
         )
         assert any(v.abs().sum() > 0 for k, v in adapter.items() if "lora_B" in k)  # B starts at 0
-    assert base  # the base weights were saved once, not per method
+        assert adapter and all("lora_" in k for k in adapter)  # the base weights are saved once, not here
     combined = method.combine()
     model, _ = load_policy(ModelSettings(path=str(combined)))  # loads on its base, both feedbacks' ranks
     assert sum("lora_A" in n for n, _ in model.named_parameters()) > 0

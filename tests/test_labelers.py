@@ -272,6 +272,7 @@ def saved(path) -> list[tuple[str, int, str]]:
     return [(r.id, r.label, r.source) for r in read_jsonl(path, LabelRecord)]
 
 
+@pytest.mark.slow  # three Python processes
 def test_human_labels_on_stdin_are_saved_at_once_and_resume(tmp_path):
     path = tmp_path / "labels.jsonl"
     out = label_by_hand(path, "x\na\nb\nq\n")

@@ -70,8 +70,17 @@ def test_tiny_sft_then_rl_runs_and_changes_the_policy(tmp_path, capsys, reflecti
     after_rl = method.evaluate("rl")
     diagnoses = {"without_reflection", "reflection_names_best_move", "policy_follows_reflection"}
     assert set(after_sft) == {"success", "cost", "episodes"} | (diagnoses if reflection else set())
-    if reflection:
-        assert 0 <= after_sft["reflection_names_best_move"] <= 100
+    logged = [
+        json.loads(line)
+        for line in (method.store.path / "evaluate" / "sft" / "episodes.jsonl").read_text().splitlines()
+    ]
+    shown = [e for e in logged if not e["id"].startswith("without-reflection-")]
+    assert after_sft["success"] == pytest.approx(100 * sum(e["success"] for e in shown) / len(shown))
+    if reflection:  # a share of the evaluated steps: a whole number of them
+        steps = sum(len(e["actions"]) for e in shown)
+        for name in ("reflection_names_best_move", "policy_follows_reflection"):
+            count = after_sft[name] * steps / 100
+            assert count == pytest.approx(round(count), abs=0.01), name
     assert after_rl["episodes"] == 3
     from safetensors.torch import load_file
 
@@ -206,3 +215,27 @@ def test_the_reflector_can_train_for_more_epochs_than_the_policy(tmp_path):
     reflector_examples = len(method.teacher_steps())
     assert steps["sft/reflector"] == 3 * (reflector_examples // 4)  # 3 epochs of full batches of 4
     assert steps["sft/policy"] < steps["sft/reflector"] / 2  # one epoch, on the trained steps only
+
+
+def test_by_level_counts_success_cost_and_the_reflection_diagnoses():
+    from feedlearn.methods.reflect_rl import _by_level
+
+    def episode(success, cost, diagnosis):
+        return {"success": success, "cost": cost, "diagnosis": diagnosis}
+
+    played = {
+        "pickup": [episode(True, -1.0, [(True, True), (True, False)]), episode(False, 2.0, [(False, True)])],
+        "dropoff": [episode(True, 0.5, [(True, True)])],
+    }
+    metrics = _by_level(played)
+    assert metrics["success"] == pytest.approx(66.67)
+    assert metrics["cost"] == pytest.approx(0.5)
+    assert metrics["reflection_names_best_move"] == 75.0  # 3 of 4 steps
+    assert metrics["policy_follows_reflection"] == 75.0
+    assert metrics["levels"]["pickup"] == {
+        "success": 50.0,
+        "cost": 0.5,
+        "episodes": 2,
+        "reflection_names_best_move": pytest.approx(66.67),
+        "policy_follows_reflection": pytest.approx(66.67),
+    }

@@ -349,7 +349,11 @@ def test_tiny_end_to_end(tmp_path, monkeypatch):
     for stage in ["base", "iter1"]:
         metrics = json.loads((run / stage / "evaluate/metrics.json").read_text())
         assert set(metrics) == METRIC_KEYS, stage
-        assert all(0.0 <= v <= 100.0 for v in metrics.values())
+        played = read_jsonl(run / stage / "evaluate/episodes.jsonl", Episode)  # the metrics are theirs
+        assert len(played) == 8
+        for k in (0, 1):
+            assert metrics[f"acc@t{k + 1}"] == 100 * sum(e.turns[k].reward == 1 for e in played) / 8
+        assert metrics["p1@t2"] == 100 * sum(any(t.reward == 1 for t in e.turns) for e in played) / 8
 
     sft = load_file(run / "sft/model/model.safetensors")
     trained = load_file(run / "iter1/train/model/model.safetensors")

@@ -54,6 +54,7 @@ def recording_resets(monkeypatch, env_class) -> list[int]:
     return seeds
 
 
+@pytest.mark.slow  # 300 teacher episodes of Taxi: about 3 s each
 @pytest.mark.parametrize(
     ("recipe", "env_class"), [("tiny.yaml", DangerousTaxi), ("tiny_autoexplore.yaml", AutoExplore)]
 )

@@ -1,0 +1,259 @@
+"""Every method's tiny recipe, shrunk to seconds, killed (SIGKILL of the CLI process) at several points and
+run again until it finishes, must end with what one uninterrupted run makes: the same records, the same
+weights, the same metrics. And two runs on one run folder: the second is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+pytestmark = pytest.mark.slow
+
+RECIPES = Path(__file__).resolve().parents[1] / "feedlearn" / "recipes"
+TINY = [
+    "tiny.hidden_size=32",
+    "tiny.intermediate_size=64",
+    "tiny.num_layers=1",
+    "tiny.num_heads=2",
+]
+TIMEOUT_S = 300
+
+
+def checkpoint(stage: str) -> tuple[str, Callable[[Path], bool]]:
+    """A kill point: the training stage `stage` (a glob) has saved a checkpoint and not yet finished."""
+
+    def reached(run: Path) -> bool:
+        return any(run.glob(f"{stage}/checkpoints/*/trainer_state.json")) or any(
+            run.glob(f"{stage}/checkpoints/*/state.json")
+        )
+
+    return f"a checkpoint of {stage}", reached
+
+
+def records(path: str, stop: str | None = None) -> tuple[str, Callable[[Path], bool]]:
+    """A kill point: some records of `path` (a glob) are written, and the stage `stop` has not begun."""
+
+    def reached(run: Path) -> bool:
+        written = any(p.stat().st_size > 0 for p in run.glob(path))
+        return written and not (stop and any(run.glob(stop)))
+
+    return f"records in {path}", reached
+
+
+def evaluating(stage: str) -> tuple[str, Callable[[Path], bool]]:
+    """A kill point: the evaluation `stage` has begun and has not written its results."""
+
+    def reached(run: Path) -> bool:
+        return (run / stage).is_dir() and not (run / stage / "metrics.json").exists()
+
+    return f"the evaluation {stage}", reached
+
+
+CASES = {
+    "rise": (
+        "rise/tiny.yaml",
+        [
+            *TINY,
+            "generation_batch_size=64",
+            "sft.problems.synthetic.n=1200",
+            "sft.train.checkpoint_every=10",
+            "train_problems.synthetic.n=96",
+            "test_problems.synthetic.n=16",
+            "collect.chunk_size=8",
+            "collect.turns=[{n: 1}, {n: 4}, {n: 4}]",
+            "collect.max_new_tokens=24",
+            "train.batch_size=4",
+            "train.epochs=2",
+            "train.checkpoint_every=5",
+            "evaluate.turns=2",
+            "evaluate.parallel_samples=2",
+            "evaluate.max_new_tokens=24",
+        ],
+        [
+            checkpoint("sft"),
+            records("iter1/collect/episodes.jsonl", "iter1/convert"),
+            checkpoint("iter1/train"),
+        ],
+    ),
+    "active-dpo": (
+        "active-dpo/tiny.yaml",
+        [
+            *TINY,
+            "train_data.synthetic.n=1600",
+            "eval_data.synthetic.n=64",
+            "train.batch_size=8",
+            "train.epochs=2",
+            "train.checkpoint_every=20",
+        ],
+        [records("train/reference_logprobs.jsonl", "train/labels.jsonl"), checkpoint("train")],
+    ),
+    "c3po": (
+        "c3po/tiny.yaml",
+        [
+            *TINY,
+            "generation_batch_size=64",
+            "sft.chats=1600",
+            "sft.train.checkpoint_every=20",
+            "sample.prompts_per_scope=96",
+            "sample.prompts_per_category=24",
+            "sample.chunk_size=16",
+            "sample.max_new_tokens=24",
+            "methods=[c3po, scd]",
+            "train.batch_size=4",
+            "train.epochs=2",
+            "train.checkpoint_every=4",
+            "evaluate.prompts_per_scope=8",
+            "evaluate.max_new_tokens=24",
+        ],
+        [checkpoint("sft"), records("*/sample/samples.jsonl", "*/train"), checkpoint("*/train/c3po")],
+    ),
+    "reflect-rl": (
+        "reflect-rl/tiny.yaml",
+        [
+            *TINY,
+            "teacher.episodes=60",
+            "teacher.negatives=20",
+            "sft.epochs=1",
+            "sft.checkpoint_every=10",
+            "reflector_sft.epochs=2",
+            "reflector_sft.checkpoint_every=10",
+            "rl.iterations=8",
+            "rl.episodes_per_iteration=4",
+            "rl.checkpoint_every=2",
+            "evaluate.episodes=8",
+            "max_reflection_tokens=24",
+        ],
+        [checkpoint("sft/reflector"), checkpoint("rl"), evaluating("evaluate/rl")],
+    ),
+}
+
+
+def command(case: str, run_dir: Path, run_id: str) -> list[str]:
+    recipe, overrides, _ = CASES[case]
+    sets = [arg for o in [*overrides, f"run_dir={run_dir}"] for arg in ("--set", o)]
+    return [sys.executable, "-m", "feedlearn.cli", "run", str(RECIPES / recipe), *sets, "--run-id", run_id]
+
+
+def environment(tmp_path: Path) -> dict[str, str]:
+    return {
+        **os.environ,
+        "FEEDLEARN_CACHE": str(tmp_path / "cache"),
+        "HF_HUB_OFFLINE": "1",
+        "OMP_NUM_THREADS": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
+
+
+def start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
+    with log.open("a") as out:
+        return subprocess.Popen(args, env=env, stdout=out, stderr=subprocess.STDOUT)
+
+
+def finish(args: list[str], env: dict[str, str], log: Path) -> None:
+    proc = start(args, env, log)
+    assert proc.wait(timeout=TIMEOUT_S) == 0, log.read_text()[-3000:]
+
+
+def kill_at(args, env, log: Path, run: Path, point: tuple[str, Callable[[Path], bool]]) -> None:
+    """Run until `point` is reached, then SIGKILL the process."""
+    name, reached = point
+    proc = start(args, env, log)
+    deadline = time.monotonic() + TIMEOUT_S
+    while proc.poll() is None and time.monotonic() < deadline:
+        if reached(run):
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            return
+        time.sleep(0.005)
+    proc.kill()
+    raise AssertionError(f"the run ended (exit {proc.returncode}) before {name}:\n{log.read_text()[-3000:]}")
+
+
+def jsonl_records(run: Path) -> dict[str, list]:
+    """Every JSONL file of the run but the metrics log, parsed."""
+    return {
+        str(p.relative_to(run)): [json.loads(line) for line in p.read_text().splitlines()]
+        for p in sorted(run.rglob("*.jsonl"))
+        if p.name != "metrics.jsonl"
+    }
+
+
+def json_results(run: Path) -> dict[str, object]:
+    return {str(p.relative_to(run)): json.loads(p.read_text()) for p in sorted(run.rglob("metrics.json"))}
+
+
+def weights(run: Path) -> dict[str, dict[str, torch.Tensor]]:
+    return {str(p.relative_to(run)): load_file(p) for p in sorted(run.rglob("*.safetensors"))}
+
+
+TIMED = ("time", "charts/samples_per_s", "seconds")
+
+
+def metric_rows(run: Path) -> dict[tuple, dict]:
+    """The metrics log by (stage, step), without wall-clock values; each key must appear once."""
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    keyed = {(r["stage"], r["step"]): {k: v for k, v in r.items() if k not in TIMED} for r in rows}
+    assert len(keyed) == len(rows), "a (stage, step) is logged twice"
+    return keyed
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_killed_and_resumed_equals_uninterrupted(tmp_path, case):
+    env = environment(tmp_path)
+    runs, log = tmp_path / "runs", tmp_path / "log.txt"
+    finish(command(case, runs, "whole"), env, log)
+    resumed = command(case, runs, "resumed")
+    for point in CASES[case][2]:
+        kill_at(resumed, env, log, runs / "resumed", point)
+    finish(resumed, env, log)
+
+    whole, again = runs / "whole", runs / "resumed"
+    assert not list(again.rglob("checkpoints/*"))  # every training stage finished and cleaned up
+    a, b = jsonl_records(whole), jsonl_records(again)
+    assert a.keys() == b.keys() and a
+    for name in a:
+        assert a[name] == b[name], name
+    assert json_results(whole) == json_results(again) != {}
+    wa, wb = weights(whole), weights(again)
+    assert wa.keys() == wb.keys() and wa
+    for name in wa:
+        assert wa[name].keys() == wb[name].keys(), name
+        for key in wa[name]:
+            assert torch.equal(wa[name][key], wb[name][key]), (name, key)
+    assert metric_rows(whole) == metric_rows(again)
+
+
+def test_a_second_run_on_the_same_folder_is_refused(tmp_path):
+    env = environment(tmp_path)
+    runs, log = tmp_path / "runs", tmp_path / "log.txt"
+    args = command("active-dpo", runs, "shared")
+    first = start(args, env, log)
+    try:
+        deadline = time.monotonic() + TIMEOUT_S
+        while not (runs / "shared" / "train").exists() and time.monotonic() < deadline:
+            assert first.poll() is None, log.read_text()[-3000:]
+            time.sleep(0.01)
+        second = subprocess.run(args, env=env, capture_output=True, text=True, timeout=TIMEOUT_S)
+        assert second.returncode == 2
+        assert second.stderr.strip().splitlines()[-1] == (
+            f"error: run folder {runs / 'shared'} is in use by process {first.pid}: wait for it to finish, "
+            "or pass --run-id NEW to start another run"
+        )
+        assert first.wait(timeout=TIMEOUT_S) == 0, log.read_text()[-3000:]
+    finally:
+        first.kill()
+    labels = [
+        json.loads(line) for line in (runs / "shared" / "train" / "labels.jsonl").read_text().splitlines()
+    ]
+    assert len(labels) == len({r["id"] for r in labels})  # every label bought once
