@@ -253,7 +253,7 @@ def test_a_judge_that_never_gives_a_usable_label_fails_the_run(tmp_path, tiny_pa
     from feedlearn.feedback.labelers import JudgeLabeler
 
     judge = JudgeLabeler(AlwaysA(), SamplingParams(temperature=0), SamplingParams(), max_attempts=1)
-    monkeypatch.setattr(dpo, "build_labeler", lambda settings, seed: judge)
+    monkeypatch.setattr(dpo, "build_labeler", lambda settings, seed, replies: judge)
     config = recipe(
         tmp_path, tiny_path, train_data={"synthetic": {"n": pairs, "seed": 0}}, train={"epochs": 1}
     )

@@ -151,10 +151,10 @@ def make_backend(server: FakeServer, monkeypatch: pytest.MonkeyPatch) -> Iterato
     monkeypatch.setenv(KEY_ENV, SECRET)
     made: list[OpenAIBackend] = []
 
-    def make(seed: int = 0, **kwargs: object) -> OpenAIBackend:
+    def make(seed: int = 0, replies=None, **kwargs: object) -> OpenAIBackend:
         args = {"model": "test-model", "base_url": server.base_url, "api_key_env": KEY_ENV}
         args |= {"max_retries": 1, "timeout_s": 0.5} | kwargs
-        backend = OpenAIBackend(OpenAIBackendConfig(**args), seed=seed)
+        backend = OpenAIBackend(OpenAIBackendConfig(**args), seed=seed, replies=replies)
         made.append(backend)
         return backend
 
@@ -185,6 +185,26 @@ def test_success_in_order_with_parameters(server: FakeServer, make_backend) -> N
     assert sorted(b["messages"][-1]["content"] for b in server.requests) == prompts
     assert server.requests[0]["messages"][0] == {"role": "system", "content": "Be brief."}
     assert server.auth == [f"Bearer {SECRET}"] * 5
+
+
+def test_paid_replies_survive_a_failure_midway_and_are_not_bought_again(
+    server: FakeServer, make_backend, tmp_path
+) -> None:
+    book = tmp_path / "replies.jsonl"
+    prompts = [chat(f"q{i}") for i in range(6)]
+    server.script.extend([Reply(), Reply(), Reply(status=400)])  # two answered, then the endpoint fails
+    with pytest.raises(BackendError, match="HTTP 400"):
+        make_backend(replies=book, max_concurrency=1).generate(prompts, n=2, sampling=SAMPLING)
+    kept = {json.loads(line)["replies"][0].split("|")[0] for line in book.read_text().splitlines()}
+    assert {"q0", "q1"} <= kept and "q2" not in kept  # what was received is kept (and what was in flight)
+    server.requests.clear()
+    again = make_backend(replies=book, max_concurrency=1).generate(prompts, n=2, sampling=SAMPLING)
+    assert again == [[f"q{i}|0", f"q{i}|1"] for i in range(6)]
+    asked = sorted(b["messages"][-1]["content"] for b in server.requests)
+    assert asked == sorted({f"q{i}" for i in range(6)} - kept)  # nothing is bought twice
+    server.requests.clear()
+    other = make_backend(replies=book, max_concurrency=1).generate(prompts[:1], n=1, sampling=SAMPLING)
+    assert other == [["q0|0"]] and len(server.requests) == 1  # another n is another request
 
 
 def test_empty_batch_sends_nothing(server: FakeServer, make_backend) -> None:

@@ -192,7 +192,7 @@ def test_llm_reflections_replace_templates_are_retried_and_survive_an_interrupti
         return f"Looking at the grid, {best_move(prompt)} gets me closer. Choose {best_move(prompt)}."
 
     fake = FakeBackend(reply)
-    monkeypatch.setattr(TeacherData, "build", lambda self, batch_size, seed: fake)
+    monkeypatch.setattr(TeacherData, "build", lambda self, batch_size, seed, replies: fake)
     monkeypatch.setattr(reflect_rl, "REFLECTION_CHUNK", 4)
     teacher = {"episodes": 3, "negatives": 1, "reflections": "llm", "local": {"path": "unused"}}
     config = recipe(tmp_path, {"name": "taxi", "level": "dropoff"}, teacher=teacher)
@@ -225,7 +225,7 @@ def test_llm_reflections_replace_templates_are_retried_and_survive_an_interrupti
 
 def test_teacher_reflections_that_never_parse_keep_the_template(tmp_path, monkeypatch):
     fake = FakeBackend(lambda prompt, attempt: "I have no idea.")
-    monkeypatch.setattr(TeacherData, "build", lambda self, batch_size, seed: fake)
+    monkeypatch.setattr(TeacherData, "build", lambda self, batch_size, seed, replies: fake)
     teacher = {"episodes": 2, "negatives": 0, "reflections": "llm", "local": {"path": "m"}, "max_attempts": 2}
     method = method_for(recipe(tmp_path, {"name": "taxi", "level": "dropoff"}, teacher=teacher))
     steps = method.teacher_steps()
@@ -285,7 +285,7 @@ def oracle_reply(prompt: str, attempt: int) -> str:
 
 def test_a_remote_model_plays_the_test_episodes_and_invalid_turns_fail_them(tmp_path, monkeypatch):
     fakes = iter([FakeBackend(oracle_reply), FakeBackend(lambda prompt, attempt: "Action: 9")])
-    monkeypatch.setattr(RemoteAgentSettings, "build", lambda self, batch_size, seed: next(fakes))
+    monkeypatch.setattr(RemoteAgentSettings, "build", lambda self, batch_size, seed, replies: next(fakes))
     env = {"name": "taxi", "level": "dropoff"}
     remote = {"episodes": 5, "remote": {"local": {"path": "unused"}}}
     good = method_for(recipe(tmp_path / "a", env, evaluate=remote))
@@ -341,7 +341,7 @@ def test_alfworld_runs_with_a_teacher_models_reflections(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "alfworld.agents.environment", environment)
     (tmp_path / "alfworld.yaml").write_text("env: {type: AlfredTWEnv}\n")
     fake = FakeBackend(lambda prompt, attempt: f"The mug is near, so: {best_move(prompt)}.")
-    monkeypatch.setattr(TeacherData, "build", lambda self, batch_size, seed: fake)
+    monkeypatch.setattr(TeacherData, "build", lambda self, batch_size, seed, replies: fake)
     config = recipe(
         tmp_path,
         {"name": "alfworld", "config": str(tmp_path / "alfworld.yaml"), "max_steps": 4},

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
+import threading
 import time
 from collections.abc import Mapping, Sequence, Set
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from pathlib import Path
 from typing import Protocol
 from urllib.parse import urlsplit
 
@@ -15,6 +18,8 @@ import openai
 from pydantic import BaseModel, ConfigDict, Field
 
 from feedlearn.backends.base import Conversation, SamplingParams, conversation_key
+from feedlearn.data.jsonl import JsonlAppender
+from feedlearn.data.records import Record
 from feedlearn.errors import BackendError
 from feedlearn.seeds import derive_seed
 
@@ -123,6 +128,13 @@ def reply_contents(body: bytes) -> list[str]:
     return contents
 
 
+class PaidReply(Record):
+    """The replies one request got, kept so that a stage run again never pays for them twice."""
+
+    id: str = Field(description="A hash of the model, conversation, n, sampling settings and seed.")
+    replies: list[str]
+
+
 class OpenAIBackend:
     """Samples replies from an OpenAI-compatible chat-completions endpoint, several conversations at once.
 
@@ -134,10 +146,17 @@ class OpenAIBackend:
     so that endpoints that honour it sample the same replies for the same run.
     """
 
-    def __init__(self, config: OpenAIBackendConfig, seed: int = 0) -> None:
+    def __init__(self, config: OpenAIBackendConfig, seed: int = 0, replies: Path | None = None) -> None:
         """The backend `config` describes; `seed` (the recipe's) seeds its requests. Reads the API key now,
         from the variable `key_for` picks: an `api_key_env` not given sends $OPENAI_API_KEY to OpenAI only.
+
+        With `replies` (a JSONL file in the run folder), every conversation's replies are saved as they
+        arrive, and a conversation asked again with the same settings is answered from the file: a stage
+        stopped by a failure midway (a dead endpoint, a crash) keeps every reply it had paid for.
         """
+        self._paid = JsonlAppender(replies, PaidReply) if replies is not None else None
+        self._known = {r.id: r.replies for r in self._paid.records()} if self._paid is not None else {}
+        self._paid_lock = threading.Lock()
         self.config = config
         self.seed = seed
 
@@ -210,7 +229,20 @@ class OpenAIBackend:
             pool.shutdown(wait=True, cancel_futures=True)
 
     def _sample(self, conversation: Conversation, key: str, n: int, sampling: SamplingParams) -> list[str]:
-        """Collect `n` replies for one conversation, asking again if the server returns fewer choices."""
+        """Collect `n` replies for one conversation, asking again if the server returns fewer choices;
+        replies saved by an earlier run are reused."""
+        text = json.dumps([self.config.model, list(conversation), n, sampling.model_dump(), self.seed, key])
+        request = hashlib.sha256(text.encode()).hexdigest()[:32]
+        if request in self._known:
+            return list(self._known[request])
+        replies = self._ask(conversation, key, n, sampling)
+        if self._paid is not None:
+            with self._paid_lock:
+                self._paid.append(PaidReply(id=request, replies=replies))
+                self._known[request] = replies
+        return replies
+
+    def _ask(self, conversation: Conversation, key: str, n: int, sampling: SamplingParams) -> list[str]:
         replies: list[str] = []
         ask = 0  # re-asks so far; part of each request's seed
         while len(replies) < n:

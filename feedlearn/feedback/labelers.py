@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import sys
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Annotated, Literal, Protocol, TextIO
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -262,8 +263,9 @@ LabelerSettings = Annotated[
 """The settings of any labeler, told apart by `kind`."""
 
 
-def build_labeler(settings: LabelerSettings, seed: int = 0) -> Labeler:
-    """The labeler that `settings` describes; a local judge is loaded now, seeded with `seed`."""
+def build_labeler(settings: LabelerSettings, seed: int = 0, replies: Path | None = None) -> Labeler:
+    """The labeler that `settings` describes; a local judge is loaded now, seeded with `seed`; a remote
+    judge's paid replies are kept in `replies`."""
     if isinstance(settings, DatasetLabelerSettings):
         return DatasetLabeler()
     if isinstance(settings, HumanLabelerSettings):
@@ -272,7 +274,7 @@ def build_labeler(settings: LabelerSettings, seed: int = 0) -> Labeler:
         model, tokenizer = load_policy(settings.local)
         backend = LocalBackend(model, tokenizer, settings.batch_size, seed=seed)
     else:
-        backend = OpenAIBackend(settings.openai, seed=seed)
+        backend = OpenAIBackend(settings.openai, seed=seed, replies=replies)
     return JudgeLabeler(
         backend,
         SamplingParams(temperature=settings.temperature, max_new_tokens=settings.max_new_tokens),

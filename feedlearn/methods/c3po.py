@@ -225,7 +225,9 @@ class C3PO(Method):
         t = self.config.teacher
         if t.kind == "offline":
             return OfflineTeacher(self.config.seed)
-        return LLMTeacher(t.asker(self.config.generation_batch_size, self.config.seed))
+        return LLMTeacher(
+            t.asker(self.config.generation_batch_size, self.config.seed, self.replies("teacher"))
+        )
 
     # ---- policies -------------------------------------------------------------------------------------
 
@@ -470,7 +472,9 @@ class C3PO(Method):
         if self.config.evaluate.judge is None:
             raise ConfigError(f"feedback {feedback.id[:8]} is qualitative: set evaluate.judge to score it")
         return LikertJudge(
-            self.config.evaluate.judge.asker(self.config.generation_batch_size, self.config.seed)
+            self.config.evaluate.judge.asker(
+                self.config.generation_batch_size, self.config.seed, self.replies("judge")
+            )
         )
 
     def _respond(self, path: str, tests: dict[str, list[C3POSample]], sampling) -> dict[str, list[str]]:

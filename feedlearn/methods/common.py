@@ -4,6 +4,7 @@ that generation stages run in one process."""
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -33,10 +34,11 @@ class BackendSettings(Settings):
         """Whether one of `openai` or `local` is set."""
         return self.openai is not None or self.local is not None
 
-    def build(self, batch_size: int, seed: int) -> Backend:
-        """The backend; local generation runs `batch_size` sequences at a time, seeded with `seed`."""
+    def build(self, batch_size: int, seed: int, replies: Path | None = None) -> Backend:
+        """The backend; local generation runs `batch_size` sequences at a time, seeded with `seed`; an
+        endpoint's paid replies are kept in `replies` (see `OpenAIBackend`)."""
         if self.openai is not None:
-            return OpenAIBackend(self.openai, seed=seed)
+            return OpenAIBackend(self.openai, seed=seed, replies=replies)
         if self.local is None:
             raise FeedlearnError("no backend configured: set 'openai' or 'local'")
         return LocalBackend(*load_policy(self.local), batch_size, seed=seed)
@@ -55,10 +57,10 @@ class AskSettings(BackendSettings):
     max_new_tokens: int = Field(default=512, gt=0, description="Longest reply, in tokens.")
     max_attempts: int = Field(default=3, ge=1, description="Asks per question before it is given up.")
 
-    def asker(self, batch_size: int, seed: int) -> ParsedAsker:
+    def asker(self, batch_size: int, seed: int, replies: Path | None = None) -> ParsedAsker:
         """The backend (see `build`) behind a `ParsedAsker` with these sampling settings."""
         sampling = SamplingParams(temperature=self.temperature, max_new_tokens=self.max_new_tokens)
-        return ParsedAsker(self.build(batch_size, seed), sampling, self.max_attempts)
+        return ParsedAsker(self.build(batch_size, seed, replies), sampling, self.max_attempts)
 
 
 class RecipeConfig(Settings):
@@ -87,6 +89,10 @@ class Method:
         self.config = config
         self.store = store
         self.progress = progress
+
+    def replies(self, role: str) -> Path:
+        """Where the paid replies of a remote model in `role` (teacher, judge...) are kept in the run."""
+        return self.store.stage("replies") / f"{role}.jsonl"
 
     def _settings(self, path: str) -> ModelSettings:
         """The recipe's model settings (LoRA, dtype, template) for the model at `path`."""

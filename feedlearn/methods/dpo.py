@@ -195,7 +195,9 @@ class PreferenceLearning(Method):
         model, tokenizer = load_policy(self._settings(self.base_model_path()), trainable=True, seed=cfg.seed)
         rows = tokenize_pairs(pairs, tokenizer, cfg.train.max_length)
         reference = self._reference(model, tokenizer, pairs, rows, folder)
-        book = LabelBook(build_labeler(cfg.labeler, cfg.seed), labels, cfg.query_budget)
+        book = LabelBook(
+            build_labeler(cfg.labeler, cfg.seed, self.replies("labeler")), labels, cfg.query_budget
+        )
         objective = PreferenceObjective(cfg.dpo, self.active, pairs, book, reference)
         final = train(
             model,

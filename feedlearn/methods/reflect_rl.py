@@ -320,7 +320,9 @@ class ReflectRL(Method):
         return out
 
     def _teacher_asker(self) -> ParsedAsker:
-        return self.config.teacher.asker(self.config.generation_batch_size, self.config.seed)
+        return self.config.teacher.asker(
+            self.config.generation_batch_size, self.config.seed, self.replies("teacher")
+        )
 
     def base_model_path(self) -> str:
         """The starting model of both players: the configured one, or a tiny model built on the env's text."""
@@ -510,7 +512,7 @@ class ReflectRL(Method):
         folder = self.store.stage("evaluate/remote")
         if (folder / "metrics.json").exists():
             return json.loads((folder / "metrics.json").read_text())
-        asker = remote.asker(self.config.generation_batch_size, self.config.seed)
+        asker = remote.asker(self.config.generation_batch_size, self.config.seed, self.replies("remote"))
         played = {
             level: self._remote_rollout(asker, self.test_seeds(), level) for level in self._test_levels()
         }

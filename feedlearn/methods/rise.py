@@ -244,7 +244,8 @@ class Rise(Method):
         if any(p.id not in out for p in problems):
             policy = self._backend(*load_policy(self._settings(self.policy_path(iteration - 1))))
             backends: list[Backend] = [
-                OpenAIBackend(t.teacher, seed=self.config.seed) if t.teacher else policy for t in cfg.turns
+                OpenAIBackend(t.teacher, self.config.seed, self.replies("teacher")) if t.teacher else policy
+                for t in cfg.turns
             ]
             sampling = SamplingParams(temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens)
             # Chunks are fixed slices of the problem list, so a resumed collection batches what an
