@@ -55,7 +55,6 @@ def base_config(out: Path, settings: dict, seed: int) -> dict:
             "intermediate_size": 192,
             "num_layers": 2,
             "num_heads": 4,
-            "seed": seed,
             **settings["tiny"],
         },
         "train_data": {"synthetic": {"n": settings["pool"], "seed": 0, "task": task}},
