@@ -113,3 +113,24 @@ def test_c3po_test_prompts_are_never_training_prompts(tmp_path, seed):
             rows = [p for p in prompts if p["scope"] == scope]
             assert {p["split"] for p in rows} == {"train", "test"}, scope
         assert len([p for p in prompts if p["scope"] == "out"]) >= 100  # out of scope is not a handful
+
+
+def test_rise_warns_when_test_files_share_questions_with_training_files(tmp_path, caplog):
+    from feedlearn.envs.math_data import save_problems
+    from feedlearn.envs.synthetic_math import generate_problems
+    from feedlearn.methods.rise import Rise
+
+    problems = generate_problems(10, 0, [1])
+    save_problems(tmp_path / "train.jsonl", problems)
+    save_problems(tmp_path / "test.jsonl", problems[:3] + generate_problems(2, 0, [1], split="test"))
+    files = {"format": "feedlearn"}
+    config = RiseConfig.model_validate(
+        {
+            "model": {"path": "tiny"},
+            "train_problems": {"path": str(tmp_path / "train.jsonl"), **files},
+            "test_problems": {"path": str(tmp_path / "test.jsonl"), **files},
+        }
+    )
+    with caplog.at_level("WARNING", logger="feedlearn.methods.rise"):
+        Rise(config, RunStore(tmp_path, "r"), progress=False).warn_of_test_questions_in_training()
+    assert [r.getMessage() for r in caplog.records] == ["3 of 5 test problems are also training problems"]

@@ -339,6 +339,7 @@ class Rise(Method):
 
     def run(self) -> None:
         """Every stage in order; finished stages are skipped, an interrupted one resumes."""
+        self.warn_of_test_questions_in_training()
         if self.config.sft is not None:
             self.sft()
         self.evaluate(0)
@@ -347,6 +348,15 @@ class Rise(Method):
             self.convert(iteration)
             self.train(iteration)
             self.evaluate(iteration)
+
+    def warn_of_test_questions_in_training(self) -> None:
+        """Warn when test problems also stand among the training or warm-start problems (two files that
+        overlap; generated sets never do)."""
+        test = {p.question for p in self.config.test_problems.load("test", "test")}
+        sets = [self.config.train_problems] + ([self.config.sft.problems] if self.config.sft else [])
+        shared = test & {p.question for problems in sets for p in problems.load("train")}
+        if shared:
+            log.warning("%d of %d test problems are also training problems", len(shared), len(test))
 
     def evaluate(self, iteration: int = 1) -> dict[str, float]:
         """Sequential and parallel evaluation of the policy after `iteration` rounds (0 = the base);
