@@ -111,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--iteration", type=int, default=1, help="which round (evaluate: 0 = the base)")
         p.set_defaults(func=cmd_stage)
 
-    demo = sub.add_parser("demo", help="RISE end to end on a tiny offline model (about 10 minutes on a CPU)")
+    demo = sub.add_parser("demo", help="RISE end to end on a tiny offline model (7-10 minutes on a CPU)")
     demo.add_argument("--out", default="demo_out", help="folder for summary.json, turns.png and the run")
     demo.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a key")
     demo.set_defaults(func=cmd_demo)
