@@ -76,10 +76,11 @@ class LocalBackend:
         keys: Sequence[str] | None = None,
     ) -> list[list[str]]:
         """For each conversation, `n` replies decoded without special tokens (see `Backend.generate`)."""
-        keys = [conversation_key(c) for c in conversations] if keys is None else list(keys)
-        if len(keys) != len(conversations):
+        if keys is not None and len(keys) != len(conversations):
             raise ValueError(f"{len(keys)} keys for {len(conversations)} conversations")
         greedy = sampling.temperature == 0
+        if not greedy and keys is None:
+            keys = [conversation_key(c) for c in conversations]
         draws = 1 if greedy else n
         encoded = [prompt_ids(self.tokenizer, c) for c in conversations]
         rows = [(i, k) for i in range(len(encoded)) for k in range(draws)]

@@ -291,28 +291,28 @@ class C3PO(Method):
         backend = self._backend(*load_policy(self._settings(self.base_model_path())))
         sampling = SamplingParams(temperature=s.temperature, top_p=s.top_p, max_new_tokens=s.max_new_tokens)
 
-        def answers(kind: str, rows: list[dict], texts: list[str]) -> list[str]:
-            keys = [f"{feedback.id[:8]}/{p['id']}/{kind}" for p in rows]
-            return (
-                [r[0] for r in backend.generate([_chat(t) for t in texts], 1, sampling, keys)] if rows else []
-            )
+        def keys(kind: str, rows: list[dict]) -> list[str]:
+            return [f"{feedback.id[:8]}/{p['id']}/{kind}" for p in rows]
 
         # Chunks are fixed slices of the prompt list: a resumed stage batches what an uninterrupted one did.
         for start in range(0, len(prompts), s.chunk_size):
             chunk = [p for p in prompts[start : start + s.chunk_size] if p["id"] not in out]
             if not chunk:
                 continue
-            baselines = answers("baseline", chunk, [p["prompt"] for p in chunk])
+            baselines = _answers(backend, sampling, [p["prompt"] for p in chunk], keys("baseline", chunk))
             tests = [i for i, p in enumerate(chunk) if p["split"] == "test"]
-            in_context = answers(
-                "in-context",
-                [chunk[i] for i in tests],
-                [IN_CONTEXT.format(prompt=chunk[i]["prompt"], content=feedback.content) for i in tests],
+            test_rows = [chunk[i] for i in tests]
+            in_context = _answers(
+                backend,
+                sampling,
+                [IN_CONTEXT.format(prompt=p["prompt"], content=feedback.content) for p in test_rows],
+                keys("in-context", test_rows),
             )
-            cot = answers(
-                "cot",
-                [chunk[i] for i in tests],
-                [COT.format(prompt=chunk[i]["prompt"], content=feedback.content) for i in tests],
+            cot = _answers(
+                backend,
+                sampling,
+                [COT.format(prompt=p["prompt"], content=feedback.content) for p in test_rows],
+                keys("cot", test_rows),
             )
             extra = {
                 i: {"in_context": a, "cot": _after_answer(c)}
@@ -537,8 +537,11 @@ def _chat(prompt: str) -> list[dict]:
     return [{"role": "user", "content": prompt}]
 
 
-def _answers(backend: LocalBackend, sampling: SamplingParams, prompts: list[str]) -> list[str]:
-    return [r[0] for r in backend.generate([_chat(p) for p in prompts], 1, sampling)] if prompts else []
+def _answers(
+    backend: LocalBackend, sampling: SamplingParams, prompts: list[str], keys: list[str] | None = None
+) -> list[str]:
+    """One reply per prompt; `keys` name the prompts' records (see `Backend.generate`)."""
+    return [r[0] for r in backend.generate([_chat(p) for p in prompts], 1, sampling, keys)] if prompts else []
 
 
 def _after_answer(text: str) -> str:

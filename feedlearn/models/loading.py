@@ -75,7 +75,7 @@ HUB_ID = re.compile(r"[\w.-]+(/[\w.-]+)?")
 def check_model_source(path: str) -> None:
     """Raise a `FeedlearnError` for a model path that names a local folder that is not there (a hub id,
     `name` or `namespace/name`, is left to the hub)."""
-    if Path(path).expanduser().is_dir():
+    if Path(path).is_dir():
         return
     if Path(path).exists():
         raise FeedlearnError(f"model '{path}' is a file: give the model's folder")
