@@ -11,7 +11,7 @@ from pathlib import Path
 from feedlearn.config import load_recipe, read_yaml
 from feedlearn.data.store import open_run, write_problem, writing
 from feedlearn.errors import ConfigError, FeedlearnError
-from feedlearn.methods import c3po, dpo, reflect_rl, rise
+from feedlearn.methods import adarefiner, c3po, dpo, reflect_rl, rise
 
 METHODS = {
     "rise": (rise.RiseConfig, rise.Rise, rise.STAGES),
@@ -19,7 +19,10 @@ METHODS = {
     "active-dpo": (dpo.ActiveDPOConfig, dpo.PreferenceLearning, dpo.STAGES),
     "c3po": (c3po.C3POConfig, c3po.C3PO, c3po.STAGES),
     "reflect-rl": (reflect_rl.ReflectRLConfig, reflect_rl.ReflectRL, reflect_rl.STAGES),
+    "adarefiner": (adarefiner.AdaRefinerConfig, adarefiner.AdaRefiner, adarefiner.STAGES),
 }
+ITERATED = {"rise": ("collect", "convert", "train", "evaluate"), "adarefiner": ("train", "sft", "evaluate")}
+"""Stages that take `--iteration` (RISE's round, AdaRefiner's stage)."""
 
 
 def load_method(recipe: str, overrides: list[str]):
@@ -53,7 +56,7 @@ def cmd_stage(args) -> None:
     store = open_recipe_run(args, config)
     method = method_cls(config, store)
     stage = getattr(method, args.stage.replace("-", "_"))
-    iterated = getattr(args, "iteration", None) is not None and args.stage != "sft"
+    iterated = args.stage in ITERATED.get(config.method, ())
     with writing(store.path):
         result = stage(args.iteration) if iterated else stage()
     if isinstance(result, dict):
@@ -109,6 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
         recipe_args(p)
         if name == "rise":
             p.add_argument("--iteration", type=int, default=1, help="which round (evaluate: 0 = the base)")
+        if name == "adarefiner":
+            p.add_argument("--iteration", type=int, default=1, help="which stage (1 .. the recipe's stages)")
         p.set_defaults(func=cmd_stage)
 
     demo = sub.add_parser("demo", help="RISE end to end on a tiny offline model (7-10 minutes on a CPU)")

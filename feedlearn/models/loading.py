@@ -44,6 +44,10 @@ class ModelSettings(BaseModel):
     chat_template: str | None = Field(
         default=None, description="A Jinja chat template for tokenizers that have none of their own."
     )
+    load_in_4bit: bool = Field(
+        default=False,
+        description="Load the base weights in 4-bit NF4 (bitsandbytes, a GPU only), for QLoRA with `lora`.",
+    )
 
 
 def resolve_dtype(name: str) -> torch.dtype:
@@ -96,14 +100,15 @@ def load_policy(settings: ModelSettings, trainable: bool = False, seed: int = 0)
 
     check_model_source(settings.path)
     dtype = resolve_dtype(settings.dtype)
+    extra = _quantized(settings, dtype) if settings.load_in_4bit else {}
     adapter_config = Path(settings.path) / "adapter_config.json"
     try:
         if adapter_config.exists():
             base_path = json.loads(adapter_config.read_text())["base_model_name_or_path"]
-            base = AutoModelForCausalLM.from_pretrained(base_path, dtype=dtype)
+            base = AutoModelForCausalLM.from_pretrained(base_path, dtype=dtype, **extra)
             model = PeftModel.from_pretrained(base, settings.path, is_trainable=trainable)
         else:
-            model = AutoModelForCausalLM.from_pretrained(settings.path, dtype=dtype)
+            model = AutoModelForCausalLM.from_pretrained(settings.path, dtype=dtype, **extra)
         tokenizer = load_tokenizer(settings.path, settings.chat_template)
     except OSError as e:
         where = "the folder" if Path(settings.path).exists() else "no local folder of that name; as a hub id"
@@ -112,6 +117,10 @@ def load_policy(settings: ModelSettings, trainable: bool = False, seed: int = 0)
             "(give a model folder, or a hub id with network access)"
         ) from None
     if trainable and settings.lora is not None and not isinstance(model, PeftModel):
+        if settings.load_in_4bit:
+            from peft import prepare_model_for_kbit_training
+
+            model = prepare_model_for_kbit_training(model)
         lora = settings.lora
         with torch.random.fork_rng():
             torch.manual_seed(derive_seed(seed, "init", "lora"))
@@ -125,7 +134,23 @@ def load_policy(settings: ModelSettings, trainable: bool = False, seed: int = 0)
                     task_type="CAUSAL_LM",
                 ),
             )
-    model.to(PartialState().device)
+    if not settings.load_in_4bit:  # a quantized model is placed by its device_map
+        model.to(PartialState().device)
     if model.generation_config.pad_token_id is None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer
+
+
+def _quantized(settings: ModelSettings, dtype: torch.dtype) -> dict:
+    """`from_pretrained` arguments for 4-bit NF4 weights on this process's GPU."""
+    import importlib.util
+
+    if not torch.cuda.is_available() or importlib.util.find_spec("bitsandbytes") is None:
+        raise FeedlearnError(
+            f"model '{settings.path}': load_in_4bit needs a CUDA GPU and the bitsandbytes package "
+            "(pip install bitsandbytes); set model.load_in_4bit: false to load it unquantized"
+        )
+    from transformers import BitsAndBytesConfig
+
+    config = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype)
+    return {"quantization_config": config, "device_map": {"": PartialState().device}}

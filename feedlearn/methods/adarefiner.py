@@ -1,0 +1,581 @@
+"""AdaRefiner: an adapter LM, refined by the agent's feedback, writes the analysis that a decision model
+turns into sub-goals for an RL agent in Crafter (spec: shared/methods/adarefiner.md).
+
+Stages, for stage i = 1..N:
+- `train`: the agent plays (PPO learns; or the scripted player acts, to measure the mechanism), querying
+  every `query_interval` steps (`adarefiner_loop`); every query is recorded;
+- `sft`: the adapter is fine-tuned on the queries of stages 1..i (completion-only: the reply is trained,
+  the prompt is context), from the starting adapter each time: `self` on every record (the reference
+  code's self-training), `feedback` on the records whose instruction the agent then followed, weighted by
+  that comprehension score (feedlearn's own, reward-weighted variant), `frozen` not at all (a baseline);
+- `evaluate`: the saved agent and adapter on test worlds, querying every `evaluate.query_interval` steps:
+  Crafter score, success per achievement, episode reward, mean comprehension score.
+Stage i+1 starts from the agent of stage i and the adapter of `sft` i. `warmup` (tiny adapters only)
+trains the starting adapter on template analyses of states the scripted player meets.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import pickle
+import random
+import shutil
+from functools import cached_property
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from pydantic import Field, model_validator
+
+from feedlearn.backends.base import SamplingParams
+from feedlearn.data.jsonl import JsonlAppender, read_jsonl, write_json_atomic
+from feedlearn.data.records import Message, SFTExample
+from feedlearn.envs.crafter_env import ACHIEVEMENTS, crafter_score, make_vec_env, success_rates
+from feedlearn.envs.crafter_player import SCRIPTED, SKILLED, SkilledPlayer
+from feedlearn.errors import ConfigError
+from feedlearn.feedback.comprehension import ActionText, ConceptEmbedder, SentenceTransformerEmbedder
+from feedlearn.methods.adarefiner_agent import Network, build_ppo, load_ppo, ppo_metrics
+from feedlearn.methods.adarefiner_loop import (
+    ADAPTER_SYSTEM,
+    CrafterEpisode,
+    Guide,
+    GuidedVecEnv,
+    LMAnalyst,
+    ModelDecider,
+    NamedDecider,
+    QueryRecord,
+    TemplateAnalyst,
+)
+from feedlearn.methods.common import AskSettings, Method, RecipeConfig, Settings, single_process
+from feedlearn.models.loading import load_policy
+from feedlearn.models.tiny import build_tiny_model
+from feedlearn.report import flatten
+from feedlearn.seeds import derive_seed
+from feedlearn.training.data import tokenize_sft
+from feedlearn.training.trainer import TrainSettings, is_trained, sft_loss, train
+
+log = logging.getLogger(__name__)
+STAGES = ["warmup", "train", "sft", "evaluate"]
+
+
+class CrafterSettings(Settings):
+    """The Crafter worlds."""
+
+    area: tuple[int, int] = Field(default=(64, 64), description="World size in cells (resets cost ~area).")
+    view: tuple[int, int] = Field(default=(9, 9), description="The image's view in cells (crafter's).")
+    size: tuple[int, int] = Field(default=(64, 64), description="The image's size in pixels.")
+    length: int = Field(default=10000, gt=0, description="Steps after which an episode is truncated.")
+    observation: Literal["image", "symbolic"] = Field(
+        default="image",
+        description="image: crafter's RGB frame; symbolic: one-hot 9x7 local view + inventory (no render).",
+    )
+
+
+class AgentSettings(Settings):
+    """The acting agent: PPO (SB3's names and the spec's defaults), or the scripted player."""
+
+    kind: Literal["ppo", "scripted"] = Field(
+        default="ppo", description="ppo: learns; scripted: a skill-limited scripted player (no learning)."
+    )
+    envs: int = Field(default=1, gt=0, description="Worlds stepped in parallel (queries are batched).")
+    network: Network = Field(default="reference", description="reference (GPU), cnn (image), mlp (symbolic).")
+    features: int = Field(default=512, gt=0, description="Width of the features the heads read.")
+    learning_rate: float = Field(default=1e-4, gt=0, description="Adam learning rate.")
+    n_steps: int = Field(default=4096, gt=0, description="Steps per world per PPO update (and per iteration).")
+    batch_size: int = Field(default=128, gt=1, description="PPO minibatch size.")
+    n_epochs: int = Field(default=4, gt=0, description="PPO epochs per update.")
+    gamma: float = Field(default=0.95, gt=0, le=1, description="Discount.")
+    gae_lambda: float = Field(default=0.65, gt=0, le=1, description="GAE lambda.")
+    clip_range: float = Field(default=0.2, gt=0, description="PPO clip range.")
+    ent_coef: float = Field(default=0.0, ge=0, description="Entropy bonus coefficient.")
+    vf_coef: float = Field(default=0.5, ge=0, description="Value loss coefficient.")
+    max_grad_norm: float = Field(default=0.5, gt=0, description="Gradient clipping norm.")
+    device: str = Field(default="auto", description="Torch device of the agent (auto: a GPU when there is one).")
+    skills: list[str] = Field(
+        default_factory=lambda: list(SKILLED),
+        description="scripted: the sub-goals the player carries out well; the rest it does at random.",
+    )
+    patience: int = Field(default=30, gt=0, description="scripted: steps on one sub-goal before the next.")
+
+    def ppo(self) -> dict:
+        """PPO's keyword arguments."""
+        names = ("learning_rate", "n_steps", "batch_size", "n_epochs", "gamma", "gae_lambda", "clip_range")
+        names += ("ent_coef", "vf_coef", "max_grad_norm")
+        return {name: getattr(self, name) for name in names}
+
+    @model_validator(mode="after")
+    def _known_skills(self):
+        unknown = sorted(set(self.skills) - set(SCRIPTED))
+        if unknown:
+            raise ValueError(f"unknown skills {unknown}: the scripted player knows {sorted(SCRIPTED)}")
+        return self
+
+
+class AdapterSettings(Settings):
+    """Generation by the adapter LM (the recipe's `model`)."""
+
+    temperature: float = Field(default=1.0, ge=0, description="Sampling temperature (0: greedy).")
+    max_new_tokens: int = Field(default=100, gt=0, description="Longest analysis, in tokens.")
+    warmup_steps: int = Field(
+        default=0,
+        ge=0,
+        description="Tiny adapters: scripted-play steps (over all worlds) whose template analyses warm the "
+        "adapter up before stage 1; 0: start from the model as it is.",
+    )
+    warmup: TrainSettings = Field(
+        default_factory=lambda: TrainSettings(learning_rate=1e-3, batch_size=16, grad_accum=1, epochs=2),
+        description="Training of the warm-up.",
+    )
+
+
+class DecisionSettings(AskSettings):
+    """The decision model: `openai` (the paper: GPT-4) or `local`; neither: the offline decision maker
+    (the first three sub-goals the analysis names, else a rule)."""
+
+    max_new_tokens: int = Field(default=64, gt=0, description="Longest reply, in tokens.")
+
+
+class EmbedderSettings(Settings):
+    """The sentence embedder of the comprehension score and the instruction."""
+
+    kind: Literal["concepts", "sentence-transformers"] = Field(
+        default="concepts",
+        description="concepts: the offline bag of Crafter concepts; sentence-transformers: `model`.",
+    )
+    model: str = Field(
+        default="sentence-transformers/paraphrase-MiniLM-L6-v2",
+        description="sentence-transformers: a hub id or local folder (the paper's model by default).",
+    )
+    action_text: ActionText = Field(
+        default="effects",
+        description="names: the actions' names (the paper); effects: each `do` with what it was done to.",
+    )
+
+
+class RefineSettings(Settings):
+    """How the adapter is refined after each stage."""
+
+    mode: Literal["self", "feedback", "frozen"] = Field(
+        default="feedback",
+        description="self: every record (the reference's self-training); feedback: records weighted by the "
+        "comprehension score of the instruction that followed (feedlearn's); frozen: never refined.",
+    )
+    threshold: float = Field(
+        default=0.5, ge=0, le=1, description="feedback: records scored below this are not trained on."
+    )
+    sft: TrainSettings = Field(
+        default_factory=lambda: TrainSettings(learning_rate=2e-4, max_grad_norm=0.3, grad_accum=16),
+        description="The adapter's SFT (the paper: 1 epoch, lr 2e-4, grad-norm clip 0.3).",
+    )
+
+
+class EvaluateSettings(Settings):
+    """Evaluation on test worlds."""
+
+    episodes: int = Field(default=10, gt=0, description="Test episodes (spread over agent.envs worlds).")
+    query_interval: int = Field(default=10, gt=0, description="Steps between queries at test time.")
+    seed: int = Field(default=0, description="Seeds the test worlds and the agent's sampled actions.")
+
+
+class AdaRefinerConfig(RecipeConfig):
+    """An AdaRefiner recipe. `model` is the adapter LM (paper: Llama-2-7b-chat with LoRA r 64, alpha 16)."""
+
+    method: Literal["adarefiner"]
+    env: CrafterSettings = Field(default_factory=CrafterSettings, description="The Crafter worlds.")
+    agent: AgentSettings = Field(default_factory=AgentSettings, description="The acting agent.")
+    guidance: Literal["adapter", "decision", "none"] = Field(
+        default="adapter",
+        description="adapter: AdaRefiner; decision: the decision model without an adapter's analysis; "
+        "none: the agent alone (its instruction input stays zero).",
+    )
+    adapter: AdapterSettings = Field(default_factory=AdapterSettings, description="The adapter's generation.")
+    decision: DecisionSettings = Field(default_factory=DecisionSettings, description="The decision model.")
+    embedder: EmbedderSettings = Field(default_factory=EmbedderSettings, description="The sentence embedder.")
+    refine: RefineSettings = Field(default_factory=RefineSettings, description="Refinement of the adapter.")
+    evaluate: EvaluateSettings = Field(default_factory=EvaluateSettings, description="Evaluation.")
+    stages: int = Field(default=5, gt=0, description="Stages of train -> sft.")
+    steps_per_stage: int = Field(
+        default=1_000_000,
+        gt=0,
+        description="Environment steps per stage, over all worlds (rounded up to whole PPO iterations).",
+    )
+    query_interval: int = Field(default=100, gt=0, description="Steps between queries in training.")
+    checkpoint_every: int = Field(default=1, gt=0, description="PPO iterations between checkpoints.")
+    generation_batch_size: int = Field(default=64, gt=0, description="Adapter prompts per forward pass.")
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        if self.agent.kind == "ppo":
+            wanted = "symbolic" if self.agent.network == "mlp" else "image"
+            if self.env.observation != wanted:
+                raise ValueError(f"agent.network {self.agent.network} needs env.observation: {wanted}")
+        if self.adapter.warmup_steps and self.model.path != "tiny":
+            raise ValueError("adapter.warmup_steps warms up tiny adapters only (model.path: tiny)")
+        return self
+
+
+class AdaRefiner(Method):
+    """The stages of one AdaRefiner run, reading and writing `run_dir/<run_id>/`."""
+
+    config: AdaRefinerConfig
+
+    @cached_property
+    def embedder(self):
+        e = self.config.embedder
+        return ConceptEmbedder() if e.kind == "concepts" else SentenceTransformerEmbedder(e.model)
+
+    @property
+    def iterations(self) -> int:
+        """PPO iterations (of `n_steps` steps in each world) per stage."""
+        per_iteration = self.config.agent.n_steps * self.config.agent.envs
+        return -(-self.config.steps_per_stage // per_iteration)
+
+    def _check_stage(self, stage: int) -> None:
+        if not 1 <= stage <= self.config.stages:
+            raise ConfigError(f"stage {stage} is not one of this recipe's stages 1..{self.config.stages}")
+
+    # ---- the adapter ----------------------------------------------------------------------------------
+
+    def initial_adapter(self) -> str:
+        """The starting adapter: the recipe's model, or a tiny one (warmed up when the recipe asks)."""
+        if self.config.model.path != "tiny":
+            return self.config.model.path
+        if self.config.adapter.warmup_steps:
+            return str(self.warmup())
+        return str(self._tiny_base([]))
+
+    def _tiny_base(self, texts: list[str]) -> Path:
+        """A tiny model whose tokenizer is trained on the prompts' vocabulary and the given texts."""
+        from feedlearn.feedback.subgoals import SUBGOALS
+        from feedlearn.methods.adarefiner_loop import DECISION_SYSTEM
+
+        corpus = [ADAPTER_SYSTEM, DECISION_SYSTEM, *SUBGOALS, *texts]
+        return build_tiny_model(self.config.tiny, corpus, self.config.seed)
+
+    def adapter_path(self, stage: int) -> str:
+        """The adapter used in stage `stage + 1`: the starting one (stage 0, or frozen), else `sft` stage's."""
+        if stage == 0 or self.config.refine.mode == "frozen":
+            return self.initial_adapter()
+        return str(self.store.stage(f"stage{stage}/sft") / "model")
+
+    def warmup(self) -> Path:
+        """Warm a tiny adapter up on template analyses of the states the scripted player meets."""
+        folder = self.store.stage("warmup")
+        if is_trained(folder):
+            return folder / "model"
+        records = JsonlAppender(folder / "queries.jsonl", QueryRecord)
+        if not records.ids:
+            collected = []
+            guide = self._guide(TemplateAnalyst(self.config.seed), "warmup", self.config.query_interval)
+            guide.on_query = collected.append
+            seeds = [derive_seed(self.config.seed, "teacher", "crafter", i) for i in range(self.config.agent.envs)]
+            venv = GuidedVecEnv(make_vec_env(seeds, **self._env_kwargs()), guide)
+            players = self._players("warmup")
+            steps = -(-self.config.adapter.warmup_steps // self.config.agent.envs)
+            _play_scripted(venv, players, steps, reset=True)
+            records.append(*collected)
+        examples = self._examples(records.records(), weighted=False)
+        model_path = self._tiny_base([m.content for e in examples for m in e.messages][:2000])
+        model, tok = load_policy(self._settings(str(model_path)), trainable=True, seed=self.config.seed)
+        settings = self.config.adapter.warmup
+        rows = tokenize_sft(examples, tok, settings.max_length)
+        return train(model, tok, rows, sft_loss, settings, folder, self.store, "warmup", self.progress,
+                     seed=self.config.seed)
+
+    def _analyst(self, path: str) -> LMAnalyst | None:
+        if self.config.guidance != "adapter":
+            return None
+        a = self.config.adapter
+        backend = self._backend(*load_policy(self._settings(path)))
+        return LMAnalyst(backend, SamplingParams(temperature=a.temperature, max_new_tokens=a.max_new_tokens))
+
+    @cached_property
+    def decider(self):
+        """The decision maker (None without guidance)."""
+        if self.config.guidance == "none":
+            return None
+        if not self.config.decision.configured:
+            return NamedDecider()
+        asker = self.config.decision.asker(
+            self.config.generation_batch_size, self.config.seed, self.replies("decision")
+        )
+        return ModelDecider(asker)
+
+    def _guide(self, analyst, prefix: str, interval: int) -> Guide:
+        return Guide(
+            analyst=analyst,
+            decider=self.decider,
+            embedder=self.embedder,
+            interval=interval,
+            action_text=self.config.embedder.action_text,
+            prefix=prefix,
+        )
+
+    def _env_kwargs(self) -> dict:
+        e = self.config.env
+        return {"area": e.area, "view": e.view, "size": e.size, "length": e.length, "observation": e.observation}
+
+    def _players(self, key: str) -> list[SkilledPlayer]:
+        a = self.config.agent
+        return [
+            SkilledPlayer(a.skills, seed=derive_seed(self.config.seed, "sampling", "player", key, i), patience=a.patience)
+            for i in range(a.envs)
+        ]
+
+    # ---- stages ---------------------------------------------------------------------------------------
+
+    def train(self, stage: int = 1) -> Path:
+        """Stage `stage`'s play with the query loop: PPO learns (or the scripted player acts); every query
+        and episode is recorded; checkpoints every `checkpoint_every` iterations make a killed stage
+        resume where it stopped, with the same result as an uninterrupted one."""
+        single_process("train")
+        self._check_stage(stage)
+        cfg, folder = self.config, self.store.stage(f"stage{stage}/train")
+        done = folder / "done.json"
+        if done.exists():
+            return folder
+        if stage > 1:
+            self.train(stage - 1)
+            self.sft(stage - 1)
+        queries = JsonlAppender(folder / "queries.jsonl", QueryRecord)
+        episodes = JsonlAppender(folder / "episodes.jsonl", CrafterEpisode)
+        guide = self._guide(self._analyst(self.adapter_path(stage - 1)), f"stage{stage}", cfg.query_interval)
+        finished: list[CrafterEpisode] = []
+        guide.on_query = _appender(queries)
+        guide.on_episode = _appender(episodes, finished)
+        ckpt = _checkpoint(folder / "checkpoint")
+        if ckpt is not None:
+            state = pickle.loads((ckpt / "state.pkl").read_bytes())
+            venv, players, start = state["venv"], state["players"], state["iteration"]
+            venv.guide = guide
+            agent = None
+            if cfg.agent.kind == "ppo":
+                agent = load_ppo(ckpt / "agent.zip", venv, cfg.agent.device, reset=False)
+            _set_rng(state["rng"])  # after the load: building the network draws from torch's generator
+        else:
+            seeds = [derive_seed(cfg.seed, "train", "crafter", stage, i) for i in range(cfg.agent.envs)]
+            venv = GuidedVecEnv(make_vec_env(seeds, **self._env_kwargs()), guide)
+            players, start = self._players(f"stage{stage}"), 0
+            _seed_all(derive_seed(cfg.seed, "sampling", "agent", stage))
+            agent = self._agent(stage, venv)
+        self.store.drop_metrics(f"stage{stage}/train", after_step=start)
+        for iteration in range(start + 1, self.iterations + 1):
+            finished.clear()
+            if agent is not None:
+                agent.learn(cfg.agent.n_steps * cfg.agent.envs, reset_num_timesteps=False)
+            else:
+                _play_scripted(venv, players, cfg.agent.n_steps, reset=iteration == 1)
+            metrics = {"charts/steps": iteration * cfg.agent.n_steps * cfg.agent.envs}
+            if finished:
+                metrics["charts/episodic_return"] = float(np.mean([e.reward for e in finished]))
+                metrics["charts/episodic_length"] = float(np.mean([e.length for e in finished]))
+            if agent is not None:
+                metrics.update(ppo_metrics(agent))
+            self.store.log_metrics(f"stage{stage}/train", metrics, step=iteration)
+            if iteration % cfg.checkpoint_every == 0 and iteration < self.iterations:
+                _save_checkpoint(folder / "checkpoint", agent, venv, players, iteration)
+        if agent is not None:
+            agent.save(folder / "agent.zip")
+        summary = _summary(episodes.records(), queries.records(), self.decider)
+        write_json_atomic(folder / "metrics.json", summary)
+        self.store.log_metrics(f"stage{stage}/train", flatten(summary))
+        write_json_atomic(done, {"iterations": self.iterations})
+        for leftover in folder.glob("checkpoint*"):
+            shutil.rmtree(leftover, ignore_errors=True)
+        return folder
+
+    def _agent(self, stage: int, venv: GuidedVecEnv):
+        """The PPO agent a stage starts from: the previous stage's, or a new one (None: scripted)."""
+        a = self.config.agent
+        if a.kind == "scripted":
+            return None
+        if stage > 1:
+            return load_ppo(self.store.stage(f"stage{stage - 1}/train") / "agent.zip", venv, a.device, reset=True)
+        torch.manual_seed(derive_seed(self.config.seed, "init", "agent"))
+        return build_ppo(venv, a.network, a.features, a.ppo(), a.device)
+
+    def sft(self, stage: int = 1) -> Path | None:
+        """Refine the adapter on the queries of stages 1..`stage` (see the module's text); None: frozen or
+        no adapter."""
+        self._check_stage(stage)
+        if self.config.refine.mode == "frozen" or self.config.guidance != "adapter":
+            return None
+        folder = self.store.stage(f"stage{stage}/sft")
+        if is_trained(folder):
+            return folder / "model"
+        self.train(stage)
+        records = [
+            r
+            for s in range(1, stage + 1)
+            for r in read_jsonl(self.store.stage(f"stage{s}/train") / "queries.jsonl", QueryRecord)
+        ]
+        examples = self._examples(records, weighted=self.config.refine.mode == "feedback")
+        self.store.log_metrics(f"stage{stage}/sft", {"examples": len(examples), "records": len(records)})
+        model, tok = load_policy(self._settings(self.initial_adapter()), trainable=True, seed=self.config.seed)
+        settings = self.config.refine.sft
+        rows = tokenize_sft(examples, tok, settings.max_length)
+        return train(model, tok, rows, sft_loss, settings, folder, self.store, f"stage{stage}/sft",
+                     self.progress, seed=self.config.seed)
+
+    def _examples(self, records: list[QueryRecord], weighted: bool) -> list[SFTExample]:
+        """Each record's prompt and analysis; `weighted`: weight = the comprehension score that followed,
+        records under the threshold (or never scored) left out."""
+        out = []
+        for r in records:
+            if r.analysis is None:
+                continue
+            weight = 1.0
+            if weighted:
+                if r.score_after is None or r.score_after < self.config.refine.threshold:
+                    continue
+                weight = r.score_after
+            messages = [*r.prompt, Message(role="assistant", content=r.analysis)]
+            out.append(SFTExample(id=r.id, messages=messages, weight=weight))
+        if not out:
+            raise ConfigError(
+                f"no adapter training example among {len(records)} records (refine.mode "
+                f"{self.config.refine.mode}, threshold {self.config.refine.threshold}): lower the threshold "
+                "or play more steps"
+            )
+        return out
+
+    def evaluate(self, stage: int | None = None) -> dict:
+        """The agent and adapter of stage `stage` (default: the last) on test worlds."""
+        single_process("evaluate")
+        cfg = self.config
+        stage = cfg.stages if stage is None else stage
+        self._check_stage(stage)
+        folder = self.store.stage(f"evaluate/stage{stage}")
+        if (folder / "metrics.json").exists():
+            return json.loads((folder / "metrics.json").read_text())
+        self.train(stage)
+        self.sft(stage)
+        queries = JsonlAppender(folder / "queries.jsonl", QueryRecord)
+        episodes = JsonlAppender(folder / "episodes.jsonl", CrafterEpisode)
+        guide = self._guide(self._analyst(self.adapter_path(stage)), f"test{stage}", cfg.evaluate.query_interval)
+        guide.on_query = _appender(queries)
+        guide.on_episode = _appender(episodes)
+        seeds = [derive_seed(cfg.evaluate.seed, "test", "crafter", i) for i in range(cfg.agent.envs)]
+        venv = GuidedVecEnv(make_vec_env(seeds, **self._env_kwargs()), guide)
+        per_env = -(-cfg.evaluate.episodes // cfg.agent.envs)
+        _seed_all(derive_seed(cfg.evaluate.seed, "test", "agent-actions"))
+        if cfg.agent.kind == "ppo":
+            agent = load_ppo(self.store.stage(f"stage{stage}/train") / "agent.zip", None, cfg.agent.device, reset=True)
+            obs = venv.reset()
+            while min(t.episode for t in venv.tracks) < per_env:
+                actions, _ = agent.predict(obs, deterministic=False)
+                obs, _, _, _ = venv.step(actions)
+        else:
+            players = self._players(f"test{stage}")
+            _play_scripted(venv, players, None, reset=True, episodes=per_env)
+        played = sorted(episodes.records(), key=lambda e: (e.episode, e.env))
+        played = [e for e in played if e.episode < per_env][: cfg.evaluate.episodes]
+        kept = {(e.env, e.episode) for e in played}
+        metrics = _summary(played, [q for q in queries.records() if (q.env, q.episode) in kept], self.decider)
+        write_json_atomic(folder / "metrics.json", metrics)
+        self.store.log_metrics(f"evaluate/stage{stage}", flatten(metrics))
+        return metrics
+
+    def run(self) -> None:
+        """Every stage's train and sft, and the evaluation of the last stage's agent and adapter."""
+        for stage in range(1, self.config.stages + 1):
+            self.train(stage)
+            self.sft(stage)
+        self.evaluate(self.config.stages)
+
+
+def _appender(book: JsonlAppender, also: list | None = None):
+    """A sink that appends a record unless its id is written (a resumed stage makes the same records),
+    and to `also` in any case."""
+
+    def append(record) -> None:
+        if record.id not in book:
+            book.append(record)
+        if also is not None:
+            also.append(record)
+
+    return append
+
+
+def _play_scripted(venv: GuidedVecEnv, players, steps: int | None, reset: bool, episodes: int | None = None):
+    """The scripted players act for `steps` steps in every world, or until each world has finished
+    `episodes` episodes."""
+    if reset:
+        venv.reset()
+    taken = 0
+    while (steps is None or taken < steps) and (episodes is None or min(t.episode for t in venv.tracks) < episodes):
+        actions = np.array(
+            [p.act(venv.infos[i], venv.tracks[i].subgoals) for i, p in enumerate(players)], dtype=np.int64
+        )
+        _, _, dones, _ = venv.step(actions)
+        for i in np.flatnonzero(dones):
+            players[i].reset()
+        taken += 1
+
+
+def _summary(episodes: list[CrafterEpisode], queries: list[QueryRecord], decider) -> dict:
+    """Crafter score, success per achievement (%), episode reward and length, comprehension, fallbacks."""
+    if not episodes:
+        return {"episodes": 0, "queries": len(queries)}
+    rates = success_rates([e.achievements for e in episodes])
+    scored = [q.score_after for q in queries if q.score_after is not None]
+    out = {
+        "episodes": len(episodes),
+        "score": round(crafter_score(rates), 4),
+        "reward": round(float(np.mean([e.reward for e in episodes])), 4),
+        "length": round(float(np.mean([e.length for e in episodes])), 2),
+        "achievements_per_episode": round(float(np.mean([len(e.achievements) for e in episodes])), 4),
+        "success": {name: round(rates[name], 2) for name in ACHIEVEMENTS},
+        "queries": len(queries),
+    }
+    if queries:
+        out["comprehension"] = round(float(np.mean(scored)), 4) if scored else None
+        out["fallbacks"] = sum(q.fallback for q in queries)
+    asker = getattr(decider, "asker", None)
+    if asker is not None:
+        out["garbage_replies"] = asker.garbage_replies
+    return out
+
+
+def _seed_all(seed: int) -> None:
+    """Seed the generators SB3 draws from (torch: actions; numpy: minibatch order)."""
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
+
+
+def _rng_state() -> dict:
+    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+
+
+def _set_rng(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+
+
+def _checkpoint(folder: Path) -> Path | None:
+    """The checkpoint to resume from: `folder`, or the one a crash left mid-swap (`.old`), or None."""
+    for candidate in (folder, folder.with_name(folder.name + ".old")):
+        if (candidate / "state.pkl").exists():
+            return candidate
+    return None
+
+
+def _save_checkpoint(folder: Path, agent, venv: GuidedVecEnv, players, iteration: int) -> None:
+    """The agent (weights, optimizer, last observation), the worlds, the loop's tracks, the players and
+    the random generators after `iteration`; written beside the old one, then swapped in."""
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    if agent is not None:
+        agent.save(tmp / "agent.zip")
+    state = {"venv": venv, "players": players, "iteration": iteration, "rng": _rng_state()}
+    (tmp / "state.pkl").write_bytes(pickle.dumps(state))
+    old = folder.with_name(folder.name + ".old")
+    if folder.exists():
+        folder.rename(old)
+    tmp.rename(folder)
+    shutil.rmtree(old, ignore_errors=True)
