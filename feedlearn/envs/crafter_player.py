@@ -20,8 +20,8 @@ from feedlearn.envs.crafter_env import ACHIEVEMENTS, ACTIONS, TEXT_VIEW, constan
 from feedlearn.errors import ConfigError
 from feedlearn.seeds import derive_seed
 
-SKILLED = ("chop tree", "drink water", "eat cow", "collect sapling", "place crafting table", "sleep")
-"""The sub-goals a default player is skilled at."""
+SKILLED = ("chop tree", "drink water", "attack cow", "chop grass", "place crafting table", "sleep")
+"""The sub-goals a default player is skilled at (by the names of the decision model's list)."""
 ALIASES = {"attack cow": "eat cow", "chop grass": "collect sapling"}
 """Names of the AdaRefiner sub-goal list (feedlearn.feedback.subgoals) for the same scripts."""
 SCRIPTED = frozenset(SKILLED) | {"place plant", "attack zombie"} | frozenset(ALIASES)
@@ -74,6 +74,8 @@ class SkilledPlayer:
             raise ConfigError(f"patience: {patience} must be at least 1 step")
         self.skills = frozenset(ALIASES.get(s, s) for s in skills)
         self.seed, self.patience = seed, patience
+        self.completed = 0
+        """Sub-goals carried out (their event happened) over all episodes."""
         self._episode = -1
         self.reset()
 
@@ -119,11 +121,10 @@ class SkilledPlayer:
     def _finished(self, info: dict[str, Any]) -> bool:
         goal = self.subgoal
         event = event_of(goal)
-        if event and info["achievements"][event] > self._baseline.get(event, 0):
-            return True
-        if ALIASES.get(goal, goal) == "sleep" and self._slept and not info.get("sleeping"):
-            return True
-        return self._steps >= self.patience
+        done = bool(event) and info["achievements"][event] > self._baseline.get(event, 0)
+        done |= ALIASES.get(goal, goal) == "sleep" and self._slept and not info.get("sleeping")
+        self.completed += done
+        return done or self._steps >= self.patience
 
     def _choose(self, info: dict[str, Any], facing: tuple[int, int]) -> int:
         goal = ALIASES.get(self.subgoal, self.subgoal)

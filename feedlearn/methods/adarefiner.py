@@ -450,7 +450,8 @@ class AdaRefiner(Method):
         folder = self.store.stage(f"evaluate/stage{stage}")
         if (folder / "metrics.json").exists():
             return json.loads((folder / "metrics.json").read_text())
-        self.train(stage)
+        if cfg.agent.kind == "ppo":
+            self.train(stage)  # the agent to reload (a scripted player has none)
         self.sft(stage)
         queries = JsonlAppender(folder / "queries.jsonl", QueryRecord)
         episodes = JsonlAppender(folder / "episodes.jsonl", CrafterEpisode)
@@ -469,11 +470,13 @@ class AdaRefiner(Method):
                 obs, _, _, _ = venv.step(actions)
         else:
             players = self._players(f"test{stage}")
-            _play_scripted(venv, players, None, reset=True, episodes=per_env)
+            completed = _play_scripted(venv, players, None, reset=True, episodes=per_env)
         played = sorted(episodes.records(), key=lambda e: (e.episode, e.env))
         played = [e for e in played if e.episode < per_env][: cfg.evaluate.episodes]
         kept = {(e.env, e.episode) for e in played}
         metrics = _summary(played, [q for q in queries.records() if (q.env, q.episode) in kept], self.decider)
+        if cfg.agent.kind == "scripted":
+            metrics["subgoals_completed"] = round(float(np.mean([completed[k] for k in kept])), 4)
         write_json_atomic(folder / "metrics.json", metrics)
         self.store.log_metrics(f"evaluate/stage{stage}", flatten(metrics))
         return metrics
@@ -499,20 +502,25 @@ def _appender(book: JsonlAppender, also: list | None = None):
     return append
 
 
-def _play_scripted(venv: GuidedVecEnv, players, steps: int | None, reset: bool, episodes: int | None = None):
+def _play_scripted(
+    venv: GuidedVecEnv, players, steps: int | None, reset: bool, episodes: int | None = None
+) -> dict[tuple[int, int], int]:
     """The scripted players act for `steps` steps in every world, or until each world has finished
-    `episodes` episodes."""
+    `episodes` episodes; returns the sub-goals carried out in each finished episode, by (world, episode)."""
     if reset:
         venv.reset()
-    taken = 0
+    taken, completed, before = 0, {}, [p.completed for p in players]
     while (steps is None or taken < steps) and (episodes is None or min(t.episode for t in venv.tracks) < episodes):
         actions = np.array(
             [p.act(venv.infos[i], venv.tracks[i].subgoals) for i, p in enumerate(players)], dtype=np.int64
         )
         _, _, dones, _ = venv.step(actions)
         for i in np.flatnonzero(dones):
+            completed[(int(i), venv.tracks[i].episode - 1)] = players[i].completed - before[i]
+            before[i] = players[i].completed
             players[i].reset()
         taken += 1
+    return completed
 
 
 def _summary(episodes: list[CrafterEpisode], queries: list[QueryRecord], decider) -> dict:

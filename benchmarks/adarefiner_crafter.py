@@ -1,0 +1,233 @@
+"""AdaRefiner on Crafter, offline: the mechanism first, the end-to-end pipeline second.
+
+1. Mechanism (recipes/adarefiner/mechanism.yaml; 3 seeds, 3 stages): a scripted player that carries out
+   six sub-goals well and the rest at random follows the instructions. Arms: `none` (no adapter: the
+   decision maker falls back to its rule), `frozen` (the warmed-up adapter, never refined), `self` (refined
+   on all its records, as the reference code does), `feedback` (refined on the records whose instruction
+   the player then followed, weighted by that comprehension score). Per stage, on 16 test episodes: mean
+   comprehension score, sub-goals completed, achievements per episode, Crafter score. `none` and `frozen`
+   do not change between stages: they are evaluated once and their numbers repeated per stage.
+2. End to end (recipes/adarefiner/tiny.yaml; 2 seeds): PPO alone (`ppo`), PPO with the decision maker and
+   no adapter (`guided`), and AdaRefiner (`adarefiner`), at equal environment steps, each trained, saved,
+   reloaded and evaluated on test worlds.
+
+    python benchmarks/adarefiner_crafter.py --out bench_out/adarefiner   # about 12 minutes on 2 cores
+    python benchmarks/adarefiner_crafter.py --quick --out /tmp/smoke     # CI smoke test, about 1 minute
+
+Writes DIR/result.json and DIR/adarefiner_crafter.png. Runs in two worker processes, one torch thread each.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import multiprocessing
+import os
+import time
+from pathlib import Path
+
+MECHANISM_ARMS = ("none", "frozen", "self", "feedback")
+END_TO_END_ARMS = ("ppo", "guided", "adarefiner")
+RECIPES = Path(__file__).resolve().parent.parent / "recipes" / "adarefiner"
+PAPER = {
+    "adarefiner_1M_steps": 15.8,
+    "adarefiner_5M_steps": 28.2,
+    "ppo_resnet": 15.6,
+    "ppo_sb3_cnn": 4.6,
+    "random": 1.6,
+    "human": 50.5,
+}
+"""Crafter scores published in the paper (see shared/methods/adarefiner.md)."""
+QUICK_MECHANISM = [
+    "adapter.warmup_steps=800",
+    "adapter.warmup.epochs=4",
+    "steps_per_stage=800",
+    "stages=1",
+    "env.length=100",
+    "evaluate.episodes=4",
+    "agent.envs=4",
+    "refine.sft={learning_rate: 1.0e-3, epochs: 1, batch_size: 4, grad_accum: 1, max_length: 512}",
+]
+QUICK_END_TO_END = [
+    "adapter.warmup_steps=400",
+    "adapter.warmup.epochs=2",
+    "steps_per_stage=512",
+    "agent.n_steps=64",
+    "agent.batch_size=64",
+    "stages=1",
+    "env.length=100",
+    "evaluate.episodes=2",
+    "refine.threshold=0.0",
+    "refine.sft={learning_rate: 1.0e-3, epochs: 1, batch_size: 4, grad_accum: 1, max_length: 512}",
+]
+
+
+def _method(recipe: str, run_dir: Path, run_id: str, overrides: list[str]):
+    from feedlearn.config import load_recipe
+    from feedlearn.data.store import open_run
+    from feedlearn.methods.adarefiner import AdaRefiner, AdaRefinerConfig
+
+    config = load_recipe(AdaRefinerConfig, RECIPES / recipe, [f"run_dir={run_dir}", *overrides])
+    return AdaRefiner(config, open_run(run_dir, run_id, config.model_dump(mode="json")), progress=False)
+
+
+def _worker_setup() -> None:
+    import torch
+
+    torch.set_num_threads(1)
+    logging.basicConfig(level=logging.WARNING)
+
+
+def warm(task: tuple) -> tuple:
+    """The warmed-up adapter of one seed (shared by the frozen, self and feedback arms)."""
+    _worker_setup()
+    seed, run_dir, extra = task
+    method = _method("mechanism.yaml", run_dir, f"warm-seed{seed}", [f"seed={seed}", *extra])
+    return seed, method.initial_adapter()
+
+
+def mechanism_arm(task: tuple) -> tuple:
+    """Per-stage test metrics of one arm at one seed."""
+    _worker_setup()
+    seed, arm, adapter, run_dir, extra = task
+    overrides = [f"seed={seed}", *extra]
+    if arm == "none":
+        overrides += ["guidance=decision", "adapter.warmup_steps=0"]
+    else:
+        overrides += [f"model.path={adapter}", "adapter.warmup_steps=0", f"refine.mode={arm}"]
+    method = _method("mechanism.yaml", run_dir, f"{arm}-seed{seed}", overrides)
+    stages = range(1, method.config.stages + 1)
+    if arm in ("none", "frozen"):  # nothing changes between stages: one evaluation stands for each
+        rows = [method.evaluate(1)] * len(stages)
+    else:
+        rows = [method.evaluate(stage) for stage in stages]
+    return seed, arm, rows
+
+
+def end_to_end_arm(task: tuple) -> tuple:
+    """One end-to-end arm at one seed: every stage trained, the last stage's agent evaluated."""
+    _worker_setup()
+    seed, arm, run_dir, extra = task
+    overrides = [f"seed={seed}", *extra]
+    if arm == "ppo":
+        overrides += ["guidance=none", "adapter.warmup_steps=0"]
+    elif arm == "guided":
+        overrides += ["guidance=decision", "adapter.warmup_steps=0"]
+    method = _method("tiny.yaml", run_dir, f"{arm}-seed{seed}", overrides)
+    method.run()
+    steps = method.config.stages * method.iterations * method.config.agent.n_steps * method.config.agent.envs
+    return seed, arm, steps, method.evaluate(method.config.stages)
+
+
+def _mean(values: list[float]) -> float:
+    return round(sum(values) / len(values), 4)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default="bench_out/adarefiner_crafter", help="output folder")
+    parser.add_argument("--quick", action="store_true", help="one seed, one stage, tiny budgets (CI)")
+    args = parser.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("FEEDLEARN_CACHE", str(out / "cache"))
+    seeds = [0] if args.quick else [0, 1, 2]
+    e2e_seeds = [0] if args.quick else [0, 1]
+    mech_extra = QUICK_MECHANISM if args.quick else []
+    e2e_extra = QUICK_END_TO_END if args.quick else []
+    started = time.perf_counter()
+    runs = out / "runs"
+
+    with multiprocessing.get_context("spawn").Pool(2) as pool:
+        adapters = dict(pool.map(warm, [(s, runs, mech_extra) for s in seeds], chunksize=1))
+        tasks = [(s, arm, adapters[s], runs, mech_extra) for arm in ("feedback", "self", "frozen", "none") for s in seeds]
+        e2e_tasks = [(s, arm, runs, e2e_extra) for arm in END_TO_END_ARMS for s in e2e_seeds]
+        mech_async = pool.map_async(mechanism_arm, tasks, chunksize=1)
+        e2e_rows = pool.map(end_to_end_arm, e2e_tasks, chunksize=1)
+        mech_rows = mech_async.get()
+
+    mechanism = {}
+    for arm in MECHANISM_ARMS:
+        by_seed = {seed: rows for seed, a, rows in mech_rows if a == arm}
+        mechanism[arm] = {"seeds": seeds}
+        for key in ("comprehension", "achievements_per_episode", "score", "subgoals_completed"):
+            mechanism[arm][key] = [[row[key] for row in by_seed[s]] for s in seeds]
+    end_to_end = {}
+    for arm in END_TO_END_ARMS:
+        rows = [(steps, m) for seed, a, steps, m in e2e_rows if a == arm]
+        scores = [m["score"] for _, m in rows]
+        end_to_end[arm] = {
+            "seeds": e2e_seeds,
+            "steps": rows[0][0],
+            "score": _mean(scores),
+            "score_per_seed": scores,
+            "success": {k: _mean([m["success"][k] for _, m in rows]) for k in rows[0][1]["success"]},
+            "reward": _mean([m["reward"] for _, m in rows]),
+            "achievements_per_episode": _mean([m["achievements_per_episode"] for _, m in rows]),
+        }
+    target = {
+        f"seed {s}": mechanism["feedback"]["comprehension"][i][-1] > mechanism["frozen"]["comprehension"][i][-1]
+        and mechanism["feedback"]["achievements_per_episode"][i][-1]
+        > mechanism["frozen"]["achievements_per_episode"][i][-1]
+        for i, s in enumerate(seeds)
+    }
+    result = {
+        "mechanism": mechanism,
+        "end_to_end": end_to_end,
+        "target_feedback_beats_frozen": target,
+        "paper_crafter_scores": PAPER,
+        "quick": args.quick,
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+    (out / "result.json").write_text(json.dumps(result, indent=2) + "\n")
+    plot(result, out / "adarefiner_crafter.png")
+    print(json.dumps({"target_feedback_beats_frozen": target, "seconds": result["seconds"]}))
+    for arm in MECHANISM_ARMS:
+        m = mechanism[arm]
+        print(f"{arm:9s} comprehension {m['comprehension']}  achievements/episode {m['achievements_per_episode']}")
+    for arm, e in end_to_end.items():
+        print(f"{arm:10s} steps {e['steps']}  score {e['score']} {e['score_per_seed']}  reward {e['reward']}")
+
+
+def plot(result: dict, path: Path) -> None:
+    """Per-stage comprehension and achievements of the mechanism arms (mean over seeds, min-max bars),
+    and success per achievement of the end-to-end arms."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(17, 4.5))
+    for ax, key, title in (
+        (axes[0], "comprehension", "mean comprehension score"),
+        (axes[1], "achievements_per_episode", "achievements per episode"),
+    ):
+        for arm, m in result["mechanism"].items():
+            per_seed = m[key]
+            stages = range(1, len(per_seed[0]) + 1)
+            mean = [sum(s[i] for s in per_seed) / len(per_seed) for i in range(len(per_seed[0]))]
+            low = [mean[i] - min(s[i] for s in per_seed) for i in range(len(mean))]
+            high = [max(s[i] for s in per_seed) - mean[i] for i in range(len(mean))]
+            ax.errorbar(list(stages), mean, yerr=[low, high], marker="o", capsize=3, label=arm)
+        ax.set_xlabel("stage")
+        ax.set_title(f"mechanism: {title}")
+        ax.legend()
+    ax = axes[2]
+    arms = list(result["end_to_end"])
+    names = [k for k in next(iter(result["end_to_end"].values()))["success"]]
+    width = 0.8 / len(arms)
+    for j, arm in enumerate(arms):
+        success = result["end_to_end"][arm]["success"]
+        ax.bar([i + j * width for i in range(len(names))], [success[n] for n in names], width, label=arm)
+    ax.set_xticks([i + 0.4 for i in range(len(names))], names, rotation=90, fontsize=7)
+    ax.set_ylabel("success (%)")
+    ax.set_title("end to end: success per achievement")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()
