@@ -77,14 +77,30 @@ def cmd_demo(args) -> None:
 
 
 def cmd_report(args) -> None:
-    from feedlearn.report import print_results
+    from feedlearn.report import plot_adarefiner, print_results
 
-    run = Path(args.run)
-    found = sorted(p for p in run.glob("**/metrics.json") if "evaluate" in p.relative_to(run).parts)
-    if not found:
-        raise FeedlearnError(f"{run}: no evaluation results (metrics.json) found in this run folder")
-    flat = {_column(p.relative_to(run), run.name): json.loads(p.read_text()) for p in found}
-    print_results(f"run {run.name}", run.name, flat)
+    runs = [Path(r) for r in args.run]
+    flat = {}
+    for run in runs:
+        found = sorted(p for p in run.glob("**/metrics.json") if "evaluate" in p.relative_to(run).parts)
+        if not found:
+            raise FeedlearnError(f"{run}: no evaluation results (metrics.json) found in this run folder")
+        prefix = f"{run.name}/" if len(runs) > 1 else ""
+        flat.update(
+            {prefix + _column(p.relative_to(run), run.name): json.loads(p.read_text()) for p in found}
+        )
+    print_results(f"run {', '.join(r.name for r in runs)}", runs[0].name, flat)
+    crafter = {r.name: r for r in runs if _method_of(r) == "adarefiner"}
+    if crafter:
+        plot = Path(args.plot) if args.plot else runs[0] / "report.png"
+        plot_adarefiner(crafter, plot)
+        print(f"plot: {plot}")
+
+
+def _method_of(run: Path) -> str | None:
+    """The `method` of a run folder's saved config."""
+    config = run / "config.yaml"
+    return read_yaml(config).get("method") if config.exists() else None
 
 
 def _column(path: Path, run_name: str) -> str:
@@ -121,8 +137,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a key")
     demo.set_defaults(func=cmd_demo)
 
-    report = sub.add_parser("report", help="print the evaluation table of a run folder")
-    report.add_argument("run", help="a run folder, e.g. runs/rise-tiny")
+    report = sub.add_parser("report", help="print the evaluation table of run folders (side by side)")
+    report.add_argument("run", nargs="+", help="run folders, e.g. runs/rise-tiny")
+    report.add_argument(
+        "--plot", help="AdaRefiner runs: where the per-stage and per-achievement plot goes (RUN/report.png)"
+    )
     report.set_defaults(func=cmd_report)
     return parser
 

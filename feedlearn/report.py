@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from rich.console import Console
@@ -74,6 +75,61 @@ def plot_turns(columns: dict[str, dict[str, float]], path: str | Path) -> None:
     ax.set_title("Accuracy per turn without an oracle")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _stage_metrics(run: Path, kind: str) -> dict[int, dict]:
+    """AdaRefiner's per-stage metrics of a run folder: `kind` train (stage<i>/train) or evaluate."""
+    pattern = "stage*/train/metrics.json" if kind == "train" else "evaluate/stage*/metrics.json"
+    found = {}
+    for path in run.glob(pattern):
+        folder = path.parent if kind == "evaluate" else path.parent.parent
+        found[int(folder.name.removeprefix("stage"))] = json.loads(path.read_text())
+    return dict(sorted(found.items()))
+
+
+def plot_adarefiner(runs: dict[str, Path], path: str | Path) -> None:
+    """AdaRefiner runs side by side (base arms beside AdaRefiner): Crafter score and mean comprehension
+    score per stage (lines: the training episodes; markers: test episodes), and success per achievement
+    in each run's last evaluation."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(17, 4.5))
+    last = {}
+    for i, (name, run) in enumerate(runs.items()):
+        color = f"C{i}"
+        train, test = _stage_metrics(run, "train"), _stage_metrics(run, "evaluate")
+        if test:
+            last[name] = test[max(test)]
+        for ax, key in ((axes[0], "score"), (axes[1], "comprehension")):
+            points = {s: m[key] for s, m in train.items() if m.get(key) is not None}
+            if points:
+                ax.plot(list(points), list(points.values()), "o-", color=color, label=f"{name} (train)")
+            tested = {s: m[key] for s, m in test.items() if m.get(key) is not None}
+            if tested:
+                ax.plot(list(tested), list(tested.values()), "*", ms=12, color=color, label=f"{name} (test)")
+    for ax, title in ((axes[0], "Crafter score"), (axes[1], "mean comprehension score")):
+        ax.set_xlabel("stage")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    ax = axes[2]
+    if last:
+        names = list(next(iter(last.values()))["success"])
+        width = 0.8 / len(last)
+        for j, (name, metrics) in enumerate(last.items()):
+            xs = [k + j * width for k in range(len(names))]
+            ax.bar(xs, [metrics["success"][n] for n in names], width, label=name)
+        ax.set_xticks([k + 0.4 for k in range(len(names))], names, rotation=90, fontsize=7)
+        ax.legend(fontsize=8)
+    ax.set_ylabel("success (%)")
+    ax.set_title("success per achievement (last evaluation)")
     fig.tight_layout()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)

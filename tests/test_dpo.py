@@ -227,7 +227,9 @@ def test_gradient_accumulation_invariance(tmp_path, tiny_path, active):
     steps_a, steps_b = train_metrics(a), train_metrics(b)
     assert len(steps_a) == len(steps_b) == 6
     for ra, rb in zip(steps_a, steps_b, strict=True):
-        assert rb["losses/loss"] == pytest.approx(ra["losses/loss"], rel=1e-5)
+        # float noise of the other summation order grows over the steps: 2.2e-5 relative at the last step
+        # on an AMD EPYC (below 1e-5 on an Intel Xeon); an accumulation bug is off by a factor, not 1e-4
+        assert rb["losses/loss"] == pytest.approx(ra["losses/loss"], rel=1e-4)
     assert steps_a[-1]["queries_used"] == steps_b[-1]["queries_used"]
     wa, wb = weights(a), weights(b)
     for k in wa:

@@ -136,6 +136,38 @@ CASES = {
         ],
         [checkpoint("sft/reflector"), checkpoint("rl"), evaluating("evaluate/rl")],
     ),
+    "adarefiner": (
+        "adarefiner/tiny.yaml",
+        [
+            *TINY,
+            "tiny.vocab_size=330",
+            "env.length=60",
+            "agent.envs=2",
+            "agent.n_steps=16",
+            "agent.batch_size=16",
+            "adapter.max_new_tokens=12",
+            "adapter.warmup_steps=160",
+            "adapter.warmup={learning_rate: 1.0e-3, batch_size: 4, grad_accum: 1, epochs: 2,"
+            " checkpoint_every: 3}",
+            "refine.threshold=0.0",
+            "refine.sft={learning_rate: 1.0e-3, batch_size: 4, grad_accum: 1, epochs: 1,"
+            " checkpoint_every: 2}",
+            "steps_per_stage=128",
+            "query_interval=8",
+            "evaluate.episodes=2",
+            "evaluate.query_interval=8",
+        ],
+        [
+            checkpoint("warmup"),
+            (
+                "a checkpoint of stage1/train",
+                lambda run: (run / "stage1/train/checkpoint/state.pkl").exists(),
+            ),
+            checkpoint("stage1/sft"),
+            records("stage2/train/queries.jsonl", "stage2/train/done.json"),
+            evaluating("evaluate/stage2"),
+        ],
+    ),
 }
 
 

@@ -95,9 +95,13 @@ class SentenceTransformerEmbedder:
             ) from None
         try:
             self.model = SentenceTransformer(model, device=device)
-        except OSError as e:
-            raise ConfigError(f"cannot load embedder '{model}': {str(e).splitlines()[0]}") from None
-        self.dim = self.model.get_sentence_embedding_dimension()
+        except (OSError, ValueError) as e:
+            raise ConfigError(
+                f"cannot load embedder '{model}': {str(e).splitlines()[0]} (give a model folder, or a hub id "
+                "with network access)"
+            ) from None
+        dimension = getattr(self.model, "get_embedding_dimension", None)  # the name since version 6
+        self.dim = (dimension or self.model.get_sentence_embedding_dimension)()
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         return self.model.encode(list(texts), normalize_embeddings=True, convert_to_numpy=True).astype(
@@ -118,7 +122,9 @@ def step_text(action: str, faced: str | None, changed: bool, mode: ActionText) -
     return action
 
 
-def comprehension_scores(embedder: Embedder, actions: Sequence[str], instructions: Sequence[str]) -> list[float]:
+def comprehension_scores(
+    embedder: Embedder, actions: Sequence[str], instructions: Sequence[str]
+) -> list[float]:
     """l = sigmoid(10 (cos(E(actions), E(instruction)) - 0.1)) for each pair; a text with nothing to embed
     has cosine 0 with everything."""
     if not actions:

@@ -51,7 +51,9 @@ MAX_REPLY_CHARS = 4000
 
 # Longer names first, so "chop grass with wood pickaxe" wins over "chop grass" where both match.
 _PATTERN = re.compile(
-    r"\b(" + "|".join(re.escape(g).replace(r"\ ", r"\s+") for g in sorted(SUBGOALS, key=len, reverse=True)) + r")s?\b"
+    r"\b("
+    + "|".join(re.escape(g).replace(r"\ ", r"\s+") for g in sorted(SUBGOALS, key=len, reverse=True))
+    + r")s?\b"
 )
 
 

@@ -83,7 +83,9 @@ class AgentSettings(Settings):
     network: Network = Field(default="reference", description="reference (GPU), cnn (image), mlp (symbolic).")
     features: int = Field(default=512, gt=0, description="Width of the features the heads read.")
     learning_rate: float = Field(default=1e-4, gt=0, description="Adam learning rate.")
-    n_steps: int = Field(default=4096, gt=0, description="Steps per world per PPO update (and per iteration).")
+    n_steps: int = Field(
+        default=4096, gt=0, description="Steps per world per PPO update (and per iteration)."
+    )
     batch_size: int = Field(default=128, gt=1, description="PPO minibatch size.")
     n_epochs: int = Field(default=4, gt=0, description="PPO epochs per update.")
     gamma: float = Field(default=0.95, gt=0, le=1, description="Discount.")
@@ -92,7 +94,9 @@ class AgentSettings(Settings):
     ent_coef: float = Field(default=0.0, ge=0, description="Entropy bonus coefficient.")
     vf_coef: float = Field(default=0.5, ge=0, description="Value loss coefficient.")
     max_grad_norm: float = Field(default=0.5, gt=0, description="Gradient clipping norm.")
-    device: str = Field(default="auto", description="Torch device of the agent (auto: a GPU when there is one).")
+    device: str = Field(
+        default="auto", description="Torch device of the agent (auto: a GPU when there is one)."
+    )
     skills: list[str] = Field(
         default_factory=lambda: list(SKILLED),
         description="scripted: the sub-goals the player carries out well; the rest it does at random.",
@@ -255,7 +259,7 @@ class AdaRefiner(Method):
         return build_tiny_model(self.config.tiny, corpus, self.config.seed)
 
     def adapter_path(self, stage: int) -> str:
-        """The adapter used in stage `stage + 1`: the starting one (stage 0, or frozen), else `sft` stage's."""
+        """The adapter used after stage `stage`: the starting one (stage 0, or frozen), else its `sft`'s."""
         if stage == 0 or self.config.refine.mode == "frozen":
             return self.initial_adapter()
         return str(self.store.stage(f"stage{stage}/sft") / "model")
@@ -270,7 +274,9 @@ class AdaRefiner(Method):
             collected = []
             guide = self._guide(TemplateAnalyst(self.config.seed), "warmup", self.config.query_interval)
             guide.on_query = collected.append
-            seeds = [derive_seed(self.config.seed, "teacher", "crafter", i) for i in range(self.config.agent.envs)]
+            seeds = [
+                derive_seed(self.config.seed, "teacher", "crafter", i) for i in range(self.config.agent.envs)
+            ]
             venv = GuidedVecEnv(make_vec_env(seeds, **self._env_kwargs()), guide)
             players = self._players("warmup")
             steps = -(-self.config.adapter.warmup_steps // self.config.agent.envs)
@@ -278,11 +284,24 @@ class AdaRefiner(Method):
             records.append(*collected)
         examples = self._examples(records.records(), weighted=False)
         model_path = self._tiny_base([m.content for e in examples for m in e.messages][:2000])
-        model, tok = load_policy(self._settings(str(model_path)), trainable=True, seed=self.config.seed)
-        settings = self.config.adapter.warmup
+        return self._fit(str(model_path), examples, self.config.adapter.warmup, folder, "warmup")
+
+    def _fit(self, path: str, examples: list[SFTExample], settings: TrainSettings, folder: Path, stage: str):
+        """SFT of the adapter at `path` on `examples` (completion-only), saved in `folder/model`."""
+        model, tok = load_policy(self._settings(path), trainable=True, seed=self.config.seed)
         rows = tokenize_sft(examples, tok, settings.max_length)
-        return train(model, tok, rows, sft_loss, settings, folder, self.store, "warmup", self.progress,
-                     seed=self.config.seed)
+        return train(
+            model,
+            tok,
+            rows,
+            sft_loss,
+            settings,
+            folder,
+            self.store,
+            stage,
+            self.progress,
+            seed=self.config.seed,
+        )
 
     def _analyst(self, path: str) -> LMAnalyst | None:
         if self.config.guidance != "adapter":
@@ -315,12 +334,22 @@ class AdaRefiner(Method):
 
     def _env_kwargs(self) -> dict:
         e = self.config.env
-        return {"area": e.area, "view": e.view, "size": e.size, "length": e.length, "observation": e.observation}
+        return {
+            "area": e.area,
+            "view": e.view,
+            "size": e.size,
+            "length": e.length,
+            "observation": e.observation,
+        }
 
     def _players(self, key: str) -> list[SkilledPlayer]:
         a = self.config.agent
         return [
-            SkilledPlayer(a.skills, seed=derive_seed(self.config.seed, "sampling", "player", key, i), patience=a.patience)
+            SkilledPlayer(
+                a.skills,
+                seed=derive_seed(self.config.seed, "sampling", "player", key, i),
+                patience=a.patience,
+            )
             for i in range(a.envs)
         ]
 
@@ -335,6 +364,7 @@ class AdaRefiner(Method):
         cfg, folder = self.config, self.store.stage(f"stage{stage}/train")
         done = folder / "done.json"
         if done.exists():
+            _remove_checkpoints(folder)  # left by a run stopped just after it finished
             return folder
         if stage > 1:
             self.train(stage - 1)
@@ -382,8 +412,7 @@ class AdaRefiner(Method):
         write_json_atomic(folder / "metrics.json", summary)
         self.store.log_metrics(f"stage{stage}/train", flatten(summary))
         write_json_atomic(done, {"iterations": self.iterations})
-        for leftover in folder.glob("checkpoint*"):
-            shutil.rmtree(leftover, ignore_errors=True)
+        _remove_checkpoints(folder)
         return folder
 
     def _agent(self, stage: int, venv: GuidedVecEnv):
@@ -392,7 +421,9 @@ class AdaRefiner(Method):
         if a.kind == "scripted":
             return None
         if stage > 1:
-            return load_ppo(self.store.stage(f"stage{stage - 1}/train") / "agent.zip", venv, a.device, reset=True)
+            return load_ppo(
+                self.store.stage(f"stage{stage - 1}/train") / "agent.zip", venv, a.device, reset=True
+            )
         torch.manual_seed(derive_seed(self.config.seed, "init", "agent"))
         return build_ppo(venv, a.network, a.features, a.ppo(), a.device)
 
@@ -413,11 +444,9 @@ class AdaRefiner(Method):
         ]
         examples = self._examples(records, weighted=self.config.refine.mode == "feedback")
         self.store.log_metrics(f"stage{stage}/sft", {"examples": len(examples), "records": len(records)})
-        model, tok = load_policy(self._settings(self.initial_adapter()), trainable=True, seed=self.config.seed)
-        settings = self.config.refine.sft
-        rows = tokenize_sft(examples, tok, settings.max_length)
-        return train(model, tok, rows, sft_loss, settings, folder, self.store, f"stage{stage}/sft",
-                     self.progress, seed=self.config.seed)
+        return self._fit(
+            self.initial_adapter(), examples, self.config.refine.sft, folder, f"stage{stage}/sft"
+        )
 
     def _examples(self, records: list[QueryRecord], weighted: bool) -> list[SFTExample]:
         """Each record's prompt and analysis; `weighted`: weight = the comprehension score that followed,
@@ -455,7 +484,9 @@ class AdaRefiner(Method):
         self.sft(stage)
         queries = JsonlAppender(folder / "queries.jsonl", QueryRecord)
         episodes = JsonlAppender(folder / "episodes.jsonl", CrafterEpisode)
-        guide = self._guide(self._analyst(self.adapter_path(stage)), f"test{stage}", cfg.evaluate.query_interval)
+        guide = self._guide(
+            self._analyst(self.adapter_path(stage)), f"test{stage}", cfg.evaluate.query_interval
+        )
         guide.on_query = _appender(queries)
         guide.on_episode = _appender(episodes)
         seeds = [derive_seed(cfg.evaluate.seed, "test", "crafter", i) for i in range(cfg.agent.envs)]
@@ -463,7 +494,9 @@ class AdaRefiner(Method):
         per_env = -(-cfg.evaluate.episodes // cfg.agent.envs)
         _seed_all(derive_seed(cfg.evaluate.seed, "test", "agent-actions"))
         if cfg.agent.kind == "ppo":
-            agent = load_ppo(self.store.stage(f"stage{stage}/train") / "agent.zip", None, cfg.agent.device, reset=True)
+            agent = load_ppo(
+                self.store.stage(f"stage{stage}/train") / "agent.zip", None, cfg.agent.device, reset=True
+            )
             obs = venv.reset()
             while min(t.episode for t in venv.tracks) < per_env:
                 actions, _ = agent.predict(obs, deterministic=False)
@@ -510,7 +543,9 @@ def _play_scripted(
     if reset:
         venv.reset()
     taken, completed, before = 0, {}, [p.completed for p in players]
-    while (steps is None or taken < steps) and (episodes is None or min(t.episode for t in venv.tracks) < episodes):
+    while (steps is None or taken < steps) and (
+        episodes is None or min(t.episode for t in venv.tracks) < episodes
+    ):
         actions = np.array(
             [p.act(venv.infos[i], venv.tracks[i].subgoals) for i, p in enumerate(players)], dtype=np.int64
         )
@@ -562,6 +597,11 @@ def _set_rng(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     np.random.set_state(state["numpy"])
     random.setstate(state["python"])
+
+
+def _remove_checkpoints(folder: Path) -> None:
+    for leftover in folder.glob("checkpoint*"):
+        shutil.rmtree(leftover, ignore_errors=True)
 
 
 def _checkpoint(folder: Path) -> Path | None:

@@ -52,7 +52,9 @@ def _state_network(network: Network, space: gymnasium.spaces.Box, features: int)
 class InstructedExtractor(BaseFeaturesExtractor):
     """features = f(state) + Linear(instruction embedding): the instruction is an input, never a reward."""
 
-    def __init__(self, observation_space: gymnasium.spaces.Dict, network: Network = "mlp", features: int = 512):
+    def __init__(
+        self, observation_space: gymnasium.spaces.Dict, network: Network = "mlp", features: int = 512
+    ):
         super().__init__(observation_space, features)
         self.state = _state_network(network, observation_space["state"], features)
         self.instruction = nn.Linear(observation_space["instruction"].shape[0], features)
