@@ -30,7 +30,7 @@ import torch
 from pydantic import Field, model_validator
 
 from feedlearn.backends.base import SamplingParams
-from feedlearn.data.jsonl import JsonlAppender, read_jsonl, write_json_atomic
+from feedlearn.data.jsonl import JsonlAppender, write_json_atomic
 from feedlearn.data.records import Message, SFTExample
 from feedlearn.envs.crafter_env import ACHIEVEMENTS, crafter_score, make_vec_env, success_rates
 from feedlearn.envs.crafter_player import SCRIPTED, SKILLED, SkilledPlayer
@@ -406,6 +406,8 @@ class AdaRefiner(Method):
             self.store.log_metrics(f"stage{stage}/train", metrics, step=iteration)
             if iteration % cfg.checkpoint_every == 0 and iteration < self.iterations:
                 _save_checkpoint(folder / "checkpoint", agent, venv, players, iteration)
+        for track in venv.tracks:  # the instructions still running end with the stage: score and record them
+            guide.close_query(track)
         if agent is not None:
             agent.save(folder / "agent.zip")
         summary = _summary(episodes.records(), queries.records(), self.decider)
@@ -440,7 +442,9 @@ class AdaRefiner(Method):
         records = [
             r
             for s in range(1, stage + 1)
-            for r in read_jsonl(self.store.stage(f"stage{s}/train") / "queries.jsonl", QueryRecord)
+            for r in JsonlAppender(
+                self.store.stage(f"stage{s}/train") / "queries.jsonl", QueryRecord
+            ).records()
         ]
         examples = self._examples(records, weighted=self.config.refine.mode == "feedback")
         self.store.log_metrics(f"stage{stage}/sft", {"examples": len(examples), "records": len(records)})

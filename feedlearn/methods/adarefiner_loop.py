@@ -218,7 +218,7 @@ class Guide:
 
     def finish(self, index: int, track: Track) -> None:
         """`track`'s episode ended: its last query and the episode are recorded."""
-        self._close_query(track)
+        self.close_query(track)
         self.on_episode(
             CrafterEpisode(
                 id=f"{self.prefix}-env{index}-ep{track.episode}",
@@ -241,7 +241,7 @@ class Guide:
         states, prompts, keys, past = [], [], [], []
         for i in indices:
             track = tracks[i]
-            self._close_query(track)
+            self.close_query(track)
             state = text_state(infos[i], track.last_action)
             states.append(state)
             prompts.append(adapter_prompt(state, track.subgoals, track.score))
@@ -267,7 +267,7 @@ class Guide:
             track.subgoals = goals
             track.instruction = vectors[row]
 
-    def _close_query(self, track: Track) -> None:
+    def close_query(self, track: Track) -> None:
         """Score the instruction in force on the actions taken under it, and record its query."""
         if track.pending is None:
             return
