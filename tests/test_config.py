@@ -308,7 +308,8 @@ def test_cli_unknown_method_and_missing_recipe(tmp_path, capsys):
     assert cli.main(["run", str(path)]) == 2
     assert (
         one_line_error(capsys)
-        == f"error: {path}: key 'method' must be one of rise, dpo, active-dpo, c3po, reflect-rl, adarefiner (got 'ppo')"
+        == f"error: {path}: key 'method' must be one of rise, dpo, active-dpo, c3po, reflect-rl, adarefiner "
+        "(got 'ppo')"
     )
     assert cli.main(["run", str(tmp_path / "nope.yaml")]) == 2
     assert one_line_error(capsys) == f"error: {tmp_path / 'nope.yaml'}: recipe not found"
