@@ -12,6 +12,7 @@ from feedlearn.config import load_recipe, read_yaml
 from feedlearn.data.store import open_run, write_problem, writing
 from feedlearn.errors import ConfigError, FeedlearnError
 from feedlearn.methods import adarefiner, c3po, dpo, reflect_rl, rise
+from feedlearn.processes import process_state
 
 METHODS = {
     "rise": (rise.RiseConfig, rise.Rise, rise.STAGES),
@@ -46,7 +47,8 @@ def cmd_run(args) -> None:
     store = open_recipe_run(args, config)
     with writing(store.path):
         method_cls(config, store).run()
-    print(f"run folder: {store.path}")
+    if process_state().is_main_process:
+        print(f"run folder: {store.path}")
 
 
 def cmd_stage(args) -> None:
@@ -59,6 +61,8 @@ def cmd_stage(args) -> None:
     iterated = args.stage in ITERATED.get(config.method, ())
     with writing(store.path):
         result = stage(args.iteration) if iterated else stage()
+    if not process_state().is_main_process:  # the main process reports, as it alone writes
+        return
     if isinstance(result, dict):
         from feedlearn.report import print_results
 

@@ -19,11 +19,11 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from accelerate import PartialState
 from accelerate.utils import broadcast_object_list
 
 from feedlearn.data.jsonl import drop_torn_tail, write_text_atomic
 from feedlearn.errors import ConfigError, FeedlearnError
+from feedlearn.processes import process_state
 
 LOCK = ".lock"
 CONFIG = "config.yaml"
@@ -113,7 +113,7 @@ def open_run(run_dir: str | Path, run_id: str, config: dict[str, Any]) -> RunSto
     two configs; a folder in which no stage has written anything yet (a run that failed at once, say on a
     mistyped path) takes the new config."""
     store = RunStore(run_dir, run_id)
-    state = PartialState()
+    state = process_state()
     refusal = None
     if state.is_main_process:
         try:

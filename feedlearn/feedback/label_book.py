@@ -6,13 +6,13 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-from accelerate import PartialState
 from accelerate.utils import broadcast_object_list, gather_object
 
 from feedlearn.data.jsonl import JsonlAppender, read_jsonl
 from feedlearn.data.records import LabelRecord, PreferencePair
 from feedlearn.errors import FeedlearnError
 from feedlearn.feedback.labelers import Labeler
+from feedlearn.processes import process_state
 
 QUERY_CHUNK = 32
 """Pairs handed to the labeler at once; each chunk's answers are saved before the next is asked."""
@@ -35,7 +35,7 @@ class LabelBook:
         self.budget = budget
         self.path = Path(path)
         self.warned = False
-        self.state = PartialState()
+        self.state = process_state()
         self.cache = JsonlAppender(path, LabelRecord) if self.state.is_main_process else None
         self.state.wait_for_everyone()  # the main process has repaired a torn last line
         path = Path(path)

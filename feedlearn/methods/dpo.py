@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from accelerate import PartialState
 from accelerate.utils import reduce
 from pydantic import Field, model_validator
 
@@ -40,6 +39,7 @@ from feedlearn.losses import (
 from feedlearn.methods.common import Method, RecipeConfig, Settings
 from feedlearn.models.loading import load_policy
 from feedlearn.models.tiny import build_tiny_model
+from feedlearn.processes import process_state
 from feedlearn.training.data import collate_pairs, tokenize_pairs
 from feedlearn.training.scoring import pair_logprobs
 from feedlearn.training.trainer import TrainSettings, is_trained, train
@@ -167,8 +167,8 @@ class PreferenceLearning(Method):
         self, model, tokenizer, pairs: list[PreferencePair], rows: list[dict], path: Path
     ) -> dict[int, tuple[float, float]]:
         """The reference's log-probs of every row's pair, computed once and cached in `path` by pair id."""
-        cache = JsonlAppender(path, ReferenceLogprobs) if PartialState().is_main_process else None
-        PartialState().wait_for_everyone()
+        cache = JsonlAppender(path, ReferenceLogprobs) if process_state().is_main_process else None
+        process_state().wait_for_everyone()
         known = {r.id: (r.a, r.b) for r in read_jsonl(path, ReferenceLogprobs)} if path.exists() else {}
         todo = [r for r in rows if pairs[r["index"]].id not in known]
         if todo:
@@ -213,7 +213,7 @@ class PreferenceLearning(Method):
             step_metrics=objective.step_metrics,
             seed=cfg.seed,
         )
-        if PartialState().is_main_process:
+        if process_state().is_main_process:
             book.check()  # a run in which no label was usable fails, even one too short for the early check
         return final
 
@@ -261,7 +261,7 @@ class PreferenceLearning(Method):
         )
         labels = self.store.stage("train") / "labels.jsonl"
         metrics["queries_used"] = len(read_jsonl(labels, LabelRecord)) if labels.exists() else 0
-        if PartialState().is_main_process:
+        if process_state().is_main_process:
             write_json_atomic(folder / "metrics.json", metrics)
             self.store.log_metrics("evaluate", metrics)
         return metrics
@@ -360,8 +360,8 @@ class PreferenceObjective:
     def step_metrics(self) -> dict[str, float]:
         """Labels paid for so far, and this step's pseudo-labels (summed over processes) and how many of
         them agree with the gold labels where the data has some."""
-        counts = self.counts.to(PartialState().device)
-        if PartialState().num_processes > 1:
+        counts = self.counts.to(process_state().device)
+        if process_state().num_processes > 1:
             counts = reduce(counts, "sum")
         self.counts = torch.zeros(3)
         pseudo, with_gold, agree = counts.tolist()

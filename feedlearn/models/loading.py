@@ -8,11 +8,11 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from accelerate import PartialState
 from pydantic import BaseModel, ConfigDict, Field
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from feedlearn.errors import FeedlearnError
+from feedlearn.processes import process_state
 from feedlearn.seeds import derive_seed
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -135,7 +135,7 @@ def load_policy(settings: ModelSettings, trainable: bool = False, seed: int = 0)
                 ),
             )
     if not settings.load_in_4bit:  # a quantized model is placed by its device_map
-        model.to(PartialState().device)
+        model.to(process_state().device)
     if model.generation_config.pad_token_id is None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer
@@ -153,4 +153,4 @@ def _quantized(settings: ModelSettings, dtype: torch.dtype) -> dict:
     from transformers import BitsAndBytesConfig
 
     config = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype)
-    return {"quantization_config": config, "device_map": {"": PartialState().device}}
+    return {"quantization_config": config, "device_map": {"": process_state().device}}

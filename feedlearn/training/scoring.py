@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import torch
-from accelerate import PartialState
 from accelerate.utils import gather_object
 from tqdm.auto import tqdm
 
 from feedlearn.losses import sequence_logprobs
+from feedlearn.processes import process_state
 from feedlearn.training.data import collate_pairs
 
 
@@ -20,7 +20,7 @@ def pair_logprobs(
     Rows are scored in order of length (little padding). Under several processes each scores its own
     share and the results are gathered, so every process returns all of them.
     """
-    state = PartialState()
+    state = process_state()
     was_training = model.training
     model.eval()
     mine = sorted(rows[state.process_index :: state.num_processes], key=lambda r: r["length"])

@@ -107,7 +107,9 @@ def train(
     final = out_dir / "model"
     if is_trained(out_dir):
         return final
-    accelerator = Accelerator()
+    # cpu: see feedlearn.processes. The schedule counts global optimizer steps (total_steps above), so the
+    # scheduler steps once per optimizer step: accelerate's default steps it once per process.
+    accelerator = Accelerator(cpu=not torch.cuda.is_available(), step_scheduler_with_optimizer=False)
     world, rank = accelerator.num_processes, accelerator.process_index
     per_step = settings.batch_size * settings.grad_accum * world
     steps_per_epoch = len(rows) // per_step
@@ -164,6 +166,8 @@ def train(
                 accelerator.backward(loss)
             step_loss += loss.item()
             samples += len(micro)
+        if world > 1:  # the logged loss is the global batch's, as one process computes it
+            step_loss = accelerator.reduce(torch.tensor(step_loss, device=accelerator.device), "mean").item()
         grad_norm = accelerator.clip_grad_norm_(params, settings.max_grad_norm)
         optimizer.step()
         scheduler.step()

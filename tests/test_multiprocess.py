@@ -1,0 +1,94 @@
+"""Training across processes equals one process: each train stage run by `torchrun` in 2 CPU processes
+(gloo) against 1 process with the same global batch gives the same per-step losses and the same weights
+(to float tolerance), and Active DPO pays for each label once."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+pytestmark = pytest.mark.slow
+
+RECIPES = Path(__file__).resolve().parents[1] / "feedlearn" / "recipes"
+TINY = ["tiny.hidden_size=32", "tiny.intermediate_size=64", "tiny.num_layers=1", "tiny.num_heads=2"]
+TIMEOUT_S = 300
+CASES = {
+    "dpo": ("dpo/tiny.yaml", "train", ["train_data.synthetic.n=512", "eval_data.synthetic.n=64"]),
+    "active-dpo": (
+        "active-dpo/tiny.yaml",
+        "train",
+        ["train_data.synthetic.n=512", "eval_data.synthetic.n=64"],
+    ),
+    "rise-sft": ("rise/tiny.yaml", "sft", ["sft.problems.synthetic.n=256", "sft.chat_turns=2"]),
+}
+"""Method, recipe, stage and overrides; the batch of each case is set below (8 per process)."""
+
+
+def environment(tmp_path: Path) -> dict[str, str]:
+    return {**os.environ, "FEEDLEARN_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
+
+
+def launch(processes: int, case: str, tmp_path: Path, run_id: str) -> Path:
+    recipe, stage, overrides = CASES[case]
+    method = case.removesuffix("-sft")
+    batch = "sft.train.batch_size" if stage == "sft" else "train.batch_size"
+    sets = [*TINY, *overrides, f"{batch}={16 // processes}", f"run_dir={tmp_path / 'runs'}"]
+    args = ["-m", "feedlearn.cli", method, stage, str(RECIPES / recipe), "--run-id", run_id]
+    args += [x for s in sets for x in ("--set", s)]
+    if processes > 1:
+        command = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={processes}", *args]
+    else:
+        command = [sys.executable, *args]
+    done = subprocess.run(
+        command, env=environment(tmp_path), capture_output=True, text=True, timeout=TIMEOUT_S
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return tmp_path / "runs" / run_id
+
+
+def step_rows(run: Path) -> list[dict]:
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return [r for r in rows if r["step"] is not None]
+
+
+def test_the_process_state_sees_two_processes_on_cpu(tmp_path):
+    script = tmp_path / "probe.py"
+    script.write_text(
+        "from feedlearn.processes import process_state\n"
+        "s = process_state()\n"
+        "print(s.num_processes, s.process_index, s.backend)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", str(script)],
+        env=environment(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT_S,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert sorted(done.stdout.split("\n")[:2]) == ["2 0 gloo", "2 1 gloo"]
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_two_processes_train_what_one_does(tmp_path, case):
+    one, two = launch(1, case, tmp_path, "one"), launch(2, case, tmp_path, "two")
+    a, b = step_rows(one), step_rows(two)
+    assert len(a) == len(b) > 0
+    for ra, rb in zip(a, b, strict=True):
+        assert rb["charts/lr"] == pytest.approx(ra["charts/lr"], rel=1e-9)  # one schedule step per step
+        assert rb["losses/loss"] == pytest.approx(ra["losses/loss"], rel=1e-4)
+    stage = CASES[case][1]
+    wa, wb = (load_file(run / stage / "model" / "model.safetensors") for run in (one, two))
+    for key in wa:
+        assert torch.allclose(wa[key], wb[key], atol=1e-5, rtol=0), key
+    if case != "rise-sft":
+        labels = [(run / "train" / "labels.jsonl").read_text().splitlines() for run in (one, two)]
+        assert sorted(labels[0]) == sorted(labels[1])  # the same labels, each bought once
+        assert a[-1]["queries_used"] == b[-1]["queries_used"] == len(labels[1])
