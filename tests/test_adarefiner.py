@@ -397,7 +397,8 @@ def test_bad_recipes_fail_with_the_key(tmp_path, override, message):
 
 def test_the_paper_recipe_validates_with_the_papers_settings():
     config = load_recipe(ada.AdaRefinerConfig, RECIPES / "llama2_gpt4_paper.yaml")
-    assert config.model.lora.r == 64 and config.model.lora.alpha == 16 and config.model.load_in_4bit
+    assert config.model.lora.r == 64 and config.model.lora.alpha == 16
+    assert config.model.quantization == "4bit"
     assert config.agent.network == "reference" and config.agent.n_steps == 4096 and config.stages == 5
     assert config.decision.openai.model == "gpt-4" and config.decision.openai.api_key_env == "OPENAI_API_KEY"
     assert config.embedder.model.endswith("paraphrase-MiniLM-L6-v2") and config.query_interval == 100
@@ -405,12 +406,13 @@ def test_the_paper_recipe_validates_with_the_papers_settings():
     assert "sk-" not in dumped
 
 
-def test_4bit_without_a_gpu_is_a_clear_error(tmp_path):
+def test_quantization_without_a_gpu_is_a_clear_error(tmp_path):
     from feedlearn.errors import FeedlearnError
     from feedlearn.models.loading import ModelSettings, load_policy
 
-    with pytest.raises(FeedlearnError, match="load_in_4bit needs a CUDA GPU"):
-        load_policy(ModelSettings(path=str(tmp_path), load_in_4bit=True))
+    for bits in ("4bit", "8bit"):
+        with pytest.raises(FeedlearnError, match=f"quantization {bits} needs a CUDA GPU"):
+            load_policy(ModelSettings(path=str(tmp_path), quantization=bits))
 
 
 def test_cli_runs_one_stage(tmp_path, capsys):

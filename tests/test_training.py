@@ -494,3 +494,44 @@ def test_epoch_steps_cover_every_row_once_and_group_lengths():
         return sum(8 * max(lengths[i] for i in s) for s in steps)
 
     assert padded(grouped) < 0.6 * padded(plain)
+
+
+def test_gradient_checkpointing_gives_the_same_training(tiny_folder, tmp_path):
+    """Recomputing activations in the backward pass changes memory, not the result: same loss, same
+    update, and the model really ran checkpointed."""
+    common = dict(learning_rate=1e-3, lr_schedule="constant", warmup_ratio=0, epochs=1, max_grad_norm=1e9)
+    results, losses = [], []
+    for name, checkpointing in [("plain", False), ("checkpointed", True)]:
+        model, tok = load(tiny_folder)
+        base = snapshot(model)
+        rows = tokenize_sft(examples(4), tok, 256)
+        store = RunStore(tmp_path, name)
+        settings = TrainSettings(batch_size=4, grad_accum=1, gradient_checkpointing=checkpointing, **common)
+        train(model, tok, rows, sft_loss, settings, tmp_path / name, store=store)
+        assert model.is_gradient_checkpointing == checkpointing
+        results.append({k: v - base[k] for k, v in snapshot(model).items()})
+        losses.append(metrics(store)[0]["losses/loss"])
+    assert losses[1] == pytest.approx(losses[0], rel=1e-6)
+    for k in results[0]:
+        assert results[0][k].abs().max() > 1e-4, k
+        assert torch.allclose(results[0][k], results[1][k], atol=1e-7, rtol=0), k
+
+
+def test_bf16_mixed_precision_trains_on_cpu_and_fp16_needs_a_gpu(tiny_folder, tmp_path):
+    model, tok = load(tiny_folder)
+    base = snapshot(model)
+    rows = tokenize_sft(examples(4), tok, 256)
+    settings = TrainSettings(
+        batch_size=4,
+        grad_accum=1,
+        mixed_precision="bf16",
+        learning_rate=1e-3,
+        warmup_ratio=0,
+        lr_schedule="constant",
+    )
+    train(model, tok, rows, sft_loss, settings, tmp_path / "bf16", store=RunStore(tmp_path, "bf16"))
+    assert any(not torch.equal(v, base[k]) for k, v in snapshot(model).items())
+    assert next(model.parameters()).dtype == torch.float32  # autocast: the weights stay in float32
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="fp16 needs a CUDA GPU"):
+            TrainSettings(mixed_precision="fp16")

@@ -44,9 +44,9 @@ class ModelSettings(BaseModel):
     chat_template: str | None = Field(
         default=None, description="A Jinja chat template for tokenizers that have none of their own."
     )
-    load_in_4bit: bool = Field(
-        default=False,
-        description="Load the base weights in 4-bit NF4 (bitsandbytes, a GPU only), for QLoRA with `lora`.",
+    quantization: Literal["none", "4bit", "8bit"] = Field(
+        default="none",
+        description="Base weights in 4-bit NF4 or 8-bit (bitsandbytes, a GPU only), for QLoRA with `lora`.",
     )
 
 
@@ -100,7 +100,8 @@ def load_policy(settings: ModelSettings, trainable: bool = False, seed: int = 0)
 
     check_model_source(settings.path)
     dtype = resolve_dtype(settings.dtype)
-    extra = _quantized(settings, dtype) if settings.load_in_4bit else {}
+    quantized = settings.quantization != "none"
+    extra = _quantized(settings, dtype) if quantized else {}
     adapter_config = Path(settings.path) / "adapter_config.json"
     try:
         if adapter_config.exists():
@@ -117,7 +118,7 @@ def load_policy(settings: ModelSettings, trainable: bool = False, seed: int = 0)
             "(give a model folder, or a hub id with network access)"
         ) from None
     if trainable and settings.lora is not None and not isinstance(model, PeftModel):
-        if settings.load_in_4bit:
+        if quantized:
             from peft import prepare_model_for_kbit_training
 
             model = prepare_model_for_kbit_training(model)
@@ -134,7 +135,7 @@ def load_policy(settings: ModelSettings, trainable: bool = False, seed: int = 0)
                     task_type="CAUSAL_LM",
                 ),
             )
-    if not settings.load_in_4bit:  # a quantized model is placed by its device_map
+    if not quantized:  # a quantized model is placed by its device_map
         model.to(process_state().device)
     if model.generation_config.pad_token_id is None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
@@ -142,15 +143,21 @@ def load_policy(settings: ModelSettings, trainable: bool = False, seed: int = 0)
 
 
 def _quantized(settings: ModelSettings, dtype: torch.dtype) -> dict:
-    """`from_pretrained` arguments for 4-bit NF4 weights on this process's GPU."""
+    """`from_pretrained` arguments for 4-bit NF4 or 8-bit weights on this process's GPU."""
     import importlib.util
 
     if not torch.cuda.is_available() or importlib.util.find_spec("bitsandbytes") is None:
         raise FeedlearnError(
-            f"model '{settings.path}': load_in_4bit needs a CUDA GPU and the bitsandbytes package "
-            "(pip install bitsandbytes); set model.load_in_4bit: false to load it unquantized"
+            f"model '{settings.path}': quantization {settings.quantization} needs a CUDA GPU and the "
+            "bitsandbytes package (pip install bitsandbytes); set model.quantization: none to load it "
+            "unquantized"
         )
     from transformers import BitsAndBytesConfig
 
-    config = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype)
+    if settings.quantization == "8bit":
+        config = BitsAndBytesConfig(load_in_8bit=True)
+    else:
+        config = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype
+        )
     return {"quantization_config": config, "device_map": {"": process_state().device}}

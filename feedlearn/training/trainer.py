@@ -19,7 +19,8 @@ from typing import Literal
 
 import torch
 from accelerate import Accelerator
-from pydantic import BaseModel, ConfigDict, Field
+from accelerate.state import AcceleratorState
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
@@ -52,6 +53,21 @@ class TrainSettings(BaseModel):
         default=True,
         description="Batch examples of similar length together (within windows of 64 steps): less padding.",
     )
+    gradient_checkpointing: bool = Field(
+        default=False,
+        description="Recompute activations in the backward pass instead of storing them: less memory, "
+        "about a third more compute; the same gradients.",
+    )
+    mixed_precision: Literal["no", "bf16", "fp16"] = Field(
+        default="no",
+        description="Autocast through accelerate (bf16: GPUs since Ampere, and CPUs; fp16: GPUs only).",
+    )
+
+    @model_validator(mode="after")
+    def _fp16_needs_a_gpu(self):
+        if self.mixed_precision == "fp16" and not torch.cuda.is_available():
+            raise ValueError("mixed_precision fp16 needs a CUDA GPU: use bf16 or no on this machine")
+        return self
 
 
 LossFn = Callable[[torch.nn.Module, dict[str, torch.Tensor]], torch.Tensor]
@@ -109,7 +125,17 @@ def train(
         return final
     # cpu: see feedlearn.processes. The schedule counts global optimizer steps (total_steps above), so the
     # scheduler steps once per optimizer step: accelerate's default steps it once per process.
-    accelerator = Accelerator(cpu=not torch.cuda.is_available(), step_scheduler_with_optimizer=False)
+    state = AcceleratorState._shared_state
+    if state and state.get("_mixed_precision", "no") != settings.mixed_precision:
+        AcceleratorState._reset_state()  # one process may train stages of other precisions before this one
+    accelerator = Accelerator(
+        cpu=not torch.cuda.is_available(),
+        step_scheduler_with_optimizer=False,
+        mixed_precision=settings.mixed_precision,
+    )
+    if settings.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False  # a KV cache is of no use in training, and checkpointing refuses it
     world, rank = accelerator.num_processes, accelerator.process_index
     per_step = settings.batch_size * settings.grad_accum * world
     steps_per_epoch = len(rows) // per_step
