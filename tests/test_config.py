@@ -11,6 +11,8 @@ from feedlearn.config import apply_override, load_recipe, read_yaml
 from feedlearn.errors import ConfigError
 from feedlearn.methods.rise import RiseConfig
 
+RECIPES_DIR = Path(cli.__file__).parent / "recipes"
+
 # A copy of feedlearn/recipes/rise/tiny.yaml, so edits to the shipped recipe do not move these tests.
 TINY = r"""# RISE on a tiny model built locally.
 method: rise
@@ -328,9 +330,20 @@ def test_cli_set_value_that_is_invalid_yaml(recipe, capsys):
 
 @pytest.mark.parametrize(
     "recipe",
-    sorted((Path(cli.__file__).parent / "recipes").glob("*/*.yaml")),
+    sorted(p for p in RECIPES_DIR.glob("*/*.yaml") if p.parent.name != "accelerate"),
     ids=lambda p: f"{p.parent.name}/{p.name}",
 )
 def test_every_shipped_recipe_validates(recipe):
     config, _, _ = cli.load_method(str(recipe), [])
     assert config.method == recipe.parent.name
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (RECIPES_DIR / "accelerate").glob("*.yaml")))
+def test_the_shipped_accelerate_configs_load(name):
+    """accelerate's own loader reads each shipped config (DDP, FSDP, DeepSpeed ZeRO-2/3, multi-node)."""
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    config = load_config_from_file(str(RECIPES_DIR / "accelerate" / name))
+    assert config.num_processes >= 8 and config.mixed_precision == "bf16"
+    if "deepspeed" in name:
+        assert config.deepspeed_config["zero_stage"] == int(name.split("zero")[1][0])
