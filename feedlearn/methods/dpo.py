@@ -21,6 +21,7 @@ import torch
 from accelerate.utils import reduce
 from pydantic import Field, model_validator
 
+from feedlearn.data.hub import DatasetSource, export_rows
 from feedlearn.data.jsonl import JsonlAppender, read_jsonl, write_json_atomic
 from feedlearn.data.preferences import load_pairs
 from feedlearn.data.records import LabelRecord, PreferencePair, Record
@@ -61,17 +62,22 @@ class PreferenceData(Settings):
     """Where pairs come from: a file (JSONL, JSON or parquet, TRL's forms), or the synthetic task."""
 
     path: str | None = Field(default=None, description="A local .jsonl, .json or .parquet file.")
+    dataset: DatasetSource | None = Field(
+        default=None, description="A `datasets` split (hub id or save_to_disk folder), in TRL's forms."
+    )
     synthetic: SyntheticPairs | None = Field(default=None, description="Generate pairs instead.")
     limit: int | None = Field(default=None, gt=0, description="Use only the first `limit` pairs.")
 
     @model_validator(mode="after")
     def _one_source(self):
-        if (self.path is None) == (self.synthetic is None):
-            raise ValueError("give exactly one of 'path' or 'synthetic'")
+        if sum(x is not None for x in (self.path, self.dataset, self.synthetic)) != 1:
+            raise ValueError("give exactly one of 'path', 'dataset' or 'synthetic'")
         return self
 
     def load(self, prefix: str, split: Literal["train", "test"] = "train") -> list[PreferencePair]:
         """The pairs, read or generated (generated test pairs never coincide with generated training ones)."""
+        if self.dataset is not None:
+            return load_pairs(export_rows(self.dataset), self.limit)
         if self.path is not None:
             return load_pairs(self.path, self.limit)
         s = self.synthetic

@@ -23,6 +23,7 @@ from pydantic import Field, model_validator
 
 from feedlearn.backends.base import Backend, SamplingParams
 from feedlearn.backends.openai_compat import OpenAIBackend, OpenAIBackendConfig
+from feedlearn.data.hub import DatasetSource, export_rows
 from feedlearn.data.jsonl import JsonlAppender, read_jsonl, write_json_atomic, write_jsonl_atomic
 from feedlearn.data.records import Episode, Message, SFTExample, Turn
 from feedlearn.envs.math_answers import answers_match
@@ -58,20 +59,25 @@ class ProblemSet(Settings):
     """Where problems come from: a file, or the synthetic generator."""
 
     path: str | None = Field(default=None, description="A JSONL file of problems.")
-    format: ProblemFormat = Field(default="gsm8k", description="Row format of `path`.")
+    dataset: DatasetSource | None = Field(
+        default=None, description="A `datasets` split (hub id or save_to_disk folder) with rows in `format`."
+    )
+    format: ProblemFormat = Field(default="gsm8k", description="Row format of `path` or `dataset`.")
     synthetic: SyntheticSettings | None = Field(default=None, description="Generate problems instead.")
     limit: int | None = Field(default=None, gt=0, description="Use only the first `limit` problems.")
 
     @model_validator(mode="after")
     def _one_source(self):
-        if (self.path is None) == (self.synthetic is None):
-            raise ValueError("give exactly one of 'path' or 'synthetic'")
+        if sum(x is not None for x in (self.path, self.dataset, self.synthetic)) != 1:
+            raise ValueError("give exactly one of 'path', 'dataset' or 'synthetic'")
         return self
 
     def load(self, prefix: str, split: Literal["train", "test"] = "train") -> list[MathProblem]:
         """The problems, read or generated (generated test problems never share a question with generated
         training problems)."""
-        if self.path is not None:
+        if self.dataset is not None:
+            problems = load_problems(export_rows(self.dataset), self.format)
+        elif self.path is not None:
             problems = load_problems(self.path, self.format)
         else:
             s = self.synthetic

@@ -1,0 +1,76 @@
+"""Problem sets and preference data from `datasets` folders (the hub itself cannot be reached here: the
+same code path reads a hub id with `load_dataset`)."""
+
+from __future__ import annotations
+
+import pytest
+from datasets import Dataset, DatasetDict
+
+from feedlearn.data.hub import DatasetSource, export_rows
+from feedlearn.errors import DataError
+from feedlearn.methods.dpo import PreferenceData
+from feedlearn.methods.rise import ProblemSet
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("FEEDLEARN_CACHE", str(tmp_path / "cache"))
+
+
+def gsm8k_folder(tmp_path):
+    rows = {
+        "problem_text": ["Ann has 3 apples and buys 4. How many?", "What is 10 minus 7?"],
+        "worked": ["3 + 4 = 7\n#### 7", "10 - 7 = 3\n#### 3"],
+    }
+    folder = tmp_path / "gsm8k"
+    DatasetDict({"train": Dataset.from_dict(rows), "test": Dataset.from_dict(rows).select([1])}).save_to_disk(
+        str(folder)
+    )
+    return folder
+
+
+def test_a_problem_set_from_a_dataset_folder_with_renamed_columns(tmp_path):
+    source = {
+        "name": str(gsm8k_folder(tmp_path)),
+        "columns": {"question": "problem_text", "answer": "worked"},
+    }
+    problems = ProblemSet(dataset=source, format="gsm8k").load("train")
+    assert [(p.question, p.answer) for p in problems] == [
+        ("Ann has 3 apples and buys 4. How many?", "7"),
+        ("What is 10 minus 7?", "3"),
+    ]
+    test = ProblemSet(dataset={**source, "split": "test"}, format="gsm8k").load("test")
+    assert [p.answer for p in test] == ["3"]
+
+
+def test_preference_pairs_from_a_single_dataset_folder_in_trls_form(tmp_path):
+    folder = tmp_path / "prefs"
+    Dataset.from_dict(
+        {"prompt": ["Say hi", "Say bye"], "chosen": ["hi", "bye"], "rejected": ["go away", "stay"]}
+    ).save_to_disk(str(folder))
+    pairs = PreferenceData(dataset={"name": str(folder)}, limit=1).load("train")
+    assert len(pairs) == 1 and (pairs[0].prompt, pairs[0].a, pairs[0].b, pairs[0].label) == (
+        "Say hi",
+        "hi",
+        "go away",
+        1,
+    )
+
+
+def test_dataset_problems_are_clear_errors(tmp_path):
+    folder = gsm8k_folder(tmp_path)
+    with pytest.raises(DataError, match="no split 'validation'; it has train, test"):
+        export_rows(DatasetSource(name=str(folder), split="validation"))
+    with pytest.raises(DataError, match="no column 'nope'; its columns are problem_text, worked"):
+        export_rows(DatasetSource(name=str(folder), columns={"question": "nope"}))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="cannot load dataset .* as a local folder saved with save_to_disk"):
+        export_rows(DatasetSource(name=str(tmp_path / "empty")))
+    # a row the loader refuses names the exported file and its line
+    with pytest.raises(DataError, match=r"\.jsonl:1: field 'answer'"):
+        ProblemSet(dataset={"name": str(folder), "columns": {"question": "problem_text"}}).load("train")
+
+
+def test_exactly_one_source():
+    with pytest.raises(ValueError, match="exactly one of 'path', 'dataset' or 'synthetic'"):
+        ProblemSet(path="a.jsonl", dataset={"name": "x"})
