@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -92,3 +93,36 @@ def test_two_processes_train_what_one_does(tmp_path, case):
         labels = [(run / "train" / "labels.jsonl").read_text().splitlines() for run in (one, two)]
         assert sorted(labels[0]) == sorted(labels[1])  # the same labels, each bought once
         assert a[-1]["queries_used"] == b[-1]["queries_used"] == len(labels[1])
+
+
+RISE_COLLECT = [
+    *TINY,
+    "sft.problems.synthetic.n=600",
+    "train_problems.synthetic.n=48",
+    "collect.chunk_size=16",
+    "collect.turns=[{n: 1}, {n: 4}]",
+    "collect.max_new_tokens=24",
+]
+
+
+def rise(processes: int, stage: str, tmp_path: Path, run_id: str) -> None:
+    sets = [x for s in [*RISE_COLLECT, f"run_dir={tmp_path / 'runs'}"] for x in ("--set", s)]
+    args = ["-m", "feedlearn.cli", "rise", stage, str(RECIPES / "rise/tiny.yaml"), "--run-id", run_id, *sets]
+    launcher = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={processes}"]
+    command = [*launcher, *args] if processes > 1 else [sys.executable, *args]
+    done = subprocess.run(
+        command, env=environment(tmp_path), capture_output=True, text=True, timeout=TIMEOUT_S
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+def test_two_processes_collect_the_episodes_one_does(tmp_path):
+    """RISE's collection, each process rolling out its share of every chunk: the main process writes the
+    same episodes, in the same order, as one process."""
+    rise(1, "sft", tmp_path, "one")
+    shutil.copytree(tmp_path / "runs" / "one", tmp_path / "runs" / "two")
+    rise(1, "collect", tmp_path, "one")
+    rise(2, "collect", tmp_path, "two")
+    one, two = ((tmp_path / "runs" / r / "iter1/collect/episodes.jsonl").read_text() for r in ("one", "two"))
+    assert one.count("\n") == 48
+    assert one == two

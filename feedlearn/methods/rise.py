@@ -19,6 +19,7 @@ import re
 from pathlib import Path
 from typing import Literal
 
+from accelerate.utils import gather_object
 from pydantic import Field, model_validator
 
 from feedlearn.backends.base import Backend, SamplingParams
@@ -40,6 +41,7 @@ from feedlearn.methods.rise_data import (
 )
 from feedlearn.models.loading import load_policy
 from feedlearn.models.tiny import build_tiny_model
+from feedlearn.processes import process_state
 from feedlearn.seeds import derive_seed
 from feedlearn.training.data import tokenize_sft
 from feedlearn.training.trainer import TrainSettings, is_trained, sft_loss, train
@@ -242,12 +244,26 @@ class Rise(Method):
         )
 
     def collect(self, iteration: int = 1) -> Path:
-        """Roll out the policy (and teachers) on the training problems; resumable by problem id."""
-        single_process("collect")
+        """Roll out the policy (and teachers) on the training problems; resumable by problem id.
+
+        Under several processes (`accelerate launch`, `torchrun`) each rolls out its share of every chunk
+        and the main process alone writes them, in the chunk's order; each episode's samples are seeded by
+        its id, so the episodes are the ones one process makes (up to float noise in batched decoding).
+        """
+        state = process_state()
         cfg = self.config.collect
-        out = JsonlAppender(self.store.stage(f"iter{iteration}/collect") / "episodes.jsonl", Episode)
+        path = self.store.stage(f"iter{iteration}/collect") / "episodes.jsonl"
+        out = JsonlAppender(path, Episode) if state.is_main_process else None  # it repairs a torn line
+        state.wait_for_everyone()
+        done = (
+            out.ids
+            if out is not None
+            else {e.id for e in read_jsonl(path, Episode)}
+            if path.exists()
+            else set()
+        )
         problems = self.config.train_problems.load("train")
-        if any(p.id not in out for p in problems):
+        if any(p.id not in done for p in problems):
             policy = self._backend(*load_policy(self._settings(self.policy_path(iteration - 1))))
             backends: list[Backend] = [
                 OpenAIBackend(t.teacher, self.config.seed, self.replies("teacher")) if t.teacher else policy
@@ -257,17 +273,26 @@ class Rise(Method):
             # Chunks are fixed slices of the problem list, so a resumed collection batches what an
             # uninterrupted one did.
             for start in range(0, len(problems), cfg.chunk_size):
-                chunk = [p for p in problems[start : start + cfg.chunk_size] if p.id not in out]
-                if chunk:
-                    out.append(*self._rollout(chunk, backends, sampling, f"collect/iter{iteration}"))
+                chunk = [p for p in problems[start : start + cfg.chunk_size] if p.id not in done]
+                if not chunk:
+                    continue
+                mine = chunk[state.process_index :: state.num_processes]
+                episodes = self._rollout(mine, backends, sampling, f"collect/iter{iteration}") if mine else []
+                if state.num_processes > 1:
+                    episodes = gather_object(episodes)
+                if out is not None:
+                    order = {p.id: i for i, p in enumerate(chunk)}
+                    out.append(*sorted(episodes, key=lambda e: order[e.id]))
                     log.info("collected %d / %d problems", len(out.ids), len(problems))
-        episodes = out.records()
-        solved = sum(any(t.reward == 1.0 for t in e.turns) for e in episodes)
-        self.store.log_metrics(
-            f"iter{iteration}/collect",
-            {"episodes": len(episodes), "solved_rate": solved / max(1, len(episodes))},
-        )
-        return out.path
+        state.wait_for_everyone()
+        if out is not None:
+            episodes = out.records()
+            solved = sum(any(t.reward == 1.0 for t in e.turns) for e in episodes)
+            self.store.log_metrics(
+                f"iter{iteration}/collect",
+                {"episodes": len(episodes), "solved_rate": solved / max(1, len(episodes))},
+            )
+        return path
 
     def _rollout(
         self, problems: list[MathProblem], backends: list[Backend], sampling, stage: str
