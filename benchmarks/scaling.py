@@ -1,7 +1,7 @@
 """One process against two (`torchrun`, gloo on CPUs): RISE's collection (generation) and DPO's training
 on tiny recipes, the same records / the same weights asserted, wall time of each and the ratio.
 
-    python benchmarks/scaling.py --out bench_out/scaling          # about 3 minutes on 2 cores
+    python benchmarks/scaling.py --out bench_out/scaling          # about 1 minute on 2 cores
     python benchmarks/scaling.py --quick --out /tmp/smoke         # CI smoke test
 
 On a 2-core CPU two processes share the two cores that one process's torch threads used, so the ratio is
@@ -68,8 +68,11 @@ def main() -> None:
     episodes = [(runs / f"rise-{p}/iter1/collect/episodes.jsonl").read_text() for p in (1, 2)]
     result["rise/collect"] = _row(seconds, episodes[0] == episodes[1], f"{n} problems, 1 + 8 samples each")
 
-    # DPO train: the same global batch of 16 pairs, split over the processes
-    pairs = 1024 if args.quick else 4096
+    # DPO train: the same global batch of 16 pairs, split over the processes. 64 steps: over hundreds of
+    # steps float noise grows into visible differences (weights 4e-3 apart after 256 steps), as much as
+    # between batch 16 and batch 8 x 2 accumulated in one process (5e-3): the order of float sums, not
+    # the processes
+    pairs = 512 if args.quick else 1024
     dpo = [*TINY, f"train_data.synthetic.n={pairs}", "eval_data.synthetic.n=64", f"run_dir={runs}"]
     seconds = {
         p: timed(p, "dpo", "train", "dpo/tiny.yaml", [*dpo, f"train.batch_size={16 // p}"], f"dpo-{p}", env)

@@ -36,9 +36,11 @@ from feedlearn.envs.crafter_env import ACHIEVEMENTS, crafter_score, make_vec_env
 from feedlearn.envs.crafter_player import SCRIPTED, SKILLED, SkilledPlayer
 from feedlearn.errors import ConfigError
 from feedlearn.feedback.comprehension import ActionText, ConceptEmbedder, SentenceTransformerEmbedder
+from feedlearn.feedback.subgoals import SUBGOALS
 from feedlearn.methods.adarefiner_agent import Network, build_ppo, load_ppo, ppo_metrics
 from feedlearn.methods.adarefiner_loop import (
     ADAPTER_SYSTEM,
+    DECISION_SYSTEM,
     CrafterEpisode,
     Guide,
     GuidedVecEnv,
@@ -252,9 +254,6 @@ class AdaRefiner(Method):
 
     def _tiny_base(self, texts: list[str]) -> Path:
         """A tiny model whose tokenizer is trained on the prompts' vocabulary and the given texts."""
-        from feedlearn.feedback.subgoals import SUBGOALS
-        from feedlearn.methods.adarefiner_loop import DECISION_SYSTEM
-
         corpus = [ADAPTER_SYSTEM, DECISION_SYSTEM, *SUBGOALS, *texts]
         return build_tiny_model(self.config.tiny, corpus, self.config.seed)
 
