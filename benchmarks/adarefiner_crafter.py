@@ -203,6 +203,8 @@ def plot(result: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from feedlearn.report import grouped_bars
+
     fig, axes = plt.subplots(1, 3, figsize=(17, 4.5))
     for ax, key, title in (
         (axes[0], "comprehension", "mean comprehension score"),
@@ -220,16 +222,12 @@ def plot(result: dict, path: Path) -> None:
         ax.set_title(f"mechanism: {title}")
         ax.legend()
     ax = axes[2]
-    arms = list(result["end_to_end"])
-    names = [k for k in next(iter(result["end_to_end"].values()))["success"]]
-    width = 0.8 / len(arms)
-    for j, arm in enumerate(arms):
-        success = result["end_to_end"][arm]["success"]
-        ax.bar([i + j * width for i in range(len(names))], [success[n] for n in names], width, label=arm)
-    ax.set_xticks([i + 0.4 for i in range(len(names))], names, rotation=90, fontsize=7)
+    arms = result["end_to_end"]
+    names = list(next(iter(arms.values()))["success"])
+    grouped_bars(ax, names, {arm: [e["success"][n] for n in names] for arm, e in arms.items()}, rotation=90)
+    ax.tick_params(axis="x", labelsize=7)
     ax.set_ylabel("success (%)")
     ax.set_title("end to end: success per achievement")
-    ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -106,15 +106,14 @@ def plot(result: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from feedlearn.report import grouped_bars
+
     stages = [k for k, v in result.items() if isinstance(v, dict)]
     fig, ax = plt.subplots(figsize=(6, 4))
-    for j, processes in enumerate(("1", "2")):
-        values = [result[s]["processes"][processes]["seconds"] for s in stages]
-        ax.bar([i + j * 0.4 for i in range(len(stages))], values, 0.4, label=f"{processes} process(es)")
-    ax.set_xticks([i + 0.2 for i in range(len(stages))], stages)
+    series = {f"{p} process(es)": [result[s]["processes"][p]["seconds"] for s in stages] for p in ("1", "2")}
+    grouped_bars(ax, stages, series)
     ax.set_ylabel("seconds (whole command)")
     ax.set_title("1 vs 2 processes (same results asserted)")
-    ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

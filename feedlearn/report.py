@@ -81,6 +81,15 @@ def plot_turns(columns: dict[str, dict[str, float]], path: str | Path) -> None:
     plt.close(fig)
 
 
+def grouped_bars(ax, labels: list[str], series: dict[str, list[float]], rotation: int = 0) -> None:
+    """One group of bars per label, one bar per series (in order, with a legend)."""
+    width = 0.8 / len(series)
+    for j, (name, values) in enumerate(series.items()):
+        ax.bar([i + j * width for i in range(len(labels))], values, width, label=name)
+    ax.set_xticks([i + 0.4 - width / 2 for i in range(len(labels))], labels, rotation=rotation)
+    ax.legend(fontsize=8)
+
+
 def _stage_metrics(run: Path, kind: str) -> dict[int, dict]:
     """AdaRefiner's per-stage metrics of a run folder: `kind` train (stage<i>/train) or evaluate."""
     pattern = "stage*/train/metrics.json" if kind == "train" else "evaluate/stage*/metrics.json"
@@ -122,12 +131,8 @@ def plot_adarefiner(runs: dict[str, Path], path: str | Path) -> None:
     ax = axes[2]
     if last:
         names = list(next(iter(last.values()))["success"])
-        width = 0.8 / len(last)
-        for j, (name, metrics) in enumerate(last.items()):
-            xs = [k + j * width for k in range(len(names))]
-            ax.bar(xs, [metrics["success"][n] for n in names], width, label=name)
-        ax.set_xticks([k + 0.4 for k in range(len(names))], names, rotation=90, fontsize=7)
-        ax.legend(fontsize=8)
+        grouped_bars(ax, names, {r: [m["success"][n] for n in names] for r, m in last.items()}, rotation=90)
+        ax.tick_params(axis="x", labelsize=7)
     ax.set_ylabel("success (%)")
     ax.set_title("success per achievement (last evaluation)")
     fig.tight_layout()
