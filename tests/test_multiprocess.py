@@ -36,11 +36,17 @@ def environment(tmp_path: Path) -> dict[str, str]:
     return {**os.environ, "FEEDLEARN_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
 
 
-def launch(processes: int, case: str, tmp_path: Path, run_id: str) -> Path:
-    recipe, stage, overrides = CASES[case]
+def launch(processes: int, case: str, tmp_path: Path, run_id: str, stage: str | None = None) -> Path:
+    recipe, train_stage, overrides = CASES[case]
+    stage = stage or train_stage
     method = case.removesuffix("-sft")
-    batch = "sft.train.batch_size" if stage == "sft" else "train.batch_size"
-    sets = [*TINY, *overrides, f"{batch}={16 // processes}", f"run_dir={tmp_path / 'runs'}"]
+    batch = "sft.train.batch_size" if train_stage == "sft" else "train.batch_size"
+    sets = [
+        *TINY,
+        *overrides,
+        f"{batch}={16 // processes if stage == train_stage else 16}",
+        f"run_dir={tmp_path / 'runs'}",
+    ]
     args = ["-m", "feedlearn.cli", method, stage, str(RECIPES / recipe), "--run-id", run_id]
     args += [x for s in sets for x in ("--set", s)]
     if processes > 1:
@@ -126,3 +132,15 @@ def test_two_processes_collect_the_episodes_one_does(tmp_path):
     one, two = ((tmp_path / "runs" / r / "iter1/collect/episodes.jsonl").read_text() for r in ("one", "two"))
     assert one.count("\n") == 48
     assert one == two
+
+
+def test_two_processes_evaluate_dpo_as_one_does(tmp_path):
+    """DPO's evaluation scores each process's share of the pairs and gathers them: the same metrics."""
+    launch(1, "dpo", tmp_path, "one")
+    shutil.copytree(tmp_path / "runs" / "one", tmp_path / "runs" / "two")
+    metrics = []
+    for processes, run_id in ((1, "one"), (2, "two")):
+        run = launch(processes, "dpo", tmp_path, run_id, stage="evaluate")
+        metrics.append(json.loads((run / "evaluate" / "metrics.json").read_text()))
+    assert metrics[0]["pairs"] == metrics[1]["pairs"] == 64
+    assert metrics[1] == pytest.approx(metrics[0], rel=1e-5)
