@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from feedlearn.cache import cache_home
 from feedlearn.data.jsonl import write_text_atomic
 from feedlearn.errors import DataError
 
@@ -34,11 +34,6 @@ class DatasetSource(BaseModel):
     )
 
 
-def cache_root() -> Path:
-    """Where exported data sets go: $FEEDLEARN_CACHE/datasets, else ~/.cache/feedlearn/datasets."""
-    return Path(os.environ.get("FEEDLEARN_CACHE", Path.home() / ".cache" / "feedlearn")) / "datasets"
-
-
 def export_rows(source: DatasetSource) -> Path:
     """The JSONL file of the source's rows, columns renamed (exported on first use; a local folder is
     exported again when its files change)."""
@@ -49,7 +44,7 @@ def export_rows(source: DatasetSource) -> Path:
         else []
     )
     key = hashlib.sha256(json.dumps([source.model_dump(), stamp], default=str).encode()).hexdigest()[:16]
-    path = cache_root() / f"{key}.jsonl"
+    path = cache_home() / "datasets" / f"{key}.jsonl"
     if path.exists():
         return path
     rows = _open(source, local)
@@ -60,12 +55,11 @@ def export_rows(source: DatasetSource) -> Path:
             f"its columns are {', '.join(rows.column_names)}"
         )
     renamed = {column: field for field, column in source.columns.items()}
-    lines = []
-    for row in rows:
-        lines.append(
-            json.dumps({renamed.get(k, k): v for k, v in row.items()}, ensure_ascii=False, default=str)
-        )
-    write_text_atomic(path, "".join(line + "\n" for line in lines))
+    text = "".join(
+        json.dumps({renamed.get(k, k): v for k, v in row.items()}, ensure_ascii=False, default=str) + "\n"
+        for row in rows
+    )
+    write_text_atomic(path, text)
     return path
 
 

@@ -255,13 +255,10 @@ class Rise(Method):
         path = self.store.stage(f"iter{iteration}/collect") / "episodes.jsonl"
         out = JsonlAppender(path, Episode) if state.is_main_process else None  # it repairs a torn line
         state.wait_for_everyone()
-        done = (
-            out.ids
-            if out is not None
-            else {e.id for e in read_jsonl(path, Episode)}
-            if path.exists()
-            else set()
-        )
+        if out is not None:
+            done = out.ids
+        else:  # the other processes read what the main process had written
+            done = {e.id for e in read_jsonl(path, Episode)} if path.exists() else set()
         problems = self.config.train_problems.load("train")
         if any(p.id not in done for p in problems):
             policy = self._backend(*load_policy(self._settings(self.policy_path(iteration - 1))))

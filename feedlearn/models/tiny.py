@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
+from feedlearn.cache import cache_home
 from feedlearn.data.jsonl import write_text_atomic
 from feedlearn.models.chat import CHAT_SPECIAL_TOKENS, DEFAULT_CHAT_TEMPLATE
 from feedlearn.seeds import derive_seed
@@ -37,7 +37,7 @@ class TinyModelConfig(BaseModel):
 
 def cache_dir() -> Path:
     """Where tiny models are cached: $FEEDLEARN_CACHE, else ~/.cache/feedlearn."""
-    return Path(os.environ.get("FEEDLEARN_CACHE", Path.home() / ".cache" / "feedlearn")) / "tiny"
+    return cache_home() / "tiny"
 
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int) -> PreTrainedTokenizerFast:
