@@ -69,18 +69,26 @@ def test_the_process_state_sees_two_processes_on_cpu(tmp_path):
     script = tmp_path / "probe.py"
     script.write_text(
         "from feedlearn.processes import process_state\n"
+        "import sys\n"
         "s = process_state()\n"
-        "print(s.num_processes, s.process_index, s.backend)\n"
-    )
+        "open(sys.argv[1] + str(s.process_index), 'w').write(f'{s.num_processes} {s.backend}')\n"
+    )  # one file per process: their prints to a shared stdout can interleave
     done = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", str(script)],
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node=2",
+            str(script),
+            str(tmp_path / "rank"),
+        ],
         env=environment(tmp_path),
         capture_output=True,
         text=True,
         timeout=TIMEOUT_S,
     )
     assert done.returncode == 0, done.stderr[-2000:]
-    assert sorted(done.stdout.split("\n")[:2]) == ["2 0 gloo", "2 1 gloo"]
+    assert [(tmp_path / f"rank{i}").read_text() for i in range(2)] == ["2 gloo", "2 gloo"]
 
 
 @pytest.mark.parametrize("case", list(CASES))
