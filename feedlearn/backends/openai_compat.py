@@ -15,12 +15,13 @@ from typing import Protocol
 from urllib.parse import urlsplit
 
 import openai
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from feedlearn.backends.base import Conversation, SamplingParams, conversation_key
-from feedlearn.data.jsonl import JsonlAppender
+from feedlearn.data.jsonl import JsonlAppender, describe_validation_error
 from feedlearn.data.records import Record
-from feedlearn.errors import BackendError
+from feedlearn.errors import BackendError, DataError
+from feedlearn.processes import every_file, own_file
 from feedlearn.seeds import derive_seed
 
 log = logging.getLogger(__name__)
@@ -135,6 +136,21 @@ class PaidReply(Record):
     replies: list[str]
 
 
+def paid_replies(path: Path) -> dict[str, list[str]]:
+    """The replies saved at `path` and by the other processes of a run beside it (`own_file`), by request
+    id; a last line another process is still writing (no newline yet) is left for it to finish."""
+    known = {}
+    for file in every_file(path):
+        text = file.read_text(encoding="utf-8")
+        for lineno, line in enumerate(text[: text.rfind("\n") + 1].splitlines(), start=1):
+            try:
+                paid = PaidReply.model_validate_json(line)
+            except ValidationError as err:
+                raise DataError(f"{file}:{lineno}: {describe_validation_error(err)}") from None
+            known[paid.id] = paid.replies
+    return known
+
+
 class OpenAIBackend:
     """Samples replies from an OpenAI-compatible chat-completions endpoint, several conversations at once.
 
@@ -152,10 +168,11 @@ class OpenAIBackend:
 
         With `replies` (a JSONL file in the run folder), every conversation's replies are saved as they
         arrive, and a conversation asked again with the same settings is answered from the file: a stage
-        stopped by a failure midway (a dead endpoint, a crash) keeps every reply it had paid for.
+        stopped by a failure midway (a dead endpoint, a crash) keeps every reply it had paid for. Under
+        several processes each writes its own file beside it and reads them all (see `paid_replies`).
         """
-        self._paid = JsonlAppender(replies, PaidReply) if replies is not None else None
-        self._known = {r.id: r.replies for r in self._paid.records()} if self._paid is not None else {}
+        self._paid = JsonlAppender(own_file(replies), PaidReply) if replies is not None else None
+        self._known = paid_replies(replies) if replies is not None else {}
         self._paid_lock = threading.Lock()
         self.config = config
         self.seed = seed

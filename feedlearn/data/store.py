@@ -57,7 +57,10 @@ class RunStore:
 
     def log_metrics(self, stage: str, metrics: dict[str, Any], step: int | None = None) -> None:
         """Append one metrics row (stage, step, wall time, values) to `metrics.jsonl`. A row without a step
-        is the stage's summary: it replaces the summary an earlier run of the stage logged."""
+        is the stage's summary: it replaces the summary an earlier run of the stage logged. Under several
+        processes the main one alone writes (the others' calls do nothing)."""
+        if not process_state().is_main_process:
+            return
         if step is None:
             self._keep_rows(lambda row: not (row["stage"] == stage and row["step"] is None))
         row = {"stage": stage, "step": step, "time": round(time.time(), 3), **metrics}
@@ -66,7 +69,9 @@ class RunStore:
 
     def drop_metrics(self, stage: str, after_step: int) -> None:
         """Drop the rows of `stage` logged after step `after_step`: a stage resumed from its checkpoint
-        there logs them again, so the file holds each step once."""
+        there logs them again, so the file holds each step once. The main process alone writes."""
+        if not process_state().is_main_process:
+            return
         self._keep_rows(
             lambda row: not (row["stage"] == stage and row["step"] is not None and row["step"] > after_step)
         )

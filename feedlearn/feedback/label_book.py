@@ -6,13 +6,13 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-from accelerate.utils import broadcast_object_list, gather_object
+from accelerate.utils import gather_object
 
 from feedlearn.data.jsonl import JsonlAppender, read_jsonl
 from feedlearn.data.records import LabelRecord, PreferencePair
 from feedlearn.errors import FeedlearnError
 from feedlearn.feedback.labelers import Labeler
-from feedlearn.processes import process_state
+from feedlearn.processes import from_main, process_state
 
 QUERY_CHUNK = 32
 """Pairs handed to the labeler at once; each chunk's answers are saved before the next is asked."""
@@ -59,17 +59,7 @@ class LabelBook:
         wanted = [p for p in pairs if p.id not in self.labels]
         if self.state.num_processes > 1:
             wanted = gather_object(wanted)
-        answers = None
-        if self.state.is_main_process:
-            try:
-                answers = self._query(wanted)
-            except FeedlearnError as e:  # the other processes must stop too, not wait for answers
-                answers = e
-        if self.state.num_processes > 1:
-            answers = broadcast_object_list([answers])[0]
-        if isinstance(answers, FeedlearnError):
-            raise answers
-        self.labels.update(answers)
+        self.labels.update(from_main(lambda: self._query(wanted)))
         return [self.labels.get(p.id) for p in pairs]
 
     def _query(self, pairs: list[PreferencePair]) -> dict[str, int]:

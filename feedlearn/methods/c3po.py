@@ -22,7 +22,7 @@ import logging
 import math
 import random
 import re
-from functools import cached_property
+from functools import cached_property, partial
 from pathlib import Path
 from typing import Literal
 
@@ -46,9 +46,10 @@ from feedlearn.errors import ConfigError, DataError
 from feedlearn.feedback.teachers import LLMTeacher, OfflineTeacher, Teacher
 from feedlearn.feedback.verbal import Feedback, adheres, changed, load_feedbacks, select_feedbacks
 from feedlearn.losses import anchor_loss, dpo_loss, sequence_logprobs, token_mean_nll
-from feedlearn.methods.common import AskSettings, Method, RecipeConfig, Settings, single_process
+from feedlearn.methods.common import AskSettings, Method, RecipeConfig, Settings
 from feedlearn.models.loading import load_policy
 from feedlearn.models.tiny import build_tiny_model
+from feedlearn.processes import from_main, process_state, shared_map, total
 from feedlearn.seeds import derive_seed
 from feedlearn.training.data import collate, completion_row, report_dropped, tokenize_sft
 from feedlearn.training.trainer import TrainSettings, is_trained, sft_loss, train
@@ -280,72 +281,85 @@ class C3PO(Method):
         return [self._sample(f) for f in self.feedbacks()]
 
     def _sample(self, feedback: Feedback) -> Path:
-        single_process("sample")
+        """One feedback's samples, resumable by prompt id. Under several processes each samples its share
+        of every chunk (seeded by the prompt ids) and the main process alone writes them."""
         s = self.config.sample
         folder = self.store.stage(f"{feedback.id[:8]}/sample")
-        out = JsonlAppender(folder / "samples.jsonl", C3POSample)
-        prompts = self._prompts(feedback, folder)
-        if all(p["id"] in out for p in prompts):
-            return out.path
-        teacher = self.teacher
+        out = JsonlAppender(folder / "samples.jsonl", C3POSample) if process_state().is_main_process else None
+        done = from_main(lambda: set(out.ids))
+        prompts = from_main(lambda: self._prompts(feedback, folder))
+        if all(p["id"] in done for p in prompts):
+            return folder / "samples.jsonl"
         backend = self._backend(*load_policy(self._settings(self.base_model_path())))
+        sample = partial(self._sample_rows, feedback, backend)
+        # Chunks are fixed slices of the prompt list: a resumed stage batches what an uninterrupted one did.
+        for start in range(0, len(prompts), s.chunk_size):
+            chunk = [p for p in prompts[start : start + s.chunk_size] if p["id"] not in done]
+            if not chunk:
+                continue
+            rows = shared_map(sample, chunk)
+            if out is not None:
+                out.append(*(row for row in rows if row is not None))
+                log.info(
+                    "%s: sampled %d / %d prompts",
+                    feedback.id[:8],
+                    min(start + s.chunk_size, len(prompts)),
+                    len(prompts),
+                )
+        garbage = total(getattr(self.teacher, "garbage_replies", 0))
+        if out is not None:
+            self.store.log_metrics(
+                f"{feedback.id[:8]}/sample",
+                {
+                    "samples": len(out.ids),
+                    "dropped": len(prompts) - len(out.ids),
+                    "teacher/garbage_replies": garbage,
+                },
+            )
+        return folder / "samples.jsonl"
+
+    def _sample_rows(
+        self, feedback: Feedback, backend: LocalBackend, chunk: list[dict]
+    ) -> list[C3POSample | None]:
+        """Each prompt's sample: the baseline, on the test split the in-context and CoT responses, on in-scope
+        training prompts the teacher's revision; None where a completion is missing (dropped, as in the
+        paper)."""
+        s = self.config.sample
         sampling = SamplingParams(temperature=s.temperature, top_p=s.top_p, max_new_tokens=s.max_new_tokens)
 
         def keys(kind: str, rows: list[dict]) -> list[str]:
             return [f"{feedback.id[:8]}/{p['id']}/{kind}" for p in rows]
 
-        # Chunks are fixed slices of the prompt list: a resumed stage batches what an uninterrupted one did.
-        for start in range(0, len(prompts), s.chunk_size):
-            chunk = [p for p in prompts[start : start + s.chunk_size] if p["id"] not in out]
-            if not chunk:
-                continue
-            baselines = _answers(backend, sampling, [p["prompt"] for p in chunk], keys("baseline", chunk))
-            tests = [i for i, p in enumerate(chunk) if p["split"] == "test"]
-            test_rows = [chunk[i] for i in tests]
-            in_context = _answers(
-                backend,
-                sampling,
-                [IN_CONTEXT.format(prompt=p["prompt"], content=feedback.content) for p in test_rows],
-                keys("in-context", test_rows),
-            )
-            cot = _answers(
-                backend,
-                sampling,
-                [COT.format(prompt=p["prompt"], content=feedback.content) for p in test_rows],
-                keys("cot", test_rows),
-            )
-            extra = {
-                i: {"in_context": a, "cot": _after_answer(c)}
-                for i, a, c in zip(tests, in_context, cot, strict=True)
-            }
-            to_revise = [i for i, p in enumerate(chunk) if p["scope"] == "in" and p["split"] == "train"]
-            revised = teacher.revise(
-                feedback, [chunk[i]["prompt"] for i in to_revise], [baselines[i] for i in to_revise]
-            )
-            revisions = dict(zip(to_revise, revised, strict=True))
-            rows = []
-            for i, p in enumerate(chunk):
-                if not baselines[i].strip() or (i in revisions and not revisions[i]):
-                    continue  # a missing completion: the row is dropped, as in the paper
-                rows.append(
-                    C3POSample(**p, baseline=baselines[i], revised=revisions.get(i), **extra.get(i, {}))
-                )
-            out.append(*rows)
-            log.info(
-                "%s: sampled %d / %d prompts",
-                feedback.id[:8],
-                min(start + s.chunk_size, len(prompts)),
-                len(prompts),
-            )
-        self.store.log_metrics(
-            f"{feedback.id[:8]}/sample",
-            {
-                "samples": len(out.ids),
-                "dropped": len(prompts) - len(out.ids),
-                "teacher/garbage_replies": getattr(teacher, "garbage_replies", 0),
-            },
+        baselines = _answers(backend, sampling, [p["prompt"] for p in chunk], keys("baseline", chunk))
+        tests = [i for i, p in enumerate(chunk) if p["split"] == "test"]
+        test_rows = [chunk[i] for i in tests]
+        in_context = _answers(
+            backend,
+            sampling,
+            [IN_CONTEXT.format(prompt=p["prompt"], content=feedback.content) for p in test_rows],
+            keys("in-context", test_rows),
         )
-        return out.path
+        cot = _answers(
+            backend,
+            sampling,
+            [COT.format(prompt=p["prompt"], content=feedback.content) for p in test_rows],
+            keys("cot", test_rows),
+        )
+        extra = {
+            i: {"in_context": a, "cot": _after_answer(c)}
+            for i, a, c in zip(tests, in_context, cot, strict=True)
+        }
+        to_revise = [i for i, p in enumerate(chunk) if p["scope"] == "in" and p["split"] == "train"]
+        revised = self.teacher.revise(
+            feedback, [chunk[i]["prompt"] for i in to_revise], [baselines[i] for i in to_revise]
+        )
+        revisions = dict(zip(to_revise, revised, strict=True))
+        return [
+            None
+            if not baselines[i].strip() or (i in revisions and not revisions[i])
+            else C3POSample(**p, baseline=baselines[i], revised=revisions.get(i), **extra.get(i, {}))
+            for i, p in enumerate(chunk)
+        ]
 
     def _prompts(self, feedback: Feedback, folder: Path) -> list[dict]:
         """Every prompt of the three scopes with its split, asked of the teacher once and saved."""
@@ -429,7 +443,6 @@ class C3PO(Method):
         return {f.id[:8]: self._evaluate(f) for f in self.feedbacks()}
 
     def _evaluate(self, feedback: Feedback) -> dict[str, dict[str, float]]:
-        single_process("evaluate")
         cfg = self.config
         folder = self.store.stage(f"{feedback.id[:8]}/evaluate")
         samples = read_jsonl(self.store.stage(f"{feedback.id[:8]}/sample") / "samples.jsonl", C3POSample)
@@ -446,11 +459,24 @@ class C3PO(Method):
         responses = {"base": self._respond(self.base_model_path(), tests, sampling)}
         for name, path in adapters.items():
             responses[name] = self._respond(str(path), tests, sampling)
-        results = {}
         baseline = {scope: [s.baseline for s in rows] for scope, rows in tests.items()}
         for name in ("in_context", "cot"):  # scored from their samples, against the sampled baseline
             responses[name] = {scope: [getattr(s, name) or "" for s in rows] for scope, rows in tests.items()}
+        results = from_main(lambda: self._score(feedback, tests, responses, baseline, list(adapters)))
+        if process_state().is_main_process:
+            write_json_atomic(folder / "metrics.json", results)
+            write_json_atomic(folder / "responses.json", responses)
+            self.store.log_metrics(
+                f"{feedback.id[:8]}/evaluate",
+                {f"{m}/{k}": v for m, r in results.items() for k, v in r.items()},
+            )
+        return results
+
+    def _score(self, feedback: Feedback, tests, responses, baseline, adapters: list[str]) -> dict[str, dict]:
+        """Each response set's adherence and change, by the feedback's metric or the Likert judge; the
+        adapters' responses against the base model's, in-context and CoT against the sampled baseline."""
         judge = self._judge(feedback)
+        results = {}
         for name in [*adapters, "in_context", "cot"]:
             base = baseline if name in ("in_context", "cot") else responses["base"]
             results[name] = (
@@ -458,11 +484,6 @@ class C3PO(Method):
                 if judge is None
                 else judge.score(feedback, tests, responses[name], base)
             )
-        write_json_atomic(folder / "metrics.json", results)
-        write_json_atomic(folder / "responses.json", responses)
-        self.store.log_metrics(
-            f"{feedback.id[:8]}/evaluate", {f"{m}/{k}": v for m, r in results.items() for k, v in r.items()}
-        )
         return results
 
     def _judge(self, feedback: Feedback) -> LikertJudge | None:
@@ -478,8 +499,12 @@ class C3PO(Method):
         )
 
     def _respond(self, path: str, tests: dict[str, list[C3POSample]], sampling) -> dict[str, list[str]]:
+        """The greedy responses of the model at `path` to every test prompt, by scope; under several
+        processes each answers its share."""
         backend = self._backend(*load_policy(self._settings(path)))
-        return {scope: _answers(backend, sampling, [s.prompt for s in rows]) for scope, rows in tests.items()}
+        rows = [s for scope_rows in tests.values() for s in scope_rows]
+        answers = iter(shared_map(lambda share: _answers(backend, sampling, [s.prompt for s in share]), rows))
+        return {scope: [next(answers) for _ in scope_rows] for scope, scope_rows in tests.items()}
 
     def combined_path(self) -> Path:
         """Where `combine` saves its adapter; `evaluate` scores it (as `combined`) once it is there."""

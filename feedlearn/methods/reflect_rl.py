@@ -20,7 +20,7 @@ import json
 import logging
 import random
 import shutil
-from functools import cached_property
+from functools import cached_property, partial
 from pathlib import Path
 from typing import Literal
 
@@ -52,10 +52,11 @@ from feedlearn.feedback.reflections import (
     propose_tasks,
 )
 from feedlearn.losses import choice_logprobs, cost_to_go, ppo_loss, reinforce_loss
-from feedlearn.methods.common import AskSettings, Method, RecipeConfig, Settings, single_process
+from feedlearn.methods.common import AskSettings, Method, RecipeConfig, Settings
 from feedlearn.models.chat import prompt_ids
 from feedlearn.models.loading import load_policy
 from feedlearn.models.tiny import build_tiny_model
+from feedlearn.processes import process_state, shared_map, sum_gradients
 from feedlearn.report import flatten
 from feedlearn.seeds import derive_seed
 from feedlearn.training.data import tokenize_sft
@@ -407,8 +408,12 @@ class ReflectRL(Method):
         return out
 
     def rl(self) -> Path:
-        """Online RL of the policy (REINFORCE or PPO), with a replay update on successful episodes."""
-        single_process("rl")
+        """Online RL of the policy (REINFORCE or PPO), with a replay update on successful episodes.
+
+        Under several processes each plays its share of an iteration's episodes, every process gets them
+        all, and each update sums the gradients of every process's share of the batches (data parallel);
+        the main process alone writes the episodes, metrics and checkpoints."""
+        state = process_state()
         cfg, folder = self.config, self.store.stage("rl")
         final = folder / "model"
         if (final / "done.json").exists():
@@ -433,16 +438,19 @@ class ReflectRL(Method):
             if critic:
                 critic.load_state_dict(torch.load(ckpt / "critic.pt", weights_only=True))
         objective = ChoiceObjective(tok)
-        episodes_log = JsonlAppender(folder / "episodes.jsonl", EpisodeRecord)
+        episodes_log = (
+            JsonlAppender(folder / "episodes.jsonl", EpisodeRecord) if state.is_main_process else None
+        )
         self.store.drop_metrics("rl", after_step=start)  # the iterations after the checkpoint are done again
         for iteration in range(start + 1, cfg.rl.iterations + 1):
             level = levels[(iteration - 1) * len(levels) // cfg.rl.iterations]
             # an iteration's episodes, samples and dropout are seeded by its number: a resumed run replays it
             torch.manual_seed(derive_seed(cfg.seed, "order", "rl", iteration))
             reflecting = reflector and LocalBackend(*reflector, cfg.generation_batch_size, seed=cfg.seed)
-            episodes = self._rollout(
-                policy, tok, reflecting, objective, self.train_seeds(iteration), "train", level, greedy=False
+            play = partial(
+                self._rollout, policy, tok, reflecting, objective, split="train", level=level, greedy=False
             )
+            episodes = shared_map(play, self.train_seeds(iteration))
             self._update(
                 policy, critic, objective, optimizer, params, [s for ep in episodes for s in ep["steps"]]
             )
@@ -459,25 +467,34 @@ class ReflectRL(Method):
                 )
                 for i, ep in enumerate(episodes)
             ]
-            episodes_log.append(*(r for r in records if r.id not in episodes_log))
+            if episodes_log is not None:
+                episodes_log.append(*(r for r in records if r.id not in episodes_log))
             self.store.log_metrics(
                 "rl", {"charts/success": success, "charts/cost": cost, "replay": len(replay)}, step=iteration
             )
             log.info("rl iteration %d (level %s): success %.2f, cost %.2f", iteration, level, success, cost)
-            if iteration % cfg.rl.checkpoint_every == 0 and iteration < cfg.rl.iterations:
+            if (
+                iteration % cfg.rl.checkpoint_every == 0
+                and iteration < cfg.rl.iterations
+                and state.is_main_process
+            ):
                 _save_checkpoint(folder / "checkpoints", policy, critic, tok, optimizer, replay, iteration)
+        if not state.is_main_process:
+            state.wait_for_everyone()  # until the main process has saved the policy
+            return final
         policy.save_pretrained(final)
         tok.save_pretrained(final)
         if critic:
             torch.save(critic.state_dict(), final / "critic.pt")
         write_json_atomic(final / "done.json", {"iterations": cfg.rl.iterations})
         shutil.rmtree(folder / "checkpoints", ignore_errors=True)
+        state.wait_for_everyone()
         return final
 
     def evaluate(self, stage: str = "rl") -> dict:
         """Success rate (%) and mean cost of the policy after `stage` ("sft" or "rl") on test episodes, per
-        level; with reflection, also without it (the policy shown no analysis)."""
-        single_process("evaluate")
+        level; with reflection, also without it (the policy shown no analysis). Under several processes
+        each plays its share of the test episodes and the main process writes them all."""
         folder = self.store.stage(f"evaluate/{stage}")
         if (folder / "metrics.json").exists():
             return json.loads((folder / "metrics.json").read_text())
@@ -487,8 +504,11 @@ class ReflectRL(Method):
         reflector = self._reflector()
 
         def play(backend, level):
+            rollout = partial(
+                self._rollout, policy, tok, backend, objective, split="test", level=level, greedy=True
+            )
             with torch.no_grad():
-                return self._rollout(policy, tok, backend, objective, self.test_seeds(), "test", level, True)
+                return shared_map(rollout, self.test_seeds())
 
         played = {lvl: play(reflector and self._backend(*reflector), lvl) for lvl in self._test_levels()}
         records = _episode_records(played)
@@ -497,15 +517,16 @@ class ReflectRL(Method):
             bare = {lvl: play(None, lvl) for lvl in self._test_levels()}
             records += _episode_records(bare, prefix="without-reflection-")
             metrics["without_reflection"] = _by_level(bare)
-        write_jsonl_atomic(folder / "episodes.jsonl", records)
-        write_json_atomic(folder / "metrics.json", metrics)
+        if process_state().is_main_process:
+            write_jsonl_atomic(folder / "episodes.jsonl", records)
+            write_json_atomic(folder / "metrics.json", metrics)
         self.store.log_metrics(f"evaluate/{stage}", flatten(metrics))
         return metrics
 
     def evaluate_remote(self) -> dict:
         """The test episodes played by the chat model of `evaluate.remote` (analyze, then `Action: <label>`);
-        a turn without a valid label after `max_attempts` asks fails its episode (counted as `invalid`)."""
-        single_process("evaluate-remote")
+        a turn without a valid label after `max_attempts` asks fails its episode (counted as `invalid`).
+        Under several processes each plays its share of the episodes."""
         remote = self.config.evaluate.remote
         if remote is None or not remote.configured:
             raise ConfigError("evaluate-remote needs evaluate.remote with 'openai' or 'local'")
@@ -514,12 +535,14 @@ class ReflectRL(Method):
             return json.loads((folder / "metrics.json").read_text())
         asker = remote.asker(self.config.generation_batch_size, self.config.seed, self.replies("remote"))
         played = {
-            level: self._remote_rollout(asker, self.test_seeds(), level) for level in self._test_levels()
+            level: shared_map(partial(self._remote_rollout, asker, level=level), self.test_seeds())
+            for level in self._test_levels()
         }
-        write_jsonl_atomic(folder / "episodes.jsonl", _episode_records(played))
         metrics = _by_level(played)
         metrics["invalid"] = sum(ep["invalid"] for eps in played.values() for ep in eps)
-        write_json_atomic(folder / "metrics.json", metrics)
+        if process_state().is_main_process:
+            write_jsonl_atomic(folder / "episodes.jsonl", _episode_records(played))
+            write_json_atomic(folder / "metrics.json", metrics)
         self.store.log_metrics("evaluate/remote", flatten(metrics))
         return metrics
 
@@ -642,12 +665,15 @@ class ReflectRL(Method):
 
     def _update(self, policy, critic, objective, optimizer, params, steps: list[dict]) -> None:
         """One update on `steps`: a REINFORCE step on the cost-to-go, or `ppo_epochs` clipped PPO steps with
-        advantages from the critic; forward passes of `rl.batch_size` steps, gradients accumulated."""
-        rl = self.config.rl
+        advantages from the critic; forward passes of `rl.batch_size` steps, gradients accumulated. Under
+        several processes each takes every n-th batch and the gradients are summed across processes
+        before the step, so every process takes the step one process would."""
+        rl, state = self.config.rl, process_state()
         chunks = [steps[i : i + rl.batch_size] for i in range(0, len(steps), rl.batch_size)]
-        batches = [objective.collate([{**s, "length": len(s["input_ids"])} for s in c]) for c in chunks]
+        mine = chunks[state.process_index :: state.num_processes]
+        batches = [objective.collate([{**s, "length": len(s["input_ids"])} for s in c]) for c in mine]
         device = next(policy.parameters()).device
-        returns = [torch.tensor([s["return"] for s in c], dtype=torch.float32, device=device) for c in chunks]
+        returns = [torch.tensor([s["return"] for s in c], dtype=torch.float32, device=device) for c in mine]
         if critic is None:
             passes, olds, advantages = 1, None, returns
         else:
@@ -667,7 +693,8 @@ class ReflectRL(Method):
                 else:
                     loss = ppo_loss(chosen, olds[k], advantages[k], rl.ppo_clip)
                     loss = loss + rl.value_coef * torch.mean((critic(hidden) - returns[k]) ** 2)
-                (loss * len(chunks[k]) / len(steps)).backward()
+                (loss * len(mine[k]) / len(steps)).backward()
+            sum_gradients(params)
             torch.nn.utils.clip_grad_norm_(params, rl.max_grad_norm)
             optimizer.step()
         policy.eval()

@@ -16,10 +16,10 @@ import json
 import logging
 import random
 import re
+from functools import partial
 from pathlib import Path
 from typing import Literal
 
-from accelerate.utils import gather_object
 from pydantic import Field, model_validator
 
 from feedlearn.backends.base import Backend, SamplingParams
@@ -31,7 +31,7 @@ from feedlearn.envs.math_answers import answers_match
 from feedlearn.envs.math_data import MathProblem, ProblemFormat, load_problems
 from feedlearn.envs.math_env import MathEnv, MathPrompt
 from feedlearn.envs.synthetic_math import generate_problems
-from feedlearn.methods.common import Method, RecipeConfig, Settings, single_process
+from feedlearn.methods.common import Method, RecipeConfig, Settings
 from feedlearn.methods.rise_data import (
     Criterion,
     best_sample,
@@ -41,7 +41,7 @@ from feedlearn.methods.rise_data import (
 )
 from feedlearn.models.loading import load_policy
 from feedlearn.models.tiny import build_tiny_model
-from feedlearn.processes import process_state
+from feedlearn.processes import from_main, process_state, shared_map
 from feedlearn.seeds import derive_seed
 from feedlearn.training.data import tokenize_sft
 from feedlearn.training.trainer import TrainSettings, is_trained, sft_loss, train
@@ -254,11 +254,7 @@ class Rise(Method):
         cfg = self.config.collect
         path = self.store.stage(f"iter{iteration}/collect") / "episodes.jsonl"
         out = JsonlAppender(path, Episode) if state.is_main_process else None  # it repairs a torn line
-        state.wait_for_everyone()
-        if out is not None:
-            done = out.ids
-        else:  # the other processes read what the main process had written
-            done = {e.id for e in read_jsonl(path, Episode)} if path.exists() else set()
+        done = from_main(lambda: set(out.ids))
         problems = self.config.train_problems.load("train")
         if any(p.id not in done for p in problems):
             policy = self._backend(*load_policy(self._settings(self.policy_path(iteration - 1))))
@@ -267,19 +263,18 @@ class Rise(Method):
                 for t in cfg.turns
             ]
             sampling = SamplingParams(temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens)
+            stage = f"collect/iter{iteration}"
             # Chunks are fixed slices of the problem list, so a resumed collection batches what an
             # uninterrupted one did.
             for start in range(0, len(problems), cfg.chunk_size):
                 chunk = [p for p in problems[start : start + cfg.chunk_size] if p.id not in done]
                 if not chunk:
                     continue
-                mine = chunk[state.process_index :: state.num_processes]
-                episodes = self._rollout(mine, backends, sampling, f"collect/iter{iteration}") if mine else []
-                if state.num_processes > 1:
-                    episodes = gather_object(episodes)
+                episodes = shared_map(
+                    partial(self._rollout, backends=backends, sampling=sampling, stage=stage), chunk
+                )
                 if out is not None:
-                    order = {p.id: i for i, p in enumerate(chunk)}
-                    out.append(*sorted(episodes, key=lambda e: order[e.id]))
+                    out.append(*episodes)
                     log.info("collected %d / %d problems", len(out.ids), len(problems))
         state.wait_for_everyone()
         if out is not None:
@@ -388,15 +383,28 @@ class Rise(Method):
 
     def evaluate(self, iteration: int = 1) -> dict[str, float]:
         """Sequential and parallel evaluation of the policy after `iteration` rounds (0 = the base);
-        writes `evaluate/metrics.json` and the episodes. An evaluation already written is returned as is."""
-        single_process("evaluate")
-        cfg = self.config.evaluate
+        writes `evaluate/metrics.json` and the episodes. An evaluation already written is returned as is.
+        Under several processes each plays its share of the problems (seeded by their ids, as in
+        `collect`) and the main process writes them all."""
         folder = self.store.stage(f"iter{iteration}/evaluate" if iteration else "base/evaluate")
         if (folder / "metrics.json").exists():
             return json.loads((folder / "metrics.json").read_text())
         problems = self.config.test_problems.load("test", "test")
-        model, tokenizer = load_policy(self._settings(self.policy_path(iteration)))
-        backend = self._backend(model, tokenizer)
+        backend = self._backend(*load_policy(self._settings(self.policy_path(iteration))))
+        played = shared_map(lambda share: self._play_test(share, backend), problems)
+        episodes = [episode for episode, _ in played]
+        metrics = rise_metrics(problems, episodes, [parallel for _, parallel in played])
+        if process_state().is_main_process:
+            write_jsonl_atomic(folder / "episodes.jsonl", episodes)
+            write_json_atomic(folder / "metrics.json", metrics)
+            self.store.log_metrics(folder.relative_to(self.store.path).as_posix(), metrics)
+        return metrics
+
+    def _play_test(
+        self, problems: list[MathProblem], backend: Backend
+    ) -> list[tuple[Episode, list[tuple[float, str | None]]]]:
+        """Each test problem's episode of `evaluate.turns` turns and its scored parallel first turns."""
+        cfg = self.config.evaluate
         sampling = SamplingParams(temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens)
         envs = [MathEnv(p, self.config.prompt, max_turns=cfg.turns, stop_on_success=False) for p in problems]
         episodes = [
@@ -418,12 +426,8 @@ class Rise(Method):
         parallel = backend.generate(
             first, cfg.parallel_samples, sampling, [f"evaluate/{e.id}/parallel" for e in episodes]
         )
-        parallel_scored = [[env.score(t) for t in texts] for env, texts in zip(envs, parallel, strict=True)]
-        metrics = rise_metrics(problems, episodes, parallel_scored)
-        write_jsonl_atomic(folder / "episodes.jsonl", episodes)
-        write_json_atomic(folder / "metrics.json", metrics)
-        self.store.log_metrics(folder.relative_to(self.store.path).as_posix(), metrics)
-        return metrics
+        scored = [[env.score(t) for t in texts] for env, texts in zip(envs, parallel, strict=True)]
+        return list(zip(episodes, scored, strict=True))
 
 
 def windowed(episode: Episode, window: int | None) -> list[dict]:
