@@ -12,7 +12,7 @@ from feedlearn.config import load_recipe, read_yaml
 from feedlearn.data.store import open_run, write_problem, writing
 from feedlearn.errors import ConfigError, FeedlearnError
 from feedlearn.methods import adarefiner, c3po, dpo, reflect_rl, rise
-from feedlearn.processes import process_state
+from feedlearn.processes import end_processes, process_state
 
 METHODS = {
     "rise": (rise.RiseConfig, rise.Rise, rise.STAGES),
@@ -63,7 +63,10 @@ def cmd_stage(args) -> None:
         result = stage(args.iteration) if iterated else stage()
     if not process_state().is_main_process:  # the main process reports, as it alone writes
         return
-    if isinstance(result, dict):
+    if isinstance(result, dict) and all(isinstance(v, Path) for v in result.values()):
+        for name, path in result.items():  # the models a stage saved, by name
+            print(f"{name}: {path}")
+    elif isinstance(result, dict):
         from feedlearn.report import print_results
 
         print_results(
@@ -154,8 +157,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("feedlearn").setLevel(logging.INFO)
+    finished = False
     try:
         args.func(args)
+        finished = True
     except FeedlearnError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -165,6 +170,8 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"error: {problem}", file=sys.stderr)
         return 2
+    finally:
+        end_processes(wait=finished)
     return 0
 
 

@@ -107,3 +107,13 @@ def sum_gradients(params: list[torch.Tensor]) -> None:
     torch.distributed.all_reduce(flat)
     for p, g in zip(params, flat.split([g.numel() for g in grads]), strict=True):
         p.grad = g.view_as(p).clone()
+
+
+def end_processes(wait: bool) -> None:
+    """Leave the process group before the process exits (with `wait`, once every process is done), so
+    that no communication thread is torn down mid-flight (which aborts the process)."""
+    state = process_state()
+    if state.num_processes > 1 and torch.distributed.is_initialized():
+        if wait:
+            state.wait_for_everyone()
+        state.destroy_process_group()

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from test_resume_everywhere import assert_resumes_to_the_uninterrupted_run
 
 pytestmark = pytest.mark.slow
 
@@ -109,46 +110,170 @@ def test_two_processes_train_what_one_does(tmp_path, case):
         assert a[-1]["queries_used"] == b[-1]["queries_used"] == len(labels[1])
 
 
-RISE_COLLECT = [
-    *TINY,
-    "sft.problems.synthetic.n=600",
-    "train_problems.synthetic.n=48",
-    "collect.chunk_size=16",
-    "collect.turns=[{n: 1}, {n: 4}]",
-    "collect.max_new_tokens=24",
-]
-
-
-def rise(processes: int, stage: str, tmp_path: Path, run_id: str) -> None:
-    sets = [x for s in [*RISE_COLLECT, f"run_dir={tmp_path / 'runs'}"] for x in ("--set", s)]
-    args = ["-m", "feedlearn.cli", "rise", stage, str(RECIPES / "rise/tiny.yaml"), "--run-id", run_id, *sets]
+def stage_run(processes: int, method: str, stage: str, overrides: list[str], tmp_path: Path, run_id: str):
+    """`feedlearn <method> <stage>` of the method's tiny recipe, in 1 process or under torchrun."""
+    recipe = RECIPES / f"{method}/tiny.yaml"
+    sets = [x for s in [*TINY, *overrides, f"run_dir={tmp_path / 'runs'}"] for x in ("--set", s)]
+    args = ["-m", "feedlearn.cli", method, *stage.split(), str(recipe), "--run-id", run_id, *sets]
     launcher = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={processes}"]
     command = [*launcher, *args] if processes > 1 else [sys.executable, *args]
     done = subprocess.run(
         command, env=environment(tmp_path), capture_output=True, text=True, timeout=TIMEOUT_S
     )
     assert done.returncode == 0, done.stderr[-3000:]
+    return tmp_path / "runs" / run_id
 
 
-def test_two_processes_collect_the_episodes_one_does(tmp_path):
-    """RISE's collection, each process rolling out its share of every chunk: the main process writes the
-    same episodes, in the same order, as one process."""
-    rise(1, "sft", tmp_path, "one")
-    shutil.copytree(tmp_path / "runs" / "one", tmp_path / "runs" / "two")
-    rise(1, "collect", tmp_path, "one")
-    rise(2, "collect", tmp_path, "two")
-    one, two = ((tmp_path / "runs" / r / "iter1/collect/episodes.jsonl").read_text() for r in ("one", "two"))
-    assert one.count("\n") == 48
-    assert one == two
+def copy_run(tmp_path: Path, source: str, target: str) -> None:
+    shutil.copytree(tmp_path / "runs" / source, tmp_path / "runs" / target)
+
+
+def text(run: Path, path: str) -> str:
+    return (run / path).read_text()
 
 
 def test_two_processes_evaluate_dpo_as_one_does(tmp_path):
     """DPO's evaluation scores each process's share of the pairs and gathers them: the same metrics."""
     launch(1, "dpo", tmp_path, "one")
-    shutil.copytree(tmp_path / "runs" / "one", tmp_path / "runs" / "two")
+    copy_run(tmp_path, "one", "two")
     metrics = []
     for processes, run_id in ((1, "one"), (2, "two")):
         run = launch(processes, "dpo", tmp_path, run_id, stage="evaluate")
         metrics.append(json.loads((run / "evaluate" / "metrics.json").read_text()))
     assert metrics[0]["pairs"] == metrics[1]["pairs"] == 64
     assert metrics[1] == pytest.approx(metrics[0], rel=1e-5)
+
+
+RISE = [
+    "sft.problems.synthetic.n=600",
+    "train_problems.synthetic.n=48",
+    "test_problems.synthetic.n=24",
+    "collect.chunk_size=16",
+    "collect.turns=[{n: 1}, {n: 4}]",
+    "collect.max_new_tokens=24",
+    "evaluate.turns=2",
+    "evaluate.parallel_samples=2",
+    "evaluate.max_new_tokens=24",
+]
+
+
+def test_two_processes_collect_and_evaluate_what_one_does(tmp_path):
+    """RISE's collection and evaluation, each process playing its share: the main process writes the same
+    episodes, in the same order, and the same metrics as one process."""
+    stage_run(1, "rise", "sft", RISE, tmp_path, "one")
+    copy_run(tmp_path, "one", "two")
+    for processes, run_id in ((1, "one"), (2, "two")):
+        stage_run(processes, "rise", "collect", RISE, tmp_path, run_id)
+        stage_run(processes, "rise", "evaluate --iteration 0", RISE, tmp_path, run_id)
+    one, two = tmp_path / "runs" / "one", tmp_path / "runs" / "two"
+    for path in (
+        "iter1/collect/episodes.jsonl",
+        "base/evaluate/episodes.jsonl",
+        "base/evaluate/metrics.json",
+    ):
+        assert text(one, path) == text(two, path), path
+    assert text(one, "iter1/collect/episodes.jsonl").count("\n") == 48
+
+
+C3PO = [
+    "sft.chats=400",
+    "sample.prompts_per_scope=48",
+    "sample.prompts_per_category=12",
+    "sample.chunk_size=16",
+    "sample.max_new_tokens=24",
+    "methods=[c3po]",
+    "train.batch_size=4",
+    "train.epochs=1",
+    "evaluate.prompts_per_scope=8",
+    "evaluate.max_new_tokens=24",
+]
+
+
+def test_two_processes_sample_and_evaluate_c3po_as_one_does(tmp_path):
+    """C3PO's sampling and evaluation, each process answering its share of the prompts: the same samples
+    and the same responses and metrics."""
+    stage_run(1, "c3po", "sft", C3PO, tmp_path, "one")
+    copy_run(tmp_path, "one", "two")
+    for processes, run_id in ((1, "one"), (2, "two")):
+        stage_run(processes, "c3po", "sample", C3PO, tmp_path, run_id)
+    one, two = tmp_path / "runs" / "one", tmp_path / "runs" / "two"
+    samples = sorted(one.glob("*/sample/samples.jsonl"))
+    assert len(samples) == 2 and all(path.stat().st_size > 0 for path in samples)
+    for path in samples:
+        name = str(path.relative_to(one))
+        assert text(one, name) == text(two, name), name
+    stage_run(1, "c3po", "train", C3PO, tmp_path, "one")
+    copy_run(tmp_path, "one", "three")
+    for processes, run_id in ((1, "one"), (2, "three")):
+        stage_run(processes, "c3po", "evaluate", C3PO, tmp_path, run_id)
+    three = tmp_path / "runs" / "three"
+    results = sorted(one.glob("*/evaluate/*.json"))
+    assert len(results) == 4  # metrics and responses of both feedbacks
+    for path in results:
+        name = str(path.relative_to(one))
+        assert json.loads(text(one, name)) == json.loads(text(three, name)), name
+
+
+REFLECT_RL = [
+    "teacher.episodes=60",
+    "teacher.negatives=20",
+    "sft.epochs=1",
+    "reflector_sft.epochs=2",
+    "rl.iterations=4",
+    "rl.episodes_per_iteration=6",
+    "rl.batch_size=4",
+    "evaluate.episodes=8",
+    "max_reflection_tokens=24",
+]
+
+
+def test_two_processes_play_and_update_reflect_rl_as_one_does(tmp_path):
+    """Reflect-RL's online RL, each process playing its share of an iteration's episodes and computing the
+    gradients of its share of the batches: the same episodes, the same success per iteration and the same
+    policy (to float tolerance); its evaluation, each process playing its share: the same metrics."""
+    stage_run(1, "reflect-rl", "sft", REFLECT_RL, tmp_path, "one")
+    copy_run(tmp_path, "one", "two")
+    for processes, run_id in ((1, "one"), (2, "two")):
+        stage_run(processes, "reflect-rl", "rl", REFLECT_RL, tmp_path, run_id)
+        stage_run(processes, "reflect-rl", "evaluate", REFLECT_RL, tmp_path, run_id)
+    one, two = tmp_path / "runs" / "one", tmp_path / "runs" / "two"
+    assert text(one, "rl/episodes.jsonl") == text(two, "rl/episodes.jsonl")
+    a, b = ([r for r in step_rows(run) if r["stage"] == "rl"] for run in (one, two))
+    assert len(a) == len(b) == 4
+    for ra, rb in zip(a, b, strict=True):
+        assert (ra["charts/success"], ra["replay"]) == (rb["charts/success"], rb["replay"])
+    wa, wb = (load_file(run / "rl" / "model" / "model.safetensors") for run in (one, two))
+    changed = load_file(one / "sft" / "policy" / "model" / "model.safetensors")
+    assert any(not torch.equal(wa[k], changed[k]) for k in wa)  # RL moved the policy
+    for key in wa:
+        assert torch.allclose(wa[key], wb[key], atol=1e-5, rtol=0), key
+    assert json.loads(text(one, "evaluate/rl/metrics.json")) == json.loads(
+        text(two, "evaluate/rl/metrics.json")
+    )
+
+
+def test_a_failure_in_one_process_stops_every_process_with_its_message(tmp_path):
+    """A share that fails in process 1 while process 0 waits for it: both stop at once, process 0 naming
+    process 1's error, and the launcher reports the failure."""
+    script = tmp_path / "fail.py"
+    script.write_text(
+        "from feedlearn.processes import process_state, shared_map\n"
+        "def answer(share):\n"
+        "    if process_state().process_index == 1:\n"
+        "        raise ValueError('a reply that is not JSON')\n"
+        "    return share\n"
+        "shared_map(answer, list(range(8)))\n"
+    )
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2"]
+    done = subprocess.run(
+        [*launcher, str(script)], env=environment(tmp_path), capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode != 0
+    assert "FeedlearnError: process 1 failed: ValueError: a reply that is not JSON" in done.stderr
+
+
+def test_two_processes_killed_and_resumed_equal_an_uninterrupted_two_process_run(tmp_path):
+    """Reflect-RL's whole recipe under torchrun (trainer checkpoints, RL checkpoints, an evaluation), the
+    launcher and both processes killed at each point and started again: what the uninterrupted
+    2-process run makes, record for record and bit for bit."""
+    assert_resumes_to_the_uninterrupted_run(tmp_path, "reflect-rl", processes=2)

@@ -171,10 +171,13 @@ CASES = {
 }
 
 
-def command(case: str, run_dir: Path, run_id: str) -> list[str]:
+def command(case: str, run_dir: Path, run_id: str, processes: int = 1) -> list[str]:
+    """`feedlearn run` of the case, in one process or under torchrun with `processes`."""
     recipe, overrides, _ = CASES[case]
     sets = [arg for o in [*overrides, f"run_dir={run_dir}"] for arg in ("--set", o)]
-    return [sys.executable, "-m", "feedlearn.cli", "run", str(RECIPES / recipe), *sets, "--run-id", run_id]
+    launcher = ["-m", "torch.distributed.run", f"--nproc_per_node={processes}"] if processes > 1 else []
+    args = ["-m", "feedlearn.cli", "run", str(RECIPES / recipe), *sets, "--run-id", run_id]
+    return [sys.executable, *launcher, *args]
 
 
 def environment(tmp_path: Path) -> dict[str, str]:
@@ -189,7 +192,8 @@ def environment(tmp_path: Path) -> dict[str, str]:
 
 def start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
     with log.open("a") as out:
-        return subprocess.Popen(args, env=env, stdout=out, stderr=subprocess.STDOUT)
+        # a session of its own: a kill takes the launcher and every process it started, as a job kill does
+        return subprocess.Popen(args, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
 
 
 def finish(args: list[str], env: dict[str, str], log: Path) -> None:
@@ -198,13 +202,13 @@ def finish(args: list[str], env: dict[str, str], log: Path) -> None:
 
 
 def kill_at(args, env, log: Path, run: Path, point: tuple[str, Callable[[Path], bool]]) -> None:
-    """Run until `point` is reached, then SIGKILL the process."""
+    """Run until `point` is reached, then SIGKILL the process and every process it started."""
     name, reached = point
     proc = start(args, env, log)
     deadline = time.monotonic() + TIMEOUT_S
     while proc.poll() is None and time.monotonic() < deadline:
         if reached(run):
-            proc.send_signal(signal.SIGKILL)
+            os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
             return
         time.sleep(0.005)
@@ -242,10 +246,16 @@ def metric_rows(run: Path) -> dict[tuple, dict]:
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_killed_and_resumed_equals_uninterrupted(tmp_path, case):
+    assert_resumes_to_the_uninterrupted_run(tmp_path, case, processes=1)
+
+
+def assert_resumes_to_the_uninterrupted_run(tmp_path: Path, case: str, processes: int) -> None:
+    """Run the case whole, and again killed at each of its points and resumed: the same records, results,
+    weights and metrics."""
     env = environment(tmp_path)
     runs, log = tmp_path / "runs", tmp_path / "log.txt"
-    finish(command(case, runs, "whole"), env, log)
-    resumed = command(case, runs, "resumed")
+    finish(command(case, runs, "whole", processes), env, log)
+    resumed = command(case, runs, "resumed", processes)
     for point in CASES[case][2]:
         kill_at(resumed, env, log, runs / "resumed", point)
     finish(resumed, env, log)
