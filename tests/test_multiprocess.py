@@ -277,3 +277,44 @@ def test_two_processes_killed_and_resumed_equal_an_uninterrupted_two_process_run
     launcher and both processes killed at each point and started again: what the uninterrupted
     2-process run makes, record for record and bit for bit."""
     assert_resumes_to_the_uninterrupted_run(tmp_path, "reflect-rl", processes=2)
+
+
+ADAREFINER = [
+    "tiny.vocab_size=330",
+    "env.length=60",
+    "agent={kind: scripted, envs: 3, n_steps: 32}",
+    "adapter.max_new_tokens=12",
+    "adapter.warmup_steps=160",
+    "adapter.warmup={learning_rate: 1.0e-3, batch_size: 4, grad_accum: 1, epochs: 1}",
+    "refine.threshold=0.0",
+    "refine.sft={learning_rate: 1.0e-3, batch_size: 4, grad_accum: 1, epochs: 1}",
+    "stages=1",
+    "steps_per_stage=96",
+    "query_interval=8",
+    "evaluate={episodes: 3, query_interval: 8}",
+]
+
+
+def test_two_processes_evaluate_adarefiner_as_one_does(tmp_path):
+    """AdaRefiner's evaluation, each process playing its share of the test worlds with the scripted
+    player: the same episodes, queries and metrics. Its train stage (SB3's PPO) refuses two processes."""
+    recipe = str(RECIPES / "adarefiner/tiny.yaml")
+    sets = [x for s in [*TINY, *ADAREFINER, f"run_dir={tmp_path / 'runs'}"] for x in ("--set", s)]
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2"]
+    refused = subprocess.run(
+        [*launcher, "-m", "feedlearn.cli", "adarefiner", "train", recipe, "--run-id", "refused", *sets],
+        env=environment(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT_S,
+    )
+    assert refused.returncode != 0
+    assert "error: adarefiner train runs in one process" in refused.stderr
+    stage_run(1, "adarefiner", "sft", ADAREFINER, tmp_path, "one")
+    copy_run(tmp_path, "one", "two")
+    for processes, run_id in ((1, "one"), (2, "two")):
+        stage_run(processes, "adarefiner", "evaluate --iteration 1", ADAREFINER, tmp_path, run_id)
+    one, two = tmp_path / "runs" / "one", tmp_path / "runs" / "two"
+    for name in ("episodes.jsonl", "queries.jsonl", "metrics.json"):
+        assert text(one, f"evaluate/stage1/{name}") == text(two, f"evaluate/stage1/{name}"), name
+    assert json.loads(text(one, "evaluate/stage1/metrics.json"))["episodes"] == 3

@@ -21,7 +21,7 @@ import logging
 import pickle
 import random
 import shutil
-from functools import cached_property
+from functools import cached_property, partial
 from pathlib import Path
 from typing import Literal
 
@@ -30,7 +30,7 @@ import torch
 from pydantic import Field, model_validator
 
 from feedlearn.backends.base import SamplingParams
-from feedlearn.data.jsonl import JsonlAppender, write_json_atomic
+from feedlearn.data.jsonl import JsonlAppender, write_json_atomic, write_jsonl_atomic
 from feedlearn.data.records import Message, SFTExample
 from feedlearn.envs.crafter_env import ACHIEVEMENTS, crafter_score, make_vec_env, success_rates
 from feedlearn.envs.crafter_player import SCRIPTED, SKILLED, SkilledPlayer
@@ -50,9 +50,10 @@ from feedlearn.methods.adarefiner_loop import (
     QueryRecord,
     TemplateAnalyst,
 )
-from feedlearn.methods.common import AskSettings, Method, RecipeConfig, Settings, single_process
+from feedlearn.methods.common import AskSettings, Method, RecipeConfig, Settings
 from feedlearn.models.loading import load_policy
 from feedlearn.models.tiny import build_tiny_model
+from feedlearn.processes import process_state, shared_map, total
 from feedlearn.report import flatten
 from feedlearn.seeds import derive_seed
 from feedlearn.training.data import tokenize_sft
@@ -358,7 +359,11 @@ class AdaRefiner(Method):
         """Stage `stage`'s play with the query loop: PPO learns (or the scripted player acts); every query
         and episode is recorded; checkpoints every `checkpoint_every` iterations make a killed stage
         resume where it stopped, with the same result as an uninterrupted one."""
-        single_process("train")
+        if process_state().num_processes > 1:
+            raise ConfigError(
+                "adarefiner train runs in one process (Stable-Baselines3's PPO learns in one): launch it "
+                "with plain `feedlearn`; sft and evaluate run across processes"
+            )
         self._check_stage(stage)
         cfg, folder = self.config, self.store.stage(f"stage{stage}/train")
         done = folder / "done.json"
@@ -474,8 +479,10 @@ class AdaRefiner(Method):
         return out
 
     def evaluate(self, stage: int | None = None) -> dict:
-        """The agent and adapter of stage `stage` (default: the last) on test worlds."""
-        single_process("evaluate")
+        """The agent and adapter of stage `stage` (default: the last) on test worlds. Under several
+        processes each plays its share of the worlds and the main process writes them all: a scripted
+        player's records do not depend on the number of processes; PPO's sampled actions do (SB3 draws
+        every world's action from one generator)."""
         cfg = self.config
         stage = cfg.stages if stage is None else stage
         self._check_stage(stage)
@@ -485,17 +492,39 @@ class AdaRefiner(Method):
         if cfg.agent.kind == "ppo":
             self.train(stage)  # the agent to reload (a scripted player has none)
         self.sft(stage)
-        queries = JsonlAppender(folder / "queries.jsonl", QueryRecord)
-        episodes = JsonlAppender(folder / "episodes.jsonl", CrafterEpisode)
+        per_env = -(-cfg.evaluate.episodes // cfg.agent.envs)
+        worlds = shared_map(partial(self._play_test, stage, per_env), list(range(cfg.agent.envs)))
+        played = sorted((e for episodes, _, _ in worlds for e in episodes), key=lambda e: (e.episode, e.env))
+        played = [e for e in played if e.episode < per_env][: cfg.evaluate.episodes]
+        kept = {(e.env, e.episode) for e in played}
+        everything = sorted(
+            (e for episodes, _, _ in worlds for e in episodes), key=lambda e: (e.env, e.episode)
+        )
+        queries = [q for _, world_queries, _ in worlds for q in world_queries]
+        metrics = _summary(played, [q for q in queries if (q.env, q.episode) in kept], self.decider)
+        if cfg.agent.kind == "scripted":
+            completed = {(world, k): n for world, (_, _, done) in enumerate(worlds) for k, n in done.items()}
+            metrics["subgoals_completed"] = round(float(np.mean([completed[k] for k in kept])), 4)
+        if process_state().is_main_process:
+            write_jsonl_atomic(folder / "episodes.jsonl", everything)
+            write_jsonl_atomic(folder / "queries.jsonl", queries)
+            write_json_atomic(folder / "metrics.json", metrics)
+        self.store.log_metrics(f"evaluate/stage{stage}", flatten(metrics))
+        return metrics
+
+    def _play_test(self, stage: int, per_env: int, worlds: list[int]) -> list[tuple[list, list, dict]]:
+        """Test worlds `worlds` played until each has finished `per_env` episodes: per world, its episodes,
+        its queries and (scripted player) the sub-goals carried out in each episode."""
+        cfg = self.config
+        episodes, queries = [], []
         guide = self._guide(
             self._analyst(self.adapter_path(stage)), f"test{stage}", cfg.evaluate.query_interval
         )
-        guide.on_query = _appender(queries)
-        guide.on_episode = _appender(episodes)
-        seeds = [derive_seed(cfg.evaluate.seed, "test", "crafter", i) for i in range(cfg.agent.envs)]
+        guide.worlds, guide.on_query, guide.on_episode = worlds, queries.append, episodes.append
+        seeds = [derive_seed(cfg.evaluate.seed, "test", "crafter", i) for i in worlds]
         venv = GuidedVecEnv(make_vec_env(seeds, **self._env_kwargs()), guide)
-        per_env = -(-cfg.evaluate.episodes // cfg.agent.envs)
         _seed_all(derive_seed(cfg.evaluate.seed, "test", "agent-actions"))
+        completed = {}
         if cfg.agent.kind == "ppo":
             agent = load_ppo(
                 self.store.stage(f"stage{stage}/train") / "agent.zip", None, cfg.agent.device, reset=True
@@ -505,17 +534,16 @@ class AdaRefiner(Method):
                 actions, _ = agent.predict(obs, deterministic=False)
                 obs, _, _, _ = venv.step(actions)
         else:
-            players = self._players(f"test{stage}")
+            players = [self._players(f"test{stage}")[i] for i in worlds]
             completed = _play_scripted(venv, players, None, reset=True, episodes=per_env)
-        played = sorted(episodes.records(), key=lambda e: (e.episode, e.env))
-        played = [e for e in played if e.episode < per_env][: cfg.evaluate.episodes]
-        kept = {(e.env, e.episode) for e in played}
-        metrics = _summary(played, [q for q in queries.records() if (q.env, q.episode) in kept], self.decider)
-        if cfg.agent.kind == "scripted":
-            metrics["subgoals_completed"] = round(float(np.mean([completed[k] for k in kept])), 4)
-        write_json_atomic(folder / "metrics.json", metrics)
-        self.store.log_metrics(f"evaluate/stage{stage}", flatten(metrics))
-        return metrics
+        return [
+            (
+                [e for e in episodes if e.env == world],
+                [q for q in queries if q.env == world],
+                {k: n for (i, k), n in completed.items() if i == position},
+            )
+            for position, world in enumerate(worlds)
+        ]
 
     def run(self) -> None:
         """Every stage's train and sft, and the evaluation of the last stage's agent and adapter."""
@@ -581,7 +609,7 @@ def _summary(episodes: list[CrafterEpisode], queries: list[QueryRecord], decider
         out["fallbacks"] = sum(q.fallback for q in queries)
     asker = getattr(decider, "asker", None)
     if asker is not None:
-        out["garbage_replies"] = asker.garbage_replies
+        out["garbage_replies"] = total(asker.garbage_replies)  # every process asks for its own worlds
     return out
 
 

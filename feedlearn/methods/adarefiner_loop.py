@@ -184,7 +184,8 @@ class Track:
 @dataclass
 class Guide:
     """Runs the queries of a set of environments (None `analyst`: no adapter; None `decider`: no guidance
-    at all, the instruction stays zero). `prefix` names this run's records."""
+    at all, the instruction stays zero). `prefix` names this run's records, `worlds` the environments'
+    numbers in them (default: their positions; a process playing a share of the worlds gives theirs)."""
 
     analyst: Analyst | None
     decider: Decider | None
@@ -192,6 +193,7 @@ class Guide:
     interval: int
     action_text: ActionText
     prefix: str
+    worlds: Sequence[int] | None = None
     on_query: Callable[[QueryRecord], None] = lambda record: None
     on_episode: Callable[[CrafterEpisode], None] = lambda episode: None
 
@@ -221,14 +223,18 @@ class Guide:
         self.close_query(track)
         self.on_episode(
             CrafterEpisode(
-                id=f"{self.prefix}-env{index}-ep{track.episode}",
-                env=index,
+                id=f"{self.prefix}-env{self.world(index)}-ep{track.episode}",
+                env=self.world(index),
                 episode=track.episode,
                 length=track.t,
                 reward=round(track.reward, 6),
                 achievements=sorted(set(track.unlocked)),
             )
         )
+
+    def world(self, index: int) -> int:
+        """The number of the environment at position `index`."""
+        return index if self.worlds is None else self.worlds[index]
 
     def due(self, track: Track) -> bool:
         """Whether `track` queries now."""
@@ -245,7 +251,7 @@ class Guide:
             state = text_state(infos[i], track.last_action)
             states.append(state)
             prompts.append(adapter_prompt(state, track.subgoals, track.score))
-            keys.append(f"{self.prefix}-env{i}-q{track.queries}")
+            keys.append(f"{self.prefix}-env{self.world(i)}-q{track.queries}")
             past.append(list(track.subgoals))
         analyses = self.analyst.analyze(prompts, states, keys) if self.analyst else [None] * len(indices)
         decisions = self.decider.decide(states, past, analyses)
@@ -254,7 +260,7 @@ class Guide:
             track, (goals, fallback) = tracks[i], decisions[row]
             track.pending = QueryRecord(
                 id=keys[row],
-                env=i,
+                env=self.world(i),
                 episode=track.episode,
                 step=track.t,
                 prompt=prompts[row],

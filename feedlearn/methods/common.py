@@ -1,9 +1,8 @@
-"""What every method's recipe shares: strict settings sections, the common recipe fields, and the rule
-that generation stages run in one process."""
+"""What every method's recipe shares: strict settings sections, the common recipe fields, and the base
+of a method's stages."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -71,15 +70,6 @@ class RecipeConfig(Settings):
     run_dir: str = Field(default="runs", description="Parent folder of run folders.")
     model: ModelSettings = Field(description="The policy to train; path 'tiny' builds a tiny model locally.")
     tiny: TinyModelConfig = Field(default_factory=TinyModelConfig, description="Shape of a tiny model.")
-
-
-def single_process(stage: str) -> None:
-    """Generation stages run in one process; `accelerate launch` is for the train stages."""
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        raise FeedlearnError(
-            f"{stage} runs in a single process: launch it with plain `feedlearn`, and use "
-            "`accelerate launch -m feedlearn.cli <method> train ...` for the training stages"
-        )
 
 
 class Method:
