@@ -11,6 +11,7 @@ paid to a remote model) are kept one per process (`own_file`) and read together 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
@@ -117,3 +118,8 @@ def end_processes(wait: bool) -> None:
         if wait:
             state.wait_for_everyone()
         state.destroy_process_group()
+
+
+def zero3() -> bool:
+    """Whether this run was launched with DeepSpeed ZeRO-3 (`accelerate launch` with a ZeRO-3 config)."""
+    return os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE") == "3"

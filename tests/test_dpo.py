@@ -388,3 +388,15 @@ def test_cli_runs_active_dpo_and_reports(tmp_path, tiny_path, capsys):
     assert cli.main(["report", str(tmp_path / "runs" / "active-dpo-tiny")]) == 0
     out = capsys.readouterr().out
     assert "preference_accuracy" in out and "queries_used" in out
+
+
+def test_a_separate_live_reference_under_zero3_warns_that_it_is_not_sharded(
+    tmp_path, tiny_path, monkeypatch, caplog
+):
+    config = recipe(tmp_path, tiny_path, dpo={"reference": "live", "reference_model": tiny_path})
+    method = run(config)
+    reference = method._reference(None, None, [], [], tmp_path)
+    assert reference.model is not None and "whole reference" not in caplog.text  # no ZeRO-3: nothing said
+    monkeypatch.setenv("ACCELERATE_DEEPSPEED_ZERO_STAGE", "3")
+    method._reference(None, None, [], [], tmp_path)
+    assert "every process holds the whole reference" in caplog.text

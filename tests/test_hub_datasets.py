@@ -7,7 +7,9 @@ import pytest
 from datasets import Dataset, DatasetDict
 
 from feedlearn.data.hub import DatasetSource, export_rows
+from feedlearn.data.store import open_run
 from feedlearn.errors import DataError
+from feedlearn.methods.c3po import C3PO, C3POConfig
 from feedlearn.methods.dpo import PreferenceData
 from feedlearn.methods.rise import ProblemSet
 
@@ -74,3 +76,39 @@ def test_dataset_problems_are_clear_errors(tmp_path):
 def test_exactly_one_source():
     with pytest.raises(ValueError, match="exactly one of 'path', 'dataset' or 'synthetic'"):
         ProblemSet(path="a.jsonl", dataset={"name": "x"})
+
+
+def test_c3po_feedbacks_and_general_prompts_from_dataset_folders(tmp_path):
+    feedbacks = tmp_path / "feedbacks"
+    Dataset.from_dict(
+        {
+            "feedback": ["Be brief when I ask about the weather.", "Use British spelling."],
+            "domain": ["weather questions", "any text"],
+            "effect": ["short answers", "British spelling"],
+            "scope": ["regional", "global"],
+            "type": ["qualitative", "qualitative"],
+        }
+    ).save_to_disk(str(feedbacks))
+    prompts = tmp_path / "prompts"
+    Dataset.from_dict({"instruction": ["Name a planet.", "Tell me a joke.", "What is rain?"]}).save_to_disk(
+        str(prompts)
+    )
+    config = C3POConfig.model_validate(
+        {
+            "run_dir": str(tmp_path / "runs"),
+            "model": {"path": "tiny", "lora": {"r": 4, "alpha": 8}},
+            "feedback_file": {"name": str(feedbacks), "columns": {"content": "feedback"}},
+            "teacher": {"kind": "offline"},
+            "general_prompts": {"name": str(prompts), "columns": {"prompt": "instruction"}},
+        }
+    )
+    method = C3PO(config, open_run(config.run_dir, "d", config.model_dump(mode="json")), progress=False)
+    assert [(f.content, f.scope) for f in method.feedbacks()] == [
+        ("Be brief when I ask about the weather.", "regional"),
+        ("Use British spelling.", "global"),
+    ]
+    assert sorted(method.general_prompts(3)) == ["Name a planet.", "Tell me a joke.", "What is rain?"]
+    broken = config.model_copy(update={"feedback_file": DatasetSource(name=str(feedbacks))})
+    method = C3PO(broken, method.store, progress=False)
+    with pytest.raises(DataError, match=r"\.jsonl: entry 1.*field 'content': Field required"):
+        method.feedbacks()

@@ -11,7 +11,14 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationError, ValidationInfo, field_validator
 
-from feedlearn.data.jsonl import describe_validation_error, json_problem, parse_yaml, read_text, require_file
+from feedlearn.data.jsonl import (
+    describe_validation_error,
+    json_lines,
+    json_problem,
+    parse_yaml,
+    read_text,
+    require_file,
+)
 from feedlearn.data.records import Record
 from feedlearn.errors import DataError
 
@@ -120,7 +127,8 @@ class Feedback(Record):
 
 
 def load_feedbacks(path: str | Path) -> list[Feedback]:
-    """The feedbacks of a YAML or JSON file: a list of them, or a mapping with a `feedbacks:` list.
+    """The feedbacks of a YAML or JSON file (a list of them, or a mapping with a `feedbacks:` list), or of
+    a JSONL file (one per line).
 
     A problem raises a one-line DataError naming the file, the entry (counted from 1) and the field; a
     file with no feedbacks is a problem too.
@@ -152,8 +160,13 @@ def _read_entries(path: Path) -> list[Any]:
     """The raw list of feedback entries of a file; a file with none is an error."""
     require_file(path)
     suffix = path.suffix.lower()
-    if suffix not in (".yaml", ".yml", ".json"):
-        raise DataError(f"{path}: expected a .yaml, .yml or .json feedback file")
+    if suffix not in (".yaml", ".yml", ".json", ".jsonl"):
+        raise DataError(f"{path}: expected a .yaml, .yml, .json or .jsonl feedback file")
+    if suffix == ".jsonl":  # one feedback per line (a `datasets` split is exported so)
+        entries = [row for _, row in json_lines(path)]
+        if not entries:
+            raise DataError(f"{path}: no feedbacks in the file")
+        return entries
     text = read_text(path)
     if not text.strip():
         raise DataError(f"{path}: no feedbacks in the file")

@@ -31,6 +31,7 @@ from pydantic import Field, model_validator
 
 from feedlearn.backends.base import ParsedAsker, SamplingParams
 from feedlearn.backends.local import LocalBackend
+from feedlearn.data.hub import DatasetSource, export_rows
 from feedlearn.data.jsonl import (
     JsonlAppender,
     json_lines,
@@ -143,11 +144,15 @@ class C3POConfig(RecipeConfig):
 
     method: Literal["c3po"] = "c3po"
     sft: SFTSettings | None = Field(default=None, description="Warm start on the synthetic corpus.")
-    feedback_file: str = Field(description="YAML/JSON feedback file, or 'builtin' (the offline feedbacks).")
+    feedback_file: str | DatasetSource = Field(
+        description="YAML/JSON/JSONL feedback file, a `datasets` split (hub id or save_to_disk folder) with "
+        "the feedbacks' fields as columns, or 'builtin' (the offline feedbacks)."
+    )
     feedback_ids: list[str] | None = Field(default=None, description="Keep feedbacks whose id starts so.")
     feedback_categories: list[str] | None = Field(default=None, description="Keep feedbacks so tagged.")
-    general_prompts: str = Field(
-        description="Out-of-scope prompts: a .txt (one per line) or .jsonl ({'prompt'}) file, or 'builtin'."
+    general_prompts: str | DatasetSource = Field(
+        description="Out-of-scope prompts: a .txt (one per line) or .jsonl ({'prompt'}) file, a `datasets` "
+        "split with a 'prompt' column (map another with `columns`), or 'builtin'."
     )
     teacher: TeacherSettings = Field(default_factory=TeacherSettings, description="The teacher.")
     sample: SampleSettings = Field(default_factory=SampleSettings, description="Sampling.")
@@ -193,6 +198,8 @@ class C3PO(Method):
         cfg = self.config
         if cfg.feedback_file == "builtin":
             found = [task.feedback for task in instructions.BUILTIN_FEEDBACKS.values()]
+        elif isinstance(cfg.feedback_file, DatasetSource):
+            found = load_feedbacks(export_rows(cfg.feedback_file))
         else:
             found = load_feedbacks(cfg.feedback_file)
         return select_feedbacks(found, cfg.feedback_ids, cfg.feedback_categories)
@@ -203,7 +210,10 @@ class C3PO(Method):
         if source == "builtin":
             return instructions.general_prompts(n, self.config.seed)
 
-        path = require_file(source, missing="general prompt file not found")
+        if isinstance(source, DatasetSource):
+            path = export_rows(source)
+        else:
+            path = require_file(source, missing="general prompt file not found")
         if path.suffix == ".jsonl":
             prompts = []
             for lineno, row in json_lines(path):

@@ -40,7 +40,7 @@ from feedlearn.losses import (
 from feedlearn.methods.common import Method, RecipeConfig, Settings
 from feedlearn.models.loading import load_policy
 from feedlearn.models.tiny import build_tiny_model
-from feedlearn.processes import process_state
+from feedlearn.processes import process_state, zero3
 from feedlearn.training.data import collate_pairs, tokenize_pairs
 from feedlearn.training.scoring import pair_logprobs
 from feedlearn.training.trainer import TrainSettings, is_trained, train
@@ -238,6 +238,12 @@ class PreferenceLearning(Method):
             )
         if self.config.model.lora is not None and not separate:
             return LiveReference(None)
+        if zero3():
+            log.warning(
+                "dpo.reference live with a separate reference_model under ZeRO-3: every process holds the "
+                "whole reference (only the policy is sharded); reference: precomputed scores it once "
+                "before training and holds none"
+            )
         frozen, _ = load_policy(self._settings(self.reference_path()))
         return LiveReference(frozen.eval().requires_grad_(False))
 
