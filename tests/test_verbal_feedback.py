@@ -119,7 +119,18 @@ def test_missing_file(tmp_path):
 
 
 def test_unsupported_extension(tmp_path):
-    assert ".yaml, .yml or .json" in load_error(tmp_path, "fb.txt", "[]")
+    assert ".yaml, .yml, .json or .jsonl" in load_error(tmp_path, "fb.txt", "[]")
+
+
+def test_jsonl_feedbacks_one_per_line_and_their_errors(tmp_path):
+    path = tmp_path / "fb.jsonl"
+    path.write_text(
+        '{"content": "Be brief.", "domain": "weather", "effect": "short", "scope": "regional", '
+        '"type": "qualitative"}\n\n'
+    )
+    assert [f.content for f in load_feedbacks(path)] == ["Be brief."]
+    assert load_error(tmp_path, "empty.jsonl", "\n").endswith("empty.jsonl: no feedbacks in the file")
+    assert "bad.jsonl:2: invalid JSON" in load_error(tmp_path, "bad.jsonl", '{"content": "a"}\n{oops\n')
 
 
 def test_invalid_yaml_names_the_line(tmp_path):
