@@ -125,7 +125,9 @@ def stage_run(processes: int, method: str, stage: str, overrides: list[str], tmp
 
 
 def copy_run(tmp_path: Path, source: str, target: str) -> None:
+    """A copy of a run's outputs, without its config: the copy's stages may differ in batch size."""
     shutil.copytree(tmp_path / "runs" / source, tmp_path / "runs" / target)
+    (tmp_path / "runs" / target / "config.yaml").unlink()
 
 
 def text(run: Path, path: str) -> str:
@@ -191,11 +193,12 @@ C3PO = [
 
 def test_two_processes_sample_and_evaluate_c3po_as_one_does(tmp_path):
     """C3PO's sampling and evaluation, each process answering its share of the prompts: the same samples
-    and the same responses and metrics."""
+    and the same responses and metrics; its training in 2 processes: the same losses and adapters."""
     stage_run(1, "c3po", "sft", C3PO, tmp_path, "one")
     copy_run(tmp_path, "one", "two")
-    for processes, run_id in ((1, "one"), (2, "two")):
-        stage_run(processes, "c3po", "sample", C3PO, tmp_path, run_id)
+    two_processes = [*C3PO, "train.batch_size=2"]  # the same global batch in training
+    stage_run(1, "c3po", "sample", C3PO, tmp_path, "one")
+    stage_run(2, "c3po", "sample", two_processes, tmp_path, "two")
     one, two = tmp_path / "runs" / "one", tmp_path / "runs" / "two"
     samples = sorted(one.glob("*/sample/samples.jsonl"))
     assert len(samples) == 2 and all(path.stat().st_size > 0 for path in samples)
@@ -203,6 +206,15 @@ def test_two_processes_sample_and_evaluate_c3po_as_one_does(tmp_path):
         name = str(path.relative_to(one))
         assert text(one, name) == text(two, name), name
     stage_run(1, "c3po", "train", C3PO, tmp_path, "one")
+    stage_run(2, "c3po", "train", two_processes, tmp_path, "two")
+    a, b = ([r for r in step_rows(run) if r["stage"].endswith("/train/c3po")] for run in (one, two))
+    assert len(a) == len(b) > 0
+    for ra, rb in zip(a, b, strict=True):
+        assert rb["losses/loss"] == pytest.approx(ra["losses/loss"], rel=1e-4)
+    for path in sorted(one.glob("*/train/c3po/model/*.safetensors")):
+        wa, wb = load_file(path), load_file(two / path.relative_to(one))
+        for key in wa:
+            assert torch.allclose(wa[key], wb[key], atol=1e-5, rtol=0), key
     copy_run(tmp_path, "one", "three")
     for processes, run_id in ((1, "one"), (2, "three")):
         stage_run(processes, "c3po", "evaluate", C3PO, tmp_path, run_id)

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM
 
 from feedlearn.data.records import Message, SFTExample
 from feedlearn.data.store import RunStore
@@ -535,3 +536,20 @@ def test_bf16_mixed_precision_trains_on_cpu_and_fp16_needs_a_gpu(tiny_folder, tm
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="fp16 needs a CUDA GPU"):
             TrainSettings(mixed_precision="fp16")
+
+
+def test_tiny_models_built_at_once_by_two_processes_are_whole(tmp_path):
+    """Processes of one run build the same tiny model at once (a fresh cache): each gets a whole folder
+    and no half-built one is left; a folder left by a build that crashed midway is rebuilt."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    config = TinyModelConfig(hidden_size=16, intermediate_size=32, num_layers=1, num_heads=2, vocab_size=300)
+    texts = ["one two three", "four five six"]
+    with ProcessPoolExecutor(2) as pool:
+        folders = list(pool.map(build_tiny_model, [config] * 2, [texts] * 2, [0, 0], [tmp_path] * 2))
+    assert folders[0] == folders[1] and (folders[0] / "done").exists()
+    assert [p.name for p in tmp_path.iterdir()] == [folders[0].name]  # no build left beside it
+    AutoModelForCausalLM.from_pretrained(folders[0])
+    (folders[0] / "done").unlink()  # as a build that crashed before its last file
+    (folders[0] / "model.safetensors").unlink()
+    assert (build_tiny_model(config, texts, 0, tmp_path) / "model.safetensors").exists()

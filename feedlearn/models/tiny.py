@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
+import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -91,7 +93,19 @@ def build_tiny_model(
             pad_token_id=tokenizer.pad_token_id,
         )
     )
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    write_text_atomic(folder / "done", key + "\n")
+    # Built beside the cache entry and moved into place whole: processes of one run that build the same
+    # model at once never see (or overwrite) each other's half-written files.
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    building = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{key}."))
+    model.save_pretrained(building)
+    tokenizer.save_pretrained(building)
+    write_text_atomic(building / "done", key + "\n")
+    if folder.exists() and not (folder / "done").exists():  # left by a build that crashed midway
+        shutil.rmtree(folder, ignore_errors=True)
+    try:
+        building.rename(folder)
+    except OSError:  # another process moved its identical build in first
+        shutil.rmtree(building, ignore_errors=True)
+        if not (folder / "done").exists():
+            raise
     return folder
