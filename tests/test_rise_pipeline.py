@@ -10,7 +10,6 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-import feedlearn.methods.rise as rise_module
 from feedlearn.backends.base import SamplingParams
 from feedlearn.cli import main
 from feedlearn.data.jsonl import read_jsonl
@@ -210,10 +209,11 @@ class FakePolicy:
 def no_model(monkeypatch):
     """Collect without loading a model: the policy is whatever `use(backend)` sets."""
     loads = []
-    monkeypatch.setattr(rise_module, "load_policy", lambda *a, **k: loads.append(a) or (None, None))
     monkeypatch.setattr(Rise, "base_model_path", lambda self: "unused-base-model")
     current = {}
-    monkeypatch.setattr(Rise, "_backend", lambda self, model, tokenizer: current["backend"])
+    monkeypatch.setattr(
+        Rise, "generation_backend", lambda self, path: loads.append(path) or current["backend"]
+    )
 
     def use(backend):
         current["backend"] = backend

@@ -307,7 +307,7 @@ class AdaRefiner(Method):
         if self.config.guidance != "adapter":
             return None
         a = self.config.adapter
-        backend = self._backend(*load_policy(self._settings(path)))
+        backend = self.generation_backend(path)
         return LMAnalyst(backend, SamplingParams(temperature=a.temperature, max_new_tokens=a.max_new_tokens))
 
     @cached_property

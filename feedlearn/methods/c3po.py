@@ -29,8 +29,7 @@ from typing import Literal
 import torch
 from pydantic import Field, model_validator
 
-from feedlearn.backends.base import ParsedAsker, SamplingParams
-from feedlearn.backends.local import LocalBackend
+from feedlearn.backends.base import Backend, ParsedAsker, SamplingParams
 from feedlearn.data.hub import DatasetSource, export_rows
 from feedlearn.data.jsonl import (
     JsonlAppender,
@@ -300,7 +299,7 @@ class C3PO(Method):
         prompts = from_main(lambda: self._prompts(feedback, folder))
         if all(p["id"] in done for p in prompts):
             return folder / "samples.jsonl"
-        backend = self._backend(*load_policy(self._settings(self.base_model_path())))
+        backend = self.generation_backend(self.base_model_path())
         sample = partial(self._sample_rows, feedback, backend)
         # Chunks are fixed slices of the prompt list: a resumed stage batches what an uninterrupted one did.
         for start in range(0, len(prompts), s.chunk_size):
@@ -329,7 +328,7 @@ class C3PO(Method):
         return folder / "samples.jsonl"
 
     def _sample_rows(
-        self, feedback: Feedback, backend: LocalBackend, chunk: list[dict]
+        self, feedback: Feedback, backend: Backend, chunk: list[dict]
     ) -> list[C3POSample | None]:
         """Each prompt's sample: the baseline, on the test split the in-context and CoT responses, on in-scope
         training prompts the teacher's revision; None where a completion is missing (dropped, as in the
@@ -511,7 +510,7 @@ class C3PO(Method):
     def _respond(self, path: str, tests: dict[str, list[C3POSample]], sampling) -> dict[str, list[str]]:
         """The greedy responses of the model at `path` to every test prompt, by scope; under several
         processes each answers its share."""
-        backend = self._backend(*load_policy(self._settings(path)))
+        backend = self.generation_backend(path)
         rows = [s for scope_rows in tests.values() for s in scope_rows]
         answers = iter(shared_map(lambda share: _answers(backend, sampling, [s.prompt for s in share]), rows))
         return {scope: [next(answers) for _ in scope_rows] for scope, scope_rows in tests.items()}
@@ -573,7 +572,7 @@ def _chat(prompt: str) -> list[dict]:
 
 
 def _answers(
-    backend: LocalBackend, sampling: SamplingParams, prompts: list[str], keys: list[str] | None = None
+    backend: Backend, sampling: SamplingParams, prompts: list[str], keys: list[str] | None = None
 ) -> list[str]:
     """One reply per prompt; `keys` name the prompts' records (see `Backend.generate`)."""
     return [r[0] for r in backend.generate([_chat(p) for p in prompts], 1, sampling, keys)] if prompts else []

@@ -4,12 +4,14 @@ of a method's stages."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from feedlearn.backends.base import Backend, ParsedAsker, SamplingParams
 from feedlearn.backends.local import LocalBackend
 from feedlearn.backends.openai_compat import OpenAIBackend, OpenAIBackendConfig
+from feedlearn.backends.vllm_backend import VLLMBackend, VLLMSettings
 from feedlearn.data.store import RunStore
 from feedlearn.errors import FeedlearnError
 from feedlearn.models.loading import ModelSettings, load_policy
@@ -62,6 +64,17 @@ class AskSettings(BackendSettings):
         return ParsedAsker(self.build(batch_size, seed, replies), sampling, self.max_attempts)
 
 
+class GenerationSettings(Settings):
+    """The engine behind the policy's own sampling in every generation stage."""
+
+    backend: Literal["local", "vllm"] = Field(
+        default="local",
+        description="local: transformers' generate in this process, batched; vllm: a vLLM engine (the "
+        "`vllm` extra), LoRA adapters through its LoRA requests.",
+    )
+    vllm: VLLMSettings = Field(default_factory=VLLMSettings, description="vLLM's engine settings.")
+
+
 class RecipeConfig(Settings):
     """The fields every recipe has; each method adds its own (and its `method` name)."""
 
@@ -70,6 +83,9 @@ class RecipeConfig(Settings):
     run_dir: str = Field(default="runs", description="Parent folder of run folders.")
     model: ModelSettings = Field(description="The policy to train; path 'tiny' builds a tiny model locally.")
     tiny: TinyModelConfig = Field(default_factory=TinyModelConfig, description="Shape of a tiny model.")
+    generation: GenerationSettings = Field(
+        default_factory=GenerationSettings, description="How the policy generates (local or vLLM)."
+    )
 
 
 class Method:
@@ -88,8 +104,13 @@ class Method:
         """The recipe's model settings (LoRA, dtype, template) for the model at `path`."""
         return self.config.model.model_copy(update={"path": path})
 
-    def _backend(self, model, tokenizer) -> LocalBackend:
-        """A local generation backend, seeded with the recipe's seed."""
+    def generation_backend(self, path: str) -> Backend:
+        """The model at `path` (a model folder or hub id, or a LoRA adapter on its base) behind the recipe's
+        generation backend, seeded with the recipe's seed."""
+        generation = self.config.generation
+        if generation.backend == "vllm":
+            return VLLMBackend(path, generation.vllm, self.config.seed, self.config.model.chat_template)
+        model, tokenizer = load_policy(self._settings(path))
         return LocalBackend(
             model, tokenizer, self.config.generation_batch_size, seed=self.config.seed, progress=self.progress
         )

@@ -27,8 +27,8 @@ from typing import Literal
 import torch
 from pydantic import Field, model_validator
 
-from feedlearn.backends.base import ParsedAsker, SamplingParams
-from feedlearn.backends.local import LocalBackend, sample_rows
+from feedlearn.backends.base import Backend, ParsedAsker, SamplingParams
+from feedlearn.backends.local import sample_rows
 from feedlearn.data.jsonl import JsonlAppender, read_jsonl, write_json_atomic, write_jsonl_atomic
 from feedlearn.data.records import Message, Record, SFTExample
 from feedlearn.envs.autoexplore import ExploreTask
@@ -446,9 +446,8 @@ class ReflectRL(Method):
             level = levels[(iteration - 1) * len(levels) // cfg.rl.iterations]
             # an iteration's episodes, samples and dropout are seeded by its number: a resumed run replays it
             torch.manual_seed(derive_seed(cfg.seed, "order", "rl", iteration))
-            reflecting = reflector and LocalBackend(*reflector, cfg.generation_batch_size, seed=cfg.seed)
             play = partial(
-                self._rollout, policy, tok, reflecting, objective, split="train", level=level, greedy=False
+                self._rollout, policy, tok, reflector, objective, split="train", level=level, greedy=False
             )
             episodes = shared_map(play, self.train_seeds(iteration))
             self._update(
@@ -510,7 +509,7 @@ class ReflectRL(Method):
             with torch.no_grad():
                 return shared_map(rollout, self.test_seeds())
 
-        played = {lvl: play(reflector and self._backend(*reflector), lvl) for lvl in self._test_levels()}
+        played = {lvl: play(reflector, lvl) for lvl in self._test_levels()}
         records = _episode_records(played)
         metrics = _by_level(played)
         if reflector:
@@ -577,11 +576,11 @@ class ReflectRL(Method):
             rng.shuffle(order)
         return order
 
-    def _reflector(self):
-        """(model, tokenizer) of the trained reflection model, or None without reflection."""
+    def _reflector(self) -> Backend | None:
+        """The trained reflection model behind the generation backend, or None without reflection."""
         if not self.config.reflection:
             return None
-        return load_policy(self._settings(str(self.store.stage("sft/reflector") / "model")))
+        return self.generation_backend(str(self.store.stage("sft/reflector") / "model"))
 
     def _rollout(
         self, policy, tok, reflector, objective, seeds: list[int], split, level, greedy: bool

@@ -257,7 +257,7 @@ class Rise(Method):
         done = from_main(lambda: set(out.ids))
         problems = self.config.train_problems.load("train")
         if any(p.id not in done for p in problems):
-            policy = self._backend(*load_policy(self._settings(self.policy_path(iteration - 1))))
+            policy = self.generation_backend(self.policy_path(iteration - 1))
             backends: list[Backend] = [
                 OpenAIBackend(t.teacher, self.config.seed, self.replies("teacher")) if t.teacher else policy
                 for t in cfg.turns
@@ -390,7 +390,7 @@ class Rise(Method):
         if (folder / "metrics.json").exists():
             return json.loads((folder / "metrics.json").read_text())
         problems = self.config.test_problems.load("test", "test")
-        backend = self._backend(*load_policy(self._settings(self.policy_path(iteration))))
+        backend = self.generation_backend(self.policy_path(iteration))
         played = shared_map(lambda share: self._play_test(share, backend), problems)
         episodes = [episode for episode, _ in played]
         metrics = rise_metrics(problems, episodes, [parallel for _, parallel in played])
