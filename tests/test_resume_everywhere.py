@@ -5,6 +5,7 @@ weights, the same metrics. And two runs on one run folder: the second is refused
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -192,13 +193,32 @@ def environment(tmp_path: Path) -> dict[str, str]:
 
 def start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
     with log.open("a") as out:
-        # a session of its own: a kill takes the launcher and every process it started, as a job kill does
-        return subprocess.Popen(args, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        return subprocess.Popen(args, env=env, stdout=out, stderr=subprocess.STDOUT)
 
 
 def finish(args: list[str], env: dict[str, str], log: Path) -> None:
     proc = start(args, env, log)
     assert proc.wait(timeout=TIMEOUT_S) == 0, log.read_text()[-3000:]
+
+
+def kill_tree(pid: int) -> None:
+    """SIGKILL a process and every process it started, as a job kill does (torchrun's workers run in
+    sessions of their own: killing the launcher's group alone leaves them running)."""
+    os.kill(pid, signal.SIGSTOP)  # it starts no process while its tree is read
+    parents: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # it ended meanwhile
+            continue
+        parents[int(stat.parent.name)] = int(fields[1])
+    tree, frontier = [pid], [pid]
+    while frontier:
+        frontier = [child for child, parent in parents.items() if parent in frontier]
+        tree += frontier
+    for member in tree:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(member, signal.SIGKILL)
 
 
 def kill_at(args, env, log: Path, run: Path, point: tuple[str, Callable[[Path], bool]]) -> None:
@@ -208,7 +228,7 @@ def kill_at(args, env, log: Path, run: Path, point: tuple[str, Callable[[Path], 
     deadline = time.monotonic() + TIMEOUT_S
     while proc.poll() is None and time.monotonic() < deadline:
         if reached(run):
-            os.killpg(proc.pid, signal.SIGKILL)
+            kill_tree(proc.pid)
             proc.wait()
             return
         time.sleep(0.005)
@@ -286,7 +306,11 @@ def test_a_second_run_on_the_same_folder_is_refused(tmp_path):
         while not (runs / "shared" / "train").exists() and time.monotonic() < deadline:
             assert first.poll() is None, log.read_text()[-3000:]
             time.sleep(0.01)
-        second = subprocess.run(args, env=env, capture_output=True, text=True, timeout=TIMEOUT_S)
+        first.send_signal(signal.SIGSTOP)  # it holds the folder, however long the second takes to start
+        try:
+            second = subprocess.run(args, env=env, capture_output=True, text=True, timeout=TIMEOUT_S)
+        finally:
+            first.send_signal(signal.SIGCONT)
         assert second.returncode == 2
         assert second.stderr.strip().splitlines()[-1] == (
             f"error: run folder {runs / 'shared'} is in use by process {first.pid}: wait for it to finish, "

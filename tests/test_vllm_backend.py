@@ -37,6 +37,7 @@ class FakeSamplingParams:
 @dataclass
 class Completion:
     text: str
+    token_ids: tuple[int, ...] = (5, 6)
 
 
 @dataclass

@@ -145,6 +145,18 @@ class VLLMBackend:
     ) -> list[list[str]]:
         """For each conversation, `n` replies without special tokens (see `Backend.generate`); greedy
         decoding gives one reply, repeated `n` times, as local generation does."""
+        return [[c.text for c in choices] for choices in self._complete(conversations, n, sampling, keys)]
+
+    def generate_ids(self, conversations, n, sampling, keys=None) -> list[list[list[int]]]:
+        """`generate`'s replies as token ids, without the end-of-sequence token."""
+        eos = self.tokenizer.eos_token_id
+        return [
+            [[t for t in c.token_ids if t != eos] for c in choices]
+            for choices in self._complete(conversations, n, sampling, keys)
+        ]
+
+    def _complete(self, conversations, n: int, sampling: SamplingParams, keys) -> list[list]:
+        """vLLM's completions (text and token ids) of each conversation, n per conversation."""
         if keys is not None and len(keys) != len(conversations):
             raise ValueError(f"{len(keys)} keys for {len(conversations)} conversations")
         if not conversations:
@@ -172,5 +184,4 @@ class VLLMBackend:
         finally:
             if self.settings.sleep_mode:
                 self.llm.sleep(level=1)
-        replies = [[o.text for o in out.outputs] for out in outputs]
-        return [texts * n if greedy else texts for texts in replies]
+        return [list(out.outputs) * (n if greedy else 1) for out in outputs]
