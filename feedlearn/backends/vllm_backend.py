@@ -92,7 +92,7 @@ def _llm(base: str, settings: VLLMSettings, seed: int):
             max_lora_rank=settings.max_lora_rank,
             enable_sleep_mode=settings.sleep_mode,
         )
-    except (RuntimeError, ValueError, OSError) as e:
+    except Exception as e:  # vLLM raises plain Exceptions too (a worker that failed to start)
         raise BackendError(
             f"vLLM could not start model '{base}' on this machine ({type(e).__name__}: "
             f"{str(e).splitlines()[0] if str(e) else 'no message'}); it needs a supported GPU, or its CPU "
