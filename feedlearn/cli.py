@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import sys
+from importlib.resources import files
 from pathlib import Path
 
 from feedlearn.config import load_recipe, read_yaml
@@ -75,6 +76,30 @@ def cmd_stage(args) -> None:
         )
     else:
         print(result)
+
+
+def cmd_recipe(args) -> None:
+    from feedlearn.recipe_docs import annotated_yaml
+
+    if args.action == "show":
+        config, _, _ = load_method(args.target, args.set)
+        print(f"# {args.target}, resolved; '# *' marks what the recipe or --set gave", end="\n\n")
+        print(annotated_yaml(config, mark_changes=True), end="")
+        return
+    if args.target not in METHODS:
+        raise ConfigError(f"unknown method '{args.target}' (choose from {', '.join(METHODS)})")
+    starter = files("feedlearn") / "recipes" / args.target / "tiny.yaml"
+    config, _, _ = load_method(str(starter), args.set)
+    text = (
+        f"# A {args.target} recipe: every setting, with what it does and its default (the values are those\n"
+        f"# of recipes/{args.target}/tiny.yaml, which runs offline on a CPU). Run it with:\n"
+        f"#   feedlearn run THIS_FILE.yaml\n\n" + annotated_yaml(config, mark_changes=False)
+    )
+    if args.out:
+        Path(args.out).write_text(text, encoding="utf-8")
+        print(f"wrote {args.out}")
+    else:
+        print(text, end="")
 
 
 def cmd_serve(args) -> None:
@@ -156,6 +181,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--plot", help="AdaRefiner runs: where the per-stage and per-achievement plot goes (RUN/report.png)"
     )
     report.set_defaults(func=cmd_report)
+
+    recipe = sub.add_parser("recipe", help="explain a recipe (show), or write a commented one (new)")
+    recipe.add_argument("action", choices=["show", "new"])
+    recipe.add_argument("target", help="show: a recipe file; new: a method (" + ", ".join(METHODS) + ")")
+    recipe.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a key")
+    recipe.add_argument("--out", help="new: the file to write (default: print it)")
+    recipe.set_defaults(func=cmd_recipe)
 
     serve = sub.add_parser(
         "serve", help="serve a run's trained policy (or a model folder) over an OpenAI API"

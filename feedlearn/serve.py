@@ -213,7 +213,10 @@ def build_app(backend: LocalBackend, name: str, settings: ServeSettings, key: st
                 return error(
                     401, "missing or wrong API key (Authorization: Bearer KEY)", "authentication_error"
                 )
-        if int(request.headers.get("content-length") or 0) > MAX_BODY_BYTES:
+        length = request.headers.get("content-length") or "0"
+        if not length.isdigit():
+            return error(400, "Content-Length is not a number")
+        if int(length) > MAX_BODY_BYTES:
             return error(413, f"request body over {MAX_BODY_BYTES} bytes")
         return await call_next(request)
 

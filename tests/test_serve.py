@@ -181,3 +181,38 @@ def test_requests_without_the_key_or_over_the_limits_get_a_clear_4xx(server):
         client.chat.completions.create(
             model="tiny-policy", messages=[{"role": "user", "content": "x" * 1_100_000}]
         )
+
+
+def test_the_serve_command_serves_a_folder_and_refuses_an_open_bind_without_a_key(policy, tmp_path):
+    """`feedlearn serve` as a user runs it: a model folder on 127.0.0.1 answers; binding 0.0.0.0 without
+    --api-key-env exits with the reason before loading anything."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "FEEDLEARN_CACHE": str(tmp_path / "cache")}
+    cli = [sys.executable, "-m", "feedlearn.cli", "serve", str(policy)]
+    refused = subprocess.run(
+        [*cli, "--host", "0.0.0.0"], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert refused.returncode == 2 and "binding 0.0.0.0 exposes the model" in refused.stderr
+    port = free_port()
+    server = subprocess.Popen(
+        [*cli, "--port", str(port), "--engine", "local"], env=env, stderr=subprocess.PIPE
+    )
+    try:
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none", max_retries=0)
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                names = [m.id for m in client.models.list().data]
+                break
+            except openai.APIConnectionError:
+                assert server.poll() is None and time.monotonic() < deadline, server.stderr.read().decode()
+                time.sleep(0.2)
+        assert names == ["model"]  # the folder's name
+        reply = client.chat.completions.create(model="model", messages=CHAT, max_tokens=3)
+        assert reply.choices[0].finish_reason in ("stop", "length")
+    finally:
+        server.terminate()
+        server.wait(timeout=30)

@@ -153,7 +153,9 @@ class C3POConfig(RecipeConfig):
         description="Out-of-scope prompts: a .txt (one per line) or .jsonl ({'prompt'}) file, a `datasets` "
         "split with a 'prompt' column (map another with `columns`), or 'builtin'."
     )
-    teacher: TeacherSettings = Field(default_factory=TeacherSettings, description="The teacher.")
+    teacher: TeacherSettings = Field(
+        description="The teacher (required: an llm teacher needs a backend, so there is no default)."
+    )
     sample: SampleSettings = Field(default_factory=SampleSettings, description="Sampling.")
     methods: list[TrainMethod] = Field(
         default=["c3po", "scd", "scd_negatives", "dpo"], description="Methods trained and evaluated."
