@@ -24,6 +24,7 @@ from accelerate.utils import broadcast_object_list
 from feedlearn.data.jsonl import drop_torn_tail, write_text_atomic
 from feedlearn.errors import ConfigError, FeedlearnError
 from feedlearn.processes import process_state
+from feedlearn.trackers import Trackers
 
 LOCK = ".lock"
 CONFIG = "config.yaml"
@@ -44,6 +45,8 @@ class RunStore:
         self.path.mkdir(parents=True, exist_ok=True)
         self.metrics_path = self.path / METRICS
         drop_torn_tail(self.metrics_path)
+        self.trackers: Trackers | None = None
+        """The recipe's experiment trackers (`report_to`), which get every metrics row too."""
 
     def save_config(self, config: dict[str, Any]) -> None:
         """Write the resolved config as `config.yaml` (secrets never live in configs, only env var names)."""
@@ -66,6 +69,8 @@ class RunStore:
         row = {"stage": stage, "step": step, "time": round(time.time(), 3), **metrics}
         with self.metrics_path.open("a", encoding="utf-8") as f:
             f.write(json.dumps(row) + "\n")
+        if self.trackers is not None:
+            self.trackers.log(stage, metrics, step)
 
     def drop_metrics(self, stage: str, after_step: int) -> None:
         """Drop the rows of `stage` logged after step `after_step`: a stage resumed from its checkpoint
@@ -137,6 +142,8 @@ def open_run(run_dir: str | Path, run_id: str, config: dict[str, Any]) -> RunSto
         )
     if state.is_main_process:
         store.save_config(config)
+        if config.get("report_to"):
+            store.trackers = Trackers(config["report_to"], store.path / "trackers", run_id, config)
     return store
 
 

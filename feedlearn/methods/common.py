@@ -83,6 +83,11 @@ class RecipeConfig(Settings):
     run_dir: str = Field(default="runs", description="Parent folder of run folders.")
     model: ModelSettings = Field(description="The policy to train; path 'tiny' builds a tiny model locally.")
     tiny: TinyModelConfig = Field(default_factory=TinyModelConfig, description="Shape of a tiny model.")
+    report_to: list[Literal["tensorboard", "wandb"]] = Field(
+        default=[],
+        description="Experiment trackers that get every metric too (metrics.jsonl always does); wandb runs "
+        "offline without WANDB_API_KEY.",
+    )
     generation: GenerationSettings = Field(
         default_factory=GenerationSettings, description="How the policy generates (local or vLLM)."
     )

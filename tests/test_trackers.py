@@ -1,0 +1,88 @@
+"""`report_to`: a tiny DPO run's metrics reach TensorBoard (read back with TensorBoard's own reader) and
+wandb in offline mode, beside metrics.jsonl; a tracker that cannot start does not stop the run."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from feedlearn.data.store import open_run
+from feedlearn.methods.dpo import DPOConfig, PreferenceLearning
+from feedlearn.trackers import hyperparameters
+
+
+def dpo_run(tmp_path, report_to: list[str]) -> PreferenceLearning:
+    config = DPOConfig.model_validate(
+        {
+            "method": "dpo",
+            "run_dir": str(tmp_path / "runs"),
+            "model": {"path": "tiny"},
+            "tiny": {"hidden_size": 16, "intermediate_size": 32, "num_layers": 1, "num_heads": 2},
+            "train_data": {"synthetic": {"n": 32, "seed": 0}},
+            "eval_data": {"synthetic": {"n": 16, "seed": 1}},
+            "train": {"batch_size": 8, "grad_accum": 1, "epochs": 1, "max_length": 64},
+            "report_to": report_to,
+        }
+    )
+    store = open_run(config.run_dir, "tracked", config.model_dump(mode="json"))
+    return PreferenceLearning(config, store, progress=False)
+
+
+def logged(run) -> dict[str, list[tuple[int, float]]]:
+    rows = [json.loads(line) for line in (run.store.path / "metrics.jsonl").read_text().splitlines()]
+    out: dict[str, list] = {}
+    for r in rows:
+        for k, v in r.items():
+            if k not in ("stage", "step", "time") and isinstance(v, int | float) and not isinstance(v, bool):
+                out.setdefault(f"{r['stage']}/{k}", []).append((r["step"] or 0, v))
+    return out
+
+
+def test_tensorboard_gets_every_metric_at_its_step(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run = dpo_run(tmp_path, ["tensorboard"])
+    run.train()
+    run.evaluate()
+    (events,) = (run.store.path / "trackers" / "tensorboard" / "tracked").glob("events.out.tfevents.*")
+    reader = EventAccumulator(str(events))
+    reader.Reload()
+    expected = logged(run)
+    assert "train/losses/loss" in expected and "evaluate/preference_accuracy" in expected
+    assert set(expected) <= set(reader.Tags()["scalars"])
+    for key, points in expected.items():
+        seen = [(e.step, e.value) for e in reader.Scalars(key)]
+        assert [s for s, _ in seen] == [s for s, _ in points], key
+        assert [v for _, v in seen] == pytest.approx([v for _, v in points], rel=1e-6), key
+
+
+def test_wandb_offline_writes_its_run_folder_and_a_broken_tracker_does_not_stop_the_run(
+    tmp_path, monkeypatch
+):
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    run = dpo_run(tmp_path, ["wandb"])
+    run.train()
+    run.store.trackers.finish()
+    (offline,) = (run.store.path / "trackers" / "wandb" / "wandb").glob("offline-run-*")
+    assert list(offline.glob("*.wandb"))  # the run's history, to `wandb sync` later
+    import accelerate.tracking
+
+    def broken(self):
+        raise ConnectionError("no route to host")
+
+    monkeypatch.setattr(accelerate.tracking.WandBTracker, "start", broken)
+    again = dpo_run(tmp_path / "again", ["wandb"])
+    assert again.store.trackers.trackers == []
+    again.train()  # metrics.jsonl alone
+    assert "train/losses/loss" in logged(again)
+
+
+def test_hyperparameters_are_flat_scalars():
+    assert hyperparameters({"a": {"b": 1, "c": [1, 2]}, "d": None, "e": "x"}) == {
+        "a.b": 1,
+        "a.c": "[1, 2]",
+        "d": None,
+        "e": "x",
+    }
