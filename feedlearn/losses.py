@@ -79,6 +79,27 @@ def implicit_reward_margin(
     return beta * ((policy_a - ref_a) - (policy_b - ref_b))
 
 
+def reward_sums(
+    policy_a: torch.Tensor,
+    policy_b: torch.Tensor,
+    ref_a: torch.Tensor,
+    ref_b: torch.Tensor,
+    targets: torch.Tensor,
+    beta: float,
+) -> torch.Tensor:
+    """[5]: over the pairs with a preference (target 1: a is chosen, -1: b is), the sums of the chosen
+    and the rejected response's implicit reward r(y) = beta (log pi(y) - log ref(y)), of their margin,
+    of the margins above 0, and the number of such pairs: TRL's `rewards/*` once divided by the count."""
+    r_a, r_b = beta * (policy_a - ref_a), beta * (policy_b - ref_b)
+    used = targets != 0
+    chosen = torch.where(targets > 0, r_a, r_b)[used]
+    rejected = torch.where(targets > 0, r_b, r_a)[used]
+    margins = chosen - rejected
+    return torch.stack(
+        [chosen.sum(), rejected.sum(), margins.sum(), (margins > 0).sum().to(margins.dtype), used.sum()]
+    ).float()
+
+
 def active_targets(
     margins: torch.Tensor, labels: torch.Tensor, pseudo_label: Literal["flip", "drop"]
 ) -> tuple[torch.Tensor, torch.Tensor]:

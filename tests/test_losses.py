@@ -177,3 +177,18 @@ def test_ppo_loss_clips_the_ratio_on_the_side_the_advantage_pushes():
     loss.backward()
     # only the unclipped middle term has a gradient: d/dlogp of -(r * A)/3 = -(0.5 * 1)/3
     assert new.grad.tolist() == pytest.approx([0.0, -0.5 / 3, 0.0])
+
+
+def test_reward_sums_are_trls_rewards_of_known_log_probs():
+    """Two labeled pairs and one without a preference; beta 0.5. Pair 1 (a chosen): r(a) = 0.5 (-1 + 2) =
+    0.5, r(b) = 0.5 (-3 + 2.5) = -0.25. Pair 2 (b chosen): r(a) = 0.5 (-2 + 1) = -0.5, r(b) = 0.5 (-4 + 3)
+    = -0.5, margin 0 (not above 0). Pair 3 (target 0) is left out."""
+    from feedlearn.losses import reward_sums
+
+    policy_a, policy_b = torch.tensor([-1.0, -2.0, -9.0]), torch.tensor([-3.0, -4.0, -9.0])
+    ref_a, ref_b = torch.tensor([-2.0, -1.0, 0.0]), torch.tensor([-2.5, -3.0, 0.0])
+    sums = reward_sums(policy_a, policy_b, ref_a, ref_b, torch.tensor([1.0, -1.0, 0.0]), beta=0.5)
+    chosen, rejected, margins, right, used = sums.tolist()
+    assert used == 2 and right == 1
+    assert chosen == pytest.approx(0.5 + -0.5) and rejected == pytest.approx(-0.25 + -0.5)
+    assert margins == pytest.approx(0.75 + 0.0)

@@ -86,3 +86,17 @@ def test_hyperparameters_are_flat_scalars():
         "d": None,
         "e": "x",
     }
+
+
+def test_dpo_steps_log_trls_reward_diagnostics(tmp_path):
+    run = dpo_run(tmp_path, [])
+    run.train()
+    rows = [json.loads(line) for line in (run.store.path / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in rows if r["stage"] == "train" and r["step"] is not None]
+    assert steps and all(
+        {"rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies"} <= set(r)
+        for r in steps
+    )
+    for r in steps:
+        assert r["rewards/margins"] == pytest.approx(r["rewards/chosen"] - r["rewards/rejected"], abs=1e-6)
+        assert 0.0 <= r["rewards/accuracies"] <= 1.0

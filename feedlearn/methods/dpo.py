@@ -34,6 +34,7 @@ from feedlearn.losses import (
     active_targets,
     dpo_loss,
     implicit_reward_margin,
+    reward_sums,
     select_queries,
     sequence_logprobs,
 )
@@ -317,6 +318,7 @@ class PreferenceObjective:
     ):
         self.dpo, self.active, self.pairs, self.book, self.reference = dpo, active, pairs, book, reference
         self.counts = torch.zeros(3)  # pseudo-labels, of them with a gold label, of them agreeing with it
+        self.rewards = torch.zeros(5)  # this step's `reward_sums`
 
     def collate(self, rows: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
         """A pair batch, with the precomputed reference log-probs as `reference` [2B] when there are some."""
@@ -338,6 +340,8 @@ class PreferenceObjective:
         mode = self.active.pseudo_label if self.active is not None else "drop"
         targets, weights = active_targets(margins, labels.to(margins.device), mode)
         self._count(batch["index"].tolist(), labels, targets)
+        sums = reward_sums(policy_a.detach(), policy_b.detach(), ref_a, ref_b, targets, beta)
+        self.rewards += sums.cpu()
         losses = dpo_loss(policy_a, policy_b, ref_a, ref_b, targets, beta, self.dpo.loss)
         return (weights * losses).sum() / len(losses)
 
@@ -370,14 +374,21 @@ class PreferenceObjective:
         self.counts += torch.tensor([pseudo.sum(), has_gold.sum(), agree.sum()], dtype=torch.float32)
 
     def step_metrics(self) -> dict[str, float]:
-        """Labels paid for so far, and this step's pseudo-labels (summed over processes) and how many of
-        them agree with the gold labels where the data has some."""
-        counts = self.counts.to(process_state().device)
+        """Labels paid for so far, this step's pseudo-labels (summed over processes) and how many of them
+        agree with the gold labels where the data has some, and TRL's `rewards/*` of the step."""
+        counts = torch.cat([self.counts, self.rewards]).to(process_state().device)
         if process_state().num_processes > 1:
             counts = reduce(counts, "sum")
-        self.counts = torch.zeros(3)
-        pseudo, with_gold, agree = counts.tolist()
+        self.counts, self.rewards = torch.zeros(3), torch.zeros(5)
+        pseudo, with_gold, agree, chosen, rejected, margins, right, used = counts.tolist()
         metrics = {"queries_used": float(self.book.queries_used), "pseudo_labels": pseudo}
+        if used:  # TRL's names, over the step's pairs with a preference
+            metrics |= {
+                "rewards/chosen": chosen / used,
+                "rewards/rejected": rejected / used,
+                "rewards/margins": margins / used,
+                "rewards/accuracies": right / used,
+            }
         metrics.update(getattr(self.book.labeler, "stats", {}))  # a judge's garbage / bias counters
         if with_gold:
             metrics["pseudo_label_agreement"] = agree / with_gold
