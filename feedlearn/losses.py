@@ -169,6 +169,27 @@ def reinforce_loss(action_logprobs: torch.Tensor, returns: torch.Tensor) -> torc
     return -(action_logprobs * returns).mean()
 
 
+def choice_entropy(logprobs: torch.Tensor) -> torch.Tensor:
+    """[batch] entropy of each row's distribution over its choices (log-probs; -inf entries, the labels a
+    row does not offer, add 0)."""
+    return torch.special.entr(logprobs.exp()).sum(-1)
+
+
+def ppo_ratio_stats(action_logprobs: torch.Tensor, old_logprobs: torch.Tensor, clip: float) -> torch.Tensor:
+    """[2]: CleanRL's approx_kl, mean((r - 1) - log r), and clipfrac, the share of |r - 1| > clip, of the
+    ratios r = pi / pi_old."""
+    log_ratio = action_logprobs - old_logprobs
+    ratio = log_ratio.exp()
+    return torch.stack([((ratio - 1) - log_ratio).mean(), ((ratio - 1).abs() > clip).float().mean()])
+
+
+def explained_variance(predicted: torch.Tensor, target: torch.Tensor) -> float:
+    """1 - Var(target - predicted) / Var(target): 1 for a perfect critic, 0 for one that predicts the mean,
+    NaN when the targets do not vary."""
+    variance = target.var(unbiased=False)
+    return float("nan") if variance == 0 else float(1 - (target - predicted).var(unbiased=False) / variance)
+
+
 def ppo_loss(
     action_logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor, clip: float
 ) -> torch.Tensor:

@@ -81,9 +81,14 @@ def _raise_any(own: Exception | None, messages: list[tuple[int, str | None]]) ->
             raise FeedlearnError(f"process {rank} failed: {message}")
 
 
-def total(count: int) -> int:
-    """The sum of every process's `count` (a count each process kept of its own share)."""
-    return count if process_state().num_processes == 1 else sum(gather_object([count]))
+def total(value: float) -> float:
+    """The sum of every process's `value` (a count or sum each process kept of its own share)."""
+    return value if process_state().num_processes == 1 else sum(gather_object([value]))
+
+
+def gathered(items: list[T]) -> list[T]:
+    """Every process's `items`, one list after another in rank order."""
+    return items if process_state().num_processes == 1 else gather_object(items)
 
 
 def own_file(path: Path) -> Path:

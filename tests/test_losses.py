@@ -192,3 +192,22 @@ def test_reward_sums_are_trls_rewards_of_known_log_probs():
     assert used == 2 and right == 1
     assert chosen == pytest.approx(0.5 + -0.5) and rejected == pytest.approx(-0.25 + -0.5)
     assert margins == pytest.approx(0.75 + 0.0)
+
+
+def test_ppo_diagnostics_of_known_ratios():
+    """Ratios 1, 2 and 0.5 (clip 0.2): approx_kl = mean((r - 1) - log r) = (0 + (1 - ln 2) + (-0.5 + ln 2))
+    / 3 = 0.5 / 3; two of three ratios lie outside [0.8, 1.2]."""
+    from feedlearn.losses import choice_entropy, explained_variance, ppo_ratio_stats
+
+    old = torch.log(torch.tensor([0.2, 0.2, 0.4]))
+    new = torch.log(torch.tensor([0.2, 0.4, 0.2]))
+    approx_kl, clipfrac = ppo_ratio_stats(new, old, clip=0.2).tolist()
+    assert approx_kl == pytest.approx(0.5 / 3, rel=1e-5) and clipfrac == pytest.approx(2 / 3)
+    # entropy over the offered choices: a fair coin (ln 2) beside a label it does not offer (-inf)
+    logps = torch.log(torch.tensor([[0.5, 0.5, 0.0], [1.0, 0.0, 0.0]]))
+    assert choice_entropy(logps).tolist() == pytest.approx([math.log(2), 0.0])
+    returns = torch.tensor([1.0, 2.0, 3.0, 4.0])
+    assert explained_variance(returns, returns) == 1.0
+    assert explained_variance(torch.full((4,), 2.5), returns) == pytest.approx(0.0)
+    assert explained_variance(returns - 1, returns) == pytest.approx(1 - 0 / returns.var(unbiased=False))
+    assert math.isnan(explained_variance(returns, torch.ones(4)))

@@ -51,12 +51,20 @@ from feedlearn.feedback.reflections import (
     named_move,
     propose_tasks,
 )
-from feedlearn.losses import choice_logprobs, cost_to_go, ppo_loss, reinforce_loss
+from feedlearn.losses import (
+    choice_entropy,
+    choice_logprobs,
+    cost_to_go,
+    explained_variance,
+    ppo_loss,
+    ppo_ratio_stats,
+    reinforce_loss,
+)
 from feedlearn.methods.common import AskSettings, Method, RecipeConfig, Settings
 from feedlearn.models.chat import prompt_ids
 from feedlearn.models.loading import load_policy
 from feedlearn.models.tiny import build_tiny_model
-from feedlearn.processes import process_state, shared_map, sum_gradients
+from feedlearn.processes import gathered, process_state, shared_map, sum_gradients, total
 from feedlearn.report import flatten
 from feedlearn.seeds import derive_seed
 from feedlearn.training.data import tokenize_sft
@@ -450,7 +458,7 @@ class ReflectRL(Method):
                 self._rollout, policy, tok, reflector, objective, split="train", level=level, greedy=False
             )
             episodes = shared_map(play, self.train_seeds(iteration))
-            self._update(
+            diagnostics = self._update(
                 policy, critic, objective, optimizer, params, [s for ep in episodes for s in ep["steps"]]
             )
             for ep in episodes:
@@ -468,8 +476,17 @@ class ReflectRL(Method):
             ]
             if episodes_log is not None:
                 episodes_log.append(*(r for r in records if r.id not in episodes_log))
+            episodic_return = sum(sum(ep["rewards"]) for ep in episodes) / len(episodes)
             self.store.log_metrics(
-                "rl", {"charts/success": success, "charts/cost": cost, "replay": len(replay)}, step=iteration
+                "rl",
+                {
+                    "charts/success": success,
+                    "charts/cost": cost,
+                    "charts/episodic_return": episodic_return,
+                    "replay": len(replay),
+                    **diagnostics,  # of the update on this iteration's episodes (not the replay's)
+                },
+                step=iteration,
             )
             log.info("rl iteration %d (level %s): success %.2f, cost %.2f", iteration, level, success, cost)
             if (
@@ -662,11 +679,12 @@ class ReflectRL(Method):
             active = still
         return episodes
 
-    def _update(self, policy, critic, objective, optimizer, params, steps: list[dict]) -> None:
+    def _update(self, policy, critic, objective, optimizer, params, steps: list[dict]) -> dict[str, float]:
         """One update on `steps`: a REINFORCE step on the cost-to-go, or `ppo_epochs` clipped PPO steps with
         advantages from the critic; forward passes of `rl.batch_size` steps, gradients accumulated. Under
         several processes each takes every n-th batch and the gradients are summed across processes
-        before the step, so every process takes the step one process would."""
+        before the step, so every process takes the step one process would. Returns the diagnostics of
+        its last pass, with CleanRL's names (`losses/*`), over every process's steps."""
         rl, state = self.config.rl, process_state()
         chunks = [steps[i : i + rl.batch_size] for i in range(0, len(steps), rl.batch_size)]
         mine = chunks[state.process_index :: state.num_processes]
@@ -674,29 +692,48 @@ class ReflectRL(Method):
         device = next(policy.parameters()).device
         returns = [torch.tensor([s["return"] for s in c], dtype=torch.float32, device=device) for c in mine]
         if critic is None:
-            passes, olds, advantages = 1, None, returns
+            passes, olds, advantages, values = 1, None, returns, None
         else:
             with torch.no_grad():
                 outs = [objective.forward(policy, b) for b in batches]
                 olds = [_chosen(logps, b) for (logps, _), b in zip(outs, batches, strict=True)]
-                advantages = [g - critic(h) for g, (_, h) in zip(returns, outs, strict=True)]
+                values = [critic(h) for _, h in outs]
+                advantages = [g - v for g, v in zip(returns, values, strict=True)]
             passes = rl.ppo_epochs
         policy.train()
+        sums = torch.zeros(5)  # the last pass's loss, entropy, approx_kl, clipfrac, value loss, x steps
         for _ in range(passes):
             optimizer.zero_grad(set_to_none=True)
+            sums.zero_()
             for k, batch in enumerate(batches):
                 logps, hidden = objective.forward(policy, batch)
                 chosen = _chosen(logps, batch)
                 if critic is None:
-                    loss = reinforce_loss(chosen, returns[k])
+                    loss, extra = reinforce_loss(chosen, returns[k]), torch.zeros(3)
                 else:
-                    loss = ppo_loss(chosen, olds[k], advantages[k], rl.ppo_clip)
-                    loss = loss + rl.value_coef * torch.mean((critic(hidden) - returns[k]) ** 2)
+                    value_loss = torch.mean((critic(hidden) - returns[k]) ** 2)
+                    loss = ppo_loss(chosen, olds[k], advantages[k], rl.ppo_clip) + rl.value_coef * value_loss
+                    ratios = ppo_ratio_stats(chosen.detach(), olds[k], rl.ppo_clip).cpu()
+                    extra = torch.cat([ratios, value_loss.detach().cpu()[None]])
                 (loss * len(mine[k]) / len(steps)).backward()
+                entropy = choice_entropy(logps.detach()).mean().cpu()
+                sums += len(mine[k]) * torch.cat([loss.detach().cpu()[None], entropy[None], extra])
             sum_gradients(params)
             torch.nn.utils.clip_grad_norm_(params, rl.max_grad_norm)
             optimizer.step()
         policy.eval()
+        loss, entropy, approx_kl, clipfrac, value_loss = (total(float(x)) / len(steps) for x in sums)
+        metrics = {"losses/loss": loss, "losses/entropy": entropy}
+        if critic is not None:
+            predicted = torch.tensor(gathered([x for v in values for x in v.tolist()]))
+            target = torch.tensor(gathered([x for g in returns for x in g.tolist()]))
+            metrics |= {
+                "losses/approx_kl": approx_kl,
+                "losses/clipfrac": clipfrac,
+                "losses/value_loss": value_loss,
+                "losses/explained_variance": explained_variance(predicted, target),
+            }
+        return metrics
 
 
 def _new_episode(seed: int) -> dict:
