@@ -239,7 +239,8 @@ def kill_at(args, env, log: Path, run: Path, point: tuple[str, Callable[[Path], 
 def jsonl_records(run: Path) -> dict[str, list]:
     """Every JSONL file of the run but the metrics log, parsed."""
     return {
-        str(p.relative_to(run)): [json.loads(line) for line in p.read_text().splitlines()]
+        # lines end at "\n" only: a reply may hold U+2028 or U+0085, which str.splitlines splits at
+        str(p.relative_to(run)): [json.loads(line) for line in p.read_text().split("\n") if line]
         for p in sorted(run.rglob("*.jsonl"))
         if p.name != "metrics.jsonl"
     }

@@ -113,7 +113,6 @@ class LocalBackend:
         rows = [(i, k) for i in range(len(encoded)) for k in range(draws)]
         rows.sort(key=lambda row: len(encoded[row[0]]))
         replies: list[list[list[int]]] = [[[] for _ in range(draws)] for _ in encoded]
-        ends = {self.tokenizer.eos_token_id, self.tokenizer.pad_token_id}
         was_training = self.model.training
         self.model.eval()
         batches = range(0, len(rows), self.batch_size)
@@ -143,7 +142,9 @@ class LocalBackend:
                 cache_implementation="static" if self.kv_cache == "static" else None,
             )
             for (i, k), ids in zip(batch_rows, out[:, batch["input_ids"].shape[1] :].tolist(), strict=True):
-                cut = next((j for j, token in enumerate(ids) if token in ends), len(ids))
-                replies[i][k] = ids[:cut]
+                # a row ends at its end-of-sequence token (padding follows it); a pad token sampled
+                # mid-reply is a token like any other (generation goes on past it)
+                eos = self.tokenizer.eos_token_id
+                replies[i][k] = ids[: ids.index(eos)] if eos in ids else ids
         self.model.train(was_training)
         return [r * (n // draws) for r in replies]

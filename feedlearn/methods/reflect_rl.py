@@ -26,6 +26,7 @@ from typing import Literal
 
 import torch
 from pydantic import Field, model_validator
+from tqdm.auto import tqdm
 
 from feedlearn.backends.base import Backend, ParsedAsker, SamplingParams
 from feedlearn.backends.local import sample_rows
@@ -450,6 +451,12 @@ class ReflectRL(Method):
             JsonlAppender(folder / "episodes.jsonl", EpisodeRecord) if state.is_main_process else None
         )
         self.store.drop_metrics("rl", after_step=start)  # the iterations after the checkpoint are done again
+        bar = tqdm(
+            total=cfg.rl.iterations,
+            initial=start,
+            desc="rl",
+            disable=not (self.progress and state.is_main_process),
+        )
         for iteration in range(start + 1, cfg.rl.iterations + 1):
             level = levels[(iteration - 1) * len(levels) // cfg.rl.iterations]
             # an iteration's episodes, samples and dropout are seeded by its number: a resumed run replays it
@@ -488,13 +495,15 @@ class ReflectRL(Method):
                 },
                 step=iteration,
             )
-            log.info("rl iteration %d (level %s): success %.2f, cost %.2f", iteration, level, success, cost)
+            bar.set_postfix(success=f"{success:.2f}", level=_level_name(level))
+            bar.update()
             if (
                 iteration % cfg.rl.checkpoint_every == 0
                 and iteration < cfg.rl.iterations
                 and state.is_main_process
             ):
                 _save_checkpoint(folder / "checkpoints", policy, critic, tok, optimizer, replay, iteration)
+        bar.close()
         if not state.is_main_process:
             state.wait_for_everyone()  # until the main process has saved the policy
             return final

@@ -16,6 +16,7 @@ import json
 import logging
 import random
 import re
+import time
 from functools import partial
 from pathlib import Path
 from typing import Literal
@@ -265,13 +266,34 @@ class Rise(Method):
             sampling = SamplingParams(temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens)
             stage = f"collect/iter{iteration}"
             # Chunks are fixed slices of the problem list, so a resumed collection batches what an
-            # uninterrupted one did.
-            for start in range(0, len(problems), cfg.chunk_size):
+            # uninterrupted one did; each chunk's row (logged before its episodes are written) is
+            # dropped and logged again when its chunk is redone.
+            starts = range(0, len(problems), cfg.chunk_size)
+            finished = next(
+                (
+                    i
+                    for i, s in enumerate(starts)
+                    if any(p.id not in done for p in problems[s : s + cfg.chunk_size])
+                ),
+                len(starts),
+            )
+            self.store.drop_metrics(f"iter{iteration}/collect", after_step=finished)
+            for number, start in enumerate(starts, start=1):
                 chunk = [p for p in problems[start : start + cfg.chunk_size] if p.id not in done]
                 if not chunk:
                     continue
+                began = time.perf_counter()
                 episodes = shared_map(
                     partial(self._rollout, backends=backends, sampling=sampling, stage=stage), chunk
+                )
+                samples = sum(len(t.sample_rewards or [1]) for e in episodes for t in e.turns)
+                self.store.log_metrics(
+                    f"iter{iteration}/collect",
+                    {
+                        **solved_by_turn(episodes, len(cfg.turns)),
+                        "charts/samples_per_s": samples / (time.perf_counter() - began),
+                    },
+                    step=number,
                 )
                 if out is not None:
                     out.append(*episodes)
@@ -428,6 +450,15 @@ class Rise(Method):
         )
         scored = [[env.score(t) for t in texts] for env, texts in zip(envs, parallel, strict=True)]
         return list(zip(episodes, scored, strict=True))
+
+
+def solved_by_turn(episodes: list[Episode], turns: int) -> dict[str, float]:
+    """`success/turn<t>`: the share of `episodes` solved at turn t or before (an episode stops once
+    solved)."""
+    return {
+        f"success/turn{t}": sum(any(x.reward == 1.0 for x in e.turns[:t]) for e in episodes) / len(episodes)
+        for t in range(1, turns + 1)
+    }
 
 
 def windowed(episode: Episode, window: int | None) -> list[dict]:
