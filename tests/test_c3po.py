@@ -109,6 +109,16 @@ def test_c3po_objective_at_the_start_is_log2_plus_the_anchors_and_the_revision_s
         assert loss(lam=0.0) == pytest.approx(expected, rel=1e-5)
         with_sft = math.log(2) + 0.5 * cross_entropy("in_pos")
         assert loss(lam=1.0, chosen_sft=0.5) == pytest.approx(with_sft, rel=1e-5)
+        # each part logged unweighted by its own name, and TRL's rewards (all 0: the policy is the base)
+        objective = ScopeObjective("c3po", LossSettings(lam=0.0, chosen_sft=0.5), tokenizer.pad_token_id)
+        objective.loss(model, objective.collate(rows))
+        logged = objective.step_metrics()
+        assert logged["losses/dpo"] == pytest.approx(math.log(2), abs=1e-5)
+        assert logged["losses/chosen_sft"] == pytest.approx(cross_entropy("in_pos"), rel=1e-5)
+        assert logged["losses/anchor_out"] == pytest.approx(cross_entropy("out"), rel=1e-5)
+        assert logged["losses/anchor_near"] == pytest.approx(cross_entropy("near"), rel=1e-5)
+        assert logged["rewards/margins"] == pytest.approx(0.0, abs=1e-6) and logged["rewards/accuracies"] == 0
+        assert objective.step_metrics() == {}  # reset after each step
 
 
 def test_scope_metrics_count_adherence_and_change_ties_are_not_adherence():

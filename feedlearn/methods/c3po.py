@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Literal
 
 import torch
+from accelerate.utils import reduce
 from pydantic import Field, model_validator
 
 from feedlearn.backends.base import Backend, ParsedAsker, SamplingParams
@@ -45,7 +46,7 @@ from feedlearn.envs import instructions
 from feedlearn.errors import ConfigError, DataError
 from feedlearn.feedback.teachers import LLMTeacher, OfflineTeacher, Teacher
 from feedlearn.feedback.verbal import Feedback, adheres, changed, load_feedbacks, select_feedbacks
-from feedlearn.losses import anchor_loss, dpo_loss, sequence_logprobs, token_mean_nll
+from feedlearn.losses import anchor_loss, dpo_loss, reward_sums, sequence_logprobs, token_mean_nll
 from feedlearn.methods.common import AskSettings, Method, RecipeConfig, Settings
 from feedlearn.models.loading import load_policy
 from feedlearn.models.tiny import build_tiny_model
@@ -446,6 +447,7 @@ class C3PO(Method):
             f"{feedback.id[:8]}/train/{method}",
             self.progress,
             collate_fn=objective.collate,
+            step_metrics=objective.step_metrics,
             seed=cfg.seed,
         )
 
@@ -629,6 +631,7 @@ class ScopeObjective:
     def __init__(self, method: TrainMethod, loss: LossSettings, pad_id: int):
         self.method, self.settings, self.pad_id = method, loss, pad_id
         self.parts = PARTS[method]
+        self.logged: dict[str, torch.Tensor] = {}  # this step's sums of the loss parts and `reward_sums`
 
     def collate(self, rows: list[dict]) -> dict[str, torch.Tensor]:
         """The method's parts of every row, as one padded batch: part by part, B rows each."""
@@ -654,13 +657,47 @@ class ScopeObjective:
         )
         ref_pos = sequence_logprobs(refs["in_pos"], labels["in_pos"])
         ref_neg = sequence_logprobs(refs["in_neg"], labels["in_neg"])
-        total = dpo_loss(pos, neg, ref_pos, ref_neg, torch.ones_like(pos), s.beta)
+        preference = dpo_loss(pos, neg, ref_pos, ref_neg, torch.ones_like(pos), s.beta)
+        total, parts = preference, {"dpo": preference}
+        self._add(
+            "rewards", reward_sums(pos.detach(), neg.detach(), ref_pos, ref_neg, torch.ones_like(pos), s.beta)
+        )
         if self.method == "c3po":
-            total = total + s.chosen_sft * token_mean_nll(chunks["in_pos"], labels["in_pos"])
+            parts["chosen_sft"] = token_mean_nll(chunks["in_pos"], labels["in_pos"])
+            total = total + s.chosen_sft * parts["chosen_sft"]
             for part, weight in (("out", s.sigma_soft), ("near", s.sigma_hard)):
-                anchor = anchor_loss(chunks[part], labels[part], refs.get(part), s.lam, s.temperature)
-                total = total + weight * anchor
+                parts[f"anchor_{part}"] = anchor_loss(
+                    chunks[part], labels[part], refs.get(part), s.lam, s.temperature
+                )
+                total = total + weight * parts[f"anchor_{part}"]
+        for name, values in parts.items():  # each part unweighted, as a sum over rows with their count
+            self._add(name, torch.stack([values.detach().sum(), values.new_tensor(float(len(values)))]))
         return total.mean()
+
+    def _add(self, name: str, sums: torch.Tensor) -> None:
+        self.logged[name] = self.logged.get(name, 0) + sums.detach().float().cpu()
+
+    def step_metrics(self) -> dict[str, float]:
+        """This step's mean of each loss part (`losses/<part>`, unweighted) and TRL's `rewards/*`, over
+        every process's rows; the preference methods (dpo, c3po) only."""
+        names = sorted(self.logged)
+        if not names:
+            return {}
+        flat = torch.cat([self.logged[n] for n in names]).to(process_state().device)
+        if process_state().num_processes > 1:
+            flat = reduce(flat, "sum")
+        self.logged, sums, at = {}, {}, 0
+        for name in names:
+            size = 5 if name == "rewards" else 2
+            sums[name], at = flat[at : at + size].tolist(), at + size
+        chosen, rejected, margins, right, used = sums.pop("rewards")
+        metrics = {f"losses/{name}": total / count for name, (total, count) in sums.items()}
+        return metrics | {
+            "rewards/chosen": chosen / used,
+            "rewards/rejected": rejected / used,
+            "rewards/margins": margins / used,
+            "rewards/accuracies": right / used,
+        }
 
     @torch.no_grad()
     def _reference(self, model, batch, rows: int) -> dict[str, torch.Tensor]:
