@@ -115,7 +115,8 @@ def cmd_demo(args) -> None:
 
 
 def cmd_report(args) -> None:
-    from feedlearn.report import plot_adarefiner, print_results
+    from feedlearn.report import flatten, plot_adarefiner, plot_turns, print_results
+    from feedlearn.report_page import write_report
 
     runs = [Path(r) for r in args.run]
     flat = {}
@@ -128,11 +129,21 @@ def cmd_report(args) -> None:
             {prefix + _column(p.relative_to(run), run.name): json.loads(p.read_text()) for p in found}
         )
     print_results(f"run {', '.join(r.name for r in runs)}", runs[0].name, flat)
+    figures = []
     crafter = {r.name: r for r in runs if _method_of(r) == "adarefiner"}
     if crafter:
         plot = Path(args.plot) if args.plot else runs[0] / "report.png"
         plot_adarefiner(crafter, plot)
         print(f"plot: {plot}")
+        figures.append(plot)
+    for run in runs:
+        found = sorted(p for p in run.glob("**/metrics.json") if "evaluate" in p.relative_to(run).parts)
+        columns = {_column(p.relative_to(run), run.name): flatten(json.loads(p.read_text())) for p in found}
+        own = [f for f in figures if f.parent == run]
+        if _method_of(run) == "rise":
+            plot_turns(columns, run / "report" / "accuracy_per_turn.png")
+            own.append(run / "report" / "accuracy_per_turn.png")
+        print(f"report: {write_report(run, columns, own)}")
 
 
 def _method_of(run: Path) -> str | None:

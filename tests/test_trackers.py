@@ -100,3 +100,44 @@ def test_dpo_steps_log_trls_reward_diagnostics(tmp_path):
     for r in steps:
         assert r["rewards/margins"] == pytest.approx(r["rewards/chosen"] - r["rewards/rejected"], abs=1e-6)
         assert 0.0 <= r["rewards/accuracies"] <= 1.0
+
+
+def images_of(page) -> list[str]:
+    import re
+
+    return re.findall(r'<img src="([^"]+)"', page.read_text())
+
+
+def test_report_writes_curves_and_a_self_contained_page_naming_every_metric(tmp_path, capsys):
+    from feedlearn.cli import main
+
+    run = dpo_run(tmp_path, [])
+    run.train()
+    run.evaluate()
+    assert main(["report", str(run.store.path)]) == 0
+    page = run.store.path / "report" / "index.html"
+    text = page.read_text()
+    assert images_of(page) == ["curves_train.png"]
+    assert all((page.parent / src).stat().st_size > 0 for src in images_of(page))
+    evaluation = json.loads((run.store.path / "evaluate" / "metrics.json").read_text())
+    assert all(f"<td>{key}</td>" in text for key in evaluation)
+    assert "http" not in text and "<script" not in text  # nothing to fetch, nothing to run
+
+
+def test_a_rise_report_has_its_accuracy_per_turn_figure(tmp_path, capsys):
+    from feedlearn.cli import main
+
+    run = tmp_path / "rise-run"
+    (run / "base" / "evaluate").mkdir(parents=True)
+    (run / "iter1" / "evaluate").mkdir(parents=True)
+    (run / "config.yaml").write_text("method: rise\n")
+    for folder, accuracy in (("base", 20.0), ("iter1", 30.0)):
+        metrics = {"acc@t1": accuracy, "acc@t2": accuracy + 5, "p1@t2": accuracy + 10, "p2@t1": accuracy + 3}
+        (run / folder / "evaluate" / "metrics.json").write_text(json.dumps(metrics))
+    rows = [{"stage": "iter1/train", "step": s, "time": 0, "losses/loss": 1.0 / s} for s in (1, 2, 3)]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert main(["report", str(run)]) == 0
+    page = run / "report" / "index.html"
+    assert images_of(page) == ["curves_iter1_train.png", "accuracy_per_turn.png"]
+    assert all((page.parent / src).exists() for src in images_of(page))
+    assert "<th>base</th><th>iter1</th>" in page.read_text()
