@@ -115,7 +115,7 @@ def cmd_demo(args) -> None:
 
 
 def cmd_report(args) -> None:
-    from feedlearn.report import flatten, plot_adarefiner, plot_turns, print_results
+    from feedlearn.report import flatten, plot_adarefiner, plot_method, plot_turns, print_results
     from feedlearn.report_page import write_report
 
     runs = [Path(r) for r in args.run]
@@ -143,6 +143,8 @@ def cmd_report(args) -> None:
         if _method_of(run) == "rise":
             plot_turns(columns, run / "report" / "accuracy_per_turn.png")
             own.append(run / "report" / "accuracy_per_turn.png")
+        elif figure := plot_method(_method_of(run), columns, run / "report" / "results.png"):
+            own.append(figure)
         print(f"report: {write_report(run, columns, own)}")
 
 

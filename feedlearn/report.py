@@ -139,3 +139,51 @@ def plot_adarefiner(runs: dict[str, Path], path: str | Path) -> None:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def plot_method(method: str, columns: dict[str, dict[str, float]], path: Path) -> Path | None:
+    """The method's own figure from its evaluation columns ({column: flat metrics}), or None where it has
+    none here (RISE and AdaRefiner have theirs: `plot_turns`, `plot_adarefiner`). DPO / Active DPO:
+    preference accuracy against the labels queried; C3PO: adherence in scope and change near and out of
+    scope per method and feedback; Reflect-RL: success per level of each evaluated policy."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if method in ("dpo", "active-dpo"):
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for name, m in columns.items():
+            ax.plot(m.get("queries_used", 0), m["preference_accuracy"], "o", ms=8, label=name)
+        ax.axhline(50, ls="--", color="grey", label="chance")
+        ax.set_xlabel("labels queried")
+        ax.set_ylabel("held-out preference accuracy (%)")
+        ax.set_title("accuracy against labels queried")
+        ax.legend(fontsize=8)
+    elif method == "c3po":
+        parts = ("in_scope_adherence", "near_scope_changed", "out_scope_changed")
+        fig, axes = plt.subplots(1, len(columns), figsize=(6 * len(columns), 4.2), squeeze=False)
+        for ax, (feedback, m) in zip(axes[0], columns.items(), strict=True):
+            names = sorted({k.split("/")[0] for k in m if k.endswith(parts)})
+            grouped_bars(ax, names, {p: [m.get(f"{n}/{p}", 0) for n in names] for p in parts}, rotation=30)
+            ax.set_ylabel("%")
+            ax.set_ylim(0, 118)  # room above 100% for the legend
+            ax.legend(fontsize=8, ncol=3, loc="upper center")
+            ax.set_title(f"feedback {feedback}: follows in scope, changes elsewhere", fontsize=10)
+    elif method == "reflect-rl":
+        levels = sorted({k.split("/")[1] for m in columns.values() for k in m if k.startswith("levels/")})
+        keys = [f"levels/{lvl}/success" for lvl in levels] or ["success"]
+        fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(keys) + 3), 4))
+        grouped_bars(
+            ax, levels or ["all"], {name: [m.get(k, 0) for k in keys] for name, m in columns.items()}
+        )
+        ax.set_xlabel("level")
+        ax.set_ylabel("success (%)")
+        ax.set_title("test success per level")
+    else:
+        return None
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return Path(path)

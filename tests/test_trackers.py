@@ -117,7 +117,7 @@ def test_report_writes_curves_and_a_self_contained_page_naming_every_metric(tmp_
     assert main(["report", str(run.store.path)]) == 0
     page = run.store.path / "report" / "index.html"
     text = page.read_text()
-    assert images_of(page) == ["curves_train.png"]
+    assert images_of(page) == ["curves_train.png", "results.png"]  # and accuracy against labels queried
     assert all((page.parent / src).stat().st_size > 0 for src in images_of(page))
     evaluation = json.loads((run.store.path / "evaluate" / "metrics.json").read_text())
     assert all(f"<td>{key}</td>" in text for key in evaluation)
@@ -141,3 +141,28 @@ def test_a_rise_report_has_its_accuracy_per_turn_figure(tmp_path, capsys):
     assert images_of(page) == ["curves_iter1_train.png", "accuracy_per_turn.png"]
     assert all((page.parent / src).exists() for src in images_of(page))
     assert "<th>base</th><th>iter1</th>" in page.read_text()
+
+
+def test_c3po_and_reflect_rl_reports_have_their_figures(tmp_path, capsys):
+    from feedlearn.cli import main
+
+    scopes = {"in_scope_adherence": 80.0, "near_scope_changed": 10.0, "out_scope_changed": 5.0}
+    layouts = {
+        "c3po": {"d1c27ec1/evaluate": {m: scopes for m in ("c3po", "scd", "in_context")}},
+        "reflect-rl": {
+            f"evaluate/{stage}": {
+                "success": s,
+                "levels": {"dropoff": {"success": s}, "pickup": {"success": s / 2}},
+            }
+            for stage, s in (("sft", 40.0), ("rl", 70.0))
+        },
+    }
+    for method, folders in layouts.items():
+        run = tmp_path / method
+        for folder, metrics in folders.items():
+            (run / folder).mkdir(parents=True)
+            (run / folder / "metrics.json").write_text(json.dumps(metrics))
+        (run / "config.yaml").write_text(f"method: {method}\n")
+        assert main(["report", str(run)]) == 0
+        assert images_of(run / "report" / "index.html") == ["results.png"]
+        assert (run / "report" / "results.png").stat().st_size > 0
