@@ -116,7 +116,7 @@ def cmd_demo(args) -> None:
 
 def cmd_report(args) -> None:
     from feedlearn.report import flatten, plot_adarefiner, plot_method, plot_turns, print_results
-    from feedlearn.report_page import write_report
+    from feedlearn.report_page import write_comparison, write_report
 
     runs = [Path(r) for r in args.run]
     flat = {}
@@ -146,6 +146,8 @@ def cmd_report(args) -> None:
         elif figure := plot_method(_method_of(run), columns, run / "report" / "results.png"):
             own.append(figure)
         print(f"report: {write_report(run, columns, own)}")
+    if len(runs) > 1:
+        print(f"comparison: {write_comparison(runs, {k: flatten(v) for k, v in flat.items()})}")
 
 
 def _method_of(run: Path) -> str | None:

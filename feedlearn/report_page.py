@@ -82,6 +82,22 @@ def write_report(run: Path, results: dict[str, dict], figures: list[Path] = ()) 
     return page
 
 
+def write_comparison(runs: list[Path], results: dict[str, dict]) -> Path:
+    """`compare.html` in the first run's report folder: the runs' evaluation columns side by side
+    (`run/column`), then each run's figures (written by `write_report` before), captioned by run."""
+    folder = runs[0] / "report"
+    images = []
+    for run in runs:
+        for png in sorted((run / "report").glob("*.png")):
+            target = folder / f"{run.name}__{png.name}"
+            if png.resolve() != target.resolve() and "__" not in png.name:
+                target.write_bytes(png.read_bytes())
+                images.append((f"{run.name}: {png.stem}", target.name))
+    page = folder / "compare.html"
+    page.write_text(_html(" vs ".join(r.name for r in runs), results, images), encoding="utf-8")
+    return page
+
+
 def _html(name: str, results: dict[str, dict], images: list[tuple[str, str]]) -> str:
     keys = list(dict.fromkeys(k for column in results.values() for k in column))
     head = "".join(f"<th>{html.escape(c)}</th>" for c in results)

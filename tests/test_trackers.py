@@ -166,3 +166,20 @@ def test_c3po_and_reflect_rl_reports_have_their_figures(tmp_path, capsys):
         assert main(["report", str(run)]) == 0
         assert images_of(run / "report" / "index.html") == ["results.png"]
         assert (run / "report" / "results.png").stat().st_size > 0
+
+
+def test_report_of_two_runs_compares_them_side_by_side(tmp_path, capsys):
+    from feedlearn.cli import main
+
+    runs = []
+    for name, accuracy in (("a", 60.0), ("b", 70.0)):
+        run = tmp_path / name
+        (run / "evaluate").mkdir(parents=True)
+        (run / "config.yaml").write_text("method: dpo\n")
+        (run / "evaluate" / "metrics.json").write_text(json.dumps({"preference_accuracy": accuracy}))
+        runs.append(str(run))
+    assert main(["report", *runs]) == 0
+    page = tmp_path / "a" / "report" / "compare.html"
+    assert "<th>a/a</th><th>b/b</th>" in page.read_text()
+    assert images_of(page) == ["a__results.png", "b__results.png"]
+    assert all((page.parent / src).exists() for src in images_of(page))
