@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
+from safetensors.torch import save_model
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
@@ -97,7 +98,12 @@ def build_tiny_model(
     # model at once never see (or overwrite) each other's half-written files.
     folder.parent.mkdir(parents=True, exist_ok=True)
     building = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{key}."))
-    model.save_pretrained(building)
+    # Weights through safetensors, not `save_pretrained`: under torch.distributed transformers writes
+    # weights on global rank 0 only, and another process's build (or another machine's) would be empty.
+    save_model(model, str(building / "model.safetensors"), metadata={"format": "pt"})
+    model.config.architectures = [type(model).__name__]  # as save_pretrained records it (vLLM reads it)
+    model.config.save_pretrained(building)
+    model.generation_config.save_pretrained(building)
     tokenizer.save_pretrained(building)
     write_text_atomic(building / "done", key + "\n")
     if folder.exists() and not (folder / "done").exists():  # left by a build that crashed midway
