@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
-from safetensors.torch import save_model
+from safetensors.torch import save_file
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
@@ -100,7 +100,9 @@ def build_tiny_model(
     building = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{key}."))
     # Weights through safetensors, not `save_pretrained`: under torch.distributed transformers writes
     # weights on global rank 0 only, and another process's build (or another machine's) would be empty.
-    save_model(model, str(building / "model.safetensors"), metadata={"format": "pt"})
+    # lm_head is tied to the embeddings: saved once, under the embeddings' name, as save_pretrained does
+    weights = {k: v.contiguous() for k, v in model.state_dict().items() if k != "lm_head.weight"}
+    save_file(weights, str(building / "model.safetensors"), metadata={"format": "pt"})
     model.config.architectures = [type(model).__name__]  # as save_pretrained records it (vLLM reads it)
     model.config.save_pretrained(building)
     model.generation_config.save_pretrained(building)
