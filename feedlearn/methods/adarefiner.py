@@ -50,7 +50,7 @@ from feedlearn.methods.adarefiner_loop import (
     QueryRecord,
     TemplateAnalyst,
 )
-from feedlearn.methods.common import AskSettings, Method, RecipeConfig, Settings
+from feedlearn.methods.common import AskSettings, GeneratingRecipe, Method, Settings
 from feedlearn.models.loading import load_policy
 from feedlearn.models.tiny import build_tiny_model
 from feedlearn.processes import process_state, shared_map, total
@@ -186,7 +186,7 @@ class EvaluateSettings(Settings):
     seed: int = Field(default=0, description="Seeds the test worlds and the agent's sampled actions.")
 
 
-class AdaRefinerConfig(RecipeConfig):
+class AdaRefinerConfig(GeneratingRecipe):
     """An AdaRefiner recipe. `model` is the adapter LM (paper: Llama-2-7b-chat with LoRA r 64, alpha 16)."""
 
     method: Literal["adarefiner"]
@@ -210,7 +210,6 @@ class AdaRefinerConfig(RecipeConfig):
     )
     query_interval: int = Field(default=100, gt=0, description="Steps between queries in training.")
     checkpoint_every: int = Field(default=1, gt=0, description="PPO iterations between checkpoints.")
-    generation_batch_size: int = Field(default=64, gt=0, description="Adapter prompts per forward pass.")
 
     @model_validator(mode="after")
     def _consistent(self):

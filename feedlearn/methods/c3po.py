@@ -47,7 +47,7 @@ from feedlearn.errors import ConfigError, DataError
 from feedlearn.feedback.teachers import LLMTeacher, OfflineTeacher, Teacher
 from feedlearn.feedback.verbal import Feedback, adheres, changed, load_feedbacks, select_feedbacks
 from feedlearn.losses import anchor_loss, dpo_loss, reward_sums, sequence_logprobs, token_mean_nll
-from feedlearn.methods.common import AskSettings, Method, RecipeConfig, Settings
+from feedlearn.methods.common import AskSettings, GeneratingRecipe, Method, Settings
 from feedlearn.models.loading import load_policy
 from feedlearn.models.tiny import build_tiny_model
 from feedlearn.processes import from_main, process_state, shared_map, total
@@ -139,7 +139,7 @@ class SFTSettings(Settings):
     train: TrainSettings = Field(default_factory=TrainSettings, description="Optimization.")
 
 
-class C3POConfig(RecipeConfig):
+class C3POConfig(GeneratingRecipe):
     """A C3PO recipe."""
 
     method: Literal["c3po"] = "c3po"
@@ -164,7 +164,6 @@ class C3POConfig(RecipeConfig):
     loss: LossSettings = Field(default_factory=LossSettings, description="C3PO's loss.")
     train: TrainSettings = Field(default_factory=TrainSettings, description="Optimization of each adapter.")
     evaluate: EvaluateSettings = Field(default_factory=EvaluateSettings, description="Evaluation.")
-    generation_batch_size: int = Field(default=64, gt=0, description="Sequences per local generate call.")
 
     @model_validator(mode="after")
     def _lora(self):

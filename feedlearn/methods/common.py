@@ -88,6 +88,14 @@ class RecipeConfig(Settings):
         description="Experiment trackers that get every metric too (metrics.jsonl always does); wandb runs "
         "offline without WANDB_API_KEY.",
     )
+
+
+class GeneratingRecipe(RecipeConfig):
+    """The fields of a recipe whose stages sample from the policy (every method but DPO / Active DPO)."""
+
+    generation_batch_size: int = Field(
+        default=64, gt=0, description="Sequences per local generate call (the local backend's batch)."
+    )
     generation: GenerationSettings = Field(
         default_factory=GenerationSettings, description="How the policy generates (local or vLLM)."
     )

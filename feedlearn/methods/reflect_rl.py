@@ -61,7 +61,7 @@ from feedlearn.losses import (
     ppo_ratio_stats,
     reinforce_loss,
 )
-from feedlearn.methods.common import AskSettings, Method, RecipeConfig, Settings
+from feedlearn.methods.common import AskSettings, GeneratingRecipe, Method, Settings
 from feedlearn.models.chat import prompt_ids
 from feedlearn.models.loading import load_policy
 from feedlearn.models.tiny import build_tiny_model
@@ -179,7 +179,7 @@ class EvaluateSettings(Settings):
     )
 
 
-class ReflectRLConfig(RecipeConfig):
+class ReflectRLConfig(GeneratingRecipe):
     """A Reflect-RL recipe."""
 
     method: Literal["reflect-rl"] = "reflect-rl"
@@ -205,7 +205,6 @@ class ReflectRLConfig(RecipeConfig):
     rl: RLSettings = Field(default_factory=RLSettings, description="Online RL of the policy.")
     evaluate: EvaluateSettings = Field(default_factory=EvaluateSettings, description="Evaluation.")
     max_reflection_tokens: int = Field(default=64, gt=0, description="Longest reflection, in tokens.")
-    generation_batch_size: int = Field(default=64, gt=0, description="Sequences per local generate call.")
 
     @model_validator(mode="after")
     def _env_needs(self):

@@ -32,7 +32,7 @@ from feedlearn.envs.math_answers import answers_match
 from feedlearn.envs.math_data import MathProblem, ProblemFormat, load_problems
 from feedlearn.envs.math_env import MathEnv, MathPrompt
 from feedlearn.envs.synthetic_math import generate_problems
-from feedlearn.methods.common import Method, RecipeConfig, Settings
+from feedlearn.methods.common import GeneratingRecipe, Method, Settings
 from feedlearn.methods.rise_data import (
     Criterion,
     best_sample,
@@ -152,11 +152,10 @@ class SFTSettings(Settings):
     train: TrainSettings = Field(default_factory=TrainSettings, description="Optimization.")
 
 
-class RiseConfig(RecipeConfig):
+class RiseConfig(GeneratingRecipe):
     """A RISE recipe."""
 
     method: Literal["rise"] = "rise"
-    generation_batch_size: int = Field(default=64, gt=0, description="Sequences per local generate call.")
     prompt: MathPrompt = Field(default_factory=MathPrompt, description="Instruction and retry message.")
     train_problems: ProblemSet = Field(description="Problems to collect trajectories on.")
     test_problems: ProblemSet = Field(description="Held-out problems to evaluate on.")
