@@ -6,13 +6,11 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-from accelerate.utils import gather_object
-
 from feedlearn.data.jsonl import JsonlAppender, read_jsonl
 from feedlearn.data.records import LabelRecord, PreferencePair
 from feedlearn.errors import FeedlearnError
 from feedlearn.feedback.labelers import Labeler
-from feedlearn.processes import from_main, process_state
+from feedlearn.processes import from_main, gathered, process_state
 
 QUERY_CHUNK = 32
 """Pairs handed to the labeler at once; each chunk's answers are saved before the next is asked."""
@@ -57,8 +55,7 @@ class LabelBook:
         """The label of each pair: cached ones are free, the others are queried (and saved one by one) while
         the budget lasts. None marks a pair left unlabeled because the budget is spent."""
         wanted = [p for p in pairs if p.id not in self.labels]
-        if self.state.num_processes > 1:
-            wanted = gather_object(wanted)
+        wanted = gathered(wanted)
         self.labels.update(from_main(lambda: self._query(wanted)))
         return [self.labels.get(p.id) for p in pairs]
 

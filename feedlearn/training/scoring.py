@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import torch
-from accelerate.utils import gather_object
 from tqdm.auto import tqdm
 
 from feedlearn.losses import sequence_logprobs
-from feedlearn.processes import process_state
+from feedlearn.processes import gathered, process_state
 from feedlearn.training.data import collate_pairs
 
 
@@ -35,6 +34,5 @@ def pair_logprobs(
         bar.update(len(chunk) * state.num_processes)
     bar.close()
     model.train(was_training)
-    if state.num_processes > 1:
-        scores = gather_object(scores)
+    scores = gathered(scores)
     return {index: (a, b) for index, a, b in scores}
