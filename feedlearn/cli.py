@@ -162,8 +162,28 @@ def _column(path: Path, run_name: str) -> str:
     return "/".join(p for p in path.parts[:-1] if p != "evaluate") or run_name
 
 
+def _recipes_listing() -> str:
+    """The shipped recipes, by method, for `feedlearn --help`."""
+    root = files("feedlearn") / "recipes"
+    lines = [
+        f"  {method:<12} "
+        + ", ".join(sorted(f.name for f in (root / method).iterdir() if f.name.endswith(".yaml")))
+        for method in METHODS
+    ]
+    return (
+        "shipped recipes (feedlearn/recipes/<method>/; `feedlearn recipe new METHOD` writes one):\n"
+        + "\n".join(lines)
+        + "\n\nEach command's --help lists its stages and options."
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="feedlearn", description="Teach language models from feedback.")
+    parser = argparse.ArgumentParser(
+        prog="feedlearn",
+        description="Teach language models from feedback.",
+        epilog=_recipes_listing(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     def recipe_args(p):
@@ -176,8 +196,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(func=cmd_run)
 
     for name, (_, _, stages) in METHODS.items():
-        p = sub.add_parser(name, help=f"run one stage of {name}")
-        p.add_argument("stage", choices=stages)
+        listing = "\n".join(f"  {stage:<16} {does}" for stage, does in stages.items())
+        p = sub.add_parser(
+            name,
+            help=f"run one stage of {name}",
+            description=f"Run one stage of {name}; `feedlearn run` runs them in order.\n\nstages:\n{listing}",
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        p.add_argument("stage", choices=stages, help="the stage to run (listed above)")
         recipe_args(p)
         if name == "rise":
             p.add_argument("--iteration", type=int, default=1, help="which round (evaluate: 0 = the base)")

@@ -58,3 +58,25 @@ def test_recipe_show_marks_what_the_recipe_and_set_gave(capsys):
         assert any(line.strip().startswith(path.split(".")[-1] + ":") for line in shown), path
     assert main(["recipe", "new", "nosuch"]) == 2
     assert "unknown method 'nosuch'" in capsys.readouterr().err
+
+
+def test_help_lists_every_command_and_shipped_recipe(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = capsys.readouterr().out
+    for command in [*METHODS, "run", "demo", "report", "recipe", "serve"]:
+        assert command in text
+    for recipe in RECIPES.glob("*/*.yaml"):
+        if recipe.parent.name in METHODS:
+            assert recipe.name in text, recipe
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_each_method_help_lists_its_stages_and_each_stage_exists(method, capsys):
+    _, method_cls, stages = METHODS[method]
+    with pytest.raises(SystemExit):
+        main([method, "--help"])
+    text = capsys.readouterr().out
+    for stage, does in stages.items():
+        assert callable(getattr(method_cls, stage.replace("-", "_")))
+        assert f"{stage} " in text and does[:40] in text

@@ -60,7 +60,13 @@ from feedlearn.training.data import tokenize_sft
 from feedlearn.training.trainer import TrainSettings, is_trained, sft_loss, train
 
 log = logging.getLogger(__name__)
-STAGES = ["warmup", "train", "sft", "evaluate"]
+STAGES = {
+    "warmup": "warm up a tiny adapter LM on template analyses (offline recipes)",
+    "train": "train the agent (PPO) with the adapter's guidance, recording every query",
+    "sft": "refine the adapter on the recorded queries (by `refine.mode`)",
+    "evaluate": "Crafter score and success per achievement of the saved agent and adapter",
+}
+"""Each stage, with what it does (shown by `feedlearn adarefiner --help`)."""
 
 
 class CrafterSettings(Settings):

@@ -172,7 +172,14 @@ class C3POConfig(GeneratingRecipe):
         return self
 
 
-STAGES = ["sft", "sample", "train", "combine", "evaluate"]
+STAGES = {
+    "sft": "warm-start a tiny offline model on its instruction corpus",
+    "sample": "prompts per scope from the teacher, baseline answers, the teacher's revisions",
+    "train": "one LoRA adapter per method of `methods` (C3PO, SCD, SCD + negatives, DPO)",
+    "combine": "merge the C3PO adapters of several feedbacks into one",
+    "evaluate": "per scope, how often each model follows the feedback and how often it changed",
+}
+"""Each stage, with what it does (shown by `feedlearn c3po --help`)."""
 
 
 class C3POSample(Record):

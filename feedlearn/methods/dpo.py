@@ -142,7 +142,11 @@ class ActiveDPOConfig(DPOConfig):
     active: ActiveSettings = Field(default_factory=ActiveSettings, description="Selection rule.")
 
 
-STAGES = ["train", "evaluate"]
+STAGES = {
+    "train": "DPO on the preference pairs, asking the labeler for labels (Active DPO: only where unsure)",
+    "evaluate": "preference accuracy on held-out labeled pairs",
+}
+"""Each stage, with what it does (shown by `feedlearn dpo --help`)."""
 
 
 class ReferenceLogprobs(Record):

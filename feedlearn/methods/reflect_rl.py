@@ -219,7 +219,13 @@ class ReflectRLConfig(GeneratingRecipe):
         return self
 
 
-STAGES = ["sft", "rl", "evaluate", "evaluate-remote"]
+STAGES = {
+    "sft": "train the reflection model and the policy on the teacher's trajectories and reflections",
+    "rl": "online RL of the policy (REINFORCE or PPO) in the environment, with reflections",
+    "evaluate": "success and cost per level on test episodes, with and without reflection",
+    "evaluate-remote": "play the same test episodes with a chat model through a backend",
+}
+"""Each stage, with what it does (shown by `feedlearn reflect-rl --help`)."""
 
 
 def policy_prompt(obs: TextObservation, reflection: str | None, order: list[int]) -> str:

@@ -167,7 +167,14 @@ class RiseConfig(GeneratingRecipe):
     evaluate: EvaluateSettings = Field(default_factory=EvaluateSettings, description="Evaluation.")
 
 
-STAGES = ["sft", "collect", "convert", "train", "evaluate"]
+STAGES = {
+    "sft": "warm-start the policy on solved problems (recipes with an `sft` section)",
+    "collect": "roll out multi-turn episodes with the iteration's policy (and teacher turns)",
+    "convert": "turn episodes into reward-weighted SFT examples",
+    "train": "reward-weighted regression on the examples",
+    "evaluate": "accuracy per turn on the test problems (--iteration 0: the base)",
+}
+"""Each stage, with what it does (shown by `feedlearn rise --help`)."""
 
 
 def solution_text(problem: MathProblem) -> str:
