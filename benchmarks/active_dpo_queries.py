@@ -1,6 +1,6 @@
 """Query efficiency of Active DPO against DPO on all labels and DPO on random subsets, offline.
 
-The task (`feedlearn.envs.word_preferences`) has a hidden rule the oracle labeler knows: each topic likes
+The task (`feedlearn.tasks.word_preferences`) has a hidden rule the oracle labeler knows: each topic likes
 some words, and the response whose words are worth more is preferred. One tiny model, built once, starts
 every run. Runs:
 - DPO on every pair of the pool (one query per pair);

@@ -29,8 +29,8 @@ from pathlib import Path
 from feedlearn.config import load_recipe
 from feedlearn.data.jsonl import write_json_atomic
 from feedlearn.data.store import open_run
-from feedlearn.envs.instructions import BUILTIN_FEEDBACKS
 from feedlearn.methods.c3po import C3PO, C3POConfig
+from feedlearn.tasks.instructions import BUILTIN_FEEDBACKS
 
 RECIPE = files("feedlearn") / "recipes" / "c3po" / "tiny.yaml"
 QUICK = [

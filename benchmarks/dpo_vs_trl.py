@@ -28,10 +28,10 @@ import torch
 
 from feedlearn.data.jsonl import write_json_atomic, write_text_atomic
 from feedlearn.data.store import open_run
-from feedlearn.envs.word_preferences import TOPICS, WORDS
 from feedlearn.methods.dpo import DPOConfig, PreferenceLearning
 from feedlearn.models.loading import ModelSettings, load_policy
 from feedlearn.models.tiny import TinyModelConfig, build_tiny_model
+from feedlearn.tasks.word_preferences import TOPICS, WORDS
 
 FULL = {
     "repeats": 3,

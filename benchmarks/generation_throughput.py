@@ -27,11 +27,11 @@ from transformers import AutoConfig, AutoModelForCausalLM, Qwen2Config
 from feedlearn.backends.base import SamplingParams
 from feedlearn.backends.local import LocalBackend
 from feedlearn.envs.math_env import MathPrompt
-from feedlearn.envs.synthetic_math import generate_problems
 from feedlearn.models.chat import prompt_ids
 from feedlearn.models.loading import load_tokenizer
 from feedlearn.models.tiny import TinyModelConfig, build_tiny_model
 from feedlearn.report import grouped_bars
+from feedlearn.tasks.synthetic_math import generate_problems
 
 SAMPLES = 16
 TINY = TinyModelConfig(vocab_size=512, hidden_size=128, intermediate_size=384, num_layers=4, num_heads=2)

@@ -115,7 +115,8 @@ def cmd_demo(args) -> None:
 
 
 def cmd_report(args) -> None:
-    from feedlearn.report import flatten, plot_adarefiner, plot_method, plot_turns, print_results
+    from feedlearn.data.store import flatten
+    from feedlearn.report import plot_adarefiner, plot_method, plot_turns, print_results
     from feedlearn.report_page import write_comparison, write_report
 
     runs = [Path(r) for r in args.run]

@@ -8,6 +8,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from feedlearn.data.store import flatten
+
 
 def metrics_table(title: str, columns: dict[str, dict[str, float]]) -> Table:
     """A table with one row per metric and one column per model (e.g. base, rise)."""
@@ -24,17 +26,6 @@ def metrics_table(title: str, columns: dict[str, dict[str, float]]) -> Table:
 def print_table(table: Table) -> None:
     """Print a rich table to the terminal."""
     Console().print(table)
-
-
-def flatten(metrics: dict, prefix: str = "") -> dict:
-    """Nested metrics as one level of `a/b` keys."""
-    out = {}
-    for key, value in metrics.items():
-        if isinstance(value, dict):
-            out.update(flatten(value, f"{prefix}{key}/"))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
 
 
 def print_results(title: str, name: str, result: dict) -> None:

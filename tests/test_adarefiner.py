@@ -24,7 +24,7 @@ from feedlearn.feedback.subgoals import SUBGOALS, parse_subgoals, rule_subgoals
 from feedlearn.methods import adarefiner as ada
 from feedlearn.methods.adarefiner_loop import TOOLS_AND_BLOCKS, ModelDecider, QueryRecord, TemplateAnalyst
 from feedlearn.models.chat import prompt_ids
-from feedlearn.training.data import tokenize_sft
+from feedlearn.training.batches import tokenize_sft
 
 RECIPES = Path(__file__).parent.parent / "recipes" / "adarefiner"
 TINY = [

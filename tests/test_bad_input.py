@@ -14,9 +14,9 @@ from feedlearn.config import read_yaml
 from feedlearn.data.jsonl import read_jsonl
 from feedlearn.data.preferences import load_pairs
 from feedlearn.data.records import SFTExample
-from feedlearn.envs.math_data import load_problems
 from feedlearn.errors import ConfigError, DataError
-from feedlearn.feedback.verbal import load_feedbacks
+from feedlearn.tasks.math_data import load_problems
+from feedlearn.verifiers.verbal import load_feedbacks
 
 
 def read_examples(path):

@@ -14,24 +14,23 @@ from safetensors.torch import load_file
 from feedlearn.backends.base import ParsedAsker, SamplingParams
 from feedlearn.data.jsonl import read_jsonl
 from feedlearn.data.store import open_run
-from feedlearn.envs.instructions import BUILTIN_FEEDBACKS as BUILTIN
 from feedlearn.errors import ConfigError, DataError
-from feedlearn.feedback.verbal import Feedback, Metric
+from feedlearn.judges.likert import LikertJudge, parse_likert
 from feedlearn.losses import IGNORE, anchor_loss
 from feedlearn.methods.c3po import (
     C3PO,
     PARTS,
     C3POConfig,
     C3POSample,
-    LikertJudge,
     LossSettings,
     ScopeObjective,
-    parse_likert,
     scope_metrics,
     zipped_rows,
 )
 from feedlearn.models.loading import LoraSettings, ModelSettings, load_policy
 from feedlearn.models.tiny import TinyModelConfig, build_tiny_model
+from feedlearn.tasks.instructions import BUILTIN_FEEDBACKS as BUILTIN
+from feedlearn.verifiers.verbal import Feedback, Metric
 
 
 def test_anchor_loss_lambda_0_is_token_mean_cross_entropy():
@@ -240,14 +239,10 @@ class ScriptedJudge:
 def test_likert_judge_averages_per_scope_and_counts_judgments_given_up():
     backend = ScriptedJudge()
     judge = LikertJudge(ParsedAsker(backend, SamplingParams(temperature=0.0), max_attempts=2))
-    row = dict(split="test", category="c", baseline="Hi")
-    tests = {
-        "in": [C3POSample(**row, id=str(i), scope="in", prompt="Email Jared.") for i in range(3)],
-        "near": [C3POSample(**row, id=str(i), scope="near", prompt="Email Sam.") for i in range(2)],
-    }
+    prompts = {"in": ["Email Jared."] * 3, "near": ["Email Sam."] * 2}
     responses = {"in": ["Hi\nBest, Alex"] * 3, "near": ["Hi"] * 2}
-    feedback = BUILTIN["jared-signoff"].feedback.model_copy(update={"type": "qualitative", "metric": None})
-    scores = judge.score(feedback, tests, responses, {"in": ["Hi"] * 3, "near": ["Hi"] * 2})
+    effect = BUILTIN["jared-signoff"].feedback.effect
+    scores = judge.score(effect, prompts, responses, {"in": ["Hi"] * 3, "near": ["Hi"] * 2})
     assert scores == {"in_scope_likert": 4.0, "judge_unparseable": 2.0}
     assert backend.calls == 3 + 2 * 2  # each garbage judgment was asked twice
 
@@ -292,7 +287,7 @@ def test_general_prompts_from_txt_and_jsonl_files(tmp_path):
 
 
 def test_teacher_replies_are_saved_as_they_come(tmp_path, monkeypatch):
-    from feedlearn.feedback.teachers import OfflineTeacher
+    from feedlearn.teachers.verbal import OfflineTeacher
 
     config = C3POConfig.model_validate(tiny_recipe(tmp_path))
     method = C3PO(config, open_run(config.run_dir, "t", config.model_dump(mode="json")), progress=False)

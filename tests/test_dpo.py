@@ -18,7 +18,7 @@ from feedlearn.losses import IGNORE, active_targets, dpo_loss, implicit_reward_m
 from feedlearn.methods import dpo
 from feedlearn.methods.dpo import ActiveDPOConfig, DPOConfig, PreferenceLearning, preference_metrics
 from feedlearn.models.tiny import TinyModelConfig, build_tiny_model
-from feedlearn.training.data import collate_pairs, completion_row, tokenize_pairs
+from feedlearn.training.batches import collate_pairs, completion_row, tokenize_pairs
 
 NAN = float("nan")
 TINY = TinyModelConfig(hidden_size=32, intermediate_size=64, num_layers=2, num_heads=2, vocab_size=300)
@@ -252,7 +252,7 @@ class AlwaysA:
 @pytest.mark.parametrize("pairs", [48, 160], ids=["short-run", "stopped-early"])
 def test_a_judge_that_never_gives_a_usable_label_fails_the_run(tmp_path, tiny_path, monkeypatch, pairs):
     from feedlearn.backends.base import SamplingParams
-    from feedlearn.feedback.labelers import JudgeLabeler
+    from feedlearn.judges.pairwise import JudgeLabeler
 
     judge = JudgeLabeler(AlwaysA(), SamplingParams(temperature=0), SamplingParams(), max_attempts=1)
     monkeypatch.setattr(dpo, "build_labeler", lambda settings, seed, replies: judge)

@@ -19,13 +19,12 @@ from feedlearn.feedback.labelers import (
     DatasetLabelerSettings,
     HumanLabeler,
     HumanLabelerSettings,
-    JudgeLabeler,
     JudgeLabelerSettings,
     LabelerSettings,
     LabelingStopped,
     build_labeler,
-    parse_verdict,
 )
+from feedlearn.judges.pairwise import JudgeLabeler, parse_verdict
 
 GREEDY = SamplingParams(temperature=0.0, max_new_tokens=16)
 RETRY = SamplingParams(temperature=1.0, max_new_tokens=16)
@@ -324,9 +323,10 @@ def test_settings_pick_the_labeler_by_kind():
     assert isinstance(settings, JudgeLabelerSettings)
     labeler = build_labeler(settings)
     assert isinstance(labeler, JudgeLabeler)
-    assert isinstance(labeler.backend, OpenAIBackend)
-    assert (labeler.sampling.temperature, labeler.retry_sampling.temperature) == (0.0, 1.0)
-    assert labeler.sampling.max_new_tokens == 16 and labeler.max_attempts == 3
+    asker = labeler.asker
+    assert isinstance(asker.backend, OpenAIBackend)
+    assert (asker.sampling.temperature, asker.retry_sampling.temperature) == (0.0, 1.0)
+    assert asker.sampling.max_new_tokens == 16 and asker.max_attempts == 3
 
 
 @pytest.mark.parametrize(

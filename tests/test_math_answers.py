@@ -11,8 +11,8 @@ import time
 
 import pytest
 
-from feedlearn.envs import math_answers as ma
-from feedlearn.envs.math_answers import (
+from feedlearn.verifiers import math_answers as ma
+from feedlearn.verifiers.math_answers import (
     answers_match,
     extract_boxed,
     gsm8k_gold,

@@ -7,14 +7,14 @@ import json
 import pytest
 from pydantic import ValidationError
 
-from feedlearn.envs.math_data import (
+from feedlearn.errors import DataError
+from feedlearn.tasks.math_data import (
     MathProblem,
     load_gsm8k,
     load_math,
     load_problems,
     save_problems,
 )
-from feedlearn.errors import DataError
 
 
 def write_lines(path, *lines):

@@ -13,12 +13,12 @@ from pydantic import ValidationError
 from feedlearn.backends.base import ParsedAsker, SamplingParams
 from feedlearn.data.store import open_run
 from feedlearn.envs.catalog import AutoExploreEnvSettings, EnvFactory
-from feedlearn.envs.scripted_teacher import ReflectStep
 from feedlearn.envs.taxi import IN_TAXI, DangerousTaxi, TaxiSettings
 from feedlearn.errors import ConfigError
-from feedlearn.feedback.reflections import named_move, parse_choice, parse_reflection, propose_tasks
 from feedlearn.methods import reflect_rl
 from feedlearn.methods.reflect_rl import ReflectRL, ReflectRLConfig, RemoteAgentSettings, TeacherData
+from feedlearn.teachers.reflections import named_move, parse_choice, parse_reflection, propose_tasks
+from feedlearn.teachers.scripted import ReflectStep
 
 TINY = {"hidden_size": 32, "intermediate_size": 64, "num_layers": 1, "num_heads": 2, "vocab_size": 400}
 FILES = {

@@ -7,7 +7,6 @@ import math
 import pytest
 
 from feedlearn.data.records import Episode, Message, Turn
-from feedlearn.envs.math_data import MathProblem
 from feedlearn.methods.rise import rise_metrics, windowed
 from feedlearn.methods.rise_data import (
     best_sample,
@@ -16,6 +15,7 @@ from feedlearn.methods.rise_data import (
     kept_turns,
     majority_answer,
 )
+from feedlearn.tasks.math_data import MathProblem
 
 # --- kept_turns ------------------------------------------------------------------------------------------
 

@@ -15,9 +15,9 @@ from feedlearn.cli import main
 from feedlearn.data.jsonl import read_jsonl
 from feedlearn.data.records import Episode, SFTExample
 from feedlearn.data.store import RunStore, open_run
-from feedlearn.envs.math_data import MathProblem
 from feedlearn.errors import FeedlearnError
 from feedlearn.methods.rise import Rise, RiseConfig
+from feedlearn.tasks.math_data import MathProblem
 
 TINY = {"hidden_size": 32, "intermediate_size": 64, "num_layers": 2, "num_heads": 2, "vocab_size": 300}
 RETRY = "Incorrect. Again: {question}"

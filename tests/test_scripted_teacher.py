@@ -6,9 +6,9 @@ import pytest
 from pydantic import ValidationError
 
 from feedlearn.envs.autoexplore import AutoExplore, AutoExploreSettings
-from feedlearn.envs.scripted_teacher import ReflectStep, reflect, teacher_episodes
 from feedlearn.envs.taxi import DangerousTaxi, TaxiSettings
 from feedlearn.errors import FeedlearnError
+from feedlearn.teachers.scripted import ReflectStep, reflect, teacher_episodes
 
 FILES = {
     "README.md": "# Demo\n",

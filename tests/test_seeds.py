@@ -116,9 +116,9 @@ def test_c3po_test_prompts_are_never_training_prompts(tmp_path, seed):
 
 
 def test_rise_warns_when_test_files_share_questions_with_training_files(tmp_path, caplog):
-    from feedlearn.envs.math_data import save_problems
-    from feedlearn.envs.synthetic_math import generate_problems
     from feedlearn.methods.rise import Rise
+    from feedlearn.tasks.math_data import save_problems
+    from feedlearn.tasks.synthetic_math import generate_problems
 
     problems = generate_problems(10, 0, [1])
     save_problems(tmp_path / "train.jsonl", problems)

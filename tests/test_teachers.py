@@ -6,10 +6,10 @@ import random
 import pytest
 
 from feedlearn.backends.base import ParsedAsker, SamplingParams
-from feedlearn.envs.instructions import BUILTIN_FEEDBACKS, CATEGORIES, corpus, general_pool, general_prompts
 from feedlearn.errors import BackendError, FeedlearnError
-from feedlearn.feedback.teachers import LLMTeacher, OfflineTeacher, parse_list, parse_revision
-from feedlearn.feedback.verbal import Feedback, metric_value
+from feedlearn.tasks.instructions import BUILTIN_FEEDBACKS, CATEGORIES, corpus, general_pool, general_prompts
+from feedlearn.teachers.verbal import LLMTeacher, OfflineTeacher, parse_list, parse_revision
+from feedlearn.verifiers.verbal import Feedback, metric_value
 
 JARED = BUILTIN_FEEDBACKS["jared-signoff"]
 FRUITS = BUILTIN_FEEDBACKS["numbered-fruits"]

@@ -18,7 +18,7 @@ from feedlearn.losses import IGNORE, weighted_sft_loss
 from feedlearn.models.chat import completion_spans, prompt_ids
 from feedlearn.models.loading import LoraSettings, ModelSettings, load_policy
 from feedlearn.models.tiny import TinyModelConfig, build_tiny_model
-from feedlearn.training.data import collate, tokenize_sft
+from feedlearn.training.batches import collate, tokenize_sft
 from feedlearn.training.trainer import TrainSettings, train
 
 CORPUS = [f"What is {a} plus {b}? The answer is {a + b}." for a in range(12) for b in range(10)] + [
@@ -191,7 +191,7 @@ def test_tokenize_sft_drops_over_long_examples(tokenizer, caplog):
     n_long = len(completion_ids(tokenizer, MULTI)[0])
     n_short = len(completion_ids(tokenizer, short.messages)[0])
     assert n_short < n_long
-    with caplog.at_level(logging.WARNING, logger="feedlearn.training.data"):
+    with caplog.at_level(logging.WARNING, logger="feedlearn.training.batches"):
         rows = tokenize_sft([long_, short], tokenizer, max_length=n_long - 1)
     assert [len(r["input_ids"]) for r in rows] == [n_short]
     assert "dropped 1 of 2 examples longer than max_length" in caplog.text

@@ -10,7 +10,7 @@ import yaml
 from pydantic import ValidationError
 
 from feedlearn.errors import DataError
-from feedlearn.feedback.verbal import (
+from feedlearn.verifiers.verbal import (
     Feedback,
     Metric,
     adheres,

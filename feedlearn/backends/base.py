@@ -60,6 +60,8 @@ class ParsedAsker:
     backend: Backend
     sampling: SamplingParams
     max_attempts: int = 3
+    retry_sampling: SamplingParams | None = None
+    """Sampling of the asks after the first (None: `sampling`), e.g. a hotter retry after a greedy ask."""
     garbage_replies: int = field(default=0, init=False)
     """Replies whose parse was empty, retries included."""
     skipped: int = field(default=0, init=False)
@@ -86,7 +88,9 @@ class ParsedAsker:
             replies = self.backend.generate(
                 [conversations[i] for i in pending],
                 n=1,
-                sampling=self.sampling,
+                sampling=self.sampling
+                if attempt == 0 or self.retry_sampling is None
+                else self.retry_sampling,
                 keys=attempt_keys([conversations[i] for i in pending], attempt),
             )
             for i, (reply,) in zip(pending, replies, strict=True):

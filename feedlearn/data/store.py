@@ -36,6 +36,17 @@ NEARLY_FULL_BYTES = 64 << 20
 to a full disk."""
 
 
+def flatten(metrics: dict, prefix: str = "") -> dict:
+    """Nested metrics as one level of `a/b` keys."""
+    out = {}
+    for key, value in metrics.items():
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{prefix}{key}/"))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
 class RunStore:
     """One run's folder. Stages write into `stage(name)`; metrics go to `metrics.jsonl`."""
 
@@ -59,13 +70,15 @@ class RunStore:
         return folder
 
     def log_metrics(self, stage: str, metrics: dict[str, Any], step: int | None = None) -> None:
-        """Append one metrics row (stage, step, wall time, values) to `metrics.jsonl`. A row without a step
+        """Append one metrics row (stage, step, wall time, values; nested metrics as `a/b` keys) to
+        `metrics.jsonl`. A row without a step
         is the stage's summary: it replaces the summary an earlier run of the stage logged. Under several
         processes the main one alone writes (the others' calls do nothing)."""
         if not process_state().is_main_process:
             return
         if step is None:
             self._keep_rows(lambda row: not (row["stage"] == stage and row["step"] is None))
+        metrics = flatten(metrics)
         row = {"stage": stage, "step": step, "time": round(time.time(), 3), **metrics}
         with self.metrics_path.open("a", encoding="utf-8") as f:
             f.write(json.dumps(row) + "\n")

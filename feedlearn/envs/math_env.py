@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from feedlearn.envs.math_answers import score_answer
-from feedlearn.envs.math_data import MathProblem
+from feedlearn.tasks.math_data import MathProblem
+from feedlearn.verifiers.math_answers import score_answer
 
 WORKED_EXAMPLE = (
     "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. "

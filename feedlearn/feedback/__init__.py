@@ -1,1 +1,2 @@
-"""Feedback sources: preference labelers with a query budget and a label cache."""
+"""Feedback signals a method learns from: preference labelers with a query budget and their label cache,
+AdaRefiner's comprehension score and its sub-goals."""

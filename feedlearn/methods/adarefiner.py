@@ -54,9 +54,8 @@ from feedlearn.methods.common import AskSettings, GeneratingRecipe, Method, Sett
 from feedlearn.models.loading import load_policy
 from feedlearn.models.tiny import build_tiny_model
 from feedlearn.processes import process_state, shared_map, total
-from feedlearn.report import flatten
 from feedlearn.seeds import derive_seed
-from feedlearn.training.data import tokenize_sft
+from feedlearn.training.batches import tokenize_sft
 from feedlearn.training.trainer import TrainSettings, is_trained, sft_loss, train
 
 log = logging.getLogger(__name__)
@@ -421,7 +420,7 @@ class AdaRefiner(Method):
             agent.save(folder / "agent.zip")
         summary = _summary(episodes.records(), queries.records(), self.decider)
         write_json_atomic(folder / "metrics.json", summary)
-        self.store.log_metrics(f"stage{stage}/train", flatten(summary))
+        self.store.log_metrics(f"stage{stage}/train", summary)
         write_json_atomic(done, {"iterations": self.iterations})
         _remove_checkpoints(folder)
         return folder
@@ -514,7 +513,7 @@ class AdaRefiner(Method):
             write_jsonl_atomic(folder / "episodes.jsonl", everything)
             write_jsonl_atomic(folder / "queries.jsonl", queries)
             write_json_atomic(folder / "metrics.json", metrics)
-        self.store.log_metrics(f"evaluate/stage{stage}", flatten(metrics))
+        self.store.log_metrics(f"evaluate/stage{stage}", metrics)
         return metrics
 
     def _play_test(self, stage: int, per_env: int, worlds: list[int]) -> list[tuple[list, list, dict]]:

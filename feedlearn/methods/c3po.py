@@ -30,7 +30,7 @@ import torch
 from accelerate.utils import reduce
 from pydantic import Field, model_validator
 
-from feedlearn.backends.base import Backend, ParsedAsker, SamplingParams
+from feedlearn.backends.base import Backend, SamplingParams
 from feedlearn.data.hub import DatasetSource, export_rows
 from feedlearn.data.jsonl import (
     JsonlAppender,
@@ -42,18 +42,19 @@ from feedlearn.data.jsonl import (
     write_jsonl_atomic,
 )
 from feedlearn.data.records import Message, Record, SFTExample
-from feedlearn.envs import instructions
 from feedlearn.errors import ConfigError, DataError
-from feedlearn.feedback.teachers import LLMTeacher, OfflineTeacher, Teacher
-from feedlearn.feedback.verbal import Feedback, adheres, changed, load_feedbacks, select_feedbacks
+from feedlearn.judges.likert import LikertJudge
 from feedlearn.losses import anchor_loss, dpo_loss, reward_sums, sequence_logprobs, token_mean_nll
 from feedlearn.methods.common import AskSettings, GeneratingRecipe, Method, Settings
 from feedlearn.models.loading import load_policy
 from feedlearn.models.tiny import build_tiny_model
 from feedlearn.processes import from_main, process_state, shared_map, total
 from feedlearn.seeds import derive_seed
-from feedlearn.training.data import collate, completion_row, report_dropped, tokenize_sft
+from feedlearn.tasks import instructions
+from feedlearn.teachers.verbal import LLMTeacher, OfflineTeacher, Teacher
+from feedlearn.training.batches import collate, completion_row, report_dropped, tokenize_sft
 from feedlearn.training.trainer import TrainSettings, is_trained, sft_loss, train
+from feedlearn.verifiers.verbal import Feedback, adheres, changed, load_feedbacks, select_feedbacks
 
 log = logging.getLogger(__name__)
 
@@ -485,23 +486,21 @@ class C3PO(Method):
         if process_state().is_main_process:
             write_json_atomic(folder / "metrics.json", results)
             write_json_atomic(folder / "responses.json", responses)
-            self.store.log_metrics(
-                f"{feedback.id[:8]}/evaluate",
-                {f"{m}/{k}": v for m, r in results.items() for k, v in r.items()},
-            )
+            self.store.log_metrics(f"{feedback.id[:8]}/evaluate", results)
         return results
 
     def _score(self, feedback: Feedback, tests, responses, baseline, adapters: list[str]) -> dict[str, dict]:
         """Each response set's adherence and change, by the feedback's metric or the Likert judge; the
         adapters' responses against the base model's, in-context and CoT against the sampled baseline."""
         judge = self._judge(feedback)
+        prompts = {scope: [s.prompt for s in rows] for scope, rows in tests.items()}
         results = {}
         for name in [*adapters, "in_context", "cot"]:
             base = baseline if name in ("in_context", "cot") else responses["base"]
             results[name] = (
                 scope_metrics(feedback, responses[name], base)
                 if judge is None
-                else judge.score(feedback, tests, responses[name], base)
+                else judge.score(feedback.effect, prompts, responses[name], base)
             )
         return results
 
@@ -736,53 +735,3 @@ def scope_metrics(
         out[f"{scope}_scope_adherence"] = round(100.0 * follow / len(pairs), 2)
         out[f"{scope}_scope_changed"] = round(100.0 * moved / len(pairs), 2)
     return out
-
-
-LIKERT_PROMPT = """Compare two responses to the same prompt. The user gave this feedback: "{effect}".
-
-[Prompt]
-{prompt}
-
-[Response 1]
-{baseline}
-
-[Response 2]
-{response}
-
-Explain in a few sentences whether Response 2 applies the feedback better than Response 1. Then end with
-one line 'BETTER_RESPONSE: k', k from 1 to 5: 1 = Response 1 applies it much better, 3 = equally,
-5 = Response 2 applies it much better."""
-
-
-def parse_likert(reply: str) -> int | None:
-    """The judge's score 1-5 from its last 'BETTER_RESPONSE: k' line, or None."""
-    found = re.findall(r"BETTER_RESPONSE:\s*\**\s*([1-5])\b", reply)
-    return int(found[-1]) if found else None
-
-
-class LikertJudge:
-    """Scores qualitative feedback: 1-5, how much better the new response applies the feedback than the
-    baseline. Unparseable judgments are asked again (the asker's attempts), then counted and dropped."""
-
-    def __init__(self, asker: ParsedAsker):
-        self.asker = asker
-
-    def score(
-        self,
-        feedback: Feedback,
-        tests: dict[str, list[C3POSample]],
-        responses: dict[str, list[str]],
-        baseline: dict[str, list[str]],
-    ) -> dict[str, float]:
-        """Mean score per scope (`<scope>_scope_likert`) and the count of judgments given up on."""
-        out, skipped = {}, self.asker.skipped
-        for scope, rows in tests.items():
-            convs = [
-                _chat(LIKERT_PROMPT.format(effect=feedback.effect, prompt=s.prompt, baseline=b, response=r))
-                for s, r, b in zip(rows, responses[scope], baseline[scope], strict=True)
-            ]
-            valid = [x for x in self.asker.ask(convs, parse_likert) if x is not None]
-            if valid:
-                out[f"{scope}_scope_likert"] = round(sum(valid) / len(valid), 3)
-        out["judge_unparseable"] = float(self.asker.skipped - skipped)
-        return out

@@ -25,7 +25,6 @@ from feedlearn.data.hub import DatasetSource, export_rows
 from feedlearn.data.jsonl import JsonlAppender, read_jsonl, write_json_atomic
 from feedlearn.data.preferences import load_pairs
 from feedlearn.data.records import LabelRecord, PreferencePair, Record
-from feedlearn.envs.word_preferences import WordPreferenceTask
 from feedlearn.errors import DataError
 from feedlearn.feedback.label_book import LabelBook, check_labels
 from feedlearn.feedback.labelers import DatasetLabelerSettings, LabelerSettings, build_labeler
@@ -42,7 +41,8 @@ from feedlearn.methods.common import Method, RecipeConfig, Settings
 from feedlearn.models.loading import load_policy
 from feedlearn.models.tiny import build_tiny_model
 from feedlearn.processes import process_state, zero3
-from feedlearn.training.data import collate_pairs, tokenize_pairs
+from feedlearn.tasks.word_preferences import WordPreferenceTask
+from feedlearn.training.batches import collate_pairs, tokenize_pairs
 from feedlearn.training.scoring import pair_logprobs
 from feedlearn.training.trainer import TrainSettings, is_trained, train
 
@@ -50,7 +50,7 @@ log = logging.getLogger(__name__)
 
 
 class SyntheticPairs(Settings):
-    """Pairs generated from the hidden-rule word task (`feedlearn.envs.word_preferences`)."""
+    """Pairs generated from the hidden-rule word task (`feedlearn.tasks.word_preferences`)."""
 
     n: int = Field(gt=0, description="How many pairs.")
     seed: int = Field(default=0, description="Same seed, same pairs.")

@@ -41,17 +41,8 @@ from feedlearn.envs.catalog import (
     Level,
     TaxiEnvSettings,
 )
-from feedlearn.envs.mini_repo import write_mini_repo
-from feedlearn.envs.scripted_teacher import ReflectStep, teacher_episodes
 from feedlearn.envs.text_env import TextObservation
 from feedlearn.errors import ConfigError, FeedlearnError
-from feedlearn.feedback.reflections import (
-    agent_question,
-    choice_parser,
-    llm_reflections,
-    named_move,
-    propose_tasks,
-)
 from feedlearn.losses import (
     choice_entropy,
     choice_logprobs,
@@ -66,9 +57,17 @@ from feedlearn.models.chat import prompt_ids
 from feedlearn.models.loading import load_policy
 from feedlearn.models.tiny import build_tiny_model
 from feedlearn.processes import gathered, process_state, shared_map, sum_gradients, total
-from feedlearn.report import flatten
 from feedlearn.seeds import derive_seed
-from feedlearn.training.data import tokenize_sft
+from feedlearn.tasks.mini_repo import write_mini_repo
+from feedlearn.teachers.reflections import (
+    agent_question,
+    choice_parser,
+    llm_reflections,
+    named_move,
+    propose_tasks,
+)
+from feedlearn.teachers.scripted import ReflectStep, teacher_episodes
+from feedlearn.training.batches import tokenize_sft
 from feedlearn.training.trainer import TrainSettings, is_trained, sft_loss, train
 
 log = logging.getLogger(__name__)
@@ -550,7 +549,7 @@ class ReflectRL(Method):
         if process_state().is_main_process:
             write_jsonl_atomic(folder / "episodes.jsonl", records)
             write_json_atomic(folder / "metrics.json", metrics)
-        self.store.log_metrics(f"evaluate/{stage}", flatten(metrics))
+        self.store.log_metrics(f"evaluate/{stage}", metrics)
         return metrics
 
     def evaluate_remote(self) -> dict:
@@ -573,7 +572,7 @@ class ReflectRL(Method):
         if process_state().is_main_process:
             write_jsonl_atomic(folder / "episodes.jsonl", _episode_records(played))
             write_json_atomic(folder / "metrics.json", metrics)
-        self.store.log_metrics("evaluate/remote", flatten(metrics))
+        self.store.log_metrics("evaluate/remote", metrics)
         return metrics
 
     def run(self) -> None:

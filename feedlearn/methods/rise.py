@@ -28,10 +28,7 @@ from feedlearn.backends.openai_compat import OpenAIBackend, OpenAIBackendConfig
 from feedlearn.data.hub import DatasetSource, export_rows
 from feedlearn.data.jsonl import JsonlAppender, read_jsonl, write_json_atomic, write_jsonl_atomic
 from feedlearn.data.records import Episode, Message, SFTExample, Turn
-from feedlearn.envs.math_answers import answers_match
-from feedlearn.envs.math_data import MathProblem, ProblemFormat, load_problems
 from feedlearn.envs.math_env import MathEnv, MathPrompt
-from feedlearn.envs.synthetic_math import generate_problems
 from feedlearn.methods.common import GeneratingRecipe, Method, Settings
 from feedlearn.methods.rise_data import (
     Criterion,
@@ -44,8 +41,11 @@ from feedlearn.models.loading import load_policy
 from feedlearn.models.tiny import build_tiny_model
 from feedlearn.processes import from_main, process_state, shared_map
 from feedlearn.seeds import derive_seed
-from feedlearn.training.data import tokenize_sft
+from feedlearn.tasks.math_data import MathProblem, ProblemFormat, load_problems
+from feedlearn.tasks.synthetic_math import generate_problems
+from feedlearn.training.batches import tokenize_sft
 from feedlearn.training.trainer import TrainSettings, is_trained, sft_loss, train
+from feedlearn.verifiers.math_answers import answers_match
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ from tqdm.auto import tqdm
 
 from feedlearn.losses import sequence_logprobs
 from feedlearn.processes import gathered, process_state
-from feedlearn.training.data import collate_pairs
+from feedlearn.training.batches import collate_pairs
 
 
 @torch.no_grad()

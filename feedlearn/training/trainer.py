@@ -29,7 +29,7 @@ from feedlearn.data.store import RunStore
 from feedlearn.errors import FeedlearnError
 from feedlearn.losses import weighted_sft_loss
 from feedlearn.seeds import derive_seed
-from feedlearn.training.data import collate
+from feedlearn.training.batches import collate
 
 
 class TrainSettings(BaseModel):

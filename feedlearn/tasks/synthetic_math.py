@@ -12,9 +12,9 @@ from __future__ import annotations
 import random
 from typing import Literal
 
-from feedlearn.envs.math_data import MathProblem
 from feedlearn.errors import FeedlearnError
 from feedlearn.seeds import derive_seed, held_out
+from feedlearn.tasks.math_data import MathProblem
 
 TEST_SHARE = 0.2
 """Share of all possible questions that only test sets draw."""

@@ -11,8 +11,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from feedlearn.data.jsonl import iter_jsonl, read_jsonl, write_jsonl_atomic
 from feedlearn.data.records import Record
-from feedlearn.envs.math_answers import gsm8k_gold, math_gold
 from feedlearn.errors import DataError
+from feedlearn.verifiers.math_answers import gsm8k_gold, math_gold
 
 ProblemFormat = Literal["gsm8k", "math", "feedlearn"]
 

@@ -13,8 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 
-from feedlearn.feedback.verbal import Feedback, Metric
 from feedlearn.seeds import derive_seed
+from feedlearn.verifiers.verbal import Feedback, Metric
 
 NAMES = ["Jared", "Maria", "Tom", "Lena", "Omar", "Chen", "Sofia", "Ravi"]
 TOPICS = {

@@ -12,9 +12,9 @@ import re
 
 from feedlearn.backends.base import ParsedAsker
 from feedlearn.envs.autoexplore import CAT_SUFFIXES, ExploreTask, listed_files, read_prefix
-from feedlearn.envs.scripted_teacher import ReflectStep
 from feedlearn.envs.text_env import TextObservation
 from feedlearn.seeds import derive_seed
+from feedlearn.teachers.scripted import ReflectStep
 
 REFLECTION_WORDS = 50
 """The length the spec asks of a reflection."""

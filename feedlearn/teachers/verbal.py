@@ -13,10 +13,10 @@ from collections.abc import Callable
 from typing import Literal, Protocol, TypeVar
 
 from feedlearn.backends.base import ParsedAsker
-from feedlearn.envs.instructions import BUILTIN_FEEDBACKS, FeedbackTask
 from feedlearn.errors import FeedlearnError
-from feedlearn.feedback.verbal import Feedback
 from feedlearn.seeds import derive_seed
+from feedlearn.tasks.instructions import BUILTIN_FEEDBACKS, FeedbackTask
+from feedlearn.verifiers.verbal import Feedback
 
 Scope = Literal["in", "near"]
 """in: prompts the feedback applies to; near: closely related prompts it does not apply to."""
