@@ -44,7 +44,7 @@ QUICK = [
     "evaluate.max_new_tokens=16",
     "train.batch_size=2",
     "train.epochs=1",
-    f"feedback_ids=[{BUILTIN_FEEDBACKS['jared-signoff'].feedback.id[:8]}]",  # its revision always applies
+    f"feedback_ids=[{BUILTIN_FEEDBACKS['jared-signoff'].feedback.short_id}]",  # its revision always applies
 ]
 PAPER = "c3po_paper_loss"
 KEYS = {"in_scope_adherence": "in", "near_scope_changed": "near", "out_scope_changed": "out"}
@@ -89,7 +89,7 @@ def paper_loss(config: C3POConfig, run: C3PO) -> dict[str, dict]:
         update={"methods": ["c3po"], "loss": config.loss.model_copy(update={"chosen_sft": 0.0})}
     )
     paper = C3PO(config, open_run(config.run_dir, f"c3po-tiny-{PAPER}", config.model_dump(mode="json")))
-    stages = ["sft", *(f"{f.id[:8]}/sample" for f in run.feedbacks())]
+    stages = ["sft", *(f"{f.short_id}/sample" for f in run.feedbacks())]
     for stage in stages:
         shutil.copytree(run.store.stage(stage), paper.store.stage(stage), dirs_exist_ok=True)
     paper.train()

@@ -8,8 +8,8 @@ from its own package, never from a higher layer or from another package of its o
                                                    folder, loss functions, experiment trackers
     layer 2: processes                             the process group of a data-parallel run
     layer 3: data                                  records, JSONL files, the run folder, datasets exports
-    layer 4: config models                         recipes from YAML; model loading, chat templates, tiny models
-    layer 5: backends                              generation behind one interface (local, vLLM, OpenAI-compatible)
+    layer 4: config models                         recipes from YAML; model loading, templates, tiny models
+    layer 5: backends                              generation behind one interface (local, vLLM, an API)
     layer 6: verifiers                             is an output right, by rule (math answers, verbal feedback)
     layer 7: tasks                                 task data: problem sets and synthetic task generators
     layer 8: envs                                  environments (text environments, Crafter) and their players

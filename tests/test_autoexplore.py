@@ -287,3 +287,14 @@ def test_hide_unrelated_hides_only_entries_off_the_target_path(repo):
     env = make_env(repo)
     env.reset(options={"task": task})
     assert env.dirs == ["data", "docs", "src"] and len(env.files) == 6
+
+
+def test_an_unreadable_folder_is_shown_empty_and_said_once(tmp_path, caplog):
+    from feedlearn.envs import autoexplore
+
+    missing = str(tmp_path / "gone")
+    with caplog.at_level("WARNING", logger="feedlearn.envs.autoexplore"):
+        assert autoexplore._entries(missing) == ([], [])
+        assert autoexplore._entries(missing) == ([], [])
+    said = [r.getMessage() for r in caplog.records if "cannot list" in r.getMessage()]
+    assert len(said) == 1 and missing in said[0] and "No such file" in said[0]

@@ -170,7 +170,7 @@ def tiny_recipe(tmp_path, **overrides) -> dict:
             "train": {"learning_rate": 1e-3, "batch_size": 8, "grad_accum": 1, "max_length": 96},
         },
         "feedback_file": "builtin",
-        "feedback_ids": [BUILTIN["jared-signoff"].feedback.id[:8]],
+        "feedback_ids": [BUILTIN["jared-signoff"].feedback.short_id],
         "general_prompts": "builtin",
         "teacher": {"kind": "offline"},
         "sample": {
@@ -191,7 +191,7 @@ def test_tiny_end_to_end_with_the_offline_teacher(tmp_path):
     config = C3POConfig.model_validate(tiny_recipe(tmp_path))
     method = C3PO(config, open_run(config.run_dir, "t", config.model_dump(mode="json")), progress=False)
     method.run()
-    fid = BUILTIN["jared-signoff"].feedback.id[:8]
+    fid = BUILTIN["jared-signoff"].feedback.short_id
     samples = read_jsonl(method.store.path / fid / "sample" / "samples.jsonl", C3POSample)
     assert {s.scope for s in samples} == {"in", "near", "out"}
     in_train = [s for s in samples if s.scope == "in" and s.split == "train"]
@@ -292,7 +292,7 @@ def test_teacher_replies_are_saved_as_they_come(tmp_path, monkeypatch):
     config = C3POConfig.model_validate(tiny_recipe(tmp_path))
     method = C3PO(config, open_run(config.run_dir, "t", config.model_dump(mode="json")), progress=False)
     feedback = method.feedbacks()[0]
-    folder = method.store.stage(f"{feedback.id[:8]}/sample")
+    folder = method.store.stage(f"{feedback.short_id}/sample")
     calls, real = [], OfflineTeacher.prompts
 
     def failing(self, fb, category, scope, n):

@@ -414,3 +414,33 @@ def test_score_answer_fast_path_skips_math_verify(monkeypatch):
     monkeypatch.setattr(ma, "_match_in_helper", forbidden)
     assert score_answer(r"\boxed{ 1 2 3 }", "123") == (1.0, "1 2 3")
     assert score_answer(r"\boxed{-7}", " -7 ") == (1.0, "-7")
+
+
+def test_a_grader_failure_is_wrong_counted_and_logged_once(monkeypatch, caplog):
+    """math_verify raising inside the helper is a False verdict, counted, and said once with the reason
+    (before, any exception was silently a wrong answer)."""
+    ma._close_idle_helpers()
+    failing = ma._HELPER_CODE.replace(
+        "module._helper_main(",
+        "real = module._compare\n"
+        "def _compare(p, g):\n"
+        "    if p == 'boom':\n"
+        "        raise RuntimeError('parser broke')\n"
+        "    return real(p, g)\n"
+        "module._compare = _compare\n"
+        "module._helper_main(",
+    )
+    monkeypatch.setattr(ma, "_HELPER_CODE", failing)
+    before = ma.grader_failures()
+    try:
+        with caplog.at_level("WARNING", logger="feedlearn.verifiers.math_answers"):
+            assert ma.answers_match("boom", "1") is False
+            assert ma.answers_match("boom", "2") is False
+            assert ma.answers_match("1/2", "0.5") is True
+    finally:
+        ma._close_idle_helpers()
+    assert ma.grader_failures() - before == 2
+    said = [r.getMessage() for r in caplog.records if "math_verify failed" in r.getMessage()]
+    assert len(said) == (1 if before == 0 else 0)
+    if said:
+        assert "RuntimeError: parser broke" in said[0]

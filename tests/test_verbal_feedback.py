@@ -238,7 +238,7 @@ def test_duplicate_ids_name_both_entries(tmp_path):
     twin = {**SIGN_OFF, "categories": ["other"], "scope": "global"}
     msg = load_error(tmp_path, "fb.yaml", [SIGN_OFF, FRIENDLY, twin])
     assert 'entry 3 ("Always sign off emails...")' in msg and 'entry 1 ("Always sign off emails...")' in msg
-    assert Feedback.model_validate(SIGN_OFF).id[:8] in msg
+    assert Feedback.model_validate(SIGN_OFF).short_id in msg
 
 
 def test_qualitative_feedback_may_omit_metric():
@@ -262,7 +262,7 @@ def test_select_by_id_prefix(feedbacks):
     target = feedbacks[1]
     assert select_feedbacks(feedbacks, ids=[target.id[:6]]) == [target]
     assert select_feedbacks(feedbacks, ids=[target.id]) == [target]
-    both = select_feedbacks(feedbacks, ids=[feedbacks[2].id[:8], feedbacks[0].id[:8]])
+    both = select_feedbacks(feedbacks, ids=[feedbacks[2].short_id, feedbacks[0].short_id])
     assert both == [feedbacks[0], feedbacks[2]]  # file order kept
 
 
@@ -272,22 +272,22 @@ def test_select_by_category(feedbacks):
 
 
 def test_select_by_id_or_category(feedbacks):
-    chosen = select_feedbacks(feedbacks, ids=[feedbacks[2].id[:8]], categories=["email"])
+    chosen = select_feedbacks(feedbacks, ids=[feedbacks[2].short_id], categories=["email"])
     assert chosen == [feedbacks[0], feedbacks[2]]
 
 
 def test_unknown_prefix_lists_what_is_available(feedbacks):
     missing = next(c for c in "0123456789abcdef" if not any(f.id.startswith(c) for f in feedbacks))
     with pytest.raises(DataError) as e:
-        select_feedbacks(feedbacks, ids=[feedbacks[0].id[:8], missing])
+        select_feedbacks(feedbacks, ids=[feedbacks[0].short_id, missing])
     msg = str(e.value)
-    assert f"'{missing}'" in msg and all(f.id[:8] in msg for f in feedbacks)
+    assert f"'{missing}'" in msg and all(f.short_id in msg for f in feedbacks)
     assert "code, email, style" in msg
 
 
 def test_unknown_category_lists_what_is_available(feedbacks):
     with pytest.raises(DataError, match=r"category 'legal'.*available ids: .*categories: code, email, style"):
-        select_feedbacks(feedbacks, ids=[feedbacks[0].id[:8]], categories=["legal"])
+        select_feedbacks(feedbacks, ids=[feedbacks[0].short_id], categories=["legal"])
 
 
 # ---- metrics -------------------------------------------------------------------------------------------

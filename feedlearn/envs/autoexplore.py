@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import codecs
 import json
+import logging
 import os
 import random
 import re
@@ -25,6 +26,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from feedlearn.envs.text_env import TextObservation
 from feedlearn.errors import FeedlearnError
+
+logger = logging.getLogger(__name__)
+_unreadable: set[str] = set()
+"""Folders already reported as unreadable (each is logged once)."""
 
 CAT_SUFFIXES = (".py", ".md", ".txt", ".yaml", ".yml", ".toml", ".json", ".cfg", ".ini", ".rst", ".sh")
 CONFIG_SUFFIXES = (".yaml", ".yml", ".toml", ".json", ".cfg", ".ini")
@@ -112,7 +117,10 @@ def _entries(path: str) -> tuple[list[str], list[str]]:
                     dirs.append(entry.name)
                 elif entry.is_file(follow_symlinks=False):
                     files.append(entry.name)
-    except OSError:
+    except OSError as e:  # shown as empty, as `ls` of an unreadable folder shows nothing; said once
+        if path not in _unreadable:
+            _unreadable.add(path)
+            logger.warning("cannot list %s (%s): the environment shows it as an empty folder", path, e)
         return [], []
     return sorted(dirs), sorted(files)
 

@@ -183,7 +183,7 @@ class RefineSettings(Settings):
     )
 
 
-class EvaluateSettings(Settings):
+class AdaRefinerEvaluateSettings(Settings):
     """Evaluation on test worlds."""
 
     episodes: int = Field(default=10, gt=0, description="Test episodes (spread over agent.envs worlds).")
@@ -206,7 +206,9 @@ class AdaRefinerConfig(GeneratingRecipe):
     decision: DecisionSettings = Field(default_factory=DecisionSettings, description="The decision model.")
     embedder: EmbedderSettings = Field(default_factory=EmbedderSettings, description="The sentence embedder.")
     refine: RefineSettings = Field(default_factory=RefineSettings, description="Refinement of the adapter.")
-    evaluate: EvaluateSettings = Field(default_factory=EvaluateSettings, description="Evaluation.")
+    evaluate: AdaRefinerEvaluateSettings = Field(
+        default_factory=AdaRefinerEvaluateSettings, description="Evaluation."
+    )
     stages: int = Field(default=5, gt=0, description="Stages of train -> sft.")
     steps_per_stage: int = Field(
         default=1_000_000,

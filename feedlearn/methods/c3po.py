@@ -1,7 +1,7 @@
 """C3PO: learn one sentence of verbal feedback where it applies, and change nothing elsewhere
 (spec: shared/methods/c3po.md).
 
-Stages, per selected feedback, in `<run>/<feedback id[:8]>/`:
+Stages, per selected feedback, in `<run>/<feedback short id>/`:
 - `sample`: a teacher proposes categories and in-scope / near-scope prompts; out-of-scope prompts come from
   a general prompt file. The base policy answers every prompt (baseline), and in context of the feedback
   (in-context, CoT) on the test split; the teacher revises in-scope baselines (revised). Resumable.
@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from accelerate.utils import reduce
+from accelerate.utils import extract_model_from_parallel, reduce
 from pydantic import Field, model_validator
 
 from feedlearn.backends.base import Backend, SamplingParams
@@ -115,7 +115,7 @@ class LossSettings(Settings):
     )
 
 
-class EvaluateSettings(Settings):
+class C3POEvaluateSettings(Settings):
     """Held-out evaluation."""
 
     prompts_per_scope: int = Field(default=75, gt=0, description="Test prompts per scope, at most.")
@@ -164,7 +164,7 @@ class C3POConfig(GeneratingRecipe):
     )
     loss: LossSettings = Field(default_factory=LossSettings, description="C3PO's loss.")
     train: TrainSettings = Field(default_factory=TrainSettings, description="Optimization of each adapter.")
-    evaluate: EvaluateSettings = Field(default_factory=EvaluateSettings, description="Evaluation.")
+    evaluate: C3POEvaluateSettings = Field(default_factory=C3POEvaluateSettings, description="Evaluation.")
 
     @model_validator(mode="after")
     def _lora(self):
@@ -303,7 +303,7 @@ class C3PO(Method):
         """One feedback's samples, resumable by prompt id. Under several processes each samples its share
         of every chunk (seeded by the prompt ids) and the main process alone writes them."""
         s = self.config.sample
-        folder = self.store.stage(f"{feedback.id[:8]}/sample")
+        folder = self.store.stage(f"{feedback.short_id}/sample")
         out = JsonlAppender(folder / "samples.jsonl", C3POSample) if process_state().is_main_process else None
         done = from_main(lambda: set(out.ids))
         prompts = from_main(lambda: self._prompts(feedback, folder))
@@ -321,14 +321,14 @@ class C3PO(Method):
                 out.append(*(row for row in rows if row is not None))
                 log.info(
                     "%s: sampled %d / %d prompts",
-                    feedback.id[:8],
+                    feedback.short_id,
                     min(start + s.chunk_size, len(prompts)),
                     len(prompts),
                 )
         garbage = total(getattr(self.teacher, "garbage_replies", 0))
         if out is not None:
             self.store.log_metrics(
-                f"{feedback.id[:8]}/sample",
+                f"{feedback.short_id}/sample",
                 {
                     "samples": len(out.ids),
                     "dropped": len(prompts) - len(out.ids),
@@ -347,7 +347,7 @@ class C3PO(Method):
         sampling = SamplingParams(temperature=s.temperature, top_p=s.top_p, max_new_tokens=s.max_new_tokens)
 
         def keys(kind: str, rows: list[dict]) -> list[str]:
-            return [f"{feedback.id[:8]}/{p['id']}/{kind}" for p in rows]
+            return [f"{feedback.short_id}/{p['id']}/{kind}" for p in rows]
 
         baselines = _answers(backend, sampling, [p["prompt"] for p in chunk], keys("baseline", chunk))
         tests = [i for i, p in enumerate(chunk) if p["split"] == "test"]
@@ -394,7 +394,7 @@ class C3PO(Method):
         replies = {r.id: r.prompts for r in asked.records()}
         categories = replies["categories"]
         if not categories:
-            raise DataError(f"feedback {feedback.id[:8]}: the teacher proposed no categories")
+            raise DataError(f"feedback {feedback.short_id}: the teacher proposed no categories")
         prompts: list[dict] = []
         for scope in ("in", "near"):
             seen = set()
@@ -434,14 +434,16 @@ class C3PO(Method):
 
     def _train(self, feedback: Feedback, method: TrainMethod) -> Path:
         cfg = self.config
-        folder = self.store.stage(f"{feedback.id[:8]}/train/{method}")
+        folder = self.store.stage(f"{feedback.short_id}/train/{method}")
         if is_trained(folder):
             return folder / "model"
-        samples = read_jsonl(self.store.stage(f"{feedback.id[:8]}/sample") / "samples.jsonl", C3POSample)
+        samples = read_jsonl(self.store.stage(f"{feedback.short_id}/sample") / "samples.jsonl", C3POSample)
         model, tokenizer = load_policy(self._settings(self.base_model_path()), trainable=True, seed=cfg.seed)
         rows = zipped_rows(samples, tokenizer, cfg.train.max_length)
         if not rows:
-            raise DataError(f"feedback {feedback.id[:8]}: no in-scope training samples: run the sample stage")
+            raise DataError(
+                f"feedback {feedback.short_id}: no in-scope training samples: run the sample stage"
+            )
         objective = ScopeObjective(method, cfg.loss, tokenizer.pad_token_id)
         return train(
             model,
@@ -451,7 +453,7 @@ class C3PO(Method):
             cfg.train,
             folder,
             self.store,
-            f"{feedback.id[:8]}/train/{method}",
+            f"{feedback.short_id}/train/{method}",
             self.progress,
             collate_fn=objective.collate,
             step_metrics=objective.step_metrics,
@@ -460,12 +462,12 @@ class C3PO(Method):
 
     def evaluate(self) -> dict[str, dict]:
         """Per feedback and method, adherence in scope and change near and out of scope (%)."""
-        return {f.id[:8]: self._evaluate(f) for f in self.feedbacks()}
+        return {f.short_id: self._evaluate(f) for f in self.feedbacks()}
 
     def _evaluate(self, feedback: Feedback) -> dict[str, dict[str, float]]:
         cfg = self.config
-        folder = self.store.stage(f"{feedback.id[:8]}/evaluate")
-        samples = read_jsonl(self.store.stage(f"{feedback.id[:8]}/sample") / "samples.jsonl", C3POSample)
+        folder = self.store.stage(f"{feedback.short_id}/evaluate")
+        samples = read_jsonl(self.store.stage(f"{feedback.short_id}/sample") / "samples.jsonl", C3POSample)
         tests = {
             scope: [s for s in samples if s.split == "test" and s.scope == scope][
                 : cfg.evaluate.prompts_per_scope
@@ -473,7 +475,7 @@ class C3PO(Method):
             for scope in ("in", "near", "out")
         }
         sampling = SamplingParams(temperature=0.0, max_new_tokens=cfg.evaluate.max_new_tokens)
-        adapters = {m: self.store.stage(f"{feedback.id[:8]}/train/{m}") / "model" for m in cfg.methods}
+        adapters = {m: self.store.stage(f"{feedback.short_id}/train/{m}") / "model" for m in cfg.methods}
         if (self.combined_path() / "adapter_config.json").exists():
             adapters["combined"] = self.combined_path()
         responses = {"base": self._respond(self.base_model_path(), tests, sampling)}
@@ -486,7 +488,7 @@ class C3PO(Method):
         if process_state().is_main_process:
             write_json_atomic(folder / "metrics.json", results)
             write_json_atomic(folder / "responses.json", responses)
-            self.store.log_metrics(f"{feedback.id[:8]}/evaluate", results)
+            self.store.log_metrics(f"{feedback.short_id}/evaluate", results)
         return results
 
     def _score(self, feedback: Feedback, tests, responses, baseline, adapters: list[str]) -> dict[str, dict]:
@@ -509,7 +511,7 @@ class C3PO(Method):
         if feedback.type == "quantitative":
             return None
         if self.config.evaluate.judge is None:
-            raise ConfigError(f"feedback {feedback.id[:8]} is qualitative: set evaluate.judge to score it")
+            raise ConfigError(f"feedback {feedback.short_id} is qualitative: set evaluate.judge to score it")
         return LikertJudge(
             self.config.evaluate.judge.asker(
                 self.config.generation_batch_size, self.config.seed, self.replies("judge")
@@ -533,7 +535,7 @@ class C3PO(Method):
         from peft import PeftModel
 
         feedbacks = self.feedbacks()
-        paths = [self.store.stage(f"{f.id[:8]}/train/c3po") / "model" for f in feedbacks]
+        paths = [self.store.stage(f"{f.short_id}/train/c3po") / "model" for f in feedbacks]
         missing = [str(p) for p in paths if not (p / "adapter_config.json").exists()]
         if missing:
             raise DataError(f"combine needs the trained C3PO adapters; missing: {', '.join(missing)}")
@@ -622,12 +624,15 @@ def zipped_rows(samples: list[C3POSample], tokenizer, max_length: int) -> list[d
     return rows
 
 
+PAIR = ("in_pos", "in_neg")
+"""The preference pair of a row: the teacher's revision (chosen) and the baseline (rejected)."""
 PARTS: dict[str, tuple[str, ...]] = {
-    "c3po": ("in_pos", "in_neg", "near", "out"),
+    "c3po": (*PAIR, "near", "out"),
     "scd": ("in_pos",),
     "scd_negatives": ("in_pos", "near", "out"),
-    "dpo": ("in_pos", "in_neg"),
+    "dpo": PAIR,
 }
+"""The parts of a row each method trains on, in batch order."""
 
 
 class ScopeObjective:
@@ -708,16 +713,17 @@ class ScopeObjective:
     def _reference(self, model, batch, rows: int) -> dict[str, torch.Tensor]:
         """The base model's logits of the parts that need them: the DPO pair, and the anchors when they
         are KL (lam > 0). The base model is the policy with its LoRA adapter disabled."""
-        needed = {"dpo": 2, "c3po": 4 if self.settings.lam > 0 else 2}.get(self.method, 0)
+        needed = {"dpo": PAIR, "c3po": PARTS["c3po"] if self.settings.lam > 0 else PAIR}.get(self.method, ())
         if not needed:
             return {}
-        peft_model = getattr(model, "module", model)  # DDP wraps the peft model
+        assert self.parts[: len(needed)] == needed  # parts are laid out part by part, `rows` rows each
+        peft_model = extract_model_from_parallel(model)  # DDP / FSDP / DeepSpeed wrap the peft model
         with peft_model.disable_adapter():
-            n = needed * rows  # parts are laid out part by part, `rows` each: the first ones are the pair
+            n = len(needed) * rows
             logits = model(
                 input_ids=batch["input_ids"][:n], attention_mask=batch["attention_mask"][:n]
             ).logits
-        return dict(zip(self.parts[:needed], logits.chunk(needed), strict=True))
+        return dict(zip(needed, logits.chunk(len(needed)), strict=True))
 
 
 def scope_metrics(

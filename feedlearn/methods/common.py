@@ -24,6 +24,17 @@ class Settings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class OneSource(Settings):
+    """A data section that takes exactly one of `path`, `dataset` or `synthetic` (each subclass declares
+    the three with its own types)."""
+
+    @model_validator(mode="after")
+    def _one_source(self):
+        if sum(getattr(self, x) is not None for x in ("path", "dataset", "synthetic")) != 1:
+            raise ValueError("give exactly one of 'path', 'dataset' or 'synthetic'")
+        return self
+
+
 class BackendSettings(Settings):
     """A model behind a backend (a teacher, a judge, a model to compare with): at most one of the two."""
 

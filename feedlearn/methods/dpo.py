@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from accelerate.utils import reduce
-from pydantic import Field, model_validator
+from accelerate.utils import extract_model_from_parallel, reduce
+from pydantic import Field
 
 from feedlearn.data.hub import DatasetSource, export_rows
 from feedlearn.data.jsonl import JsonlAppender, read_jsonl, write_json_atomic
@@ -37,7 +37,7 @@ from feedlearn.losses import (
     select_queries,
     sequence_logprobs,
 )
-from feedlearn.methods.common import Method, RecipeConfig, Settings
+from feedlearn.methods.common import Method, OneSource, RecipeConfig, Settings
 from feedlearn.models.loading import load_policy
 from feedlearn.models.tiny import build_tiny_model
 from feedlearn.processes import process_state, zero3
@@ -59,7 +59,7 @@ class SyntheticPairs(Settings):
     )
 
 
-class PreferenceData(Settings):
+class PreferenceData(OneSource):
     """Where pairs come from: a file (JSONL, JSON or parquet, TRL's forms), or the synthetic task."""
 
     path: str | None = Field(default=None, description="A local .jsonl, .json or .parquet file.")
@@ -68,12 +68,6 @@ class PreferenceData(Settings):
     )
     synthetic: SyntheticPairs | None = Field(default=None, description="Generate pairs instead.")
     limit: int | None = Field(default=None, gt=0, description="Use only the first `limit` pairs.")
-
-    @model_validator(mode="after")
-    def _one_source(self):
-        if sum(x is not None for x in (self.path, self.dataset, self.synthetic)) != 1:
-            raise ValueError("give exactly one of 'path', 'dataset' or 'synthetic'")
-        return self
 
     def load(self, prefix: str, split: Literal["train", "test"] = "train") -> list[PreferencePair]:
         """The pairs, read or generated (generated test pairs never coincide with generated training ones)."""
@@ -302,7 +296,7 @@ class LiveReference:
         if self.model is not None:
             model, context = self.model, nullcontext()
         else:
-            model = getattr(policy, "module", policy)  # unwrap DDP to reach peft
+            model = extract_model_from_parallel(policy)  # DDP / FSDP / DeepSpeed wrap the peft model
             context = model.disable_adapter()
         with context:
             logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits

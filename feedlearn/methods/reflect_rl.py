@@ -161,7 +161,7 @@ class RemoteAgentSettings(AskSettings):
     )
 
 
-class EvaluateSettings(Settings):
+class ReflectRLEvaluateSettings(Settings):
     """Test episodes."""
 
     episodes: int = Field(default=100, gt=0, description="Episodes per level.")
@@ -202,7 +202,9 @@ class ReflectRLConfig(GeneratingRecipe):
         "words are a few tokens of a long analysis, so it may need more epochs than the policy.",
     )
     rl: RLSettings = Field(default_factory=RLSettings, description="Online RL of the policy.")
-    evaluate: EvaluateSettings = Field(default_factory=EvaluateSettings, description="Evaluation.")
+    evaluate: ReflectRLEvaluateSettings = Field(
+        default_factory=ReflectRLEvaluateSettings, description="Evaluation."
+    )
     max_reflection_tokens: int = Field(default=64, gt=0, description="Longest reflection, in tokens.")
 
     @model_validator(mode="after")

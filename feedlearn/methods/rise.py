@@ -21,7 +21,7 @@ from functools import partial
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field
 
 from feedlearn.backends.base import Backend, SamplingParams
 from feedlearn.backends.openai_compat import OpenAIBackend, OpenAIBackendConfig
@@ -29,7 +29,7 @@ from feedlearn.data.hub import DatasetSource, export_rows
 from feedlearn.data.jsonl import JsonlAppender, read_jsonl, write_json_atomic, write_jsonl_atomic
 from feedlearn.data.records import Episode, Message, SFTExample, Turn
 from feedlearn.envs.math_env import MathEnv, MathPrompt
-from feedlearn.methods.common import GeneratingRecipe, Method, Settings
+from feedlearn.methods.common import GeneratingRecipe, Method, OneSource, Settings
 from feedlearn.methods.rise_data import (
     Criterion,
     best_sample,
@@ -58,7 +58,7 @@ class SyntheticSettings(Settings):
     levels: list[int] = Field(default=[1, 2, 3], description="Difficulty levels (operations per problem).")
 
 
-class ProblemSet(Settings):
+class ProblemSet(OneSource):
     """Where problems come from: a file, or the synthetic generator."""
 
     path: str | None = Field(default=None, description="A JSONL file of problems.")
@@ -68,12 +68,6 @@ class ProblemSet(Settings):
     format: ProblemFormat = Field(default="gsm8k", description="Row format of `path` or `dataset`.")
     synthetic: SyntheticSettings | None = Field(default=None, description="Generate problems instead.")
     limit: int | None = Field(default=None, gt=0, description="Use only the first `limit` problems.")
-
-    @model_validator(mode="after")
-    def _one_source(self):
-        if sum(x is not None for x in (self.path, self.dataset, self.synthetic)) != 1:
-            raise ValueError("give exactly one of 'path', 'dataset' or 'synthetic'")
-        return self
 
     def load(self, prefix: str, split: Literal["train", "test"] = "train") -> list[MathProblem]:
         """The problems, read or generated (generated test problems never share a question with generated
@@ -120,7 +114,7 @@ class ConvertSettings(Settings):
     only_successful: bool = Field(default=False, description="Keep only trajectories that end correct.")
 
 
-class EvaluateSettings(Settings):
+class RiseEvaluateSettings(Settings):
     """Evaluation without an oracle: sequential turns and parallel samples."""
 
     turns: int = Field(
@@ -164,7 +158,7 @@ class RiseConfig(GeneratingRecipe):
     collect: CollectSettings = Field(default_factory=CollectSettings, description="Data collection.")
     convert: ConvertSettings = Field(default_factory=ConvertSettings, description="Conversion.")
     train: TrainSettings = Field(default_factory=TrainSettings, description="RWR training.")
-    evaluate: EvaluateSettings = Field(default_factory=EvaluateSettings, description="Evaluation.")
+    evaluate: RiseEvaluateSettings = Field(default_factory=RiseEvaluateSettings, description="Evaluation.")
 
 
 STAGES = {

@@ -21,6 +21,8 @@ import threading
 import time
 from pathlib import Path
 
+logger = logging.getLogger(__name__)
+
 # Longest predicted answer (after extraction) that is handed to math_verify; longer is judged wrong.
 MAX_ANSWER_CHARS = 1000
 
@@ -180,14 +182,11 @@ def _load_math_verify():
 def _compare(predicted: str, gold: str) -> bool:
     """math_verify's verdict, with its own timeouts off (the caller bounds the time)."""
     mv = _load_math_verify()
-    try:
-        gold_parsed = mv.parse("\\boxed{" + gold + "}", parsing_timeout=None)
-        pred_parsed = mv.parse("\\boxed{" + predicted + "}", parsing_timeout=None)
-        if not gold_parsed or not pred_parsed:
-            return False
-        return bool(mv.verify(gold_parsed, pred_parsed, timeout_seconds=None))
-    except Exception:
+    gold_parsed = mv.parse("\\boxed{" + gold + "}", parsing_timeout=None)
+    pred_parsed = mv.parse("\\boxed{" + predicted + "}", parsing_timeout=None)
+    if not gold_parsed or not pred_parsed:
         return False
+    return bool(mv.verify(gold_parsed, pred_parsed, timeout_seconds=None))
 
 
 def _match_with_timer(predicted: str, gold: str, timeout_s: float) -> bool:
@@ -271,10 +270,14 @@ def _helper_main(headroom_bytes: int) -> None:
     for line in sys.stdin.buffer:
         try:
             predicted, gold, timeout_s = json.loads(line)
-            ok = _match_with_timer(predicted, gold, float(timeout_s))
-        except Exception:  # a MemoryError (the address-space limit) included: False, and serve on
-            ok = False
-        reply.write(b"1\n" if ok else b"0\n")
+            verdict = b"1\n" if _match_with_timer(predicted, gold, float(timeout_s)) else b"0\n"
+        except MemoryError:  # the address-space limit: a False verdict, and serve on
+            verdict = b"0\n"
+        except Exception as e:  # the grader itself failed: False, with the reason for the caller to log
+            verdict = (
+                b"!" + f"{type(e).__name__}: {e}".encode(errors="replace")[:300].replace(b"\n", b" ") + b"\n"
+            )
+        reply.write(verdict)
 
 
 class _Helper:
@@ -326,6 +329,9 @@ class _Helper:
         except OSError:
             return None
         reply = self._read_line(timeout_s + _HELPER_GRACE_S)
+        if reply is not None and reply.startswith(b"!"):
+            _grader_failed(reply[1:].decode(errors="replace").strip())
+            return False
         return {b"1\n": True, b"0\n": False}.get(reply)
 
     def close(self) -> None:
@@ -335,6 +341,26 @@ class _Helper:
         for pipe in (self.proc.stdin, self.proc.stdout):
             with contextlib.suppress(OSError):
                 pipe.close()
+
+
+_failures = 0
+
+
+def grader_failures() -> int:
+    """How many comparisons this process counted as wrong because math_verify itself raised."""
+    return _failures
+
+
+def _grader_failed(reason: str) -> None:
+    """Count a comparison the grader failed on; the first one in a process is logged with its reason."""
+    global _failures
+    _failures += 1
+    if _failures == 1:
+        logger.warning(
+            "math_verify failed on an answer (%s); it counts as wrong, and later failures are counted "
+            "only (grader_failures)",
+            reason,
+        )
 
 
 _idle_helpers: list[_Helper] = []

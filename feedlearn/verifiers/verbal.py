@@ -122,6 +122,11 @@ class Feedback(Record):
         """uuid5 of content, domain and effect: stable across files and runs."""
         return str(uuid.uuid5(FEEDBACK_NAMESPACE, f"{self.content}\n{self.domain}\n{self.effect}"))
 
+    @property
+    def short_id(self) -> str:
+        """The id's first 8 characters: the feedback's folder in a C3PO run and its name in messages."""
+        return self.id[:8]
+
 
 # ---- feedback files ------------------------------------------------------------------------------------
 
@@ -148,7 +153,7 @@ def load_feedbacks(path: str | Path) -> list[Feedback]:
         if feedback.id in first_entry:
             j = first_entry[feedback.id]
             raise DataError(
-                f"{where}: same id {feedback.id[:8]} as {_entry_name(j, entries[j - 1])} "
+                f"{where}: same id {feedback.short_id} as {_entry_name(j, entries[j - 1])} "
                 "(same content, domain and effect)"
             )
         first_entry[feedback.id] = i
@@ -231,7 +236,7 @@ def select_feedbacks(
 
 
 def _available(feedbacks: list[Feedback]) -> str:
-    ids = ", ".join(f.id[:8] for f in feedbacks) or "none"
+    ids = ", ".join(f.short_id for f in feedbacks) or "none"
     categories = ", ".join(sorted({c for f in feedbacks for c in f.categories})) or "none"
     return f"available ids: {ids}; categories: {categories}"
 
