@@ -56,7 +56,7 @@ from feedlearn.models.tiny import build_tiny_model
 from feedlearn.processes import process_state, shared_map, total
 from feedlearn.seeds import derive_seed
 from feedlearn.training.batches import tokenize_sft
-from feedlearn.training.trainer import TrainSettings, is_trained, sft_loss, train
+from feedlearn.training.trainer import TrainSettings, is_trained, sft_loss
 
 log = logging.getLogger(__name__)
 STAGES = {
@@ -290,24 +290,13 @@ class AdaRefiner(Method):
             records.append(*collected)
         examples = self._examples(records.records(), weighted=False)
         model_path = self._tiny_base([m.content for e in examples for m in e.messages][:2000])
-        return self._fit(str(model_path), examples, self.config.adapter.warmup, folder, "warmup")
+        return self._fit(str(model_path), examples, self.config.adapter.warmup, "warmup")
 
-    def _fit(self, path: str, examples: list[SFTExample], settings: TrainSettings, folder: Path, stage: str):
-        """SFT of the adapter at `path` on `examples` (completion-only), saved in `folder/model`."""
+    def _fit(self, path: str, examples: list[SFTExample], settings: TrainSettings, stage: str) -> Path:
+        """SFT of the adapter at `path` on `examples` (completion-only), saved in the stage's folder."""
         model, tok = load_policy(self._settings(path), trainable=True, seed=self.config.seed)
         rows = tokenize_sft(examples, tok, settings.max_length)
-        return train(
-            model,
-            tok,
-            rows,
-            sft_loss,
-            settings,
-            folder,
-            self.store,
-            stage,
-            self.progress,
-            seed=self.config.seed,
-        )
+        return self.fit(stage, model, tok, rows, sft_loss, settings)
 
     def _analyst(self, path: str) -> LMAnalyst | None:
         if self.config.guidance != "adapter":
@@ -458,9 +447,7 @@ class AdaRefiner(Method):
         ]
         examples = self._examples(records, weighted=self.config.refine.mode == "feedback")
         self.store.log_metrics(f"stage{stage}/sft", {"examples": len(examples), "records": len(records)})
-        return self._fit(
-            self.initial_adapter(), examples, self.config.refine.sft, folder, f"stage{stage}/sft"
-        )
+        return self._fit(self.initial_adapter(), examples, self.config.refine.sft, f"stage{stage}/sft")
 
     def _examples(self, records: list[QueryRecord], weighted: bool) -> list[SFTExample]:
         """Each record's prompt and analysis; `weighted`: weight = the comprehension score that followed,

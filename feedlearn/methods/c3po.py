@@ -53,7 +53,7 @@ from feedlearn.seeds import derive_seed
 from feedlearn.tasks import instructions
 from feedlearn.teachers.verbal import LLMTeacher, OfflineTeacher, Teacher
 from feedlearn.training.batches import collate, completion_row, report_dropped, tokenize_sft
-from feedlearn.training.trainer import TrainSettings, is_trained, sft_loss, train
+from feedlearn.training.trainer import TrainSettings, is_trained, sft_loss
 from feedlearn.verifiers.verbal import Feedback, adheres, changed, load_feedbacks, select_feedbacks
 
 log = logging.getLogger(__name__)
@@ -282,18 +282,7 @@ class C3PO(Method):
             for i, (p, r) in enumerate(chats)
         ]
         rows = tokenize_sft(examples, tokenizer, cfg.sft.train.max_length)
-        return train(
-            model,
-            tokenizer,
-            rows,
-            sft_loss,
-            cfg.sft.train,
-            folder,
-            self.store,
-            "sft",
-            self.progress,
-            seed=cfg.seed,
-        )
+        return self.fit("sft", model, tokenizer, rows, sft_loss, cfg.sft.train)
 
     def sample(self) -> list[Path]:
         """Prompts, baselines, revisions, in-context and CoT responses, for every selected feedback."""
@@ -445,19 +434,15 @@ class C3PO(Method):
                 f"feedback {feedback.short_id}: no in-scope training samples: run the sample stage"
             )
         objective = ScopeObjective(method, cfg.loss, tokenizer.pad_token_id)
-        return train(
+        return self.fit(
+            f"{feedback.short_id}/train/{method}",
             model,
             tokenizer,
             rows,
             objective.loss,
             cfg.train,
-            folder,
-            self.store,
-            f"{feedback.short_id}/train/{method}",
-            self.progress,
             collate_fn=objective.collate,
             step_metrics=objective.step_metrics,
-            seed=cfg.seed,
         )
 
     def evaluate(self) -> dict[str, dict]:

@@ -44,7 +44,7 @@ from feedlearn.processes import process_state, zero3
 from feedlearn.tasks.word_preferences import WordPreferenceTask
 from feedlearn.training.batches import collate_pairs, tokenize_pairs
 from feedlearn.training.scoring import pair_logprobs
-from feedlearn.training.trainer import TrainSettings, is_trained, train
+from feedlearn.training.trainer import TrainSettings, is_trained
 
 log = logging.getLogger(__name__)
 
@@ -204,19 +204,15 @@ class PreferenceLearning(Method):
             build_labeler(cfg.labeler, cfg.seed, self.replies("labeler")), labels, cfg.query_budget
         )
         objective = PreferenceObjective(cfg.dpo, self.active, pairs, book, reference)
-        final = train(
+        final = self.fit(
+            "train",
             model,
             tokenizer,
             rows,
             objective.loss,
             cfg.train,
-            folder,
-            self.store,
-            "train",
-            self.progress,
             collate_fn=lambda micro: objective.collate(micro, tokenizer.pad_token_id),
             step_metrics=objective.step_metrics,
-            seed=cfg.seed,
         )
         if process_state().is_main_process:
             book.check()  # a run in which no label was usable fails, even one too short for the early check

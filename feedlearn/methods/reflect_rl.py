@@ -68,7 +68,7 @@ from feedlearn.teachers.reflections import (
 )
 from feedlearn.teachers.scripted import ReflectStep, teacher_episodes
 from feedlearn.training.batches import tokenize_sft
-from feedlearn.training.trainer import TrainSettings, is_trained, sft_loss, train
+from feedlearn.training.trainer import TrainSettings, is_trained, sft_loss
 
 log = logging.getLogger(__name__)
 
@@ -374,18 +374,7 @@ class ReflectRL(Method):
                 )
                 settings = self.config.reflector_sft or self.config.sft
                 rows = tokenize_sft(examples, tok, settings.max_length)
-                train(
-                    model,
-                    tok,
-                    rows,
-                    sft_loss,
-                    settings,
-                    folder,
-                    self.store,
-                    "sft/reflector",
-                    self.progress,
-                    seed=self.config.seed,
-                )
+                self.fit("sft/reflector", model, tok, rows, sft_loss, settings)
             out["reflector"] = folder / "model"
         folder = self.store.stage("sft/policy")
         if not is_trained(folder):
@@ -406,19 +395,7 @@ class ReflectRL(Method):
             if not rows:
                 raise ConfigError(f"no policy example fits in sft.max_length {self.config.sft.max_length}")
             objective = ChoiceObjective(tok)
-            train(
-                model,
-                tok,
-                rows,
-                objective.sft_loss,
-                self.config.sft,
-                folder,
-                self.store,
-                "sft/policy",
-                self.progress,
-                collate_fn=objective.collate,
-                seed=self.config.seed,
-            )
+            self.fit("sft/policy", model, tok, rows, objective.sft_loss, self.config.sft, objective.collate)
         out["policy"] = folder / "model"
         return out
 

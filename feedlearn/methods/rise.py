@@ -44,7 +44,7 @@ from feedlearn.seeds import derive_seed
 from feedlearn.tasks.math_data import MathProblem, ProblemFormat, load_problems
 from feedlearn.tasks.synthetic_math import generate_problems
 from feedlearn.training.batches import tokenize_sft
-from feedlearn.training.trainer import TrainSettings, is_trained, sft_loss, train
+from feedlearn.training.trainer import TrainSettings, is_trained, sft_loss
 from feedlearn.verifiers.math_answers import answers_match
 
 log = logging.getLogger(__name__)
@@ -231,18 +231,7 @@ class Rise(Method):
             ]
             examples.append(SFTExample(id=chat[0].id, messages=messages))
         rows = tokenize_sft(examples, tokenizer, sft.train.max_length, all_turns=True)
-        return train(
-            model,
-            tokenizer,
-            rows,
-            sft_loss,
-            sft.train,
-            folder,
-            self.store,
-            "sft",
-            self.progress,
-            seed=self.config.seed,
-        )
+        return self.fit("sft", model, tokenizer, rows, sft_loss, sft.train)
 
     def collect(self, iteration: int = 1) -> Path:
         """Roll out the policy (and teachers) on the training problems; resumable by problem id.
@@ -369,18 +358,7 @@ class Rise(Method):
         )
         rows = tokenize_sft(examples, tokenizer, self.config.train.max_length)
         stage = f"iter{iteration}/train"
-        return train(
-            model,
-            tokenizer,
-            rows,
-            sft_loss,
-            self.config.train,
-            folder,
-            self.store,
-            stage,
-            self.progress,
-            seed=self.config.seed,
-        )
+        return self.fit(stage, model, tokenizer, rows, sft_loss, self.config.train)
 
     def run(self) -> None:
         """Every stage in order; finished stages are skipped, an interrupted one resumes."""
