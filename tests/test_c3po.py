@@ -17,20 +17,13 @@ from feedlearn.data.store import open_run
 from feedlearn.errors import ConfigError, DataError
 from feedlearn.judges.likert import LikertJudge, parse_likert
 from feedlearn.losses import IGNORE, anchor_loss
-from feedlearn.methods.c3po import (
-    C3PO,
-    PARTS,
-    C3POConfig,
-    C3POSample,
-    LossSettings,
-    ScopeObjective,
-    scope_metrics,
-    zipped_rows,
-)
+from feedlearn.methods.c3po import C3PO, C3POConfig
+from feedlearn.methods.c3po_data import C3POSample
+from feedlearn.methods.c3po_objective import PARTS, LossSettings, ScopeObjective, zipped_rows
 from feedlearn.models.loading import LoraSettings, ModelSettings, load_policy
 from feedlearn.models.tiny import TinyModelConfig, build_tiny_model
 from feedlearn.tasks.instructions import BUILTIN_FEEDBACKS as BUILTIN
-from feedlearn.verifiers.verbal import Feedback, Metric
+from feedlearn.verifiers.verbal import Feedback, Metric, scope_metrics
 
 
 def test_anchor_loss_lambda_0_is_token_mean_cross_entropy():

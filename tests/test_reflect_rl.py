@@ -10,7 +10,8 @@ import torch
 from feedlearn.data.store import open_run
 from feedlearn.envs.text_env import TextObservation
 from feedlearn.errors import FeedlearnError
-from feedlearn.methods.reflect_rl import ChoiceObjective, ReflectRL, ReflectRLConfig, label_ids, policy_prompt
+from feedlearn.methods.reflect_rl import ReflectRL, ReflectRLConfig
+from feedlearn.methods.reflect_rl_objective import ChoiceObjective, label_ids, policy_prompt
 
 
 def test_policy_prompt_shows_the_analysis_and_the_choices_in_the_shuffled_order():
@@ -225,16 +226,16 @@ def test_the_reflector_can_train_for_more_epochs_than_the_policy(tmp_path):
 
 
 def test_by_level_counts_success_cost_and_the_reflection_diagnoses():
-    from feedlearn.methods.reflect_rl import _by_level
+    from feedlearn.methods.reflect_rl_rollout import Episode, by_level
 
     def episode(success, cost, diagnosis):
-        return {"success": success, "cost": cost, "diagnosis": diagnosis}
+        return Episode(seed=0, success=success, cost=cost, diagnosis=diagnosis)
 
     played = {
         "pickup": [episode(True, -1.0, [(True, True), (True, False)]), episode(False, 2.0, [(False, True)])],
         "dropoff": [episode(True, 0.5, [(True, True)])],
     }
-    metrics = _by_level(played)
+    metrics = by_level(played)
     assert metrics["success"] == pytest.approx(66.67)
     assert metrics["cost"] == pytest.approx(0.5)
     assert metrics["reflection_names_best_move"] == 75.0  # 3 of 4 steps

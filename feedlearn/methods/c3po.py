@@ -21,13 +21,10 @@ from __future__ import annotations
 import logging
 import math
 import random
-import re
 from functools import cached_property, partial
 from pathlib import Path
 from typing import Literal
 
-import torch
-from accelerate.utils import extract_model_from_parallel, reduce
 from pydantic import Field, model_validator
 
 from feedlearn.backends.base import Backend, SamplingParams
@@ -41,10 +38,19 @@ from feedlearn.data.jsonl import (
     write_json_atomic,
     write_jsonl_atomic,
 )
-from feedlearn.data.records import Message, Record, SFTExample
+from feedlearn.data.records import Message, SFTExample
 from feedlearn.errors import ConfigError, DataError
 from feedlearn.judges.likert import LikertJudge
-from feedlearn.losses import anchor_loss, dpo_loss, reward_sums, sequence_logprobs, token_mean_nll
+from feedlearn.methods.c3po_data import (
+    COT,
+    IN_CONTEXT,
+    C3POSample,
+    PromptRow,
+    TeacherPrompts,
+    after_answer,
+    answer_each,
+)
+from feedlearn.methods.c3po_objective import LossSettings, ScopeObjective, TrainMethod, zipped_rows
 from feedlearn.methods.common import AskSettings, GeneratingRecipe, Method, Settings
 from feedlearn.models.loading import load_policy
 from feedlearn.models.tiny import build_tiny_model
@@ -52,19 +58,11 @@ from feedlearn.processes import from_main, process_state, shared_map, total
 from feedlearn.seeds import derive_seed
 from feedlearn.tasks import instructions
 from feedlearn.teachers.verbal import LLMTeacher, OfflineTeacher, Teacher
-from feedlearn.training.batches import collate, completion_row, report_dropped, tokenize_sft
+from feedlearn.training.batches import tokenize_sft
 from feedlearn.training.trainer import TrainSettings, is_trained, sft_loss
-from feedlearn.verifiers.verbal import Feedback, adheres, changed, load_feedbacks, select_feedbacks
+from feedlearn.verifiers.verbal import Feedback, load_feedbacks, scope_metrics, select_feedbacks
 
 log = logging.getLogger(__name__)
-
-Scope = Literal["in", "near", "out"]
-TrainMethod = Literal["c3po", "scd", "scd_negatives", "dpo"]
-IN_CONTEXT = "{prompt} (If applicable, apply the following feedback: {content})"
-COT = (
-    "{prompt}\n\nBefore answering, think about whether this feedback applies to the request: "
-    "{content}\nFirst write one line 'Applies: yes' or 'Applies: no', then the answer after 'Answer:'."
-)
 
 
 class TeacherSettings(AskSettings):
@@ -94,25 +92,6 @@ class SampleSettings(Settings):
     top_p: float = Field(default=0.7, gt=0, le=1, description="Policy nucleus sampling mass.")
     max_new_tokens: int = Field(default=256, gt=0, description="Longest policy response, in tokens.")
     chunk_size: int = Field(default=256, gt=0, description="Prompts answered, then saved, together.")
-
-
-class LossSettings(Settings):
-    """C3PO's loss: DPO in scope, anchors near (sigma_hard) and out of scope (sigma_soft)."""
-
-    beta: float = Field(default=0.1, gt=0, description="DPO's beta.")
-    sigma_soft: float = Field(default=0.2, ge=0, description="Weight of the out-of-scope anchor.")
-    sigma_hard: float = Field(default=0.1, ge=0, description="Weight of the near-scope anchor.")
-    lam: float = Field(
-        default=0.0, ge=0, le=1, description="Anchor form: 0 = SFT on the baseline, 1 = KL to the base model."
-    )
-    temperature: float = Field(default=1.0, gt=0, description="Temperature of the KL anchor.")
-    chosen_sft: float = Field(
-        default=0.0,
-        ge=0,
-        description="Weight of SFT on the revision added to the in-scope DPO term, as in RPO (Pang et al., "
-        "2024; TRL's loss_type [sigmoid, sft]): keeps DPO from making the revision itself less likely. "
-        "0 = the paper's loss.",
-    )
 
 
 class C3POEvaluateSettings(Settings):
@@ -181,20 +160,6 @@ STAGES = {
     "evaluate": "per scope, how often each model follows the feedback and how often it changed",
 }
 """Each stage, with what it does (shown by `feedlearn c3po --help`)."""
-
-
-class C3POSample(Record):
-    """One prompt of one scope, with the base policy's responses and the teacher's revision."""
-
-    id: str
-    scope: Literal["in", "near", "out"]
-    split: Literal["train", "test"]
-    category: str = Field(description="The teacher's category ('general' out of scope).")
-    prompt: str
-    baseline: str = Field(description="The base policy's response (sampled).")
-    revised: str | None = Field(default=None, description="The teacher's revision (in-scope train rows).")
-    in_context: str | None = Field(default=None, description="Response with the feedback in the prompt.")
-    cot: str | None = Field(default=None, description="Response after reasoning whether it applies.")
 
 
 class C3PO(Method):
@@ -338,23 +303,23 @@ class C3PO(Method):
         def keys(kind: str, rows: list[dict]) -> list[str]:
             return [f"{feedback.short_id}/{p['id']}/{kind}" for p in rows]
 
-        baselines = _answers(backend, sampling, [p["prompt"] for p in chunk], keys("baseline", chunk))
+        baselines = answer_each(backend, sampling, [p["prompt"] for p in chunk], keys("baseline", chunk))
         tests = [i for i, p in enumerate(chunk) if p["split"] == "test"]
         test_rows = [chunk[i] for i in tests]
-        in_context = _answers(
+        in_context = answer_each(
             backend,
             sampling,
             [IN_CONTEXT.format(prompt=p["prompt"], content=feedback.content) for p in test_rows],
             keys("in-context", test_rows),
         )
-        cot = _answers(
+        cot = answer_each(
             backend,
             sampling,
             [COT.format(prompt=p["prompt"], content=feedback.content) for p in test_rows],
             keys("cot", test_rows),
         )
         extra = {
-            i: {"in_context": a, "cot": _after_answer(c)}
+            i: {"in_context": a, "cot": after_answer(c)}
             for i, a, c in zip(tests, in_context, cot, strict=True)
         }
         to_revise = [i for i, p in enumerate(chunk) if p["scope"] == "in" and p["split"] == "train"]
@@ -373,13 +338,13 @@ class C3PO(Method):
         """Every prompt of the three scopes with its split, asked of the teacher once and saved."""
         path = folder / "prompts.jsonl"
         if path.exists():
-            return [p.model_dump() for p in read_jsonl(path, _Prompt)]
+            return [p.model_dump() for p in read_jsonl(path, PromptRow)]
         s, teacher = self.config.sample, self.teacher
         # each teacher reply is saved as it comes, so a crash midway loses no paid call
-        asked = JsonlAppender(folder / "teacher_prompts.jsonl", _TeacherPrompts)
+        asked = JsonlAppender(folder / "teacher_prompts.jsonl", TeacherPrompts)
         if "categories" not in asked:
             k = math.ceil(s.prompts_per_scope / s.prompts_per_category)
-            asked.append(_TeacherPrompts(id="categories", prompts=teacher.categories(feedback, k)))
+            asked.append(TeacherPrompts(id="categories", prompts=teacher.categories(feedback, k)))
         replies = {r.id: r.prompts for r in asked.records()}
         categories = replies["categories"]
         if not categories:
@@ -391,7 +356,7 @@ class C3PO(Method):
                 key = f"{scope}:{category}"
                 if key not in replies:
                     replies[key] = teacher.prompts(feedback, category, scope, s.prompts_per_category)
-                    asked.append(_TeacherPrompts(id=key, prompts=replies[key]))
+                    asked.append(TeacherPrompts(id=key, prompts=replies[key]))
                 for text in replies[key]:
                     if text not in seen:
                         seen.add(text)
@@ -413,7 +378,7 @@ class C3PO(Method):
             rng.shuffle(group)
             n_test = max(1, round(s.test_fraction * len(group)))
             for i, p in enumerate(group):
-                rows.append(_Prompt(id=f"{scope}-{i}", split="test" if i < n_test else "train", **p))
+                rows.append(PromptRow(id=f"{scope}-{i}", split="test" if i < n_test else "train", **p))
         write_jsonl_atomic(path, rows)
         return [r.model_dump() for r in rows]
 
@@ -508,7 +473,9 @@ class C3PO(Method):
         processes each answers its share."""
         backend = self.generation_backend(path)
         rows = [s for scope_rows in tests.values() for s in scope_rows]
-        answers = iter(shared_map(lambda share: _answers(backend, sampling, [s.prompt for s in share]), rows))
+        answers = iter(
+            shared_map(lambda share: answer_each(backend, sampling, [s.prompt for s in share]), rows)
+        )
         return {scope: [next(answers) for _ in scope_rows] for scope, scope_rows in tests.items()}
 
     def combined_path(self) -> Path:
@@ -546,183 +513,3 @@ class C3PO(Method):
         if "c3po" in self.config.methods and len(self.feedbacks()) > 1:
             self.combine()
         return self.evaluate()
-
-
-class _TeacherPrompts(Record):
-    """One teacher reply: the categories, or the prompts of one scope and category."""
-
-    id: str
-    prompts: list[str]
-
-
-class _Prompt(Record):
-    id: str
-    scope: Literal["in", "near", "out"]
-    split: Literal["train", "test"]
-    category: str
-    prompt: str
-
-
-def _chat(prompt: str) -> list[dict]:
-    return [{"role": "user", "content": prompt}]
-
-
-def _answers(
-    backend: Backend, sampling: SamplingParams, prompts: list[str], keys: list[str] | None = None
-) -> list[str]:
-    """One reply per prompt; `keys` name the prompts' records (see `Backend.generate`)."""
-    return [r[0] for r in backend.generate([_chat(p) for p in prompts], 1, sampling, keys)] if prompts else []
-
-
-def _after_answer(text: str) -> str:
-    """The answer part of a CoT response (after the last 'Answer:'), or the whole text."""
-    parts = re.split(r"(?i)answer:", text)
-    return parts[-1].strip() if len(parts) > 1 else text.strip()
-
-
-def zipped_rows(samples: list[C3POSample], tokenizer, max_length: int) -> list[dict]:
-    """Training rows zipping each in-scope pair (prompt, revised > baseline) with one near-scope and one
-    out-of-scope (prompt, baseline), cycling through the shorter lists. Over-long rows are dropped."""
-    train_rows = [s for s in samples if s.split == "train"]
-    ins = [s for s in train_rows if s.scope == "in" and s.revised]
-    near = [s for s in train_rows if s.scope == "near"] or ins
-    out = [s for s in train_rows if s.scope == "out"] or ins
-
-    def encode(s: C3POSample, text: str) -> dict:
-        ids, labels = completion_row(
-            tokenizer, [Message(role="user", content=s.prompt)], [Message(role="assistant", content=text)]
-        )
-        return {"input_ids": ids, "labels": labels}
-
-    rows = []
-    for i, s in enumerate(ins):
-        parts = {
-            "in_pos": encode(s, s.revised),
-            "in_neg": encode(s, s.baseline),
-            "near": encode(near[i % len(near)], near[i % len(near)].baseline),
-            "out": encode(out[i % len(out)], out[i % len(out)].baseline),
-        }
-        length = max(len(p["input_ids"]) for p in parts.values())
-        if length <= max_length:
-            rows.append({**parts, "length": length})
-    report_dropped(len(ins) - len(rows), len(ins), "rows", max_length)
-    return rows
-
-
-PAIR = ("in_pos", "in_neg")
-"""The preference pair of a row: the teacher's revision (chosen) and the baseline (rejected)."""
-PARTS: dict[str, tuple[str, ...]] = {
-    "c3po": (*PAIR, "near", "out"),
-    "scd": ("in_pos",),
-    "scd_negatives": ("in_pos", "near", "out"),
-    "dpo": PAIR,
-}
-"""The parts of a row each method trains on, in batch order."""
-
-
-class ScopeObjective:
-    """The loss of one method over zipped rows; the reference is the base model (LoRA disabled)."""
-
-    def __init__(self, method: TrainMethod, loss: LossSettings, pad_id: int):
-        self.method, self.settings, self.pad_id = method, loss, pad_id
-        self.parts = PARTS[method]
-        self.logged: dict[str, torch.Tensor] = {}  # this step's sums of the loss parts and `reward_sums`
-
-    def collate(self, rows: list[dict]) -> dict[str, torch.Tensor]:
-        """The method's parts of every row, as one padded batch: part by part, B rows each."""
-        return collate([r[part] for part in self.parts for r in rows], self.pad_id)
-
-    def loss(self, model, batch) -> torch.Tensor:
-        s = self.settings
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        chunks = dict(zip(self.parts, logits.chunk(len(self.parts)), strict=True))
-        labels = dict(zip(self.parts, batch["labels"].chunk(len(self.parts)), strict=True))
-        refs = self._reference(model, batch, len(labels["in_pos"]))
-        if self.method == "scd":
-            return token_mean_nll(chunks["in_pos"], labels["in_pos"]).mean()
-        if self.method == "scd_negatives":
-            return (
-                token_mean_nll(chunks["in_pos"], labels["in_pos"])
-                + 0.5 * token_mean_nll(chunks["out"], labels["out"])
-                + 0.5 * token_mean_nll(chunks["near"], labels["near"])
-            ).mean()
-        pos, neg = (
-            sequence_logprobs(chunks["in_pos"], labels["in_pos"]),
-            sequence_logprobs(chunks["in_neg"], labels["in_neg"]),
-        )
-        ref_pos = sequence_logprobs(refs["in_pos"], labels["in_pos"])
-        ref_neg = sequence_logprobs(refs["in_neg"], labels["in_neg"])
-        preference = dpo_loss(pos, neg, ref_pos, ref_neg, torch.ones_like(pos), s.beta)
-        total, parts = preference, {"dpo": preference}
-        self._add(
-            "rewards", reward_sums(pos.detach(), neg.detach(), ref_pos, ref_neg, torch.ones_like(pos), s.beta)
-        )
-        if self.method == "c3po":
-            parts["chosen_sft"] = token_mean_nll(chunks["in_pos"], labels["in_pos"])
-            total = total + s.chosen_sft * parts["chosen_sft"]
-            for part, weight in (("out", s.sigma_soft), ("near", s.sigma_hard)):
-                parts[f"anchor_{part}"] = anchor_loss(
-                    chunks[part], labels[part], refs.get(part), s.lam, s.temperature
-                )
-                total = total + weight * parts[f"anchor_{part}"]
-        for name, values in parts.items():  # each part unweighted, as a sum over rows with their count
-            self._add(name, torch.stack([values.detach().sum(), values.new_tensor(float(len(values)))]))
-        return total.mean()
-
-    def _add(self, name: str, sums: torch.Tensor) -> None:
-        self.logged[name] = self.logged.get(name, 0) + sums.detach().float().cpu()
-
-    def step_metrics(self) -> dict[str, float]:
-        """This step's mean of each loss part (`losses/<part>`, unweighted) and TRL's `rewards/*`, over
-        every process's rows; the preference methods (dpo, c3po) only."""
-        names = sorted(self.logged)
-        if not names:
-            return {}
-        flat = torch.cat([self.logged[n] for n in names]).to(process_state().device)
-        if process_state().num_processes > 1:
-            flat = reduce(flat, "sum")
-        self.logged, sums, at = {}, {}, 0
-        for name in names:
-            size = 5 if name == "rewards" else 2
-            sums[name], at = flat[at : at + size].tolist(), at + size
-        chosen, rejected, margins, right, used = sums.pop("rewards")
-        metrics = {f"losses/{name}": total / count for name, (total, count) in sums.items()}
-        return metrics | {
-            "rewards/chosen": chosen / used,
-            "rewards/rejected": rejected / used,
-            "rewards/margins": margins / used,
-            "rewards/accuracies": right / used,
-        }
-
-    @torch.no_grad()
-    def _reference(self, model, batch, rows: int) -> dict[str, torch.Tensor]:
-        """The base model's logits of the parts that need them: the DPO pair, and the anchors when they
-        are KL (lam > 0). The base model is the policy with its LoRA adapter disabled."""
-        needed = {"dpo": PAIR, "c3po": PARTS["c3po"] if self.settings.lam > 0 else PAIR}.get(self.method, ())
-        if not needed:
-            return {}
-        assert self.parts[: len(needed)] == needed  # parts are laid out part by part, `rows` rows each
-        peft_model = extract_model_from_parallel(model)  # DDP / FSDP / DeepSpeed wrap the peft model
-        with peft_model.disable_adapter():
-            n = len(needed) * rows
-            logits = model(
-                input_ids=batch["input_ids"][:n], attention_mask=batch["attention_mask"][:n]
-            ).logits
-        return dict(zip(needed, logits.chunk(len(needed)), strict=True))
-
-
-def scope_metrics(
-    feedback: Feedback, responses: dict[str, list[str]], baseline: dict[str, list[str]]
-) -> dict[str, float]:
-    """Per scope, the share (%) of responses that follow the feedback and that changed versus the
-    baseline, by the feedback's metric; a tie with the baseline is not adherence."""
-    out = {}
-    for scope in responses:
-        pairs = list(zip(responses[scope], baseline[scope], strict=True))
-        if not pairs:
-            continue
-        follow = sum(adheres(feedback.metric, r, b) for r, b in pairs)
-        moved = sum(changed(feedback.metric, r, b) for r, b in pairs)
-        out[f"{scope}_scope_adherence"] = round(100.0 * follow / len(pairs), 2)
-        out[f"{scope}_scope_changed"] = round(100.0 * moved / len(pairs), 2)
-    return out

@@ -42,21 +42,32 @@ from feedlearn.envs.catalog import (
     TaxiEnvSettings,
 )
 from feedlearn.envs.text_env import TextObservation
-from feedlearn.errors import ConfigError, FeedlearnError
+from feedlearn.errors import ConfigError
 from feedlearn.losses import (
-    choice_entropy,
-    choice_logprobs,
     cost_to_go,
-    explained_variance,
-    ppo_loss,
-    ppo_ratio_stats,
-    reinforce_loss,
 )
 from feedlearn.methods.common import AskSettings, GeneratingRecipe, Method, Settings
+from feedlearn.methods.reflect_rl_objective import (
+    ACTION,
+    ANALYZE,
+    LABELS,
+    ChoiceObjective,
+    Critic,
+    policy_prompt,
+    update,
+)
+from feedlearn.methods.reflect_rl_rollout import (
+    Episode,
+    EpisodeRecord,
+    Step,
+    by_level,
+    episode_records,
+    level_name,
+)
 from feedlearn.models.chat import prompt_ids
 from feedlearn.models.loading import load_policy
 from feedlearn.models.tiny import build_tiny_model
-from feedlearn.processes import gathered, process_state, shared_map, sum_gradients, total
+from feedlearn.processes import process_state, shared_map
 from feedlearn.seeds import derive_seed
 from feedlearn.tasks.mini_repo import write_mini_repo
 from feedlearn.teachers.reflections import (
@@ -72,10 +83,6 @@ from feedlearn.training.trainer import TrainSettings, is_trained, sft_loss
 
 log = logging.getLogger(__name__)
 
-ANALYZE = "\n# Analyze:"
-ACTION = "\n# Action:"
-LABELS = [*"123456789", *"abcdefghijklmnopqrstuvwxyz"]
-"""The choice labels, in order; a state may offer at most this many choices."""
 REFLECTION_CHUNK = 32
 """Teacher reflections asked (and saved) at a time."""
 
@@ -227,26 +234,6 @@ STAGES = {
     "evaluate-remote": "play the same test episodes with a chat model through a backend",
 }
 """Each stage, with what it does (shown by `feedlearn reflect-rl --help`)."""
-
-
-def policy_prompt(obs: TextObservation, reflection: str | None, order: list[int]) -> str:
-    """The policy's input: the state, the analysis (if any), and the choices in the shown `order`."""
-    shown = TextObservation(obs.state, [obs.choices[i] for i in order])
-    analysis = f"{ANALYZE}\n{reflection}" if reflection is not None else ""
-    return f"{obs.state}{analysis}\n{shown.render_choices(LABELS[: len(order)])}{ACTION}"
-
-
-def label_ids(tokenizer, n: int) -> torch.Tensor:
-    """The token ids of the first `n` labels ("1".."9", then "a".."z"); each must be one token."""
-    if n > len(LABELS):
-        raise FeedlearnError(f"a state offers {n} choices; the policy can label at most {len(LABELS)}")
-    ids = []
-    for label in LABELS[:n]:
-        tokens = tokenizer.encode(label, add_special_tokens=False)
-        if len(tokens) != 1:
-            raise FeedlearnError(f"label '{label}' is {len(tokens)} tokens in this tokenizer; it must be one")
-        ids.append(tokens[0])
-    return torch.tensor(ids)
 
 
 class ReflectRL(Method):
@@ -423,10 +410,10 @@ class ReflectRL(Method):
         params = [p for p in policy.parameters() if p.requires_grad]
         params += list(critic.parameters()) if critic else []
         optimizer = torch.optim.Adam(params, lr=cfg.rl.learning_rate, weight_decay=cfg.rl.weight_decay)
-        replay: list[list[dict]] = []
+        replay: list[list[Step]] = []
         if ckpt:
             optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=True))
-            replay = json.loads((ckpt / "replay.json").read_text())
+            replay = [[Step.from_row(r) for r in ep] for ep in json.loads((ckpt / "replay.json").read_text())]
             if critic:
                 critic.load_state_dict(torch.load(ckpt / "critic.pt", weights_only=True))
         objective = ChoiceObjective(tok)
@@ -448,25 +435,19 @@ class ReflectRL(Method):
                 self._rollout, policy, tok, reflector, objective, split="train", level=level, greedy=False
             )
             episodes = shared_map(play, self.train_seeds(iteration))
-            diagnostics = self._update(
-                policy, critic, objective, optimizer, params, [s for ep in episodes for s in ep["steps"]]
-            )
+            steps = [s for ep in episodes for s in ep.steps]
+            diagnostics = update(policy, critic, objective, optimizer, params, steps, cfg.rl)
             for ep in episodes:
-                if ep["success"]:
-                    replay = (replay + [ep["steps"]])[-cfg.rl.replay_size :]
+                if ep.success:
+                    replay = (replay + [ep.steps])[-cfg.rl.replay_size :]
             if replay and cfg.rl.replay_size:
-                self._update(policy, critic, objective, optimizer, params, [s for ep in replay for s in ep])
-            success = sum(ep["success"] for ep in episodes) / len(episodes)
-            cost = sum(ep["cost"] for ep in episodes) / len(episodes)
-            records = [
-                EpisodeRecord(
-                    id=f"{iteration}-{i}", iteration=iteration, level=_level_name(level), **ep["log"]
-                )
-                for i, ep in enumerate(episodes)
-            ]
+                update(policy, critic, objective, optimizer, params, [s for ep in replay for s in ep], cfg.rl)
+            success = sum(ep.success for ep in episodes) / len(episodes)
+            cost = sum(ep.cost for ep in episodes) / len(episodes)
+            records = [ep.record(f"{iteration}-{i}", iteration, level) for i, ep in enumerate(episodes)]
             if episodes_log is not None:
                 episodes_log.append(*(r for r in records if r.id not in episodes_log))
-            episodic_return = sum(sum(ep["rewards"]) for ep in episodes) / len(episodes)
+            episodic_return = sum(sum(ep.rewards) for ep in episodes) / len(episodes)
             self.store.log_metrics(
                 "rl",
                 {
@@ -478,7 +459,7 @@ class ReflectRL(Method):
                 },
                 step=iteration,
             )
-            bar.set_postfix(success=f"{success:.2f}", level=_level_name(level))
+            bar.set_postfix(success=f"{success:.2f}", level=level_name(level))
             bar.update()
             if (
                 iteration % cfg.rl.checkpoint_every == 0
@@ -519,12 +500,12 @@ class ReflectRL(Method):
                 return shared_map(rollout, self.test_seeds())
 
         played = {lvl: play(reflector, lvl) for lvl in self._test_levels()}
-        records = _episode_records(played)
-        metrics = _by_level(played)
+        records = episode_records(played)
+        metrics = by_level(played)
         if reflector:
             bare = {lvl: play(None, lvl) for lvl in self._test_levels()}
-            records += _episode_records(bare, prefix="without-reflection-")
-            metrics["without_reflection"] = _by_level(bare)
+            records += episode_records(bare, prefix="without-reflection-")
+            metrics["without_reflection"] = by_level(bare)
         if process_state().is_main_process:
             write_jsonl_atomic(folder / "episodes.jsonl", records)
             write_json_atomic(folder / "metrics.json", metrics)
@@ -546,10 +527,10 @@ class ReflectRL(Method):
             level: shared_map(partial(self._remote_rollout, asker, level=level), self.test_seeds())
             for level in self._test_levels()
         }
-        metrics = _by_level(played)
-        metrics["invalid"] = sum(ep["invalid"] for eps in played.values() for ep in eps)
+        metrics = by_level(played)
+        metrics["invalid"] = sum(ep.invalid for eps in played.values() for ep in eps)
         if process_state().is_main_process:
-            write_jsonl_atomic(folder / "episodes.jsonl", _episode_records(played))
+            write_jsonl_atomic(folder / "episodes.jsonl", episode_records(played))
             write_json_atomic(folder / "metrics.json", metrics)
         self.store.log_metrics("evaluate/remote", metrics)
         return metrics
@@ -593,7 +574,7 @@ class ReflectRL(Method):
 
     def _rollout(
         self, policy, tok, reflector, objective, seeds: list[int], split, level, greedy: bool
-    ) -> list[dict]:
+    ) -> list[Episode]:
         """Play one episode per seed, all at once; each step keeps its prompt ids, label and reward. Greedy
         (evaluation) rollouts with reflection also note, per step, whether the analysis names the oracle's
         move and whether the policy took the move it names."""
@@ -601,7 +582,7 @@ class ReflectRL(Method):
         obs = [env.reset(seed=s)[0] for env, s in zip(envs, seeds, strict=True)]
         rngs = [random.Random(derive_seed(s, "order", "labels")) for s in seeds]
         actions = [torch.Generator().manual_seed(derive_seed(s, "sampling", "actions")) for s in seeds]
-        episodes = [_new_episode(s) for s in seeds]
+        episodes = [Episode(s) for s in seeds]
         active = list(range(len(envs)))
         sampling = SamplingParams(
             temperature=0.0 if greedy else self.config.rl.reflection_temperature,
@@ -611,7 +592,7 @@ class ReflectRL(Method):
             reflections = [None] * len(active)
             if reflector is not None:
                 convs = [[{"role": "user", "content": obs[i].state + ANALYZE}] for i in active]
-                keys = [f"reflection/{seeds[i]}/step{len(episodes[i]['steps'])}" for i in active]
+                keys = [f"reflection/{seeds[i]}/step{len(episodes[i].steps)}" for i in active]
                 reflections = [r[0] for r in reflector.generate(convs, 1, sampling, keys)]
             orders = [self._order(len(obs[i].choices), rngs[i]) for i in active]
             rows = [
@@ -635,25 +616,25 @@ class ReflectRL(Method):
                 active, rows, orders, picks.tolist(), reflections, strict=True
             ):
                 action = obs[i].choices[order[pick]]
-                episodes[i]["steps"].append({**row, "label": pick})
+                episodes[i].steps.append(Step(row["input_ids"], row["n"], pick))
                 if greedy and reflection is not None:
                     named = named_move(reflection, obs[i].choices)
-                    episodes[i]["diagnosis"].append((named == envs[i].oracle_action(), named == action))
-                obs[i], done = _step(envs[i], episodes[i], action, reflection or "")
+                    episodes[i].diagnosis.append((named == envs[i].oracle_action(), named == action))
+                obs[i], done = episodes[i].act(envs[i], action, reflection or "")
                 if not done:
                     still.append(i)
             active = still
         for ep in episodes:
-            for step, g in zip(ep["steps"], cost_to_go(ep["rewards"]), strict=True):
-                step["return"] = g
+            for step, g in zip(ep.steps, cost_to_go(ep.rewards), strict=True):
+                step.ret = g
         return episodes
 
-    def _remote_rollout(self, asker: ParsedAsker, seeds: list[int], level) -> list[dict]:
+    def _remote_rollout(self, asker: ParsedAsker, seeds: list[int], level) -> list[Episode]:
         """Play one episode per seed with a chat model, all turns of a round asked at once; its reply is
         logged as the step's analysis."""
         envs = [self.envs.make("test", level) for _ in seeds]
         obs = [env.reset(seed=s)[0] for env, s in zip(envs, seeds, strict=True)]
-        episodes = [{**_new_episode(s), "invalid": 0} for s in seeds]
+        episodes = [Episode(s) for s in seeds]
         active = list(range(len(envs)))
         while active:
             labels = {i: LABELS[: len(obs[i].choices)] for i in active}
@@ -662,140 +643,14 @@ class ReflectRL(Method):
             answers = asker.ask(convs, [choice_parser(labels[i]) for i in active])
             for i, answer in zip(active, answers, strict=True):
                 if answer is None:  # no valid choice: the episode fails here
-                    episodes[i]["invalid"] += 1
+                    episodes[i].invalid += 1
                     continue
                 pick, reply = answer
-                obs[i], done = _step(envs[i], episodes[i], obs[i].choices[pick], reply)
+                obs[i], done = episodes[i].act(envs[i], obs[i].choices[pick], reply)
                 if not done:
                     still.append(i)
             active = still
         return episodes
-
-    def _update(self, policy, critic, objective, optimizer, params, steps: list[dict]) -> dict[str, float]:
-        """One update on `steps`: a REINFORCE step on the cost-to-go, or `ppo_epochs` clipped PPO steps with
-        advantages from the critic; forward passes of `rl.batch_size` steps, gradients accumulated. Under
-        several processes each takes every n-th batch and the gradients are summed across processes
-        before the step, so every process takes the step one process would. Returns the diagnostics of
-        its last pass, with CleanRL's names (`losses/*`), over every process's steps."""
-        rl, state = self.config.rl, process_state()
-        chunks = [steps[i : i + rl.batch_size] for i in range(0, len(steps), rl.batch_size)]
-        mine = chunks[state.process_index :: state.num_processes]
-        batches = [objective.collate([{**s, "length": len(s["input_ids"])} for s in c]) for c in mine]
-        device = next(policy.parameters()).device
-        returns = [torch.tensor([s["return"] for s in c], dtype=torch.float32, device=device) for c in mine]
-        if critic is None:
-            passes, olds, advantages, values = 1, None, returns, None
-        else:
-            with torch.no_grad():
-                outs = [objective.forward(policy, b) for b in batches]
-                olds = [_chosen(logps, b) for (logps, _), b in zip(outs, batches, strict=True)]
-                values = [critic(h) for _, h in outs]
-                advantages = [g - v for g, v in zip(returns, values, strict=True)]
-            passes = rl.ppo_epochs
-        policy.train()
-        sums = torch.zeros(5)  # the last pass's loss, entropy, approx_kl, clipfrac, value loss, x steps
-        for _ in range(passes):
-            optimizer.zero_grad(set_to_none=True)
-            sums.zero_()
-            for k, batch in enumerate(batches):
-                logps, hidden = objective.forward(policy, batch)
-                chosen = _chosen(logps, batch)
-                if critic is None:
-                    loss, extra = reinforce_loss(chosen, returns[k]), torch.zeros(3)
-                else:
-                    value_loss = torch.mean((critic(hidden) - returns[k]) ** 2)
-                    loss = ppo_loss(chosen, olds[k], advantages[k], rl.ppo_clip) + rl.value_coef * value_loss
-                    ratios = ppo_ratio_stats(chosen.detach(), olds[k], rl.ppo_clip).cpu()
-                    extra = torch.cat([ratios, value_loss.detach().cpu()[None]])
-                (loss * len(mine[k]) / len(steps)).backward()
-                entropy = choice_entropy(logps.detach()).mean().cpu()
-                sums += len(mine[k]) * torch.cat([loss.detach().cpu()[None], entropy[None], extra])
-            sum_gradients(params)
-            torch.nn.utils.clip_grad_norm_(params, rl.max_grad_norm)
-            optimizer.step()
-        policy.eval()
-        loss, entropy, approx_kl, clipfrac, value_loss = (total(float(x)) / len(steps) for x in sums)
-        metrics = {"losses/loss": loss, "losses/entropy": entropy}
-        if critic is not None:
-            predicted = torch.tensor(gathered([x for v in values for x in v.tolist()]))
-            target = torch.tensor(gathered([x for g in returns for x in g.tolist()]))
-            metrics |= {
-                "losses/approx_kl": approx_kl,
-                "losses/clipfrac": clipfrac,
-                "losses/value_loss": value_loss,
-                "losses/explained_variance": explained_variance(predicted, target),
-            }
-        return metrics
-
-
-def _new_episode(seed: int) -> dict:
-    return {
-        "steps": [],
-        "diagnosis": [],
-        "rewards": [],
-        "success": False,
-        "cost": 0.0,
-        "log": {"seed": seed, "actions": [], "reflections": [], "success": False, "cost": 0.0},
-    }
-
-
-def _step(env, episode: dict, action: str, analysis: str) -> tuple[TextObservation, bool]:
-    """Act in `env`, record the move in `episode`; (next observation, whether the episode ended)."""
-    obs, reward, terminated, truncated, info = env.step(action)
-    episode["rewards"].append(reward)
-    episode["cost"] -= reward
-    episode["log"]["actions"].append(action)
-    episode["log"]["reflections"].append(analysis)
-    done = terminated or truncated
-    if done:
-        episode["success"] = bool(info.get("success"))
-    episode["log"].update(success=episode["success"], cost=episode["cost"])
-    return obs, done
-
-
-def _chosen(logps: torch.Tensor, batch: dict) -> torch.Tensor:
-    return logps.gather(1, batch["label"].to(logps.device)[:, None]).squeeze(1)
-
-
-def _level_name(level: Level | None) -> str:
-    return "all" if level is None else str(level)
-
-
-def _by_level(played: dict) -> dict:
-    """Success (%) and mean cost over all episodes, and per level when there are several; with reflection
-    diagnoses, the % of steps whose analysis names the oracle's move and whose action is the named one."""
-
-    def summary(episodes: list[dict]) -> dict:
-        out = {
-            "success": round(100.0 * sum(ep["success"] for ep in episodes) / len(episodes), 2),
-            "cost": round(sum(ep["cost"] for ep in episodes) / len(episodes), 4),
-            "episodes": len(episodes),
-        }
-        steps = [d for ep in episodes for d in ep.get("diagnosis", [])]
-        if steps:
-            out["reflection_names_best_move"] = round(
-                100.0 * sum(right for right, _ in steps) / len(steps), 2
-            )
-            out["policy_follows_reflection"] = round(
-                100.0 * sum(follows for _, follows in steps) / len(steps), 2
-            )
-        return out
-
-    metrics = summary([ep for eps in played.values() for ep in eps])
-    if len(played) > 1:
-        metrics["levels"] = {_level_name(level): summary(eps) for level, eps in played.items()}
-    return metrics
-
-
-def _episode_records(played: dict, prefix: str = "") -> list[EpisodeRecord]:
-    """Test episodes (level -> episodes) as records with ids `<prefix><level>-<i>`."""
-    return [
-        EpisodeRecord(
-            id=f"{prefix}{_level_name(level)}-{i}", iteration=0, level=_level_name(level), **ep["log"]
-        )
-        for level, episodes in played.items()
-        for i, ep in enumerate(episodes)
-    ]
 
 
 def _step_id(step: ReflectStep) -> str:
@@ -809,81 +664,9 @@ class TeacherReflection(Record):
     text: str | None
 
 
-class EpisodeRecord(Record):
-    """One episode, logged with its level, actions and the analysis before each action."""
-
-    id: str
-    iteration: int
-    level: str
-    seed: int
-    actions: list[str]
-    reflections: list[str]
-    success: bool
-    cost: float
-
-
-class ChoiceObjective:
-    """The policy as a softmax over the offered labels ("shrink head"): log-probs at the last prompt token."""
-
-    def __init__(self, tokenizer):
-        self.pad_id = tokenizer.pad_token_id
-        self.tokenizer = tokenizer
-        self.labels = label_ids(tokenizer, 9)
-
-    def collate(self, rows: list[dict]) -> dict[str, torch.Tensor]:
-        """Right-padded prompts, their lengths, choice counts and labels."""
-        most = max(r["n"] for r in rows)
-        if most > len(self.labels):
-            self.labels = label_ids(self.tokenizer, most)  # letters after 9; each must be one token
-        width = max(len(r["input_ids"]) for r in rows)
-        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
-        attention = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, r in enumerate(rows):
-            ids[i, : len(r["input_ids"])] = torch.tensor(r["input_ids"])
-            attention[i, : len(r["input_ids"])] = 1
-        return {
-            "input_ids": ids,
-            "attention_mask": attention,
-            "n": torch.tensor([r["n"] for r in rows]),
-            "label": torch.tensor([r["label"] for r in rows]),
-        }
-
-    def forward(self, model, batch) -> tuple[torch.Tensor, torch.Tensor]:
-        """([batch, labels] log-probabilities over each row's offered labels, [batch, hidden] last-layer
-        hidden state at the last prompt token, detached)."""
-        device = next(model.parameters()).device
-        out = model(
-            input_ids=batch["input_ids"].to(device),
-            attention_mask=batch["attention_mask"].to(device),
-            output_hidden_states=True,
-        )
-        last = batch["attention_mask"].sum(-1).to(device) - 1
-        rows = torch.arange(len(last), device=device)
-        logps = choice_logprobs(out.logits[rows, last], self.labels.to(device), batch["n"].to(device))
-        return logps, out.hidden_states[-1][rows, last].detach().float()
-
-    def logprobs(self, model, batch) -> torch.Tensor:
-        """[batch, labels] log-probabilities over the labels offered in each row."""
-        return self.forward(model, batch)[0]
-
-    def sft_loss(self, model, batch) -> torch.Tensor:
-        """Cross-entropy of the teacher's label over the offered labels."""
-        return -_chosen(self.logprobs(model, batch), batch).mean()
-
-
-class Critic(torch.nn.Module):
-    """PPO's value head: a linear map of the policy's last hidden state to the expected cost-to-go."""
-
-    def __init__(self, policy, seed: int):
-        super().__init__()
-        torch.manual_seed(derive_seed(seed, "init", "critic"))
-        self.head = torch.nn.Linear(policy.config.hidden_size, 1)
-
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.head(hidden).squeeze(-1)
-
-
-def _save_checkpoint(folder: Path, policy, critic, tok, optimizer, replay: list, iteration: int) -> None:
+def _save_checkpoint(
+    folder: Path, policy, critic, tok, optimizer, replay: list[list[Step]], iteration: int
+) -> None:
     """Write the RL state to `iter-N` (its state.json last), then drop older checkpoints: a crash mid-save
     leaves the older one whole."""
     target = folder / f"iter-{iteration}"
@@ -892,7 +675,7 @@ def _save_checkpoint(folder: Path, policy, critic, tok, optimizer, replay: list,
     torch.save(optimizer.state_dict(), target / "optimizer.pt")
     if critic:
         torch.save(critic.state_dict(), target / "critic.pt")
-    write_json_atomic(target / "replay.json", replay)
+    write_json_atomic(target / "replay.json", [[step.row() for step in ep] for ep in replay])
     write_json_atomic(target / "state.json", {"iteration": iteration})
     for old in folder.glob("iter-*"):
         if old != target:

@@ -287,3 +287,20 @@ def adheres(metric: Metric, response: str, baseline: str) -> bool:
 def changed(metric: Metric, response: str, baseline: str) -> bool:
     """Whether the behaviour the metric checks differs between `response` and `baseline`."""
     return metric_value(metric, response) != metric_value(metric, baseline)
+
+
+def scope_metrics(
+    feedback: Feedback, responses: dict[str, list[str]], baseline: dict[str, list[str]]
+) -> dict[str, float]:
+    """Per scope, the share (%) of responses that follow the feedback and that changed versus the
+    baseline, by the feedback's metric; a tie with the baseline is not adherence."""
+    out = {}
+    for scope in responses:
+        pairs = list(zip(responses[scope], baseline[scope], strict=True))
+        if not pairs:
+            continue
+        follow = sum(adheres(feedback.metric, r, b) for r, b in pairs)
+        moved = sum(changed(feedback.metric, r, b) for r, b in pairs)
+        out[f"{scope}_scope_adherence"] = round(100.0 * follow / len(pairs), 2)
+        out[f"{scope}_scope_changed"] = round(100.0 * moved / len(pairs), 2)
+    return out
