@@ -278,7 +278,7 @@ def test_invalid_json_names_position(tmp_path):
     path.write_text('[\n  {"prompt": "Q",\n  }\n]', encoding="utf-8")
     with pytest.raises(DataError) as e:
         load_pairs(path)
-    assert str(e.value).startswith(f"{path}: invalid JSON") and "line 3 column" in str(e.value)
+    assert str(e.value).startswith(f"{path}:3: invalid JSON") and "at column" in str(e.value)
 
 
 def test_json_file_must_be_an_array(tmp_path):

@@ -84,6 +84,18 @@ def json_problem(err: ValueError | RecursionError) -> str:
     return str(err).split(";")[0]  # e.g. an integer over Python's 4300-digit limit
 
 
+def parse_json(path: str | Path, text: str, line: int | None = None) -> Any:
+    """The JSON value of `text` from `path` (one line of it: `line`, or the whole file); a problem raises
+    DataError as '<path>:<line>: invalid JSON (...)'."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}:{line or e.lineno}: invalid JSON ({e.msg} at column {e.colno})") from None
+    except (ValueError, RecursionError) as e:
+        where = f"{path}:{line}" if line else str(path)
+        raise DataError(f"{where}: invalid JSON ({json_problem(e)})") from None
+
+
 def parse_yaml(path: str | Path, text: str, error: type[FeedlearnError] = DataError) -> Any:
     """The YAML value of a file's text; a problem raises `error` as '<path>:<line>: invalid YAML (...)'."""
     try:
@@ -127,13 +139,7 @@ def json_lines(path: str | Path) -> Iterator[tuple[int, Any]]:
             offset += len(raw)
             if not line.strip():
                 continue
-            try:
-                value = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{lineno}: invalid JSON ({e.msg} at column {e.colno})") from None
-            except (ValueError, RecursionError) as e:
-                raise DataError(f"{path}:{lineno}: invalid JSON ({json_problem(e)})") from None
-            yield lineno, value
+            yield lineno, parse_json(path, line, lineno)
 
 
 def iter_jsonl(path: str | Path, model: type[T]) -> Iterator[T]:

@@ -11,7 +11,7 @@ from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
 
-from feedlearn.data.jsonl import describe_validation_error, json_lines, json_problem, read_text, require_file
+from feedlearn.data.jsonl import describe_validation_error, json_lines, parse_json, read_text, require_file
 from feedlearn.data.records import Completion, Message, PreferencePair
 from feedlearn.errors import DataError
 
@@ -53,12 +53,7 @@ def _json_rows(path: Path) -> Iterator[tuple[str, Any]]:
     text = read_text(path)
     if not text.strip():
         return  # no rows: load_pairs says the file is empty
-    try:
-        rows = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise DataError(f"{path}: invalid JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
-    except (ValueError, RecursionError) as e:
-        raise DataError(f"{path}: invalid JSON ({json_problem(e)})") from None
+    rows = parse_json(path, text)
     if not isinstance(rows, list):
         raise DataError(
             f"{path}: expected a JSON array of objects, got {type(rows).__name__}; "

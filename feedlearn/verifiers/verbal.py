@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import re
 import uuid
 from collections.abc import Iterable
@@ -14,7 +13,7 @@ from pydantic import Field, ValidationError, ValidationInfo, field_validator
 from feedlearn.data.jsonl import (
     describe_validation_error,
     json_lines,
-    json_problem,
+    parse_json,
     parse_yaml,
     read_text,
     require_file,
@@ -175,15 +174,7 @@ def _read_entries(path: Path) -> list[Any]:
     text = read_text(path)
     if not text.strip():
         raise DataError(f"{path}: no feedbacks in the file")
-    if suffix == ".json":
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{path}:{e.lineno}: invalid JSON ({e.msg} at column {e.colno})") from None
-        except (ValueError, RecursionError) as e:
-            raise DataError(f"{path}: invalid JSON ({json_problem(e)})") from None
-    else:
-        data = parse_yaml(path, text)
+    data = parse_json(path, text) if suffix == ".json" else parse_yaml(path, text)
     if data is None:  # YAML of only comments, or a JSON null
         raise DataError(f"{path}: no feedbacks in the file")
     if isinstance(data, dict):
