@@ -295,6 +295,9 @@ def test_two_stages_end_to_end_train_refine_save_reload_evaluate(tmp_path):
         assert len(queries) >= 64 // 8 and all(len(q.subgoals) <= 3 for q in queries)
     one, two = _params(run / "stage1/train/agent.zip"), _params(run / "stage2/train/agent.zip")
     assert any(not torch.equal(one[k], two[k]) for k in one)  # stage 2 trained the agent further
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    iterations = [r for r in rows if r["stage"] == "stage1/train" and r["step"] is not None]
+    assert iterations and all(r["charts/SPS"] > 0 and "losses/approx_kl" in r for r in iterations)
     metrics = json.loads((run / "evaluate/stage2/metrics.json").read_text())
     assert metrics["episodes"] == 2 and len(metrics["success"]) == 22
     assert 0 <= metrics["score"] <= 100 and metrics["queries"] > 0

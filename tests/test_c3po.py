@@ -191,6 +191,9 @@ def test_tiny_end_to_end_with_the_offline_teacher(tmp_path):
     assert in_train and all(s.revised.endswith("Best, Alex") for s in in_train)
     assert all("Jared" not in s.prompt for s in samples if s.scope == "near")
     assert all(s.in_context is not None for s in samples if s.split == "test")
+    rows = [json.loads(line) for line in (method.store.path / "metrics.jsonl").read_text().splitlines()]
+    (sampled,) = [r for r in rows if r["stage"] == f"{fid}/sample"]
+    assert sampled["samples"] == len(samples) and sampled["charts/samples_per_s"] > 0
     results = json.loads((method.store.path / fid / "evaluate" / "metrics.json").read_text())
     assert set(results) == {"c3po", "scd", "scd_negatives", "dpo", "in_context", "cot"}
     assert set(results["c3po"]) >= {"in_scope_adherence", "near_scope_changed", "out_scope_changed"}

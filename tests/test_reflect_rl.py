@@ -162,11 +162,12 @@ def test_rl_resumed_from_a_checkpoint_equals_an_uninterrupted_run(tmp_path, monk
     assert len(ids) == len(set(ids)) == 4 * 3  # iteration 3 was logged once
     rows = [json.loads(line) for line in (whole.store.path / "metrics.jsonl").read_text().splitlines()]
     iterations = [r for r in rows if r["stage"] == "rl" and r["step"] is not None]
-    names = {"losses/loss", "losses/entropy", "charts/episodic_return"}
+    names = {"losses/loss", "losses/entropy", "charts/episodic_return", "charts/SPS"}
     if algorithm == "ppo":  # CleanRL's names
         names |= {"losses/approx_kl", "losses/clipfrac", "losses/value_loss", "losses/explained_variance"}
     assert len(iterations) == 4 and all(names <= set(r) for r in iterations)
     assert all(0 <= r.get("losses/clipfrac", 0) <= 1 and r["losses/entropy"] >= 0 for r in iterations)
+    assert all(r["charts/SPS"] > 0 for r in iterations)
 
 
 def test_paper_shaped_run_gpt2_architecture_lora_ppo_and_the_recipes_chat_template(tmp_path):

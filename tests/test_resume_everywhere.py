@@ -254,7 +254,7 @@ def weights(run: Path) -> dict[str, dict[str, torch.Tensor]]:
     return {str(p.relative_to(run)): load_file(p) for p in sorted(run.rglob("*.safetensors"))}
 
 
-TIMED = ("time", "charts/samples_per_s", "seconds")
+TIMED = ("time", "charts/samples_per_s", "charts/SPS", "seconds")
 
 
 def metric_rows(run: Path) -> dict[tuple, dict]:

@@ -21,6 +21,7 @@ import logging
 import pickle
 import random
 import shutil
+import time
 from functools import cached_property, partial
 from pathlib import Path
 from typing import Literal
@@ -392,11 +393,15 @@ class AdaRefiner(Method):
         self.store.drop_metrics(f"stage{stage}/train", after_step=start)
         for iteration in range(start + 1, self.iterations + 1):
             finished.clear()
+            began = time.perf_counter()
             if agent is not None:
                 agent.learn(cfg.agent.n_steps * cfg.agent.envs, reset_num_timesteps=False)
             else:
                 _play_scripted(venv, players, cfg.agent.n_steps, reset=iteration == 1)
-            metrics = {"charts/steps": iteration * cfg.agent.n_steps * cfg.agent.envs}
+            metrics = {
+                "charts/steps": iteration * cfg.agent.n_steps * cfg.agent.envs,
+                "charts/SPS": cfg.agent.n_steps * cfg.agent.envs / (time.perf_counter() - began),
+            }
             if finished:
                 metrics["charts/episodic_return"] = float(np.mean([e.reward for e in finished]))
                 metrics["charts/episodic_length"] = float(np.mean([e.length for e in finished]))

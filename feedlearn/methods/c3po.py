@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import math
 import random
+import time
 from functools import cached_property, partial
 from pathlib import Path
 from typing import Literal
@@ -265,12 +266,14 @@ class C3PO(Method):
             return folder / "samples.jsonl"
         backend = self.generation_backend(self.base_model_path())
         sample = partial(self._sample_rows, feedback, backend)
+        began, sampled = time.perf_counter(), 0
         # Chunks are fixed slices of the prompt list: a resumed stage batches what an uninterrupted one did.
         for start in range(0, len(prompts), s.chunk_size):
             chunk = [p for p in prompts[start : start + s.chunk_size] if p["id"] not in done]
             if not chunk:
                 continue
             rows = shared_map(sample, chunk)
+            sampled += len(chunk)
             if out is not None:
                 out.append(*(row for row in rows if row is not None))
                 log.info(
@@ -287,6 +290,7 @@ class C3PO(Method):
                     "samples": len(out.ids),
                     "dropped": len(prompts) - len(out.ids),
                     "teacher/garbage_replies": garbage,
+                    "charts/samples_per_s": sampled / (time.perf_counter() - began),  # this run's prompts
                 },
             )
         return folder / "samples.jsonl"

@@ -20,6 +20,7 @@ import json
 import logging
 import random
 import shutil
+import time
 from functools import cached_property, partial
 from pathlib import Path
 from typing import Literal
@@ -431,6 +432,7 @@ class ReflectRL(Method):
             level = levels[(iteration - 1) * len(levels) // cfg.rl.iterations]
             # an iteration's episodes, samples and dropout are seeded by its number: a resumed run replays it
             torch.manual_seed(derive_seed(cfg.seed, "order", "rl", iteration))
+            began = time.perf_counter()
             play = partial(
                 self._rollout, policy, tok, reflector, objective, split="train", level=level, greedy=False
             )
@@ -455,6 +457,7 @@ class ReflectRL(Method):
                     "charts/cost": cost,
                     "charts/episodic_return": episodic_return,
                     "replay": len(replay),
+                    "charts/SPS": len(steps) / (time.perf_counter() - began),  # policy steps, update included
                     **diagnostics,  # of the update on this iteration's episodes (not the replay's)
                 },
                 step=iteration,
