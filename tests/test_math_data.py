@@ -7,13 +7,13 @@ import json
 import pytest
 from pydantic import ValidationError
 
+from feedlearn.data.jsonl import write_jsonl_atomic
 from feedlearn.errors import DataError
 from feedlearn.tasks.math_data import (
     MathProblem,
     load_gsm8k,
     load_math,
     load_problems,
-    save_problems,
 )
 
 
@@ -176,7 +176,7 @@ def test_save_and_load_round_trip(tmp_path):
         MathProblem(id="m-1", question="q", answer=r"\frac{1}{2}", solution="s", level=3, source="math"),
     ]
     path = tmp_path / "out" / "problems.jsonl"
-    save_problems(path, problems)
+    write_jsonl_atomic(path, problems)
     assert load_problems(path, "feedlearn") == problems
     assert [p.name for p in path.parent.iterdir()] == ["problems.jsonl"]  # no temporary file left
 

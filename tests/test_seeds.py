@@ -116,13 +116,13 @@ def test_c3po_test_prompts_are_never_training_prompts(tmp_path, seed):
 
 
 def test_rise_warns_when_test_files_share_questions_with_training_files(tmp_path, caplog):
+    from feedlearn.data.jsonl import write_jsonl_atomic
     from feedlearn.methods.rise import Rise
-    from feedlearn.tasks.math_data import save_problems
     from feedlearn.tasks.synthetic_math import generate_problems
 
     problems = generate_problems(10, 0, [1])
-    save_problems(tmp_path / "train.jsonl", problems)
-    save_problems(tmp_path / "test.jsonl", problems[:3] + generate_problems(2, 0, [1], split="test"))
+    write_jsonl_atomic(tmp_path / "train.jsonl", problems)
+    write_jsonl_atomic(tmp_path / "test.jsonl", problems[:3] + generate_problems(2, 0, [1], split="test"))
     files = {"format": "feedlearn"}
     config = RiseConfig.model_validate(
         {

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from feedlearn.data.jsonl import iter_jsonl, read_jsonl, write_jsonl_atomic
+from feedlearn.data.jsonl import iter_jsonl, read_jsonl
 from feedlearn.data.records import Record
 from feedlearn.errors import DataError
 from feedlearn.verifiers.math_answers import gsm8k_gold, math_gold
@@ -138,8 +137,3 @@ def _some(path: str | Path, problems: list[MathProblem]) -> list[MathProblem]:
     if not problems:
         raise DataError(f"{path}: no problems in the file")
     return problems
-
-
-def save_problems(path: str | Path, problems: Iterable[MathProblem]) -> None:
-    """Write problems as a feedlearn problem file (one `MathProblem` per line), atomically."""
-    write_jsonl_atomic(path, problems)
