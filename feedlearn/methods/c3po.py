@@ -392,7 +392,8 @@ class C3PO(Method):
 
     def _train(self, feedback: Feedback, method: TrainMethod) -> Path:
         cfg = self.config
-        folder = self.store.stage(f"{feedback.short_id}/train/{method}")
+        stage = f"{feedback.short_id}/train/{method}"
+        folder = self.store.stage(stage)
         if is_trained(folder):
             return folder / "model"
         samples = read_jsonl(self.store.stage(f"{feedback.short_id}/sample") / "samples.jsonl", C3POSample)
@@ -404,7 +405,7 @@ class C3PO(Method):
             )
         objective = ScopeObjective(method, cfg.loss, tokenizer.pad_token_id)
         return self.fit(
-            f"{feedback.short_id}/train/{method}",
+            stage,
             model,
             tokenizer,
             rows,
