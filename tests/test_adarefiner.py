@@ -14,6 +14,7 @@ import torch
 from feedlearn.backends.base import ParsedAsker, SamplingParams
 from feedlearn.cli import main
 from feedlearn.config import load_recipe
+from feedlearn.data.checkpoints import Checkpoints
 from feedlearn.data.jsonl import read_jsonl
 from feedlearn.data.store import open_run
 from feedlearn.envs.crafter_env import ACTIONS, CrafterEnv, text_state
@@ -315,17 +316,18 @@ def test_resume_after_a_kill_inside_a_stage_equals_an_uninterrupted_run(tmp_path
     whole = _method(tmp_path / "whole", *steps)
     whole.train(1)
     killed = _method(tmp_path / "killed", *steps)
-    original = ada._save_checkpoint
+    original = Checkpoints.commit
 
-    def save_then_die(folder, agent, venv, players, iteration):
-        original(folder, agent, venv, players, iteration)
-        if iteration == 2:
+    def commit_then_die(self, step):
+        original(self, step)
+        if step == 2:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(ada, "_save_checkpoint", save_then_die)
+    monkeypatch.setattr(Checkpoints, "commit", commit_then_die)
     with pytest.raises(KeyboardInterrupt):
         killed.train(1)
-    monkeypatch.setattr(ada, "_save_checkpoint", original)
+    monkeypatch.setattr(Checkpoints, "commit", original)
+    assert [p.name for p in (killed.store.path / "stage1/train/checkpoints").iterdir()] == ["step-2"]
     resumed = _method(tmp_path / "killed", *steps)
     resumed.train(1)
     a, b = whole.store.path / "stage1/train", resumed.store.path / "stage1/train"
@@ -333,7 +335,7 @@ def test_resume_after_a_kill_inside_a_stage_equals_an_uninterrupted_run(tmp_path
         assert (a / name).read_text() == (b / name).read_text(), name
     pa, pb = _params(a / "agent.zip"), _params(b / "agent.zip")
     assert all(torch.equal(pa[k], pb[k]) for k in pa)
-    assert not list(b.glob("checkpoint*"))
+    assert not (b / "checkpoints").exists()
 
 
 def test_scripted_mechanism_arms_run_and_frozen_keeps_the_adapter(tmp_path):

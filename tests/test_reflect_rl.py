@@ -11,7 +11,8 @@ from feedlearn.data.store import open_run
 from feedlearn.envs.text_env import TextObservation
 from feedlearn.errors import FeedlearnError
 from feedlearn.methods.reflect_rl import ReflectRL, ReflectRLConfig
-from feedlearn.methods.reflect_rl_objective import ChoiceObjective, label_ids, policy_prompt
+from feedlearn.methods.reflect_rl_objective import ChoiceObjective, label_ids
+from feedlearn.methods.reflect_rl_rollout import Player, policy_prompt
 
 
 def test_policy_prompt_shows_the_analysis_and_the_choices_in_the_shuffled_order():
@@ -113,8 +114,6 @@ class Crash(Exception):
 def test_rl_resumed_from_a_checkpoint_equals_an_uninterrupted_run(tmp_path, monkeypatch, algorithm):
     from safetensors.torch import load_file
 
-    from feedlearn.methods import reflect_rl
-
     overrides = {
         "rl": {
             "algorithm": algorithm,
@@ -127,7 +126,7 @@ def test_rl_resumed_from_a_checkpoint_equals_an_uninterrupted_run(tmp_path, monk
     whole = ReflectRL(recipe(tmp_path / "a", **overrides), open_run(tmp_path / "a", "r", {}), progress=False)
     whole.rl()
 
-    calls, real = 0, reflect_rl.ReflectRL._rollout
+    calls, real = 0, Player.play
 
     def crashing(self, *args, **kwargs):
         nonlocal calls
@@ -137,10 +136,10 @@ def test_rl_resumed_from_a_checkpoint_equals_an_uninterrupted_run(tmp_path, monk
         return real(self, *args, **kwargs)
 
     broken = ReflectRL(recipe(tmp_path / "b", **overrides), open_run(tmp_path / "b", "r", {}), progress=False)
-    monkeypatch.setattr(reflect_rl.ReflectRL, "_rollout", crashing)
+    monkeypatch.setattr(Player, "play", crashing)
     with pytest.raises(Crash):
         broken.rl()
-    assert [p.name for p in (broken.store.path / "rl" / "checkpoints").iterdir()] == ["iter-2"]
+    assert [p.name for p in (broken.store.path / "rl" / "checkpoints").iterdir()] == ["step-2"]
     calls = -10  # the resumed run plays iterations 3 and 4 only
     broken.rl()
     assert calls == -8

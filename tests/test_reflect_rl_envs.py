@@ -15,8 +15,8 @@ from feedlearn.data.store import open_run
 from feedlearn.envs.catalog import AutoExploreEnvSettings, EnvFactory
 from feedlearn.envs.taxi import IN_TAXI, DangerousTaxi, TaxiSettings
 from feedlearn.errors import ConfigError
-from feedlearn.methods import reflect_rl
 from feedlearn.methods.reflect_rl import ReflectRL, ReflectRLConfig, RemoteAgentSettings, TeacherData
+from feedlearn.teachers import reflections
 from feedlearn.teachers.reflections import named_move, parse_choice, parse_reflection, propose_tasks
 from feedlearn.teachers.scripted import ReflectStep
 
@@ -193,12 +193,12 @@ def test_llm_reflections_replace_templates_are_retried_and_survive_an_interrupti
 
     fake = FakeBackend(reply)
     monkeypatch.setattr(TeacherData, "build", lambda self, batch_size, seed, replies: fake)
-    monkeypatch.setattr(reflect_rl, "REFLECTION_CHUNK", 4)
+    monkeypatch.setattr(reflections, "REFLECTION_CHUNK", 4)
     teacher = {"episodes": 3, "negatives": 1, "reflections": "llm", "local": {"path": "unused"}}
     config = recipe(tmp_path, {"name": "taxi", "level": "dropoff"}, teacher=teacher)
     method = method_for(config)
 
-    calls, real = 0, reflect_rl.llm_reflections
+    calls, real = 0, reflections.llm_reflections
 
     def stop_after_two_chunks(asker, chunk):
         nonlocal calls
@@ -207,12 +207,12 @@ def test_llm_reflections_replace_templates_are_retried_and_survive_an_interrupti
             raise KeyboardInterrupt
         return real(asker, chunk)
 
-    monkeypatch.setattr(reflect_rl, "llm_reflections", stop_after_two_chunks)
+    monkeypatch.setattr(reflections, "llm_reflections", stop_after_two_chunks)
     with pytest.raises(KeyboardInterrupt):
         method.teacher_steps()
     saved = lines(method.store.path / "teacher" / "reflections.jsonl")
     assert len(saved) == 8  # two chunks of 4, kept
-    monkeypatch.setattr(reflect_rl, "llm_reflections", real)
+    monkeypatch.setattr(reflections, "llm_reflections", real)
     asked_before = sum(fake.asked.values())
     steps = method.teacher_steps()
     assert all(s.reflection.startswith("Looking at the grid") and s.oracle in s.reflection for s in steps)

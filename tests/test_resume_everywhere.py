@@ -32,12 +32,11 @@ TIMEOUT_S = 300
 
 
 def checkpoint(stage: str) -> tuple[str, Callable[[Path], bool]]:
-    """A kill point: the training stage `stage` (a glob) has saved a checkpoint and not yet finished."""
+    """A kill point: the loop of stage `stage` (a glob) has saved a checkpoint and not yet finished (every
+    loop's checkpoints are `feedlearn.data.checkpoints`')."""
 
     def reached(run: Path) -> bool:
-        return any(run.glob(f"{stage}/checkpoints/*/trainer_state.json")) or any(
-            run.glob(f"{stage}/checkpoints/*/state.json")
-        )
+        return any(run.glob(f"{stage}/checkpoints/step-*/checkpoint.json"))
 
     return f"a checkpoint of {stage}", reached
 
@@ -160,10 +159,7 @@ CASES = {
         ],
         [
             checkpoint("warmup"),
-            (
-                "a checkpoint of stage1/train",
-                lambda run: (run / "stage1/train/checkpoint/state.pkl").exists(),
-            ),
+            checkpoint("stage1/train"),
             checkpoint("stage1/sft"),
             records("stage2/train/queries.jsonl", "stage2/train/done.json"),
             evaluating("evaluate/stage2"),

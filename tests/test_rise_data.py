@@ -7,13 +7,14 @@ import math
 import pytest
 
 from feedlearn.data.records import Episode, Message, Turn
-from feedlearn.methods.rise import rise_metrics, windowed
 from feedlearn.methods.rise_data import (
     best_sample,
     episode_examples,
     is_degenerate,
     kept_turns,
     majority_answer,
+    rise_metrics,
+    windowed,
 )
 from feedlearn.tasks.math_data import MathProblem
 

@@ -263,6 +263,32 @@ def test_killed_collect_resumes_without_loss_or_duplicates(tmp_path, no_model, t
     assert [r for r in rows if r["stage"] == "iter1/collect"][-1]["solved_rate"] == 0.5
 
 
+def test_a_grader_failure_in_collect_is_counted_in_its_metrics(tmp_path, no_model, monkeypatch):
+    """An answer math_verify raised on counts as wrong and is reported with the stage's counts."""
+    from feedlearn.envs import math_env
+    from feedlearn.verifiers import math_answers
+
+    real, calls = math_env.score_answer, 0
+
+    def failing_twice(action, gold):
+        nonlocal calls
+        calls += 1
+        if calls <= 2:
+            math_answers._grader_failed("a test parser broke")
+            return -1.0, None
+        return real(action, gold)
+
+    monkeypatch.setattr(math_env, "score_answer", failing_twice)
+    cfg = rise_config(tmp_path, collect={"turns": [{"n": 1}, {"n": 2}], "chunk_size": 4})
+    problems = cfg.train_problems.load("train")
+    store = open_run(cfg.run_dir, "grader", cfg.model_dump(mode="json"))
+    no_model(FakePolicy(problems, cfg.prompt))
+    Rise(cfg, store, progress=False).collect(1)
+    rows = [json.loads(line) for line in (store.path / "metrics.jsonl").read_text().splitlines()]
+    summary = [r for r in rows if r["stage"] == "iter1/collect"][-1]
+    assert summary["episodes"] == 10 and summary["grader_failures"] == 2
+
+
 def test_finished_collect_does_not_load_the_policy(tmp_path, no_model):
     cfg = rise_config(tmp_path, collect={"turns": [{"n": 1}, {"n": 2}], "chunk_size": 4})
     problems = cfg.train_problems.load("train")

@@ -324,10 +324,10 @@ def test_resume_equals_uninterrupted(tiny_folder, tmp_path, lora):
         train(model, tok, rows, crashing_loss, settings, tmp_path / "B", store=store_b, seed=3)
     ckpts = tmp_path / "B" / "checkpoints"
     assert sorted(p.name for p in ckpts.iterdir()) == ["step-4"]  # step-2 was replaced by step-4
-    assert json.loads((ckpts / "step-4" / "trainer_state.json").read_text()) == {"step": 4}
+    assert json.loads((ckpts / "step-4" / "checkpoint.json").read_text()) == {"step": 4}
     assert not (tmp_path / "B" / "model").exists()
     assert [r["step"] for r in metrics(store_b)] == [1, 2, 3, 4, 5]
-    (ckpts / "step-6").mkdir()  # a later save torn by the crash: no trainer_state.json, must be ignored
+    (ckpts / "step-6").mkdir()  # a later save torn by the crash: no checkpoint.json, must be ignored
 
     torch.manual_seed(12345)  # the resumed run must not depend on the state the process happens to be in
     model, _ = load(tiny_folder, lora)

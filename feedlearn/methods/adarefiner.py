@@ -18,9 +18,6 @@ from __future__ import annotations
 
 import json
 import logging
-import pickle
-import random
-import shutil
 import time
 from functools import cached_property, partial
 from pathlib import Path
@@ -31,9 +28,10 @@ import torch
 from pydantic import Field, model_validator
 
 from feedlearn.backends.base import SamplingParams
+from feedlearn.data.checkpoints import Checkpoints
 from feedlearn.data.jsonl import JsonlAppender, write_json_atomic, write_jsonl_atomic
 from feedlearn.data.records import Message, SFTExample
-from feedlearn.envs.crafter_env import ACHIEVEMENTS, crafter_score, make_vec_env, success_rates
+from feedlearn.envs.crafter_env import make_vec_env
 from feedlearn.envs.crafter_player import SCRIPTED, SKILLED, SkilledPlayer
 from feedlearn.errors import ConfigError
 from feedlearn.feedback.comprehension import ActionText, ConceptEmbedder, SentenceTransformerEmbedder
@@ -51,10 +49,18 @@ from feedlearn.methods.adarefiner_loop import (
     QueryRecord,
     TemplateAnalyst,
 )
+from feedlearn.methods.adarefiner_play import (
+    appender,
+    load_play,
+    play_scripted,
+    save_play,
+    seed_all,
+    stage_summary,
+)
 from feedlearn.methods.common import AskSettings, GeneratingRecipe, Method, Settings
 from feedlearn.models.loading import load_policy
 from feedlearn.models.tiny import build_tiny_model
-from feedlearn.processes import process_state, shared_map, total
+from feedlearn.processes import process_state, shared_map
 from feedlearn.seeds import derive_seed
 from feedlearn.training.batches import tokenize_sft
 from feedlearn.training.trainer import TrainSettings, is_trained, sft_loss
@@ -287,7 +293,7 @@ class AdaRefiner(Method):
             venv = GuidedVecEnv(make_vec_env(seeds, **self._env_kwargs()), guide)
             players = self._players("warmup")
             steps = -(-self.config.adapter.warmup_steps // self.config.agent.envs)
-            _play_scripted(venv, players, steps, reset=True)
+            play_scripted(venv, players, steps, reset=True)
             records.append(*collected)
         examples = self._examples(records.records(), weighted=False)
         model_path = self._tiny_base([m.content for e in examples for m in e.messages][:2000])
@@ -364,7 +370,7 @@ class AdaRefiner(Method):
         cfg, folder = self.config, self.store.stage(f"stage{stage}/train")
         done = folder / "done.json"
         if done.exists():
-            _remove_checkpoints(folder)  # left by a run stopped just after it finished
+            Checkpoints(folder / "checkpoints").remove()  # left by a run stopped just after it finished
             return folder
         if stage > 1:
             self.train(stage - 1)
@@ -373,23 +379,10 @@ class AdaRefiner(Method):
         episodes = JsonlAppender(folder / "episodes.jsonl", CrafterEpisode)
         guide = self._guide(self._analyst(self.adapter_path(stage - 1)), f"stage{stage}", cfg.query_interval)
         finished: list[CrafterEpisode] = []
-        guide.on_query = _appender(queries)
-        guide.on_episode = _appender(episodes, finished)
-        ckpt = _checkpoint(folder / "checkpoint")
-        if ckpt is not None:
-            state = pickle.loads((ckpt / "state.pkl").read_bytes())
-            venv, players, start = state["venv"], state["players"], state["iteration"]
-            venv.guide = guide
-            agent = None
-            if cfg.agent.kind == "ppo":
-                agent = load_ppo(ckpt / "agent.zip", venv, cfg.agent.device, reset=False)
-            _set_rng(state["rng"])  # after the load: building the network draws from torch's generator
-        else:
-            seeds = [derive_seed(cfg.seed, "train", "crafter", stage, i) for i in range(cfg.agent.envs)]
-            venv = GuidedVecEnv(make_vec_env(seeds, **self._env_kwargs()), guide)
-            players, start = self._players(f"stage{stage}"), 0
-            _seed_all(derive_seed(cfg.seed, "sampling", "agent", stage))
-            agent = self._agent(stage, venv)
+        guide.on_query = appender(queries)
+        guide.on_episode = appender(episodes, finished)
+        checkpoints = Checkpoints(folder / "checkpoints")
+        start, agent, venv, players = self._play_state(stage, guide, checkpoints.latest())
         self.store.drop_metrics(f"stage{stage}/train", after_step=start)
         for iteration in range(start + 1, self.iterations + 1):
             finished.clear()
@@ -397,7 +390,7 @@ class AdaRefiner(Method):
             if agent is not None:
                 agent.learn(cfg.agent.n_steps * cfg.agent.envs, reset_num_timesteps=False)
             else:
-                _play_scripted(venv, players, cfg.agent.n_steps, reset=iteration == 1)
+                play_scripted(venv, players, cfg.agent.n_steps, reset=iteration == 1)
             metrics = {
                 "charts/steps": iteration * cfg.agent.n_steps * cfg.agent.envs,
                 "charts/SPS": cfg.agent.n_steps * cfg.agent.envs / (time.perf_counter() - began),
@@ -409,17 +402,29 @@ class AdaRefiner(Method):
                 metrics.update(ppo_metrics(agent))
             self.store.log_metrics(f"stage{stage}/train", metrics, step=iteration)
             if iteration % cfg.checkpoint_every == 0 and iteration < self.iterations:
-                _save_checkpoint(folder / "checkpoint", agent, venv, players, iteration)
+                checkpoints.save(iteration, partial(save_play, agent, venv, players))
         for track in venv.tracks:  # the instructions still running end with the stage: score and record them
             guide.close_query(track)
         if agent is not None:
             agent.save(folder / "agent.zip")
-        summary = _summary(episodes.records(), queries.records(), self.decider)
+        summary = stage_summary(episodes.records(), queries.records(), self.decider)
         write_json_atomic(folder / "metrics.json", summary)
         self.store.log_metrics(f"stage{stage}/train", summary)
         write_json_atomic(done, {"iterations": self.iterations})
-        _remove_checkpoints(folder)
+        checkpoints.remove()
         return folder
+
+    def _play_state(self, stage: int, guide: Guide, checkpoint: tuple[int, Path] | None):
+        """(iterations done, agent, worlds, players) to play stage `stage` on: the checkpoint's, or new."""
+        cfg = self.config
+        if checkpoint is not None:
+            start, folder = checkpoint
+            return start, *load_play(folder, guide, cfg.agent.kind == "ppo", cfg.agent.device)
+        seeds = [derive_seed(cfg.seed, "train", "crafter", stage, i) for i in range(cfg.agent.envs)]
+        venv = GuidedVecEnv(make_vec_env(seeds, **self._env_kwargs()), guide)
+        players = self._players(f"stage{stage}")
+        seed_all(derive_seed(cfg.seed, "sampling", "agent", stage))
+        return 0, self._agent(stage, venv), venv, players
 
     def _agent(self, stage: int, venv: GuidedVecEnv):
         """The PPO agent a stage starts from: the previous stage's, or a new one (None: scripted)."""
@@ -499,7 +504,7 @@ class AdaRefiner(Method):
             (e for episodes, _, _ in worlds for e in episodes), key=lambda e: (e.env, e.episode)
         )
         queries = [q for _, world_queries, _ in worlds for q in world_queries]
-        metrics = _summary(played, [q for q in queries if (q.env, q.episode) in kept], self.decider)
+        metrics = stage_summary(played, [q for q in queries if (q.env, q.episode) in kept], self.decider)
         if cfg.agent.kind == "scripted":
             completed = {(world, k): n for world, (_, _, done) in enumerate(worlds) for k, n in done.items()}
             metrics["subgoals_completed"] = round(float(np.mean([completed[k] for k in kept])), 4)
@@ -521,7 +526,7 @@ class AdaRefiner(Method):
         guide.worlds, guide.on_query, guide.on_episode = worlds, queries.append, episodes.append
         seeds = [derive_seed(cfg.evaluate.seed, "test", "crafter", i) for i in worlds]
         venv = GuidedVecEnv(make_vec_env(seeds, **self._env_kwargs()), guide)
-        _seed_all(derive_seed(cfg.evaluate.seed, "test", "agent-actions"))
+        seed_all(derive_seed(cfg.evaluate.seed, "test", "agent-actions"))
         completed = {}
         if cfg.agent.kind == "ppo":
             agent = load_ppo(
@@ -533,7 +538,7 @@ class AdaRefiner(Method):
                 obs, _, _, _ = venv.step(actions)
         else:
             players = [self._players(f"test{stage}")[i] for i in worlds]
-            completed = _play_scripted(venv, players, None, reset=True, episodes=per_env)
+            completed = play_scripted(venv, players, None, reset=True, episodes=per_env)
         return [
             (
                 [e for e in episodes if e.env == world],
@@ -549,110 +554,3 @@ class AdaRefiner(Method):
             self.train(stage)
             self.sft(stage)
         self.evaluate(self.config.stages)
-
-
-def _appender(book: JsonlAppender, also: list | None = None):
-    """A sink that appends a record unless its id is written (a resumed stage makes the same records),
-    and to `also` in any case."""
-
-    def append(record) -> None:
-        if record.id not in book:
-            book.append(record)
-        if also is not None:
-            also.append(record)
-
-    return append
-
-
-def _play_scripted(
-    venv: GuidedVecEnv, players, steps: int | None, reset: bool, episodes: int | None = None
-) -> dict[tuple[int, int], int]:
-    """The scripted players act for `steps` steps in every world, or until each world has finished
-    `episodes` episodes; returns the sub-goals carried out in each finished episode, by (world, episode)."""
-    if reset:
-        venv.reset()
-    taken, completed, before = 0, {}, [p.completed for p in players]
-    while (steps is None or taken < steps) and (
-        episodes is None or min(t.episode for t in venv.tracks) < episodes
-    ):
-        actions = np.array(
-            [p.act(venv.infos[i], venv.tracks[i].subgoals) for i, p in enumerate(players)], dtype=np.int64
-        )
-        _, _, dones, _ = venv.step(actions)
-        for i in np.flatnonzero(dones):
-            completed[(int(i), venv.tracks[i].episode - 1)] = players[i].completed - before[i]
-            before[i] = players[i].completed
-            players[i].reset()
-        taken += 1
-    return completed
-
-
-def _summary(episodes: list[CrafterEpisode], queries: list[QueryRecord], decider) -> dict:
-    """Crafter score, success per achievement (%), episode reward and length, comprehension, fallbacks."""
-    if not episodes:
-        return {"episodes": 0, "queries": len(queries)}
-    rates = success_rates([e.achievements for e in episodes])
-    scored = [q.score_after for q in queries if q.score_after is not None]
-    out = {
-        "episodes": len(episodes),
-        "score": round(crafter_score(rates), 4),
-        "reward": round(float(np.mean([e.reward for e in episodes])), 4),
-        "length": round(float(np.mean([e.length for e in episodes])), 2),
-        "achievements_per_episode": round(float(np.mean([len(e.achievements) for e in episodes])), 4),
-        "success": {name: round(rates[name], 2) for name in ACHIEVEMENTS},
-        "queries": len(queries),
-    }
-    if queries:
-        out["comprehension"] = round(float(np.mean(scored)), 4) if scored else None
-        out["fallbacks"] = sum(q.fallback for q in queries)
-    asker = getattr(decider, "asker", None)
-    if asker is not None:
-        out["garbage_replies"] = total(asker.garbage_replies)  # every process asks for its own worlds
-    return out
-
-
-def _seed_all(seed: int) -> None:
-    """Seed the generators SB3 draws from (torch: actions; numpy: minibatch order)."""
-    torch.manual_seed(seed)
-    np.random.seed(seed % 2**32)
-    random.seed(seed)
-
-
-def _rng_state() -> dict:
-    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
-
-
-def _set_rng(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
-
-
-def _remove_checkpoints(folder: Path) -> None:
-    for leftover in folder.glob("checkpoint*"):
-        shutil.rmtree(leftover, ignore_errors=True)
-
-
-def _checkpoint(folder: Path) -> Path | None:
-    """The checkpoint to resume from: `folder`, or the one a crash left mid-swap (`.old`), or None."""
-    for candidate in (folder, folder.with_name(folder.name + ".old")):
-        if (candidate / "state.pkl").exists():
-            return candidate
-    return None
-
-
-def _save_checkpoint(folder: Path, agent, venv: GuidedVecEnv, players, iteration: int) -> None:
-    """The agent (weights, optimizer, last observation), the worlds, the loop's tracks, the players and
-    the random generators after `iteration`; written beside the old one, then swapped in."""
-    tmp = folder.with_name(folder.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    if agent is not None:
-        agent.save(tmp / "agent.zip")
-    state = {"venv": venv, "players": players, "iteration": iteration, "rng": _rng_state()}
-    (tmp / "state.pkl").write_bytes(pickle.dumps(state))
-    old = folder.with_name(folder.name + ".old")
-    if folder.exists():
-        folder.rename(old)
-    tmp.rename(folder)
-    shutil.rmtree(old, ignore_errors=True)

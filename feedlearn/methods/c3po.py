@@ -32,9 +32,7 @@ from feedlearn.backends.base import Backend, SamplingParams
 from feedlearn.data.hub import DatasetSource, export_rows
 from feedlearn.data.jsonl import (
     JsonlAppender,
-    json_lines,
     read_jsonl,
-    read_text,
     require_file,
     write_json_atomic,
     write_jsonl_atomic,
@@ -50,6 +48,7 @@ from feedlearn.methods.c3po_data import (
     TeacherPrompts,
     after_answer,
     answer_each,
+    split_prompts,
 )
 from feedlearn.methods.c3po_objective import LossSettings, ScopeObjective, TrainMethod, zipped_rows
 from feedlearn.methods.common import AskSettings, GeneratingRecipe, Method, Settings
@@ -189,16 +188,7 @@ class C3PO(Method):
             path = export_rows(source)
         else:
             path = require_file(source, missing="general prompt file not found")
-        if path.suffix == ".jsonl":
-            prompts = []
-            for lineno, row in json_lines(path):
-                if not isinstance(row, dict) or not isinstance(row.get("prompt"), str):
-                    raise DataError(f"{path}:{lineno}: field 'prompt': a string is required")
-                prompts.append(row["prompt"])
-        else:
-            prompts = [line.strip() for line in read_text(path).splitlines() if line.strip()]
-        if not prompts:
-            raise DataError(f"{path}: no prompts in the file")
+        prompts = instructions.read_prompts(path)
         if len(prompts) < n:
             log.warning("%s holds %d prompts, fewer than the %d asked for", path, len(prompts), n)
         prompts = list(dict.fromkeys(prompts))
@@ -369,20 +359,8 @@ class C3PO(Method):
         prompts += [
             {"scope": "out", "category": "general", "prompt": p} for p in self.general_prompts(in_count)
         ]
-        # A prompt lives in one scope and one split: the first scope that has it keeps it, so no test prompt
-        # is also a training prompt.
-        first: dict[str, dict] = {}
-        for p in prompts:
-            first.setdefault(p["prompt"], p)
-        prompts = list(first.values())
-        rng = random.Random(derive_seed(self.config.seed, "data", "split", feedback.id))
-        rows = []
-        for scope in ("in", "near", "out"):
-            group = [p for p in prompts if p["scope"] == scope]
-            rng.shuffle(group)
-            n_test = max(1, round(s.test_fraction * len(group)))
-            for i, p in enumerate(group):
-                rows.append(PromptRow(id=f"{scope}-{i}", split="test" if i < n_test else "train", **p))
+        seed = derive_seed(self.config.seed, "data", "split", feedback.id)
+        rows = split_prompts(prompts, s.test_fraction, seed)
         write_jsonl_atomic(path, rows)
         return [r.model_dump() for r in rows]
 

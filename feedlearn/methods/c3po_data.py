@@ -3,6 +3,7 @@ asked (plainly, with the feedback in context, or reasoning first whether it appl
 
 from __future__ import annotations
 
+import random
 import re
 from typing import Literal
 
@@ -48,6 +49,25 @@ class PromptRow(Record):
     split: Literal["train", "test"]
     category: str
     prompt: str
+
+
+def split_prompts(prompts: list[dict], test_fraction: float, seed: int) -> list[PromptRow]:
+    """The prompts (`scope`, `category`, `prompt`) of each scope, shuffled by `seed` and split: the first
+    `test_fraction` (at least one) of each scope is the test split. A prompt lives in one scope and one
+    split: the first scope that has it keeps it, so no test prompt is also a training prompt."""
+    first: dict[str, dict] = {}
+    for p in prompts:
+        first.setdefault(p["prompt"], p)
+    unique = list(first.values())
+    rng = random.Random(seed)
+    rows = []
+    for scope in ("in", "near", "out"):
+        group = [p for p in unique if p["scope"] == scope]
+        rng.shuffle(group)
+        n_test = max(1, round(test_fraction * len(group)))
+        for i, p in enumerate(group):
+            rows.append(PromptRow(id=f"{scope}-{i}", split="test" if i < n_test else "train", **p))
+    return rows
 
 
 def chat(prompt: str) -> list[dict]:

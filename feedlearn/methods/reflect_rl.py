@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import logging
 import random
-import shutil
 import time
 from functools import cached_property, partial
 from pathlib import Path
@@ -29,10 +28,10 @@ import torch
 from pydantic import Field, model_validator
 from tqdm.auto import tqdm
 
-from feedlearn.backends.base import Backend, ParsedAsker, SamplingParams
-from feedlearn.backends.local import sample_rows
+from feedlearn.backends.base import Backend, ParsedAsker
+from feedlearn.data.checkpoints import Checkpoints
 from feedlearn.data.jsonl import JsonlAppender, read_jsonl, write_json_atomic, write_jsonl_atomic
-from feedlearn.data.records import Message, Record, SFTExample
+from feedlearn.data.records import Message, SFTExample
 from feedlearn.envs.autoexplore import ExploreTask
 from feedlearn.envs.catalog import (
     ALFWorldEnvSettings,
@@ -44,26 +43,18 @@ from feedlearn.envs.catalog import (
 )
 from feedlearn.envs.text_env import TextObservation
 from feedlearn.errors import ConfigError
-from feedlearn.losses import (
-    cost_to_go,
-)
 from feedlearn.methods.common import AskSettings, GeneratingRecipe, Method, Settings
-from feedlearn.methods.reflect_rl_objective import (
+from feedlearn.methods.reflect_rl_objective import ChoiceObjective, Critic, Learner
+from feedlearn.methods.reflect_rl_rollout import (
     ACTION,
     ANALYZE,
     LABELS,
-    ChoiceObjective,
-    Critic,
-    policy_prompt,
-    update,
-)
-from feedlearn.methods.reflect_rl_rollout import (
-    Episode,
     EpisodeRecord,
-    Step,
+    Player,
     by_level,
     episode_records,
     level_name,
+    policy_prompt,
 )
 from feedlearn.models.chat import prompt_ids
 from feedlearn.models.loading import load_policy
@@ -71,21 +62,12 @@ from feedlearn.models.tiny import build_tiny_model
 from feedlearn.processes import process_state, shared_map
 from feedlearn.seeds import derive_seed
 from feedlearn.tasks.mini_repo import write_mini_repo
-from feedlearn.teachers.reflections import (
-    agent_question,
-    choice_parser,
-    llm_reflections,
-    named_move,
-    propose_tasks,
-)
+from feedlearn.teachers.reflections import propose_tasks, with_llm_reflections
 from feedlearn.teachers.scripted import ReflectStep, teacher_episodes
 from feedlearn.training.batches import tokenize_sft
 from feedlearn.training.trainer import TrainSettings, is_trained, sft_loss
 
 log = logging.getLogger(__name__)
-
-REFLECTION_CHUNK = 32
-"""Teacher reflections asked (and saved) at a time."""
 
 
 class TeacherData(AskSettings):
@@ -246,6 +228,15 @@ class ReflectRL(Method):
         return EnvFactory(self.env_settings, extra_tasks=self.teacher_tasks())
 
     @cached_property
+    def player(self) -> Player:
+        """Plays the recipe's episodes with its label order and sampling."""
+        c = self.config
+        rl = c.rl
+        return Player(
+            self.envs, c.shuffle_labels, c.max_reflection_tokens, rl.temperature, rl.reflection_temperature
+        )
+
+    @cached_property
     def env_settings(self):
         """The recipe's env settings; an AutoExplore without a root gets the synthetic mini repository."""
         env = self.config.env
@@ -294,34 +285,9 @@ class ReflectRL(Method):
                 )
             write_jsonl_atomic(path, steps)
         steps = read_jsonl(path, ReflectStep)
-        return self._llm_reflections(steps) if t.reflections == "llm" else steps
-
-    def _llm_reflections(self, steps: list[ReflectStep]) -> list[ReflectStep]:
-        """`steps` with the teacher model's reflections, asked in chunks and saved after each, so a stopped
-        run keeps them; a step the teacher gave no usable reflection keeps its template, or is dropped."""
-        book = JsonlAppender(self.store.stage("teacher") / "reflections.jsonl", TeacherReflection)
-        todo = [s for s in steps if _step_id(s) not in book]
-        if todo:
-            asker = self._teacher_asker()
-            for start in range(0, len(todo), REFLECTION_CHUNK):
-                chunk = todo[start : start + REFLECTION_CHUNK]
-                texts = llm_reflections(asker, chunk)
-                book.append(
-                    *(TeacherReflection(id=_step_id(s), text=x) for s, x in zip(chunk, texts, strict=True))
-                )
-            write_json_atomic(
-                self.store.stage("teacher") / "stats.json",
-                {"garbage_replies": asker.garbage_replies, "skipped": asker.skipped},
-            )
-        written = {r.id: r.text for r in read_jsonl(book.path, TeacherReflection)}
-        out = [
-            s.model_copy(update={"reflection": written[_step_id(s)] or s.reflection})
-            for s in steps
-            if written[_step_id(s)] or s.reflection
-        ]
-        if len(out) < len(steps):
-            log.warning("teacher: %d steps without any reflection were dropped", len(steps) - len(out))
-        return out
+        if t.reflections == "llm":
+            return with_llm_reflections(steps, self.store.stage("teacher"), self._teacher_asker)
+        return steps
 
     def _teacher_asker(self) -> ParsedAsker:
         return self.config.teacher.asker(
@@ -349,7 +315,7 @@ class ReflectRL(Method):
             if not is_trained(folder):
                 examples = [
                     SFTExample(
-                        id=_step_id(s),
+                        id=s.id,
                         messages=[
                             Message(role="user", content=s.state + ANALYZE),
                             Message(role="assistant", content=s.reflection),
@@ -373,7 +339,7 @@ class ReflectRL(Method):
             for s in steps:
                 if not s.train_policy:
                     continue
-                order = self._order(len(s.choices), rng)
+                order = self.player.order(len(s.choices), rng)
                 obs = TextObservation(s.state, s.choices)
                 text = policy_prompt(obs, s.reflection if self.config.reflection else None, order)
                 ids = prompt_ids(tok, [{"role": "user", "content": text}])
@@ -400,24 +366,9 @@ class ReflectRL(Method):
             return final
         self.sft()
         levels = self.levels(cfg.rl.curriculum)
-        ckpt = _latest_checkpoint(folder / "checkpoints")
-        start = json.loads((ckpt / "state.json").read_text())["iteration"] if ckpt else 0
-        source = ckpt or self.store.stage("sft/policy") / "model"
-        policy, tok = load_policy(self._settings(str(source)), trainable=True, seed=cfg.seed)
-        critic = Critic(policy, seed=cfg.seed) if cfg.rl.algorithm == "ppo" else None
-        if critic:
-            critic.to(next(policy.parameters()).device)
+        checkpoints = Checkpoints(folder / "checkpoints")
+        start, learner = self._learner(checkpoints.latest())
         reflector = self._reflector()
-        params = [p for p in policy.parameters() if p.requires_grad]
-        params += list(critic.parameters()) if critic else []
-        optimizer = torch.optim.Adam(params, lr=cfg.rl.learning_rate, weight_decay=cfg.rl.weight_decay)
-        replay: list[list[Step]] = []
-        if ckpt:
-            optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=True))
-            replay = [[Step.from_row(r) for r in ep] for ep in json.loads((ckpt / "replay.json").read_text())]
-            if critic:
-                critic.load_state_dict(torch.load(ckpt / "critic.pt", weights_only=True))
-        objective = ChoiceObjective(tok)
         episodes_log = (
             JsonlAppender(folder / "episodes.jsonl", EpisodeRecord) if state.is_main_process else None
         )
@@ -430,58 +381,66 @@ class ReflectRL(Method):
         )
         for iteration in range(start + 1, cfg.rl.iterations + 1):
             level = levels[(iteration - 1) * len(levels) // cfg.rl.iterations]
-            # an iteration's episodes, samples and dropout are seeded by its number: a resumed run replays it
-            torch.manual_seed(derive_seed(cfg.seed, "order", "rl", iteration))
-            began = time.perf_counter()
-            play = partial(
-                self._rollout, policy, tok, reflector, objective, split="train", level=level, greedy=False
-            )
-            episodes = shared_map(play, self.train_seeds(iteration))
-            steps = [s for ep in episodes for s in ep.steps]
-            diagnostics = update(policy, critic, objective, optimizer, params, steps, cfg.rl)
-            for ep in episodes:
-                if ep.success:
-                    replay = (replay + [ep.steps])[-cfg.rl.replay_size :]
-            if replay and cfg.rl.replay_size:
-                update(policy, critic, objective, optimizer, params, [s for ep in replay for s in ep], cfg.rl)
-            success = sum(ep.success for ep in episodes) / len(episodes)
-            cost = sum(ep.cost for ep in episodes) / len(episodes)
-            records = [ep.record(f"{iteration}-{i}", iteration, level) for i, ep in enumerate(episodes)]
+            records, metrics = self._rl_iteration(learner, reflector, iteration, level)
             if episodes_log is not None:
                 episodes_log.append(*(r for r in records if r.id not in episodes_log))
-            episodic_return = sum(sum(ep.rewards) for ep in episodes) / len(episodes)
-            self.store.log_metrics(
-                "rl",
-                {
-                    "charts/success": success,
-                    "charts/cost": cost,
-                    "charts/episodic_return": episodic_return,
-                    "replay": len(replay),
-                    "charts/SPS": len(steps) / (time.perf_counter() - began),  # policy steps, update included
-                    **diagnostics,  # of the update on this iteration's episodes (not the replay's)
-                },
-                step=iteration,
-            )
-            bar.set_postfix(success=f"{success:.2f}", level=level_name(level))
+            self.store.log_metrics("rl", metrics, step=iteration)
+            bar.set_postfix(success=f"{metrics['charts/success']:.2f}", level=level_name(level))
             bar.update()
             if (
                 iteration % cfg.rl.checkpoint_every == 0
                 and iteration < cfg.rl.iterations
                 and state.is_main_process
             ):
-                _save_checkpoint(folder / "checkpoints", policy, critic, tok, optimizer, replay, iteration)
+                checkpoints.save(iteration, learner.save)
         bar.close()
-        if not state.is_main_process:
-            state.wait_for_everyone()  # until the main process has saved the policy
-            return final
-        policy.save_pretrained(final)
-        tok.save_pretrained(final)
-        if critic:
-            torch.save(critic.state_dict(), final / "critic.pt")
-        write_json_atomic(final / "done.json", {"iterations": cfg.rl.iterations})
-        shutil.rmtree(folder / "checkpoints", ignore_errors=True)
-        state.wait_for_everyone()
+        if state.is_main_process:
+            learner.save(final, optimizer=False)
+            write_json_atomic(final / "done.json", {"iterations": cfg.rl.iterations})
+            checkpoints.remove()
+        state.wait_for_everyone()  # the other processes wait until the main one has saved the policy
         return final
+
+    def _learner(self, checkpoint: tuple[int, Path] | None) -> tuple[int, Learner]:
+        """The RL iterations done and the learner to go on with: the checkpoint's, or the SFT policy's."""
+        cfg = self.config
+        start, source = checkpoint or (0, self.store.stage("sft/policy") / "model")
+        policy, tok = load_policy(self._settings(str(source)), trainable=True, seed=cfg.seed)
+        critic = Critic(policy, seed=cfg.seed) if cfg.rl.algorithm == "ppo" else None
+        learner = Learner(policy, tok, critic, cfg.rl)
+        if checkpoint:
+            learner.load(source)
+        return start, learner
+
+    def _rl_iteration(
+        self, learner: Learner, reflector, iteration: int, level
+    ) -> tuple[list[EpisodeRecord], dict]:
+        """Play RL iteration `iteration`'s episodes and learn from them: their records and the metrics."""
+        # an iteration's episodes, samples and dropout are seeded by its number: a resumed run replays it
+        torch.manual_seed(derive_seed(self.config.seed, "order", "rl", iteration))
+        began = time.perf_counter()
+        play = partial(
+            self.player.play,
+            learner.policy,
+            learner.tokenizer,
+            reflector,
+            learner.objective,
+            split="train",
+            level=level,
+            greedy=False,
+        )
+        episodes = shared_map(play, self.train_seeds(iteration))
+        diagnostics = learner.learn(episodes)  # of the update on this iteration's episodes (not the replay's)
+        played = sum(len(ep.steps) for ep in episodes)
+        metrics = {
+            "charts/success": sum(ep.success for ep in episodes) / len(episodes),
+            "charts/cost": sum(ep.cost for ep in episodes) / len(episodes),
+            "charts/episodic_return": sum(sum(ep.rewards) for ep in episodes) / len(episodes),
+            "replay": len(learner.replay),
+            "charts/SPS": played / (time.perf_counter() - began),  # policy steps, update included
+            **diagnostics,
+        }
+        return [ep.record(f"{iteration}-{i}", iteration, level) for i, ep in enumerate(episodes)], metrics
 
     def evaluate(self, stage: str = "rl") -> dict:
         """Success rate (%) and mean cost of the policy after `stage` ("sft" or "rl") on test episodes, per
@@ -497,7 +456,7 @@ class ReflectRL(Method):
 
         def play(backend, level):
             rollout = partial(
-                self._rollout, policy, tok, backend, objective, split="test", level=level, greedy=True
+                self.player.play, policy, tok, backend, objective, split="test", level=level, greedy=True
             )
             with torch.no_grad():
                 return shared_map(rollout, self.test_seeds())
@@ -527,7 +486,7 @@ class ReflectRL(Method):
             return json.loads((folder / "metrics.json").read_text())
         asker = remote.asker(self.config.generation_batch_size, self.config.seed, self.replies("remote"))
         played = {
-            level: shared_map(partial(self._remote_rollout, asker, level=level), self.test_seeds())
+            level: shared_map(partial(self.player.play_remote, asker, level=level), self.test_seeds())
             for level in self._test_levels()
         }
         metrics = by_level(played)
@@ -562,130 +521,8 @@ class ReflectRL(Method):
         s = self.config.evaluate
         return [derive_seed(s.seed, "test", "episode", i) for i in range(s.episodes)]
 
-    def _order(self, n: int, rng: random.Random) -> list[int]:
-        """The order the choices are shown in: shuffled (no position bias) or the environment's."""
-        order = list(range(n))
-        if self.config.shuffle_labels:
-            rng.shuffle(order)
-        return order
-
     def _reflector(self) -> Backend | None:
         """The trained reflection model behind the generation backend, or None without reflection."""
         if not self.config.reflection:
             return None
         return self.generation_backend(str(self.store.stage("sft/reflector") / "model"))
-
-    def _rollout(
-        self, policy, tok, reflector, objective, seeds: list[int], split, level, greedy: bool
-    ) -> list[Episode]:
-        """Play one episode per seed, all at once; each step keeps its prompt ids, label and reward. Greedy
-        (evaluation) rollouts with reflection also note, per step, whether the analysis names the oracle's
-        move and whether the policy took the move it names."""
-        envs = [self.envs.make(split, level) for _ in seeds]
-        obs = [env.reset(seed=s)[0] for env, s in zip(envs, seeds, strict=True)]
-        rngs = [random.Random(derive_seed(s, "order", "labels")) for s in seeds]
-        actions = [torch.Generator().manual_seed(derive_seed(s, "sampling", "actions")) for s in seeds]
-        episodes = [Episode(s) for s in seeds]
-        active = list(range(len(envs)))
-        sampling = SamplingParams(
-            temperature=0.0 if greedy else self.config.rl.reflection_temperature,
-            max_new_tokens=self.config.max_reflection_tokens,
-        )
-        while active:
-            reflections = [None] * len(active)
-            if reflector is not None:
-                convs = [[{"role": "user", "content": obs[i].state + ANALYZE}] for i in active]
-                keys = [f"reflection/{seeds[i]}/step{len(episodes[i].steps)}" for i in active]
-                reflections = [r[0] for r in reflector.generate(convs, 1, sampling, keys)]
-            orders = [self._order(len(obs[i].choices), rngs[i]) for i in active]
-            rows = [
-                {
-                    "input_ids": prompt_ids(tok, [{"role": "user", "content": policy_prompt(obs[i], r, o)}]),
-                    "n": len(obs[i].choices),
-                }
-                for i, r, o in zip(active, reflections, orders, strict=True)
-            ]
-            with torch.no_grad():
-                logps = objective.logprobs(policy, objective.collate([{**r, "label": 0} for r in rows]))
-            if greedy:
-                picks = logps.argmax(-1)
-            else:  # each episode draws its actions from its own generator
-                uniforms = torch.cat(
-                    [torch.rand(1, generator=actions[i], dtype=torch.float64) for i in active]
-                )
-                picks = sample_rows(torch.softmax(logps / self.config.rl.temperature, -1), uniforms)
-            still = []
-            for i, row, order, pick, reflection in zip(
-                active, rows, orders, picks.tolist(), reflections, strict=True
-            ):
-                action = obs[i].choices[order[pick]]
-                episodes[i].steps.append(Step(row["input_ids"], row["n"], pick))
-                if greedy and reflection is not None:
-                    named = named_move(reflection, obs[i].choices)
-                    episodes[i].diagnosis.append((named == envs[i].oracle_action(), named == action))
-                obs[i], done = episodes[i].act(envs[i], action, reflection or "")
-                if not done:
-                    still.append(i)
-            active = still
-        for ep in episodes:
-            for step, g in zip(ep.steps, cost_to_go(ep.rewards), strict=True):
-                step.ret = g
-        return episodes
-
-    def _remote_rollout(self, asker: ParsedAsker, seeds: list[int], level) -> list[Episode]:
-        """Play one episode per seed with a chat model, all turns of a round asked at once; its reply is
-        logged as the step's analysis."""
-        envs = [self.envs.make("test", level) for _ in seeds]
-        obs = [env.reset(seed=s)[0] for env, s in zip(envs, seeds, strict=True)]
-        episodes = [Episode(s) for s in seeds]
-        active = list(range(len(envs)))
-        while active:
-            labels = {i: LABELS[: len(obs[i].choices)] for i in active}
-            convs = [[{"role": "user", "content": agent_question(obs[i], labels[i])}] for i in active]
-            still = []
-            answers = asker.ask(convs, [choice_parser(labels[i]) for i in active])
-            for i, answer in zip(active, answers, strict=True):
-                if answer is None:  # no valid choice: the episode fails here
-                    episodes[i].invalid += 1
-                    continue
-                pick, reply = answer
-                obs[i], done = episodes[i].act(envs[i], obs[i].choices[pick], reply)
-                if not done:
-                    still.append(i)
-            active = still
-        return episodes
-
-
-def _step_id(step: ReflectStep) -> str:
-    return f"{step.episode}-{step.step}"
-
-
-class TeacherReflection(Record):
-    """A teacher model's reflection on one teacher step (None: no usable reply)."""
-
-    id: str
-    text: str | None
-
-
-def _save_checkpoint(
-    folder: Path, policy, critic, tok, optimizer, replay: list[list[Step]], iteration: int
-) -> None:
-    """Write the RL state to `iter-N` (its state.json last), then drop older checkpoints: a crash mid-save
-    leaves the older one whole."""
-    target = folder / f"iter-{iteration}"
-    policy.save_pretrained(target)
-    tok.save_pretrained(target)
-    torch.save(optimizer.state_dict(), target / "optimizer.pt")
-    if critic:
-        torch.save(critic.state_dict(), target / "critic.pt")
-    write_json_atomic(target / "replay.json", [[step.row() for step in ep] for ep in replay])
-    write_json_atomic(target / "state.json", {"iteration": iteration})
-    for old in folder.glob("iter-*"):
-        if old != target:
-            shutil.rmtree(old, ignore_errors=True)
-
-
-def _latest_checkpoint(folder: Path) -> Path | None:
-    """The newest complete RL checkpoint (one with its state.json), if any."""
-    done = [p for p in folder.glob("iter-*") if (p / "state.json").exists()]
-    return max(done, key=lambda p: int(p.name.split("-")[1])) if done else None

@@ -1,14 +1,17 @@
 """Reflect-RL's objective: the policy as a softmax over the offered labels (its prompt, its labels' token
 ids), the critic head, and one RL update (REINFORCE on the cost-to-go, or clipped PPO with the critic's
-advantages) with CleanRL's diagnostics."""
+advantages) with CleanRL's diagnostics, and the learner that RL trains and checkpoints."""
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 
-from feedlearn.envs.text_env import TextObservation
+from feedlearn.data.jsonl import write_json_atomic
 from feedlearn.errors import FeedlearnError
 from feedlearn.losses import (
     choice_entropy,
@@ -18,24 +21,12 @@ from feedlearn.losses import (
     ppo_ratio_stats,
     reinforce_loss,
 )
-from feedlearn.methods.reflect_rl_rollout import Step
+from feedlearn.methods.reflect_rl_rollout import LABELS, Episode, Step
 from feedlearn.processes import gathered, process_state, sum_gradients, total
 from feedlearn.seeds import derive_seed
 
 if TYPE_CHECKING:
     from feedlearn.methods.reflect_rl import RLSettings
-
-ANALYZE = "\n# Analyze:"
-ACTION = "\n# Action:"
-LABELS = [*"123456789", *"abcdefghijklmnopqrstuvwxyz"]
-"""The choice labels, in order; a state may offer at most this many choices."""
-
-
-def policy_prompt(obs: TextObservation, reflection: str | None, order: list[int]) -> str:
-    """The policy's input: the state, the analysis (if any), and the choices in the shown `order`."""
-    shown = TextObservation(obs.state, [obs.choices[i] for i in order])
-    analysis = f"{ANALYZE}\n{reflection}" if reflection is not None else ""
-    return f"{obs.state}{analysis}\n{shown.render_choices(LABELS[: len(order)])}{ACTION}"
 
 
 def label_ids(tokenizer, n: int) -> torch.Tensor:
@@ -174,3 +165,57 @@ def update(
             "losses/explained_variance": explained_variance(predicted, target),
         }
     return metrics
+
+
+@dataclass
+class Learner:
+    """The policy being trained by RL, with its tokenizer, critic (PPO), optimizer, and the replay buffer
+    of successful episodes: what an RL checkpoint saves."""
+
+    policy: torch.nn.Module
+    tokenizer: object
+    critic: Critic | None
+    settings: RLSettings
+    replay: list[list[Step]] = field(default_factory=list)
+
+    def __post_init__(self):
+        if self.critic:
+            self.critic.to(next(self.policy.parameters()).device)
+        self.objective = ChoiceObjective(self.tokenizer)
+        self.params = [p for p in self.policy.parameters() if p.requires_grad]
+        self.params += list(self.critic.parameters()) if self.critic else []
+        rl = self.settings
+        self.optimizer = torch.optim.Adam(self.params, lr=rl.learning_rate, weight_decay=rl.weight_decay)
+
+    def learn(self, episodes: list[Episode]) -> dict[str, float]:
+        """One update on `episodes`' steps, then one on the replayed successful episodes (these included);
+        returns the first update's diagnostics."""
+        steps = [s for ep in episodes for s in ep.steps]
+        rl = self.settings
+        diagnostics = update(self.policy, self.critic, self.objective, self.optimizer, self.params, steps, rl)
+        for ep in episodes:
+            if ep.success:
+                self.replay = (self.replay + [ep.steps])[-rl.replay_size :]
+        if self.replay and rl.replay_size:
+            replayed = [s for ep in self.replay for s in ep]
+            update(self.policy, self.critic, self.objective, self.optimizer, self.params, replayed, rl)
+        return diagnostics
+
+    def save(self, folder: Path, optimizer: bool = True) -> None:
+        """The policy, tokenizer and critic in `folder`; with `optimizer`, also the optimizer and replay
+        buffer (what resuming needs)."""
+        self.policy.save_pretrained(folder)
+        self.tokenizer.save_pretrained(folder)
+        if self.critic:
+            torch.save(self.critic.state_dict(), folder / "critic.pt")
+        if optimizer:
+            torch.save(self.optimizer.state_dict(), folder / "optimizer.pt")
+            write_json_atomic(folder / "replay.json", [[step.row() for step in ep] for ep in self.replay])
+
+    def load(self, folder: Path) -> None:
+        """The optimizer, critic and replay buffer saved by `save` (the policy loads from `folder` itself)."""
+        self.optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=True))
+        saved = json.loads((folder / "replay.json").read_text())
+        self.replay = [[Step.from_row(row) for row in ep] for ep in saved]
+        if self.critic:
+            self.critic.load_state_dict(torch.load(folder / "critic.pt", weights_only=True))

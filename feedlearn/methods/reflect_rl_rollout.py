@@ -1,13 +1,39 @@
-"""Reflect-RL's episodes as records: the steps a policy took (what RL trains on), what each episode logged,
-and the success and cost summaries of a set of episodes, per level."""
+"""Reflect-RL's rollouts: the policy's prompt, the player that plays episodes (the policy with its
+reflection model, or a chat model), the episodes as records (the steps a policy took, what RL trains on,
+and what each episode logged), and the success and cost summaries of a set of episodes, per level."""
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
+import torch
+
+from feedlearn.backends.base import Backend, ParsedAsker, SamplingParams
+from feedlearn.backends.local import sample_rows
 from feedlearn.data.records import Record
-from feedlearn.envs.catalog import Level
+from feedlearn.envs.catalog import EnvFactory, Level
 from feedlearn.envs.text_env import TextObservation
+from feedlearn.losses import cost_to_go
+from feedlearn.models.chat import prompt_ids
+from feedlearn.seeds import derive_seed
+from feedlearn.teachers.reflections import agent_question, choice_parser, named_move
+
+if TYPE_CHECKING:
+    from feedlearn.methods.reflect_rl_objective import ChoiceObjective
+
+ANALYZE = "\n# Analyze:"
+ACTION = "\n# Action:"
+LABELS = [*"123456789", *"abcdefghijklmnopqrstuvwxyz"]
+"""The choice labels, in order; a state may offer at most this many choices."""
+
+
+def policy_prompt(obs: TextObservation, reflection: str | None, order: list[int]) -> str:
+    """The policy's input: the state, the analysis (if any), and the choices in the shown `order`."""
+    shown = TextObservation(obs.state, [obs.choices[i] for i in order])
+    analysis = f"{ANALYZE}\n{reflection}" if reflection is not None else ""
+    return f"{obs.state}{analysis}\n{shown.render_choices(LABELS[: len(order)])}{ACTION}"
 
 
 @dataclass
@@ -121,3 +147,112 @@ def episode_records(played: dict[Level | None, list[Episode]], prefix: str = "")
         for level, episodes in played.items()
         for i, ep in enumerate(episodes)
     ]
+
+
+@dataclass
+class Player:
+    """Plays Reflect-RL episodes in the recipe's environments, one per seed, all at once."""
+
+    envs: EnvFactory
+    shuffle_labels: bool
+    """Show the choices in a new random order every step (else the environment's)."""
+    max_reflection_tokens: int
+    temperature: float
+    """The policy's sampling temperature (training rollouts; evaluation is greedy)."""
+    reflection_temperature: float
+    """The reflection model's, in training rollouts (evaluation: 0)."""
+
+    def order(self, n: int, rng: random.Random) -> list[int]:
+        """The order the choices are shown in: shuffled (no position bias) or the environment's."""
+        order = list(range(n))
+        if self.shuffle_labels:
+            rng.shuffle(order)
+        return order
+
+    def play(
+        self,
+        policy,
+        tok,
+        reflector: Backend | None,
+        objective: ChoiceObjective,
+        seeds: list[int],
+        split: str,
+        level: Level | None,
+        greedy: bool,
+    ) -> list[Episode]:
+        """The policy (reading `reflector`'s analysis, if any) plays one episode per seed; each step keeps its
+        prompt ids, label and reward. Greedy (evaluation) rollouts with reflection also note, per step,
+        whether the analysis names the oracle's move and whether the policy took the move it names."""
+        envs = [self.envs.make(split, level) for _ in seeds]
+        obs = [env.reset(seed=s)[0] for env, s in zip(envs, seeds, strict=True)]
+        rngs = [random.Random(derive_seed(s, "order", "labels")) for s in seeds]
+        actions = [torch.Generator().manual_seed(derive_seed(s, "sampling", "actions")) for s in seeds]
+        episodes = [Episode(s) for s in seeds]
+        active = list(range(len(envs)))
+        sampling = SamplingParams(
+            temperature=0.0 if greedy else self.reflection_temperature,
+            max_new_tokens=self.max_reflection_tokens,
+        )
+        while active:
+            reflections = [None] * len(active)
+            if reflector is not None:
+                convs = [[{"role": "user", "content": obs[i].state + ANALYZE}] for i in active]
+                keys = [f"reflection/{seeds[i]}/step{len(episodes[i].steps)}" for i in active]
+                reflections = [r[0] for r in reflector.generate(convs, 1, sampling, keys)]
+            orders = [self.order(len(obs[i].choices), rngs[i]) for i in active]
+            rows = [
+                {
+                    "input_ids": prompt_ids(tok, [{"role": "user", "content": policy_prompt(obs[i], r, o)}]),
+                    "n": len(obs[i].choices),
+                }
+                for i, r, o in zip(active, reflections, orders, strict=True)
+            ]
+            with torch.no_grad():
+                logps = objective.logprobs(policy, objective.collate([{**r, "label": 0} for r in rows]))
+            if greedy:
+                picks = logps.argmax(-1)
+            else:  # each episode draws its actions from its own generator
+                uniforms = torch.cat(
+                    [torch.rand(1, generator=actions[i], dtype=torch.float64) for i in active]
+                )
+                picks = sample_rows(torch.softmax(logps / self.temperature, -1), uniforms)
+            still = []
+            for i, row, order, pick, reflection in zip(
+                active, rows, orders, picks.tolist(), reflections, strict=True
+            ):
+                action = obs[i].choices[order[pick]]
+                episodes[i].steps.append(Step(row["input_ids"], row["n"], pick))
+                if greedy and reflection is not None:
+                    named = named_move(reflection, obs[i].choices)
+                    episodes[i].diagnosis.append((named == envs[i].oracle_action(), named == action))
+                obs[i], done = episodes[i].act(envs[i], action, reflection or "")
+                if not done:
+                    still.append(i)
+            active = still
+        for ep in episodes:
+            for step, g in zip(ep.steps, cost_to_go(ep.rewards), strict=True):
+                step.ret = g
+        return episodes
+
+    def play_remote(self, asker: ParsedAsker, seeds: list[int], level: Level | None) -> list[Episode]:
+        """A chat model plays one test episode per seed, all turns of a round asked at once; its reply is
+        logged as the step's analysis."""
+        envs = [self.envs.make("test", level) for _ in seeds]
+        obs = [env.reset(seed=s)[0] for env, s in zip(envs, seeds, strict=True)]
+        episodes = [Episode(s) for s in seeds]
+        active = list(range(len(envs)))
+        while active:
+            labels = {i: LABELS[: len(obs[i].choices)] for i in active}
+            convs = [[{"role": "user", "content": agent_question(obs[i], labels[i])}] for i in active]
+            still = []
+            answers = asker.ask(convs, [choice_parser(labels[i]) for i in active])
+            for i, answer in zip(active, answers, strict=True):
+                if answer is None:  # no valid choice: the episode fails here
+                    episodes[i].invalid += 1
+                    continue
+                pick, reply = answer
+                obs[i], done = episodes[i].act(envs[i], obs[i].choices[pick], reply)
+                if not done:
+                    still.append(i)
+            active = still
+        return episodes

@@ -35,17 +35,19 @@ from feedlearn.methods.rise_data import (
     best_sample,
     episode_examples,
     is_degenerate,
-    majority_answer,
+    rise_metrics,
+    solved_by_turn,
+    windowed,
 )
 from feedlearn.models.loading import load_policy
 from feedlearn.models.tiny import build_tiny_model
-from feedlearn.processes import from_main, process_state, shared_map
+from feedlearn.processes import from_main, process_state, shared_map, total
 from feedlearn.seeds import derive_seed
 from feedlearn.tasks.math_data import MathProblem, ProblemFormat, load_problems
 from feedlearn.tasks.synthetic_math import generate_problems
 from feedlearn.training.batches import tokenize_sft
 from feedlearn.training.trainer import TrainSettings, is_trained, sft_loss
-from feedlearn.verifiers.math_answers import answers_match
+from feedlearn.verifiers.math_answers import grader_failures
 
 log = logging.getLogger(__name__)
 
@@ -242,6 +244,7 @@ class Rise(Method):
         """
         state = process_state()
         cfg = self.config.collect
+        before = grader_failures()
         path = self.store.stage(f"iter{iteration}/collect") / "episodes.jsonl"
         out = JsonlAppender(path, Episode) if state.is_main_process else None  # it repairs a torn line
         done = from_main(lambda: set(out.ids))
@@ -288,12 +291,13 @@ class Rise(Method):
                     out.append(*episodes)
                     log.info("collected %d / %d problems", len(out.ids), len(problems))
         state.wait_for_everyone()
+        failed = total(grader_failures() - before)
         if out is not None:
             episodes = out.records()
             solved = sum(any(t.reward == 1.0 for t in e.turns) for e in episodes)
+            counts = {"episodes": len(episodes), "solved_rate": solved / max(1, len(episodes))}
             self.store.log_metrics(
-                f"iter{iteration}/collect",
-                {"episodes": len(episodes), "solved_rate": solved / max(1, len(episodes))},
+                f"iter{iteration}/collect", counts | ({"grader_failures": failed} if failed else {})
             )
         return path
 
@@ -383,17 +387,22 @@ class Rise(Method):
 
     def evaluate(self, iteration: int = 1) -> dict[str, float]:
         """Sequential and parallel evaluation of the policy after `iteration` rounds (0 = the base);
-        writes `evaluate/metrics.json` and the episodes. An evaluation already written is returned as is.
-        Under several processes each plays its share of the problems (seeded by their ids, as in
-        `collect`) and the main process writes them all."""
+        writes `evaluate/metrics.json` (with `grader_failures`, the answers math_verify raised on and that
+        counted as wrong, when there were any) and the episodes. An evaluation already written is
+        returned as is. Under several processes each plays its share of the problems (seeded by their
+        ids, as in `collect`) and the main process writes them all."""
         folder = self.store.stage(f"iter{iteration}/evaluate" if iteration else "base/evaluate")
         if (folder / "metrics.json").exists():
             return json.loads((folder / "metrics.json").read_text())
         problems = self.config.test_problems.load("test", "test")
         backend = self.generation_backend(self.policy_path(iteration))
+        before = grader_failures()
         played = shared_map(lambda share: self._play_test(share, backend), problems)
         episodes = [episode for episode, _ in played]
         metrics = rise_metrics(problems, episodes, [parallel for _, parallel in played])
+        failed = total(grader_failures() - before)
+        if failed:  # answers math_verify raised on, counted wrong (feedlearn.verifiers.math_answers)
+            metrics["grader_failures"] = failed
         if process_state().is_main_process:
             write_jsonl_atomic(folder / "episodes.jsonl", episodes)
             write_json_atomic(folder / "metrics.json", metrics)
@@ -428,48 +437,3 @@ class Rise(Method):
         )
         scored = [[env.score(t) for t in texts] for env, texts in zip(envs, parallel, strict=True)]
         return list(zip(episodes, scored, strict=True))
-
-
-def solved_by_turn(episodes: list[Episode], turns: int) -> dict[str, float]:
-    """`success/turn<t>`: the share of `episodes` solved at turn t or before (an episode stops once
-    solved)."""
-    return {
-        f"success/turn{t}": sum(any(x.reward == 1.0 for x in e.turns[:t]) for e in episodes) / len(episodes)
-        for t in range(1, turns + 1)
-    }
-
-
-def windowed(episode: Episode, window: int | None) -> list[dict]:
-    """The conversation so far; with a window w, the question plus only the last w-1 attempts."""
-    turns = episode.turns if window is None else episode.turns[-(window - 1) :]
-    return [m.model_dump() for m in episode.model_copy(update={"turns": turns}).conversation()]
-
-
-def rise_metrics(
-    problems: list[MathProblem], episodes: list[Episode], parallel: list[list[tuple[float, str | None]]]
-) -> dict[str, float]:
-    """acc@t1..acc@tT, m1@t1, m1@tT (majority of the T turns), p1@tT (any turn correct), and over n
-    parallel first-turn samples mn@t1 (majority) and pn@t1 (any); all in percent."""
-    n_turns, n_par = len(episodes[0].turns), len(parallel[0])
-
-    def pct(flags) -> float:
-        flags = list(flags)
-        return round(100.0 * sum(flags) / len(flags), 2)
-
-    def majority_correct(answers, gold) -> bool:
-        top = majority_answer(answers)
-        return top is not None and answers_match(top, gold)
-
-    metrics = {f"acc@t{k + 1}": pct(e.turns[k].reward == 1.0 for e in episodes) for k in range(n_turns)}
-    metrics["m1@t1"] = metrics["acc@t1"]
-    metrics[f"m1@t{n_turns}"] = pct(
-        majority_correct([t.answer for t in e.turns], p.answer)
-        for p, e in zip(problems, episodes, strict=True)
-    )
-    metrics[f"p1@t{n_turns}"] = pct(any(t.reward == 1.0 for t in e.turns) for e in episodes)
-    if n_par > 1:  # one parallel sample is just another first turn: m1@t1 already says it
-        metrics[f"m{n_par}@t1"] = pct(
-            majority_correct([a for _, a in par], p.answer) for p, par in zip(problems, parallel, strict=True)
-        )
-        metrics[f"p{n_par}@t1"] = pct(any(r == 1.0 for r, _ in par) for par in parallel)
-    return metrics

@@ -1,4 +1,5 @@
-"""RISE's pure pieces: degenerate-sample filter, best-of-n choice, conversion criteria, voting metrics."""
+"""RISE's pure pieces: degenerate-sample filter, best-of-n choice, conversion criteria, the windowed
+context, and the evaluation's metrics (accuracy per turn, majority voting, pass@n)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ from collections import Counter
 from typing import Literal
 
 from feedlearn.data.records import Episode, Message, SFTExample
+from feedlearn.tasks.math_data import MathProblem
+from feedlearn.verifiers.math_answers import answers_match
 
 Criterion = Literal["all", "better", "best", "success"]
 
@@ -81,3 +84,48 @@ def majority_answer(answers: list[str | None]) -> str | None:
         return None
     top = max(counts.values())
     return next(_norm(a) for a in answers if a is not None and counts[_norm(a)] == top)
+
+
+def solved_by_turn(episodes: list[Episode], turns: int) -> dict[str, float]:
+    """`success/turn<t>`: the share of `episodes` solved at turn t or before (an episode stops once
+    solved)."""
+    return {
+        f"success/turn{t}": sum(any(x.reward == 1.0 for x in e.turns[:t]) for e in episodes) / len(episodes)
+        for t in range(1, turns + 1)
+    }
+
+
+def windowed(episode: Episode, window: int | None) -> list[dict]:
+    """The conversation so far; with a window w, the question plus only the last w-1 attempts."""
+    turns = episode.turns if window is None else episode.turns[-(window - 1) :]
+    return [m.model_dump() for m in episode.model_copy(update={"turns": turns}).conversation()]
+
+
+def rise_metrics(
+    problems: list[MathProblem], episodes: list[Episode], parallel: list[list[tuple[float, str | None]]]
+) -> dict[str, float]:
+    """acc@t1..acc@tT, m1@t1, m1@tT (majority of the T turns), p1@tT (any turn correct), and over n
+    parallel first-turn samples mn@t1 (majority) and pn@t1 (any); all in percent."""
+    n_turns, n_par = len(episodes[0].turns), len(parallel[0])
+
+    def pct(flags) -> float:
+        flags = list(flags)
+        return round(100.0 * sum(flags) / len(flags), 2)
+
+    def majority_correct(answers, gold) -> bool:
+        top = majority_answer(answers)
+        return top is not None and answers_match(top, gold)
+
+    metrics = {f"acc@t{k + 1}": pct(e.turns[k].reward == 1.0 for e in episodes) for k in range(n_turns)}
+    metrics["m1@t1"] = metrics["acc@t1"]
+    metrics[f"m1@t{n_turns}"] = pct(
+        majority_correct([t.answer for t in e.turns], p.answer)
+        for p, e in zip(problems, episodes, strict=True)
+    )
+    metrics[f"p1@t{n_turns}"] = pct(any(t.reward == 1.0 for t in e.turns) for e in episodes)
+    if n_par > 1:  # one parallel sample is just another first turn: m1@t1 already says it
+        metrics[f"m{n_par}@t1"] = pct(
+            majority_correct([a for _, a in par], p.answer) for p, par in zip(problems, parallel, strict=True)
+        )
+        metrics[f"p{n_par}@t1"] = pct(any(r == 1.0 for r, _ in par) for par in parallel)
+    return metrics

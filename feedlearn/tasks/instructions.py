@@ -12,7 +12,10 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 
+from feedlearn.data.jsonl import json_lines, read_text
+from feedlearn.errors import DataError
 from feedlearn.seeds import derive_seed
 from feedlearn.verifiers.verbal import Feedback, Metric
 
@@ -168,6 +171,21 @@ def corpus(n: int, seed: int) -> list[tuple[str, str]]:
     """`n` (prompt, response) chats, categories drawn uniformly; the same seed gives the same chats."""
     rng = random.Random(derive_seed(seed, "data", "instruction-corpus"))
     return [CATEGORIES[rng.choice(list(CATEGORIES))](rng) for _ in range(n)]
+
+
+def read_prompts(path: Path) -> list[str]:
+    """The prompts of a file: one per line (`.txt`), or each line's `prompt` field (`.jsonl`)."""
+    if path.suffix == ".jsonl":
+        prompts = []
+        for lineno, row in json_lines(path):
+            if not isinstance(row, dict) or not isinstance(row.get("prompt"), str):
+                raise DataError(f"{path}:{lineno}: field 'prompt': a string is required")
+            prompts.append(row["prompt"])
+    else:
+        prompts = [line.strip() for line in read_text(path).splitlines() if line.strip()]
+    if not prompts:
+        raise DataError(f"{path}: no prompts in the file")
+    return prompts
 
 
 def general_prompts(n: int, seed: int) -> list[str]:

@@ -6,15 +6,22 @@ Replies are parsed as data; a reply that parses to nothing is asked again (`Pars
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 import re
+from collections.abc import Callable
+from pathlib import Path
 
 from feedlearn.backends.base import ParsedAsker
+from feedlearn.data.jsonl import JsonlAppender, read_jsonl, write_json_atomic
+from feedlearn.data.records import Record
 from feedlearn.envs.autoexplore import CAT_SUFFIXES, ExploreTask, listed_files, read_prefix
 from feedlearn.envs.text_env import TextObservation
 from feedlearn.seeds import derive_seed
 from feedlearn.teachers.scripted import ReflectStep
+
+log = logging.getLogger(__name__)
 
 REFLECTION_WORDS = 50
 """The length the spec asks of a reflection."""
@@ -55,6 +62,46 @@ def llm_reflections(asker: ParsedAsker, steps: list[ReflectStep]) -> list[str | 
     """The teacher's reflection for each step (None where every attempt was garbage)."""
     questions = [[{"role": "user", "content": reflection_question(s)}] for s in steps]
     return asker.ask(questions, [lambda reply, step=step: parse_reflection(reply, step) for step in steps])
+
+
+REFLECTION_CHUNK = 32
+"""Teacher reflections asked (and saved) at a time."""
+
+
+class TeacherReflection(Record):
+    """A teacher model's reflection on one teacher step (None: no usable reply)."""
+
+    id: str
+    text: str | None
+
+
+def with_llm_reflections(
+    steps: list[ReflectStep], folder: Path, asker: Callable[[], ParsedAsker]
+) -> list[ReflectStep]:
+    """`steps` with the teacher model's reflections, asked in chunks and saved in `folder` after each
+    (`reflections.jsonl`, and the asker's counts in `stats.json`), so a stopped run keeps them; a step the
+    teacher gave no usable reflection keeps its template, or is dropped. `asker` is called only if some
+    step has no saved reflection."""
+    book = JsonlAppender(folder / "reflections.jsonl", TeacherReflection)
+    todo = [s for s in steps if s.id not in book]
+    if todo:
+        teacher = asker()
+        for start in range(0, len(todo), REFLECTION_CHUNK):
+            chunk = todo[start : start + REFLECTION_CHUNK]
+            texts = llm_reflections(teacher, chunk)
+            book.append(*(TeacherReflection(id=s.id, text=x) for s, x in zip(chunk, texts, strict=True)))
+        write_json_atomic(
+            folder / "stats.json", {"garbage_replies": teacher.garbage_replies, "skipped": teacher.skipped}
+        )
+    written = {r.id: r.text for r in read_jsonl(book.path, TeacherReflection)}
+    out = [
+        s.model_copy(update={"reflection": written[s.id] or s.reflection})
+        for s in steps
+        if written[s.id] or s.reflection
+    ]
+    if len(out) < len(steps):
+        log.warning("teacher: %d steps without any reflection were dropped", len(steps) - len(out))
+    return out
 
 
 def propose_tasks(

@@ -46,6 +46,11 @@ class ReflectStep(Record):
     )
     train_policy: bool = Field(description="Whether the policy is trained on `action` (not on random ones).")
 
+    @property
+    def id(self) -> str:
+        """`<episode>-<step>`: unique in a set of teacher episodes."""
+        return f"{self.episode}-{self.step}"
+
     @model_validator(mode="after")
     def _action_is_a_choice(self):
         if self.action not in self.choices:

@@ -8,9 +8,7 @@ it had done and ends with the same weights as an uninterrupted run.
 
 from __future__ import annotations
 
-import json
 import math
-import shutil
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -24,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
+from feedlearn.data.checkpoints import Checkpoints
 from feedlearn.data.jsonl import write_json_atomic
 from feedlearn.data.store import RunStore
 from feedlearn.errors import FeedlearnError
@@ -88,14 +87,6 @@ def is_trained(out_dir: Path) -> bool:
     return (out_dir / "model" / "done.json").exists()
 
 
-def _latest_checkpoint(folder: Path) -> Path | None:
-    ckpts = sorted(
-        (p for p in folder.glob("step-*") if (p / "trainer_state.json").exists()),
-        key=lambda p: int(p.name.split("-")[1]),
-    )
-    return ckpts[-1] if ckpts else None
-
-
 def train(
     model,
     tokenizer,
@@ -123,16 +114,7 @@ def train(
     final = out_dir / "model"
     if is_trained(out_dir):
         return final
-    # cpu: see feedlearn.processes. The schedule counts global optimizer steps (total_steps above), so the
-    # scheduler steps once per optimizer step: accelerate's default steps it once per process.
-    state = AcceleratorState._shared_state
-    if state and state.get("_mixed_precision", "no") != settings.mixed_precision:
-        AcceleratorState._reset_state()  # one process may train stages of other precisions before this one
-    accelerator = Accelerator(
-        cpu=not torch.cuda.is_available(),
-        step_scheduler_with_optimizer=False,
-        mixed_precision=settings.mixed_precision,
-    )
+    accelerator = _accelerator(settings.mixed_precision)
     if settings.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False  # a KV cache is of no use in training, and checkpointing refuses it
@@ -145,60 +127,29 @@ def train(
             f"(batch_size x grad_accum x processes = {per_step}); add data or lower grad_accum"
         )
     total_steps = steps_per_epoch * settings.epochs
-
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=settings.learning_rate, weight_decay=settings.weight_decay)
-    scheduler = get_scheduler(
-        settings.lr_schedule,
-        optimizer,
-        num_warmup_steps=math.ceil(settings.warmup_ratio * total_steps),
-        num_training_steps=total_steps,
-    )
-    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    model, optimizer, scheduler = accelerator.prepare(model, *_optimizer(params, settings, total_steps))
 
-    ckpt_dir = out_dir / "checkpoints"
-    step = 0
-    latest = _latest_checkpoint(ckpt_dir)
-    if latest is not None:
-        accelerator.load_state(str(latest))
-        step = json.loads((latest / "trainer_state.json").read_text())["step"]
-    else:
-        torch.manual_seed(derive_seed(seed, "order", stage, "dropout"))
+    checkpoints = Checkpoints(out_dir / "checkpoints")
+    start = _resume(accelerator, checkpoints, derive_seed(seed, "order", stage, "dropout"))
     if store is not None and accelerator.is_main_process:
-        store.drop_metrics(stage, after_step=step)  # the steps after the checkpoint are done again
+        store.drop_metrics(stage, after_step=start)  # the steps after the checkpoint are done again
 
     model.train()
     bar = tqdm(
-        total=total_steps, initial=step, desc=stage, disable=not (progress and accelerator.is_main_process)
+        total=total_steps, initial=start, desc=stage, disable=not (progress and accelerator.is_main_process)
     )
     started, samples = time.perf_counter(), 0
-    lengths = [r["length"] for r in rows]
     collate_fn = collate_fn or (lambda micro: collate(micro, tokenizer.pad_token_id))
-    planned_epoch, steps = None, []
-    while step < total_steps:
-        epoch, in_epoch = divmod(step, steps_per_epoch)
-        if epoch != planned_epoch:
-            planned_epoch = epoch
-            epoch_seed = derive_seed(seed, "order", stage, "epoch", epoch)
-            steps = epoch_steps(lengths, per_step, epoch_seed, settings.group_by_length)
-        chunk = steps[in_epoch][rank::world]
-        step_loss = 0.0
-        for m in range(settings.grad_accum):
-            micro = [rows[i] for i in chunk[m * settings.batch_size : (m + 1) * settings.batch_size]]
-            batch = {k: v.to(accelerator.device) for k, v in collate_fn(micro).items()}
-            last = m == settings.grad_accum - 1
-            with nullcontext() if last else accelerator.no_sync(model):
-                loss = loss_fn(model, batch) / settings.grad_accum
-                accelerator.backward(loss)
-            step_loss += loss.item()
-            samples += len(micro)
-        if world > 1:  # the logged loss is the global batch's, as one process computes it
-            step_loss = accelerator.reduce(torch.tensor(step_loss, device=accelerator.device), "mean").item()
+    plan = _planned_steps([r["length"] for r in rows], per_step, settings, seed, stage, start, total_steps)
+    for step, indices in enumerate(plan, start=start + 1):
+        micros = [rows[i] for i in indices[rank::world]]
+        step_loss = _accumulate(accelerator, model, loss_fn, micros, collate_fn, settings)
+        samples += len(micros)
         grad_norm = accelerator.clip_grad_norm_(params, settings.max_grad_norm)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
-        step += 1
         bar.update(1)
         bar.set_postfix(loss=f"{step_loss:.4f}")
         extra = step_metrics() if step_metrics is not None else {}
@@ -215,18 +166,92 @@ def train(
                 step=step,
             )
         if step % settings.checkpoint_every == 0 and step < total_steps:
-            _save_checkpoint(accelerator, ckpt_dir, step)
+            _save_checkpoint(accelerator, checkpoints, step)
     bar.close()
+    _save_model(accelerator, model, tokenizer, final, {"steps": total_steps, "examples": len(rows)})
+    if accelerator.is_main_process:
+        checkpoints.remove()
+    accelerator.wait_for_everyone()
+    return final
 
+
+def _resume(accelerator: Accelerator, checkpoints: Checkpoints, dropout_seed: int) -> int:
+    """The steps done: the latest checkpoint's (its state loaded), or 0 (dropout seeded for a fresh run)."""
+    latest = checkpoints.latest()
+    if latest is None:
+        torch.manual_seed(dropout_seed)
+        return 0
+    step, folder = latest
+    accelerator.load_state(str(folder))
+    return step
+
+
+def _planned_steps(
+    lengths: list[int], per_step: int, settings: TrainSettings, seed: int, stage: str, start: int, total: int
+):
+    """The example indices of each optimizer step from step `start` to `total`; each epoch's order is a
+    function of the seed and the epoch (`epoch_steps`), so a resumed run sees the batches it would have."""
+    steps_per_epoch = len(lengths) // per_step
+    planned_epoch, steps = None, []
+    for step in range(start, total):
+        epoch, in_epoch = divmod(step, steps_per_epoch)
+        if epoch != planned_epoch:
+            planned_epoch = epoch
+            epoch_seed = derive_seed(seed, "order", stage, "epoch", epoch)
+            steps = epoch_steps(lengths, per_step, epoch_seed, settings.group_by_length)
+        yield steps[in_epoch]
+
+
+def _accelerator(mixed_precision: str) -> Accelerator:
+    """This process's accelerator (cpu: see feedlearn.processes). The schedule counts global optimizer
+    steps, so the scheduler steps once per optimizer step: accelerate's default steps it once per process."""
+    state = AcceleratorState._shared_state
+    if state and state.get("_mixed_precision", "no") != mixed_precision:
+        AcceleratorState._reset_state()  # one process may train stages of other precisions before this one
+    return Accelerator(
+        cpu=not torch.cuda.is_available(),
+        step_scheduler_with_optimizer=False,
+        mixed_precision=mixed_precision,
+    )
+
+
+def _optimizer(params: list, settings: TrainSettings, total_steps: int):
+    """AdamW on `params` and the learning-rate schedule over `total_steps` optimizer steps."""
+    optimizer = torch.optim.AdamW(params, lr=settings.learning_rate, weight_decay=settings.weight_decay)
+    scheduler = get_scheduler(
+        settings.lr_schedule,
+        optimizer,
+        num_warmup_steps=math.ceil(settings.warmup_ratio * total_steps),
+        num_training_steps=total_steps,
+    )
+    return optimizer, scheduler
+
+
+def _accumulate(accelerator, model, loss_fn: LossFn, rows: list[dict], collate_fn, settings) -> float:
+    """The gradients of one optimizer step on this process's `rows`, micro-batch by micro-batch (synced
+    once, on the last); returns the step's loss (the global batch's, under several processes)."""
+    step_loss = 0.0
+    for m in range(settings.grad_accum):
+        micro = rows[m * settings.batch_size : (m + 1) * settings.batch_size]
+        batch = {k: v.to(accelerator.device) for k, v in collate_fn(micro).items()}
+        last = m == settings.grad_accum - 1
+        with nullcontext() if last else accelerator.no_sync(model):
+            loss = loss_fn(model, batch) / settings.grad_accum
+            accelerator.backward(loss)
+        step_loss += loss.item()
+    if accelerator.num_processes > 1:
+        step_loss = accelerator.reduce(torch.tensor(step_loss, device=accelerator.device), "mean").item()
+    return step_loss
+
+
+def _save_model(accelerator: Accelerator, model, tokenizer, final: Path, done: dict) -> None:
+    """The trained model and tokenizer in `final`, its `done.json` (with `done`) written last."""
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         unwrapped = accelerator.unwrap_model(model)
         unwrapped.save_pretrained(final, state_dict=accelerator.get_state_dict(model))
         tokenizer.save_pretrained(final)
-        write_json_atomic(final / "done.json", {"steps": total_steps, "examples": len(rows)})
-        shutil.rmtree(ckpt_dir, ignore_errors=True)
-    accelerator.wait_for_everyone()
-    return final
+        write_json_atomic(final / "done.json", done)
 
 
 def epoch_steps(lengths: list[int], per_step: int, seed: int, group_by_length: bool) -> list[list[int]]:
@@ -249,13 +274,13 @@ def epoch_steps(lengths: list[int], per_step: int, seed: int, group_by_length: b
     return steps
 
 
-def _save_checkpoint(accelerator: Accelerator, ckpt_dir: Path, step: int) -> None:
-    """Save state to `step-N`, then drop older checkpoints; a crash mid-save leaves the older one intact."""
-    target = ckpt_dir / f"step-{step}"
-    accelerator.save_state(str(target))
+def _save_checkpoint(accelerator: Accelerator, checkpoints: Checkpoints, step: int) -> None:
+    """Every process saves its part of the state (accelerate's: model, optimizer, scheduler, RNGs)."""
     if accelerator.is_main_process:
-        write_json_atomic(target / "trainer_state.json", {"step": step})
-        for old in ckpt_dir.glob("step-*"):
-            if old != target:
-                shutil.rmtree(old, ignore_errors=True)
+        checkpoints.begin()
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(checkpoints.writing))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        checkpoints.commit(step)
     accelerator.wait_for_everyone()
