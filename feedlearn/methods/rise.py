@@ -243,53 +243,13 @@ class Rise(Method):
         its id, so the episodes are the ones one process makes (up to float noise in batched decoding).
         """
         state = process_state()
-        cfg = self.config.collect
         before = grader_failures()
         path = self.store.stage(f"iter{iteration}/collect") / "episodes.jsonl"
         out = JsonlAppender(path, Episode) if state.is_main_process else None  # it repairs a torn line
         done = from_main(lambda: set(out.ids))
         problems = self.config.train_problems.load("train")
         if any(p.id not in done for p in problems):
-            policy = self.generation_backend(self.policy_path(iteration - 1))
-            backends: list[Backend] = [
-                OpenAIBackend(t.teacher, self.config.seed, self.replies("teacher")) if t.teacher else policy
-                for t in cfg.turns
-            ]
-            sampling = SamplingParams(temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens)
-            stage = f"collect/iter{iteration}"
-            # Chunks are fixed slices of the problem list, so a resumed collection batches what an
-            # uninterrupted one did; each chunk's row (logged before its episodes are written) is
-            # dropped and logged again when its chunk is redone.
-            starts = range(0, len(problems), cfg.chunk_size)
-            finished = next(
-                (
-                    i
-                    for i, s in enumerate(starts)
-                    if any(p.id not in done for p in problems[s : s + cfg.chunk_size])
-                ),
-                len(starts),
-            )
-            self.store.drop_metrics(f"iter{iteration}/collect", after_step=finished)
-            for number, start in enumerate(starts, start=1):
-                chunk = [p for p in problems[start : start + cfg.chunk_size] if p.id not in done]
-                if not chunk:
-                    continue
-                began = time.perf_counter()
-                episodes = shared_map(
-                    partial(self._rollout, backends=backends, sampling=sampling, stage=stage), chunk
-                )
-                samples = sum(len(t.sample_rewards or [1]) for e in episodes for t in e.turns)
-                self.store.log_metrics(
-                    f"iter{iteration}/collect",
-                    {
-                        **solved_by_turn(episodes, len(cfg.turns)),
-                        "charts/samples_per_s": samples / (time.perf_counter() - began),
-                    },
-                    step=number,
-                )
-                if out is not None:
-                    out.append(*episodes)
-                    log.info("collected %d / %d problems", len(out.ids), len(problems))
+            self._collect_missing(iteration, problems, done, out)
         state.wait_for_everyone()
         failed = total(grader_failures() - before)
         if out is not None:
@@ -300,6 +260,53 @@ class Rise(Method):
                 f"iter{iteration}/collect", counts | ({"grader_failures": failed} if failed else {})
             )
         return path
+
+    def _collect_missing(
+        self, iteration: int, problems: list[MathProblem], done: set[str], out: JsonlAppender | None
+    ) -> None:
+        """Roll out the problems not in `done`, chunk by chunk, appending each chunk's episodes to `out`
+        (the main process's) and logging its success by turn."""
+        cfg = self.config.collect
+        policy = self.generation_backend(self.policy_path(iteration - 1))
+        backends: list[Backend] = [
+            OpenAIBackend(t.teacher, self.config.seed, self.replies("teacher")) if t.teacher else policy
+            for t in cfg.turns
+        ]
+        sampling = SamplingParams(temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens)
+        stage = f"collect/iter{iteration}"
+        # Chunks are fixed slices of the problem list, so a resumed collection batches what an
+        # uninterrupted one did; each chunk's row (logged before its episodes are written) is
+        # dropped and logged again when its chunk is redone.
+        starts = range(0, len(problems), cfg.chunk_size)
+        finished = next(
+            (
+                i
+                for i, s in enumerate(starts)
+                if any(p.id not in done for p in problems[s : s + cfg.chunk_size])
+            ),
+            len(starts),
+        )
+        self.store.drop_metrics(f"iter{iteration}/collect", after_step=finished)
+        for number, start in enumerate(starts, start=1):
+            chunk = [p for p in problems[start : start + cfg.chunk_size] if p.id not in done]
+            if not chunk:
+                continue
+            began = time.perf_counter()
+            episodes = shared_map(
+                partial(self._rollout, backends=backends, sampling=sampling, stage=stage), chunk
+            )
+            samples = sum(len(t.sample_rewards or [1]) for e in episodes for t in e.turns)
+            self.store.log_metrics(
+                f"iter{iteration}/collect",
+                {
+                    **solved_by_turn(episodes, len(cfg.turns)),
+                    "charts/samples_per_s": samples / (time.perf_counter() - began),
+                },
+                step=number,
+            )
+            if out is not None:
+                out.append(*episodes)
+                log.info("collected %d / %d problems", len(out.ids), len(problems))
 
     def _rollout(
         self, problems: list[MathProblem], backends: list[Backend], sampling, stage: str
