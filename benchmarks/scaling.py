@@ -54,10 +54,10 @@ def main() -> None:
     result = {}
 
     # RISE collect (generation): a warm-started tiny policy rolls out the training problems
-    n = 48 if args.quick else 192
+    n, warm = (24, 400) if args.quick else (192, 2000)
     rise = [
         *TINY,
-        "sft.problems.synthetic.n=2000",
+        f"sft.problems.synthetic.n={warm}",
         f"train_problems.synthetic.n={n}",
         "collect.chunk_size=32",
     ]
@@ -72,7 +72,7 @@ def main() -> None:
     # steps float noise grows into visible differences (weights 4e-3 apart after 256 steps), as much as
     # between batch 16 and batch 8 x 2 accumulated in one process (5e-3): the order of float sums, not
     # the processes
-    pairs = 512 if args.quick else 1024
+    pairs = 128 if args.quick else 1024
     dpo = [*TINY, f"train_data.synthetic.n={pairs}", "eval_data.synthetic.n=64", f"run_dir={runs}"]
     seconds = {
         p: timed(p, "dpo", "train", "dpo/tiny.yaml", [*dpo, f"train.batch_size={16 // p}"], f"dpo-{p}", env)
