@@ -1,16 +1,20 @@
-"""Reflect-RL offline: SFT only, SFT + RL, SFT + RL with reflection, on DangerousTaxi (dropoff level) and
-on AutoExplore over a small synthetic repository with held-out questions.
+"""Reflect-RL offline: SFT only, SFT + RL, with and without reflection, on DangerousTaxi (dropoff level) and
+on AutoExplore over a small synthetic repository with held-out questions, at several seeds.
 
 Tiny models learn from the scripted teacher (oracle moves, template reflections, recovery steps), then the
-policy learns online with REINFORCE (`recipes/reflect-rl/tiny.yaml`, `tiny_autoexplore.yaml`). Each
-configuration is evaluated on the same held-out episodes (greedy): success rate and mean cost.
+policy learns online with REINFORCE (`recipes/reflect-rl/tiny.yaml`, `tiny_autoexplore.yaml`), under the
+reference code's rules (docs/deviations.md). Every configuration of a seed plays the same held-out
+episodes, greedy and sampled (the reference's evaluation), so each effect (RL over SFT, reflection over
+none) is a paired difference per episode; its standard error is over the episodes of every seed.
 
-    python benchmarks/reflect_rl_taxi.py --out bench_out/reflect_rl     # minutes on 2 cores
-    python benchmarks/reflect_rl_taxi.py --out /tmp/smoke --quick       # a smoke test
+    python benchmarks/reflect_rl_taxi.py --out bench_out/reflect_rl                # about 35 min on 2 cores
+    python benchmarks/reflect_rl_taxi.py --out /tmp/smoke --quick                  # a smoke test
+    python benchmarks/reflect_rl_taxi.py --out bench_out/rl_lr --env taxi --set rl.learning_rate=1e-3
 
-Writes `OUT/result.json` (Taxi's {"sft": {"success": %, "cost": ..}, "sft_rl": {...}, "reflect_rl": {...},
-"reflect_sft": {...}, "curve": [{"iteration", "sft_rl", "reflect_rl"}, ...]}, and the same under
-"autoexplore") and `OUT/curve.png`.
+Writes `OUT/result.json`: per environment ("taxi", "autoexplore"), per arm ("sft", "sft_rl",
+"reflect_sft", "reflect_rl") and evaluation ("greedy", "sampled"), the success per seed and its mean;
+the effects ("rl": sft_rl - sft, "reflect_rl": reflect_rl - reflect_sft, "reflection": reflect_rl -
+sft_rl) as paired differences in points with standard errors; the training curves; and `OUT/curve.png`.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from feedlearn.config import load_recipe
 from feedlearn.data.jsonl import write_json_atomic
 from feedlearn.data.store import open_run
 from feedlearn.methods.reflect_rl import ReflectRL, ReflectRLConfig
+from feedlearn.stats import mean_se, paired_difference
 
 RECIPES = {
     "taxi": files("feedlearn") / "recipes" / "reflect-rl" / "tiny.yaml",
@@ -40,41 +45,94 @@ QUICK = [
     "evaluate.episodes=4",
     "max_reflection_tokens=16",
 ]
+ARMS = {
+    "sft": (False, "sft"),
+    "sft_rl": (False, "rl"),
+    "reflect_sft": (True, "sft"),
+    "reflect_rl": (True, "rl"),
+}
+"""Arm -> (with reflection, after which stage)."""
+EFFECTS = {
+    "rl": ("sft_rl", "sft"),
+    "reflect_rl": ("reflect_rl", "reflect_sft"),
+    "reflection": ("reflect_rl", "sft_rl"),
+}
+"""Effect -> (arm, the arm it is measured against)."""
+EVALUATIONS = {"greedy": "", "sampled": "sampled-"}
+"""Evaluation -> the prefix of its episodes' ids."""
 
 
-def run(out: Path, recipe, name: str, overrides: list[str]) -> tuple[dict, dict, list[float]]:
-    """SFT, evaluate, RL, evaluate; (after SFT, after RL, success per RL iteration)."""
-    config = load_recipe(ReflectRLConfig, str(recipe), [f"run_dir={out / 'runs'}", *overrides])
+def run(out: Path, env: str, reflection: bool, overrides: list[str]) -> ReflectRL:
+    """SFT, evaluate, RL, evaluate one configuration; the finished method."""
+    name = f"{env}-{'reflection' if reflection else 'no-reflection'}"
+    config = load_recipe(
+        ReflectRLConfig,
+        str(RECIPES[env]),
+        [f"run_dir={out / 'runs'}", f"reflection={reflection}", *overrides],
+    )
     method = ReflectRL(config, open_run(config.run_dir, name, config.model_dump(mode="json")))
     method.run()
-    rows = [json.loads(line) for line in (method.store.path / "metrics.jsonl").read_text().splitlines()]
-    curve = [100.0 * r["charts/success"] for r in rows if r["stage"] == "rl"]
-    return method.evaluate("sft"), method.evaluate("rl"), curve
+    return method
 
 
-def compare(out: Path, env: str, common: list[str]) -> dict:
-    """The three configurations (and reflection after SFT only) on one environment."""
-    sft, sft_rl, curve_plain = run(out, RECIPES[env], f"{env}-no-reflection", [*common, "reflection=false"])
-    reflect_sft, reflect_rl, curve_reflect = run(
-        out, RECIPES[env], f"{env}-reflection", [*common, "reflection=true"]
-    )
-    return {
-        "sft": sft,
-        "sft_rl": sft_rl,
-        "reflect_sft": reflect_sft,
-        "reflect_rl": reflect_rl,
-        "curve": [
-            {"iteration": i + 1, "sft_rl": a, "reflect_rl": b}
-            for i, (a, b) in enumerate(zip(curve_plain, curve_reflect, strict=True))
-        ],
+def successes(method: ReflectRL, stage: str, evaluation: str) -> list[float]:
+    """1 or 0 per held-out episode of `stage`'s evaluation, in the episodes' order."""
+    prefix = EVALUATIONS[evaluation]
+    path = method.store.path / "evaluate" / stage / "episodes.jsonl"
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    others = tuple(p for p in ("without-reflection-", *EVALUATIONS.values()) if p and p != prefix)
+    return [
+        float(r["success"]) for r in records if r["id"].startswith(prefix) and not r["id"].startswith(others)
+    ]
+
+
+def seed_run(out: Path, env: str, seed: int, common: list[str]) -> tuple[dict, list[dict]]:
+    """Per arm and evaluation, each held-out episode's success at one seed; the training curve."""
+    methods = {r: run(out / f"seed{seed}", env, r, [f"seed={seed}", *common]) for r in (False, True)}
+    episodes = {
+        arm: {ev: successes(methods[r], stage, ev) for ev in EVALUATIONS} for arm, (r, stage) in ARMS.items()
     }
+    curves = {}
+    for r, method in methods.items():
+        rows = [json.loads(line) for line in (method.store.path / "metrics.jsonl").read_text().splitlines()]
+        curves["reflect_rl" if r else "sft_rl"] = [
+            100.0 * x["charts/success"] for x in rows if x["stage"] == "rl"
+        ]
+    curve = [
+        {"iteration": i + 1, **{k: v[i] for k, v in curves.items()}} for i in range(len(curves["sft_rl"]))
+    ]
+    return episodes, curve
+
+
+def summarize(per_seed: dict[int, dict], curves: dict[int, list]) -> dict:
+    """Success per arm, evaluation and seed with its mean, and each effect as a paired difference (points)
+    with its standard error over every seed's episodes."""
+    arms = {
+        arm: {
+            ev: {
+                "success": round(100 * mean_se([x for s in per_seed for x in per_seed[s][arm][ev]])[0], 2),
+                "per_seed": {str(s): round(100 * mean_se(per_seed[s][arm][ev])[0], 2) for s in per_seed},
+            }
+            for ev in EVALUATIONS
+        }
+        for arm in ARMS
+    }
+    effects = {}
+    for effect, (arm, base) in EFFECTS.items():
+        effects[effect] = {}
+        for ev in EVALUATIONS:
+            a = [x for s in per_seed for x in per_seed[s][arm][ev]]
+            b = [x for s in per_seed for x in per_seed[s][base][ev]]
+            diff, se = paired_difference(a, b)
+            effects[effect][ev] = {"points": round(100 * diff, 2), "se": round(100 * se, 2)}
+    return {"arms": arms, "effects": effects, "curves": {str(s): c for s, c in curves.items()}}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", required=True, help="folder for result.json, curve.png and the runs")
     parser.add_argument("--quick", action="store_true", help="a tiny smoke test")
-    parser.add_argument("--seed", type=int, default=0, help="the recipes' seed")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="the recipes' seeds")
     parser.add_argument("--env", choices=["both", *RECIPES], default="both", help="which environments")
     parser.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="override the recipes"
@@ -82,52 +140,53 @@ def main() -> None:
     args = parser.parse_args()
     out = Path(args.out)
     started = time.perf_counter()
-    common = [f"seed={args.seed}", *(QUICK if args.quick else []), *args.set]
-    result = {}
-    if args.env in ("both", "taxi"):
-        result.update(compare(out, "taxi", common))
-    if args.env in ("both", "autoexplore"):
-        result["autoexplore"] = compare(out, "autoexplore", common)
+    common = [*(QUICK if args.quick else []), *args.set]
+    result = {"seeds": args.seeds, "overrides": args.set}
+    for env in RECIPES if args.env == "both" else [args.env]:
+        runs = {seed: seed_run(out, env, seed, common) for seed in args.seeds}
+        result[env] = summarize({s: r[0] for s, r in runs.items()}, {s: r[1] for s, r in runs.items()})
     result["seconds"] = round(time.perf_counter() - started, 1)
     write_json_atomic(out / "result.json", result)
     plot(result, out / "curve.png")
-    print(json.dumps(_without_curves(result), indent=2))
-
-
-def _without_curves(result: dict) -> dict:
-    return {k: _without_curves(v) if k == "autoexplore" else v for k, v in result.items() if k != "curve"}
+    print(json.dumps({k: v for k, v in result.items() if k not in RECIPES}, indent=2))
+    for env in RECIPES:
+        if env in result:
+            print(env, json.dumps({k: v for k, v in result[env].items() if k != "curves"}, indent=2))
 
 
 def plot(result: dict, path: Path) -> None:
-    """Per environment: training success per RL iteration, with and without reflection, and the held-out
-    results."""
+    """Per environment: held-out success of each arm (greedy and sampled, mean over seeds), and training
+    success per RL iteration averaged over seeds."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = [
-        (title, r)
-        for title, r in [("DangerousTaxi (dropoff)", result), ("AutoExplore", result.get("autoexplore"))]
-        if r and "curve" in r
-    ]
-    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 3.8), squeeze=False)
-    for ax, (title, r) in zip(axes[0], panels, strict=True):
-        its = [c["iteration"] for c in r["curve"]]
-        for key, label, color in [
-            ("sft_rl", "RL, no reflection", "C0"),
-            ("reflect_rl", "RL with reflection", "C1"),
-        ]:
-            ax.plot(
-                its, [c[key] for c in r["curve"]], "-", color=color, alpha=0.7, label=f"{label} (training)"
-            )
-            ax.axhline(r[key]["success"], color=color, ls="--", label=f"{label}: held out")
-        ax.axhline(r["sft"]["success"], color="C7", ls=":", label="SFT only: held out")
-        ax.set_xlabel("RL iteration")
-        ax.set_ylabel("success (%)")
-        ax.set_title(f"Reflect-RL on {title}")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+    envs = [env for env in RECIPES if env in result]
+    fig, axes = plt.subplots(len(envs), 2, figsize=(11, 3.8 * len(envs)), squeeze=False)
+    titles = {"taxi": "DangerousTaxi (dropoff)", "autoexplore": "AutoExplore (held-out questions)"}
+    for row, env in zip(axes, envs, strict=True):
+        r = result[env]
+        bars, curve = row
+        width = 0.38
+        for k, (ev, color) in enumerate([("greedy", "C0"), ("sampled", "C1")]):
+            xs = [i + (k - 0.5) * width for i in range(len(ARMS))]
+            bars.bar(xs, [r["arms"][a][ev]["success"] for a in ARMS], width, color=color, label=ev)
+        bars.set_xticks(range(len(ARMS)), ["SFT", "SFT + RL", "SFT, reflection", "SFT + RL, reflection"])
+        bars.set_ylabel("held-out success (%)")
+        bars.set_ylim(0, 105)
+        bars.set_title(f"{titles[env]}, seeds {', '.join(map(str, result['seeds']))}")
+        bars.legend(fontsize=8)
+        seeds = list(r["curves"])
+        its = [c["iteration"] for c in r["curves"][seeds[0]]]
+        for key, label, color in [("sft_rl", "no reflection", "C0"), ("reflect_rl", "reflection", "C1")]:
+            mean = [sum(r["curves"][s][i][key] for s in seeds) / len(seeds) for i in range(len(its))]
+            curve.plot(its, mean, "-", color=color, label=f"RL, {label}")
+        curve.set_xlabel("RL iteration")
+        curve.set_ylabel("training success (%), mean of seeds")
+        curve.set_ylim(-5, 105)
+        curve.grid(alpha=0.3)
+        curve.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

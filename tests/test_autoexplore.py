@@ -177,6 +177,16 @@ def test_truncated_at_max_steps(repo):
         obs, reward, terminated, truncated, info = env.step("cd src" if "cd src" in env.choices else "cd ..")
         assert (terminated, truncated) == (False, expected)
     assert obs.choices == [] and not info["success"]
+    # as in the reference, running out of steps costs what a wrong answer does: 15 on top of the step
+    assert (reward, info["cost"], info["total_cost"]) == (-16, 16, 18)
+
+
+def test_timeout_cost_is_an_option(repo):
+    env = make_env(repo, max_steps=2, timeout_cost=0)
+    env.reset(options={"task": task_for("Which file defines the function `main`?")})
+    env.step("cd src")
+    _, reward, _, truncated, info = env.step("cd ..")
+    assert truncated and (reward, info["total_cost"]) == (-1, 2)
 
 
 def test_cat_output_is_truncated_with_a_marker(repo):
@@ -298,3 +308,14 @@ def test_an_unreadable_folder_is_shown_empty_and_said_once(tmp_path, caplog):
         assert autoexplore._entries(missing) == ([], [])
     said = [r.getMessage() for r in caplog.records if "cannot list" in r.getMessage()]
     assert len(said) == 1 and missing in said[0] and "No such file" in said[0]
+
+
+def test_a_right_answer_on_the_last_step_that_costs_0_in_all_succeeds(repo):
+    """The reference's success is a total cost below 0.01: 14 moves and a right answer cost exactly 0."""
+    env = make_env(repo, max_steps=15)
+    env.reset(options={"task": task_for("Which file defines the function `main`?")})
+    for _ in range(7):
+        env.step("cd src")
+        env.step("cd ..")
+    _, _, terminated, truncated, info = env.step("id main.py")
+    assert (terminated, truncated, info["total_cost"], info["success"]) == (True, False, 0, True)

@@ -71,13 +71,16 @@ def test_tiny_sft_then_rl_runs_and_changes_the_policy(tmp_path, capsys, reflecti
     after_sft = method.evaluate("sft")
     after_rl = method.evaluate("rl")
     diagnoses = {"without_reflection", "reflection_names_best_move", "policy_follows_reflection"}
-    assert set(after_sft) == {"success", "cost", "episodes"} | (diagnoses if reflection else set())
+    assert set(after_sft) == {"success", "cost", "episodes", "sampled"} | (diagnoses if reflection else set())
     logged = [
         json.loads(line)
         for line in (method.store.path / "evaluate" / "sft" / "episodes.jsonl").read_text().splitlines()
     ]
-    shown = [e for e in logged if not e["id"].startswith("without-reflection-")]
+    shown = [e for e in logged if not e["id"].startswith(("without-reflection-", "sampled-"))]
     assert after_sft["success"] == pytest.approx(100 * sum(e["success"] for e in shown) / len(shown))
+    sampled = [e for e in logged if e["id"].startswith("sampled-")]  # the reference's sampled evaluation
+    assert len(sampled) == after_sft["sampled"]["episodes"] == 3
+    assert after_sft["sampled"]["success"] == pytest.approx(100 * sum(e["success"] for e in sampled) / 3)
     if reflection:  # a share of the evaluated steps: a whole number of them
         steps = sum(len(e["actions"]) for e in shown)
         for name in ("reflection_names_best_move", "policy_follows_reflection"):
@@ -247,3 +250,40 @@ def test_by_level_counts_success_cost_and_the_reflection_diagnoses():
         "reflection_names_best_move": pytest.approx(66.67),
         "policy_follows_reflection": pytest.approx(66.67),
     }
+
+
+def test_the_replay_update_draws_replay_batch_episodes_with_replacement(monkeypatch):
+    """As in the reference: one update on the iteration's episodes, then one on k successful episodes
+    drawn with replacement from the buffer (the newest `replay_size`), not on the whole buffer."""
+    import random
+
+    from feedlearn.methods import reflect_rl_objective
+    from feedlearn.methods.reflect_rl import RLSettings
+    from feedlearn.methods.reflect_rl_objective import Learner
+    from feedlearn.methods.reflect_rl_rollout import Episode, Step
+
+    updates = []
+    monkeypatch.setattr(reflect_rl_objective, "update", lambda *args: updates.append(args[5]) or {})
+    policy = torch.nn.Linear(2, 2)
+    learner = Learner.__new__(Learner)  # no tokenizer needed: `update` is replaced
+    learner.policy, learner.critic, learner.objective, learner.optimizer, learner.params = (
+        policy,
+        None,
+        0,
+        0,
+        0,
+    )
+    learner.settings, learner.replay = RLSettings(replay_size=3, replay_batch=5, episodes_per_iteration=4), []
+
+    def episode(i: int, success: bool) -> Episode:
+        return Episode(i, steps=[Step([i], 2, 0, 1.0)], success=success)
+
+    learner.learn([episode(0, False)], random.Random(0))
+    assert updates == [[Step([0], 2, 0, 1.0)]] and learner.replay == []  # nothing to replay yet
+    updates.clear()
+    learner.learn([episode(i, i != 2) for i in range(1, 6)], random.Random(7))
+    assert [[s.input_ids[0] for s in ep] for ep in learner.replay] == [[3], [4], [5]]  # the newest 3 of 4
+    first, replayed = updates
+    assert [s.input_ids[0] for s in first] == [1, 2, 3, 4, 5]
+    drawn = random.Random(7).choices([3, 4, 5], k=5)
+    assert [s.input_ids[0] for s in replayed] == drawn and len(set(drawn)) < 5  # with replacement

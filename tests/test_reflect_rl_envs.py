@@ -360,3 +360,36 @@ def test_alfworld_runs_with_a_teacher_models_reflections(tmp_path, monkeypatch):
                 teacher={**config.teacher.model_dump(), "negatives": 1},
             )
         ).teacher_steps()
+
+
+def test_levels_share_the_iterations_by_their_training_tasks_and_depths_can_merge(tmp_path, repo):
+    """The reference's depth curriculum: levels in proportion to their tasks; merge_first_two as [0, 1]."""
+    env = explore_env(repo, test_share=0.0)  # 3 tasks at depth 0, 6 at depth 1, 2 at depth 2
+    rl = {"iterations": 11, "curriculum": [[0, 1], 2]}
+    method = method_for(recipe(tmp_path, env, rl=rl))
+    levels = method.levels(method.config.rl.curriculum)
+    assert levels == [(0, 1), 2]
+    assert {t.depth for t in method.envs.make("train", (0, 1)).tasks} == {0, 1}
+    assert method.level_schedule(levels) == [(0, 1)] * 9 + [2] * 2
+    equal = method_for(recipe(tmp_path / "equal", env, rl={**rl, "curriculum_share": "equal"}))
+    assert equal.level_schedule(levels) == [(0, 1)] * 6 + [2] * 5
+    taxi = method_for(recipe(tmp_path / "taxi", {"name": "taxi"}, rl={"iterations": 4}))
+    assert taxi.level_schedule(["pickup", "dropoff", "full"]) == ["pickup"] * 2 + ["dropoff", "full"]
+    with pytest.raises(ConfigError, match="lists of them"):
+        method.envs.check_level(())
+
+
+def test_the_replay_buffer_is_emptied_when_the_curriculum_moves_on(tmp_path, monkeypatch):
+    from feedlearn.methods.reflect_rl_rollout import Step
+
+    seen = []
+
+    def iteration(self, learner, reflector, number, level):  # no play: what the loop hands each iteration
+        seen.append((number, level, len(learner.replay)))
+        learner.replay.append([Step([1, 2], 6, 0, 1.0)])
+        return [], {"charts/success": 0.0}
+
+    monkeypatch.setattr(ReflectRL, "_rl_iteration", iteration)
+    rl = {"iterations": 4, "episodes_per_iteration": 2, "curriculum": ["pickup", "dropoff"]}
+    method_for(recipe(tmp_path, {"name": "taxi"}, rl=rl, reflection=False)).rl()
+    assert seen == [(1, "pickup", 0), (2, "pickup", 1), (3, "dropoff", 0), (4, "dropoff", 1)]

@@ -46,7 +46,7 @@ def test_dynamics_and_rewards_match_gymnasium_taxi():
         raw_state, _ = raw.reset(seed=seed)
         assert info["taxi_state"] == raw_state
         assert parse(obs.state) == raw.decode(raw_state)
-        rng = random.Random(seed)
+        rng, picked = random.Random(seed), False
         while True:
             safe = [a for a in range(6) if raw.P[raw_state][a][0][1] != raw_state]
             action = rng.choice(safe)
@@ -55,7 +55,10 @@ def test_dynamics_and_rewards_match_gymnasium_taxi():
             compared += 1
             assert parse(obs.state) == raw.decode(raw_state)
             assert info["taxi_state"] == raw_state
-            assert reward == pytest.approx(raw_reward / 20)
+            first_pickup = not picked and raw.decode(raw_state)[2] == IN_TAXI
+            picked = picked or first_pickup
+            # Taxi's reward / 20, but +1 for the first pickup (the reference's bonus on the full level)
+            assert reward == pytest.approx(1.0 if first_pickup else raw_reward / 20)
             assert terminated == raw_done == info["success"]
             assert not info["dangerous"]
             assert obs.choices == ACTIONS
@@ -120,15 +123,35 @@ def run_oracle(env: DangerousTaxi, seed: int) -> tuple[list[float], dict, bool]:
             return rewards, info, truncated
 
 
-@pytest.mark.parametrize("level, bonus", [("pickup", 1.0), ("dropoff", 0.0), ("full", 0.0)])
-def test_oracle_reaches_each_levels_goal(level, bonus):
+@pytest.mark.parametrize("level", ["pickup", "dropoff", "full"])
+def test_oracle_reaches_each_levels_goal(level):
     # Full-task shortest paths take up to 18 steps: beyond the default horizon of 15.
     env = DangerousTaxi(TaxiSettings(level=level, max_steps=18 if level == "full" else 15))
     for seed in range(150):
         rewards, info, truncated = run_oracle(env, seed)
         assert info["success"] and not truncated
-        final = -0.05 + bonus if level == "pickup" else 1.0
-        assert rewards == pytest.approx([-0.05] * (len(rewards) - 1) + [final])
+        # as in the reference: the first pickup pays +1 in place of the step cost (pickup and full levels)
+        expected = [-0.05] * len(rewards)
+        expected[-1] = 1.0
+        if level == "full":
+            expected[rewards.index(1.0)] = 1.0
+            assert rewards.count(1.0) == 2  # the pickup, then the delivery
+        assert rewards == pytest.approx(expected)
+
+
+def test_the_pickup_bonus_is_paid_once_per_episode_on_the_full_level():
+    env = start("full", state=(0, 4, 1, 0), max_steps=40)  # on the waiting passenger at G, bound for R
+    assert env.step("pickup")[1] == 1.0
+    assert env.step("dropoff")[1] == pytest.approx(-0.05)  # at G, not the destination: set down here
+    _, reward, terminated, _, info = env.step("pickup")
+    assert (reward, terminated) == (pytest.approx(-0.05), False)  # picked up again: no second bonus
+    assert not info["dangerous"]
+
+
+def test_the_dropoff_level_pays_no_pickup_bonus():
+    env = start("dropoff", state=(0, 4, IN_TAXI, 0))
+    assert env.step("dropoff")[1] == pytest.approx(-0.05)
+    assert env.step("pickup")[1] == pytest.approx(-0.05)
 
 
 def test_pickup_level_stops_once_the_passenger_is_aboard():
@@ -136,18 +159,43 @@ def test_pickup_level_stops_once_the_passenger_is_aboard():
     assert env.observation().state.splitlines()[1].endswith(": O |")
     assert env.oracle_action() == "pickup"
     obs, reward, terminated, _, info = env.step("pickup")
-    assert (reward, terminated, info["success"]) == (pytest.approx(0.95), True, True)
+    assert (reward, terminated, info["success"]) == (1.0, True, True)  # the reference's +1 for the pickup
     assert parse(obs.state) == (0, 4, IN_TAXI, 2)
 
 
-def test_dropoff_level_starts_with_the_passenger_aboard():
-    env = DangerousTaxi(TaxiSettings(level="dropoff"))
+def test_dropoff_level_starts_where_the_oracle_picks_the_passenger_up():
+    """The reference resets Taxi and follows its oracle until the passenger is aboard: the taxi stands on
+    the passenger's landmark, bound for Taxi's destination."""
+    env, pickup = DangerousTaxi(TaxiSettings(level="dropoff")), DangerousTaxi(TaxiSettings(level="pickup"))
+    for seed in range(30):
+        obs, _ = env.reset(seed=seed)
+        run_oracle(pickup, seed)
+        assert parse(obs.state) == pickup.taxi.decode(pickup.taxi_state)
+        row, col, passenger, dest = parse(obs.state)
+        assert (row, col) in LOCS and passenger == IN_TAXI and LOCS[dest] != (row, col)
+        assert obs.state.count("X") == 1 and "Passenger: in the taxi." in obs.state
+
+
+def test_dropoff_start_anywhere_puts_the_passenger_aboard_at_taxis_start():
+    env = DangerousTaxi(TaxiSettings(level="dropoff", dropoff_start="anywhere"))
     raw = TaxiEnv()
     for seed in range(30):
         obs, _ = env.reset(seed=seed)
         row, col, _, dest = raw.decode(raw.reset(seed=seed)[0])  # Taxi's start, passenger put aboard
         assert parse(obs.state) == (row, col, IN_TAXI, dest)
-        assert obs.state.count("X") == 1 and "Passenger: in the taxi." in obs.state
+
+
+def test_dropoff_starts_at_a_landmark_are_longer_than_anywhere():
+    """The issue's numbers: from a landmark the shortest delivery takes about 7.5 moves on average and never
+    3 or fewer; from Taxi's random start square, about 5.6, and a fifth of starts take 3 or fewer."""
+    lengths = {}
+    for start_at in ["pickup", "anywhere"]:
+        env = DangerousTaxi(TaxiSettings(level="dropoff", dropoff_start=start_at))
+        lengths[start_at] = [len(run_oracle(env, seed)[0]) for seed in range(400)]
+    mean = {k: sum(v) / len(v) for k, v in lengths.items()}
+    short = {k: sum(n <= 3 for n in v) / len(v) for k, v in lengths.items()}
+    assert 7.0 < mean["pickup"] < 8.0 and short["pickup"] == 0
+    assert 5.0 < mean["anywhere"] < 6.2 and 0.12 < short["anywhere"] < 0.26
 
 
 def test_rendering_of_one_state():
@@ -218,10 +266,27 @@ def test_reset_is_deterministic_given_the_seed():
 
 
 def test_settings_are_validated():
-    assert TaxiSettings().model_dump() == {"level": "full", "max_steps": 15, "seed": None}
+    assert TaxiSettings().model_dump() == {
+        "level": "full",
+        "max_steps": 15,
+        "dropoff_start": "pickup",
+        "observation": "summary",
+        "seed": None,
+    }
     with pytest.raises(ValidationError):
         TaxiSettings(level="drive")
     with pytest.raises(ValidationError):
         TaxiSettings(max_steps=0)
     with pytest.raises(ValidationError):
         TaxiSettings(horizon=10)
+
+
+def test_the_history_observation_shows_the_moves_so_far_and_no_summary():
+    env = DangerousTaxi(TaxiSettings(observation="history"))
+    obs, _ = env.reset(seed=3)
+    summary = DangerousTaxi().reset(seed=3)[0].state
+    assert obs.state == "Moves so far: none.\n" + summary.rsplit("\n", 1)[0]  # the same map, no summary
+    move = env.oracle_action()
+    obs = env.step(move)[0]
+    assert obs.state.splitlines()[0] == f"Moves so far: {move}."
+    assert "Taxi: row" not in obs.state

@@ -82,14 +82,22 @@ class AutoExploreSettings(BaseModel):
         default=1000, ge=1, description="`cat` output is truncated to this many characters."
     )
     history: int = Field(default=5, ge=1, description="How many past commands the state shows.")
+    timeout_cost: float = Field(
+        default=ANSWER_COST,
+        ge=0,
+        description="Cost added when the horizon runs out before an answer: the reference's 15, what a "
+        "wrong answer costs (0: none, so stalling costs less than any wrong guess).",
+    )
     cat_suffixes: list[str] = Field(
         default_factory=lambda: list(CAT_SUFFIXES), description="Files with these suffixes may be `cat`."
     )
     max_depth: int | None = Field(
         default=None, ge=0, description="Curriculum: keep only tasks at most this deep (None: all)."
     )
-    depth: int | None = Field(
-        default=None, ge=0, description="Curriculum: keep only tasks exactly this deep (None: all)."
+    depth: int | tuple[int, ...] | None = Field(
+        default=None,
+        description="Curriculum: keep only tasks exactly this deep, or at any of these depths (a merged "
+        "level, as the reference's merge_first_two); None: all.",
     )
     seed: int = Field(default=0, description="Generates the tasks and seeds resets without a seed.")
 
@@ -159,13 +167,15 @@ def _symbols(suffix: str, text: str) -> list[tuple[str, str]]:
 
 
 def select_depth(
-    tasks: Sequence[ExploreTask], max_depth: int | None = None, depth: int | None = None
+    tasks: Sequence[ExploreTask], max_depth: int | None = None, depth: int | tuple[int, ...] | None = None
 ) -> list[ExploreTask]:
-    """The curriculum filter: tasks at most `max_depth` and exactly `depth` deep (None: no limit)."""
+    """The curriculum filter: tasks at most `max_depth` deep and exactly `depth` deep, or at one of the
+    depths `depth` lists (None: no limit)."""
+    depths = [depth] if isinstance(depth, int) else depth
     return [
         t
         for t in tasks
-        if (max_depth is None or t.depth <= max_depth) and (depth is None or t.depth == depth)
+        if (max_depth is None or t.depth <= max_depth) and (depths is None or t.depth in depths)
     ]
 
 
@@ -204,8 +214,10 @@ class AutoExplore:
 
     Choices: `cd ..` (below the root), `cd <folder>`, `cat <file>` (allowed suffixes), `id <file>`
     (answer; ends the episode). Cost 1 per step, +2 per error (a binary or unreadable file, a path that
-    became a link), +1 per warning (reading a file again); `id` adds -15 for a target, +15 otherwise.
-    Reward = -cost; `info` carries `success` (total cost < 0), `cost`, `total_cost`, `error`, `warning`.
+    became a link), +1 per warning (reading a file again); `id` adds -15 for a target, +15 otherwise, and
+    running out of steps without an answer adds `timeout_cost` (15, as in the reference).
+    Reward = -cost; `info` carries `success` (total cost at most 0: the reference's threshold, 0.01, on
+    whole-number costs), `cost`, `total_cost`, `error`, `warning`.
     An action that is not a current choice raises a `FeedlearnError`.
     """
 
@@ -280,10 +292,13 @@ class AutoExplore:
         self.steps, self.total_cost = self.steps + 1, self.total_cost + cost
         self.history.append(action)
         truncated = not terminated and self.steps >= self.max_steps
+        if truncated:
+            cost += self.settings.timeout_cost
+            self.total_cost += self.settings.timeout_cost
         self.running = not (terminated or truncated)
         self._look()
         info = {
-            "success": self.total_cost < 0,
+            "success": self.total_cost <= 0,
             "cost": cost,
             "total_cost": self.total_cost,
             "error": error,

@@ -2,7 +2,7 @@
 curriculum levels.
 
 A level is what a curriculum steps through: DangerousTaxi's `pickup` / `dropoff` / `full`, AutoExplore's
-target depth (0, 1, 2, ...). ALFWorld has no levels.
+target depth (0, 1, 2, ...) or several depths merged into one level ([0, 1]). ALFWorld has no levels.
 """
 
 from __future__ import annotations
@@ -15,14 +15,20 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from feedlearn.data.jsonl import read_jsonl
 from feedlearn.envs.alfworld_env import ALFWorldEnv
-from feedlearn.envs.autoexplore import AutoExplore, AutoExploreSettings, ExploreTask, generate_tasks
+from feedlearn.envs.autoexplore import (
+    AutoExplore,
+    AutoExploreSettings,
+    ExploreTask,
+    generate_tasks,
+    select_depth,
+)
 from feedlearn.envs.taxi import DangerousTaxi, TaxiLevel, TaxiSettings
 from feedlearn.envs.text_env import TextEnv
 from feedlearn.errors import ConfigError
 from feedlearn.seeds import held_out
 
 Split = Literal["train", "test"]
-Level = str | int
+Level = str | int | tuple[int, ...]
 TAXI_LEVELS = get_args(TaxiLevel)
 
 
@@ -101,9 +107,12 @@ class EnvFactory:
         if isinstance(s, TaxiEnvSettings) and level not in TAXI_LEVELS:
             raise ConfigError(f"DangerousTaxi has no level {level!r}: choose from {', '.join(TAXI_LEVELS)}")
         if isinstance(s, AutoExploreEnvSettings):
-            if not isinstance(level, int) or level < 0:
-                raise ConfigError(f"AutoExplore levels are target depths (0, 1, ...), not {level!r}")
-            if not any(t.depth == level for t in self.tasks("train")):
+            depths = level if isinstance(level, tuple) else [level]
+            if not depths or not all(isinstance(d, int) and d >= 0 for d in depths):
+                raise ConfigError(
+                    f"AutoExplore levels are target depths (0, 1, ...) or lists of them, not {level!r}"
+                )
+            if not self.task_count(level):
                 raise ConfigError(f"AutoExplore: no training task at depth {level} under {s.root}")
         if isinstance(s, ALFWorldEnvSettings):
             raise ConfigError("ALFWorld has no curriculum levels")
@@ -121,6 +130,12 @@ class EnvFactory:
             settings = AutoExploreSettings(**{**own, **_level(level, "depth")})
             return AutoExplore(s.root, self.tasks(split), settings)
         return ALFWorldEnv(s.config, s.train_split if split == "train" else s.test_split, s.max_steps)
+
+    def task_count(self, level: Level | None) -> int | None:
+        """How many training tasks `level` has (AutoExplore); None where levels have no tasks."""
+        if not isinstance(self.settings, AutoExploreEnvSettings):
+            return None
+        return len(select_depth(self.tasks("train"), self.settings.max_depth, level))
 
     def tasks(self, split: Split) -> list[ExploreTask]:
         """AutoExplore's tasks of `split`: a task is a test task when a hash of its question and targets

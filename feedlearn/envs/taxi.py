@@ -3,9 +3,11 @@
 The dynamics are Taxi's own transition table; this module only renders states as text, rescales rewards
 (Taxi's reward / 20) and adds the danger rule: an action that leaves the state unchanged (driving into a
 wall, a pickup with no passenger there, a dropoff that drops no one) costs -0.5 and ends the episode.
-Curriculum levels: `pickup` ends when the passenger is picked up (bonus +1), `dropoff` starts with the
-passenger aboard and ends at the delivery, `full` is Taxi's whole task. Shortest full-task paths take 6-18
-steps, so under the default horizon of 15 about a fifth of full-level starts cannot be completed.
+Curriculum levels: `pickup` ends when the passenger is picked up, `dropoff` starts with the passenger
+aboard and ends at the delivery, `full` is Taxi's whole task; as in the reference code, the move that first
+picks the passenger up earns +1 (instead of Taxi's -1 / 20) on `pickup` and `full`, and a `dropoff` episode
+starts where the passenger was picked up. Shortest full-task paths take 6-18 steps, so under the default
+horizon of 15 about a fifth of full-level starts cannot be completed.
 gymnasium 1.4 refuses the `Taxi-v3` id; its `TaxiEnv` class (used here) has the same dynamics.
 """
 
@@ -26,21 +28,36 @@ IN_TAXI = 4
 """Taxi's passenger index for "in the taxi"; 0-3 index its four landmarks."""
 TaxiLevel = Literal["pickup", "dropoff", "full"]
 """The curriculum levels."""
+BONUS_LEVELS = ("pickup", "full")
+"""The levels whose first pickup earns `PICKUP_BONUS`."""
 DANGER_REWARD = -0.5
 PICKUP_BONUS = 1.0
 
 
 class TaxiSettings(BaseModel):
-    """The curriculum level, horizon and seed of a DangerousTaxi."""
+    """The curriculum level, horizon, dropoff start and seed of a DangerousTaxi."""
 
     model_config = ConfigDict(extra="forbid")
 
     level: TaxiLevel = Field(
         default="full",
-        description="pickup: stop once the passenger is aboard (+1 bonus); dropoff: start with the "
-        "passenger aboard; full: Taxi's whole task.",
+        description="pickup: stop once the passenger is aboard; dropoff: start with the passenger aboard; "
+        "full: Taxi's whole task. The first pickup earns +1 on pickup and full.",
     )
     max_steps: int = Field(default=15, ge=1, description="Horizon: the episode is truncated after it.")
+    dropoff_start: Literal["pickup", "anywhere"] = Field(
+        default="pickup",
+        description="Where a dropoff episode starts. pickup: on the landmark where the passenger waited in "
+        "Taxi's random start, the passenger aboard (the reference drives its oracle there); anywhere: on "
+        "the taxi's own random start square, the passenger put aboard (more start states, a fifth of them "
+        "3 moves or fewer from the goal).",
+    )
+    observation: Literal["summary", "history"] = Field(
+        default="summary",
+        description="What the state text holds besides the map. summary: one line giving the taxi's, "
+        "passenger's and destination's squares in words (a small model reads coordinates far more easily "
+        "than a grid); history: the moves taken so far, as the reference shows them, and no summary.",
+    )
     seed: int | None = Field(
         default=None, description="Seeds the start states of resets without a seed of their own."
     )
@@ -63,14 +80,18 @@ class DangerousTaxi:
         self.taxi_state = 0
         self.steps = 0
         self.running = False
+        self.bonus_paid, self.moves = False, []
 
     def reset(self, seed: int | None = None) -> tuple[TextObservation, dict[str, Any]]:
         """Start an episode from one of Taxi's start states (a function of `seed`)."""
         state, _ = self.taxi.reset(seed=seed)
         if self.settings.level == "dropoff":
-            row, col, _, dest = self.taxi.decode(state)
+            row, col, passenger, dest = self.taxi.decode(state)
+            if self.settings.dropoff_start == "pickup":
+                row, col = self.taxi.locs[passenger]
             state = self.taxi.encode(row, col, IN_TAXI, dest)
         self.taxi_state, self.steps, self.running = int(state), 0, True
+        self.bonus_paid, self.moves = False, []
         return self.observation(), {"level": self.settings.level, "taxi_state": self.taxi_state}
 
     def step(self, action: str) -> tuple[TextObservation, float, bool, bool, dict[str, Any]]:
@@ -85,9 +106,10 @@ class DangerousTaxi:
         dangerous = next_state == self.taxi_state
         success = not dangerous and self._is_goal(next_state, taxi_done)
         reward = DANGER_REWARD if dangerous else taxi_reward / 20
-        if success and self.settings.level == "pickup":
-            reward += PICKUP_BONUS
+        if self._first_pickup(next_state):
+            reward, self.bonus_paid = PICKUP_BONUS, True
         self.taxi_state, self.steps = int(next_state), self.steps + 1
+        self.moves.append(action)
         terminated = dangerous or success
         truncated = not terminated and self.steps >= self.max_steps
         self.running = not (terminated or truncated)
@@ -120,8 +142,8 @@ class DangerousTaxi:
         return TextObservation(state=self.render(), choices=list(ACTIONS))
 
     def render(self) -> str:
-        """The map with the taxi, passenger and destination letters, then one line giving the three positions
-        in words (a small model reads coordinates far more easily than a grid)."""
+        """The map with the taxi, passenger and destination letters, then (`observation`) one line giving the
+        three positions in words, or, before the map, the moves taken so far."""
         row, col, passenger, dest = self.taxi.decode(self.taxi_state)
         locs = self.taxi.locs
         letters = {locs[dest]: "D"}
@@ -137,12 +159,23 @@ class DangerousTaxi:
                 chars[2 * c + 1] = letters.get((r, c), ".")
             lines.append(" ".join(chars))
         border = "+" + "-" * (len(lines[0]) - 2) + "+"
+        if self.settings.observation == "history":
+            return "\n".join([f"Moves so far: {', '.join(self.moves) or 'none'}.", border, *lines, border])
         where = "in the taxi" if passenger == IN_TAXI else "at row {}, column {}".format(*locs[passenger])
         summary = (
             f"Taxi: row {row}, column {col}. Passenger: {where}. "
             f"Destination: row {locs[dest][0]}, column {locs[dest][1]}."
         )
         return "\n".join([border, *lines, border, summary])
+
+    def _first_pickup(self, next_state: int) -> bool:
+        """Whether a move into `next_state` is the episode's first pickup on a level that pays for it."""
+        return (
+            self.settings.level in BONUS_LEVELS
+            and not self.bonus_paid
+            and self.taxi.decode(self.taxi_state)[2] != IN_TAXI
+            and self.taxi.decode(next_state)[2] == IN_TAXI
+        )
 
     def _is_goal(self, next_state: int, taxi_done: bool) -> bool:
         """Whether a move into `next_state` (`taxi_done`: Taxi's terminated flag) reaches the goal."""

@@ -7,9 +7,10 @@ Stages:
   or reflections written by a teacher model) train the reflection model (state -> analysis) and the
   policy (state + analysis + choices -> label, a softmax over the offered labels only);
 - `rl`: REINFORCE on the undiscounted cost-to-go (or PPO with a critic head), one update per batch of
-  episodes, plus one on successful episodes replayed from a small buffer; an optional curriculum;
+  episodes, plus one on successful episodes drawn from a small replay buffer; an optional curriculum
+  (the buffer is emptied at each new level);
 - `evaluate`: success rate and mean cost per level over test episodes, greedy, with and without
-  reflection;
+  reflection, and sampled as the reference evaluates;
 - `evaluate-remote`: the same test episodes played by a chat model through a backend, for comparison.
 Without `reflection`, the same stages train and run the policy on the state and choices alone.
 """
@@ -115,8 +116,15 @@ class RLSettings(Settings):
     episodes_per_iteration: int = Field(default=16, gt=0, description="Episodes rolled out per iteration.")
     curriculum: list[Level] | None = Field(
         default=None,
-        description="Levels trained in turn, each for an equal share of the iterations (Taxi: pickup, "
-        "dropoff, full; AutoExplore: target depths); None: the env's own level.",
+        description="Levels trained in turn (Taxi: pickup, dropoff, full; AutoExplore: target depths, or "
+        "lists of depths trained as one level, [[0, 1], 2] being the reference's merge_first_two); None: "
+        "the env's own level.",
+    )
+    curriculum_share: Literal["tasks", "equal"] = Field(
+        default="tasks",
+        description="Each level's share of the iterations. tasks: in proportion to its training tasks, as "
+        "the reference shares them (AutoExplore; levels without tasks, Taxi's, share equally); equal: the "
+        "same share for every level.",
     )
     learning_rate: float = Field(default=2e-4, gt=0, description="Adam learning rate.")
     weight_decay: float = Field(default=0.001, ge=0, description="Adam weight decay.")
@@ -126,7 +134,18 @@ class RLSettings(Settings):
         gt=0,
         description="Steps per forward pass in an update; gradients accumulate over the rest.",
     )
-    replay_size: int = Field(default=50, ge=0, description="Successful episodes kept for a replay update.")
+    replay_size: int = Field(
+        default=50,
+        ge=0,
+        description="Successful episodes the replay buffer keeps (the newest); it is emptied when the "
+        "curriculum moves to the next level, as in the reference. 0: no replay.",
+    )
+    replay_batch: int | None = Field(
+        default=None,
+        gt=0,
+        description="Episodes drawn from the buffer, with replacement, for each iteration's replay update, "
+        "as the reference draws them; None: as many as `episodes_per_iteration`.",
+    )
     temperature: float = Field(default=1.0, gt=0, description="Sampling temperature of the policy.")
     reflection_temperature: float = Field(
         default=1.0,
@@ -162,6 +181,12 @@ class ReflectRLEvaluateSettings(Settings):
     )
     levels: list[Level] | None = Field(
         default=None, description="Levels evaluated, each reported apart; None: the env's own level."
+    )
+    sampled: bool = Field(
+        default=True,
+        description="Also play the test episodes with sampled actions and reflections (the temperatures "
+        "of RL rollouts, `rl.temperature` and `rl.reflection_temperature`), as the reference evaluates; "
+        "reported under `sampled` beside the greedy numbers.",
     )
     remote: RemoteAgentSettings | None = Field(
         default=None, description="A chat model to evaluate on the same episodes (stage evaluate-remote)."
@@ -213,7 +238,7 @@ class ReflectRLConfig(GeneratingRecipe):
 STAGES = {
     "sft": "train the reflection model and the policy on the teacher's trajectories and reflections",
     "rl": "online RL of the policy (REINFORCE or PPO) in the environment, with reflections",
-    "evaluate": "success and cost per level on test episodes, with and without reflection",
+    "evaluate": "success and cost per level on test episodes: greedy, with and without reflection; sampled",
     "evaluate-remote": "play the same test episodes with a chat model through a backend",
 }
 """Each stage, with what it does (shown by `feedlearn reflect-rl --help`)."""
@@ -379,8 +404,11 @@ class ReflectRL(Method):
             desc="rl",
             disable=not (self.progress and state.is_main_process),
         )
+        schedule = self.level_schedule(levels)
         for iteration in range(start + 1, cfg.rl.iterations + 1):
-            level = levels[(iteration - 1) * len(levels) // cfg.rl.iterations]
+            level = schedule[iteration - 1]
+            if iteration > 1 and level != schedule[iteration - 2]:
+                learner.replay.clear()  # a new level: the reference empties its buffer
             records, metrics = self._rl_iteration(learner, reflector, iteration, level)
             if episodes_log is not None:
                 episodes_log.append(*(r for r in records if r.id not in episodes_log))
@@ -400,6 +428,17 @@ class ReflectRL(Method):
             checkpoints.remove()
         state.wait_for_everyone()  # the other processes wait until the main one has saved the policy
         return final
+
+    def level_schedule(self, levels: list[Level | None]) -> list[Level | None]:
+        """The level of each RL iteration: the levels in turn, each for its share of the iterations
+        (`rl.curriculum_share`): iteration t (from 0) plays the last level whose share starts at or
+        before t / iterations."""
+        n = self.config.rl.iterations
+        counts = [self.envs.task_count(level) for level in levels]
+        if self.config.rl.curriculum_share == "equal" or None in counts:
+            counts = [1] * len(levels)
+        before = [sum(counts[:i]) for i in range(len(levels))]
+        return [levels[max(i for i, b in enumerate(before) if b * n <= t * sum(counts))] for t in range(n)]
 
     def _learner(self, checkpoint: tuple[int, Path] | None) -> tuple[int, Learner]:
         """The RL iterations done and the learner to go on with: the checkpoint's, or the SFT policy's."""
@@ -430,7 +469,9 @@ class ReflectRL(Method):
             greedy=False,
         )
         episodes = shared_map(play, self.train_seeds(iteration))
-        diagnostics = learner.learn(episodes)  # of the update on this iteration's episodes (not the replay's)
+        replay_rng = random.Random(derive_seed(self.config.seed, "order", "replay", iteration))
+        # the diagnostics are the update's on this iteration's episodes (not the replay's)
+        diagnostics = learner.learn(episodes, replay_rng)
         played = sum(len(ep.steps) for ep in episodes)
         metrics = {
             "charts/success": sum(ep.success for ep in episodes) / len(episodes),
@@ -454,9 +495,9 @@ class ReflectRL(Method):
         objective = ChoiceObjective(tok)
         reflector = self._reflector()
 
-        def play(backend, level):
+        def play(backend, level, greedy=True):
             rollout = partial(
-                self.player.play, policy, tok, backend, objective, split="test", level=level, greedy=True
+                self.player.play, policy, tok, backend, objective, split="test", level=level, greedy=greedy
             )
             with torch.no_grad():
                 return shared_map(rollout, self.test_seeds())
@@ -468,6 +509,10 @@ class ReflectRL(Method):
             bare = {lvl: play(None, lvl) for lvl in self._test_levels()}
             records += episode_records(bare, prefix="without-reflection-")
             metrics["without_reflection"] = by_level(bare)
+        if self.config.evaluate.sampled:
+            sampled = {lvl: play(reflector, lvl, greedy=False) for lvl in self._test_levels()}
+            records += episode_records(sampled, prefix="sampled-")
+            metrics["sampled"] = by_level(sampled)
         if process_state().is_main_process:
             write_jsonl_atomic(folder / "episodes.jsonl", records)
             write_json_atomic(folder / "metrics.json", metrics)

@@ -5,6 +5,7 @@ advantages) with CleanRL's diagnostics, and the learner that RL trains and check
 from __future__ import annotations
 
 import json
+import random
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -187,17 +188,19 @@ class Learner:
         rl = self.settings
         self.optimizer = torch.optim.Adam(self.params, lr=rl.learning_rate, weight_decay=rl.weight_decay)
 
-    def learn(self, episodes: list[Episode]) -> dict[str, float]:
-        """One update on `episodes`' steps, then one on the replayed successful episodes (these included);
-        returns the first update's diagnostics."""
+    def learn(self, episodes: list[Episode], rng: random.Random) -> dict[str, float]:
+        """One update on `episodes`' steps, then, as in the reference, one on `replay_batch` successful
+        episodes drawn by `rng` with replacement from the buffer (these included); returns the first
+        update's diagnostics."""
         steps = [s for ep in episodes for s in ep.steps]
         rl = self.settings
         diagnostics = update(self.policy, self.critic, self.objective, self.optimizer, self.params, steps, rl)
         for ep in episodes:
-            if ep.success:
+            if ep.success and rl.replay_size:
                 self.replay = (self.replay + [ep.steps])[-rl.replay_size :]
-        if self.replay and rl.replay_size:
-            replayed = [s for ep in self.replay for s in ep]
+        if self.replay:
+            drawn = rng.choices(self.replay, k=rl.replay_batch or rl.episodes_per_iteration)
+            replayed = [s for ep in drawn for s in ep]
             update(self.policy, self.critic, self.objective, self.optimizer, self.params, replayed, rl)
         return diagnostics
 

@@ -111,7 +111,10 @@ class EpisodeRecord(Record):
 
 
 def level_name(level: Level | None) -> str:
-    return "all" if level is None else str(level)
+    """A level as records and metrics name it: `all` for None, `0+1` for merged depths."""
+    if level is None:
+        return "all"
+    return "+".join(map(str, level)) if isinstance(level, tuple) else str(level)
 
 
 def by_level(played: dict[Level | None, list[Episode]]) -> dict:
