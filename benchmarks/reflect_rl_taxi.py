@@ -104,19 +104,17 @@ def seed_run(out: Path, env: str, seed: int, common: list[str]) -> tuple[dict, l
     return episodes, curve
 
 
+def _success(per_seed: dict[int, dict], arm: str, evaluation: str) -> dict:
+    """An arm's success (%) over every seed's episodes, its standard error, and the success per seed."""
+    mean, se = mean_se([x for s in per_seed for x in per_seed[s][arm][evaluation]])
+    per = {str(s): round(100 * mean_se(per_seed[s][arm][evaluation])[0], 2) for s in per_seed}
+    return {"success": round(100 * mean, 2), "se": round(100 * se, 2), "per_seed": per}
+
+
 def summarize(per_seed: dict[int, dict], curves: dict[int, list]) -> dict:
     """Success per arm, evaluation and seed with its mean, and each effect as a paired difference (points)
     with its standard error over every seed's episodes."""
-    arms = {
-        arm: {
-            ev: {
-                "success": round(100 * mean_se([x for s in per_seed for x in per_seed[s][arm][ev]])[0], 2),
-                "per_seed": {str(s): round(100 * mean_se(per_seed[s][arm][ev])[0], 2) for s in per_seed},
-            }
-            for ev in EVALUATIONS
-        }
-        for arm in ARMS
-    }
+    arms = {arm: {ev: _success(per_seed, arm, ev) for ev in EVALUATIONS} for arm in ARMS}
     effects = {}
     for effect, (arm, base) in EFFECTS.items():
         effects[effect] = {}
@@ -171,8 +169,10 @@ def plot(result: dict, path: Path) -> None:
         width = 0.38
         for k, (ev, color) in enumerate([("greedy", "C0"), ("sampled", "C1")]):
             xs = [i + (k - 0.5) * width for i in range(len(ARMS))]
-            bars.bar(xs, [r["arms"][a][ev]["success"] for a in ARMS], width, color=color, label=ev)
-        bars.set_xticks(range(len(ARMS)), ["SFT", "SFT + RL", "SFT, reflection", "SFT + RL, reflection"])
+            values = [r["arms"][a][ev] for a in ARMS]
+            errors = [v["se"] for v in values]
+            bars.bar(xs, [v["success"] for v in values], width, yerr=errors, color=color, label=ev, capsize=3)
+        bars.set_xticks(range(len(ARMS)), ["SFT", "SFT + RL", "SFT\nreflection", "SFT + RL\nreflection"])
         bars.set_ylabel("held-out success (%)")
         bars.set_ylim(0, 105)
         bars.set_title(f"{titles[env]}, seeds {', '.join(map(str, result['seeds']))}")
@@ -183,6 +183,7 @@ def plot(result: dict, path: Path) -> None:
             mean = [sum(r["curves"][s][i][key] for s in seeds) / len(seeds) for i in range(len(its))]
             curve.plot(its, mean, "-", color=color, label=f"RL, {label}")
         curve.set_xlabel("RL iteration")
+        curve.xaxis.get_major_locator().set_params(integer=True)
         curve.set_ylabel("training success (%), mean of seeds")
         curve.set_ylim(-5, 105)
         curve.grid(alpha=0.3)
