@@ -320,3 +320,21 @@ def test_retry_message_keeps_other_braces():
 
     prompt = MathPrompt(retry_message="Wrong. Put the answer in \\boxed{}.\n\n{question}")
     assert prompt.retry("What is 2+2?") == "Wrong. Put the answer in \\boxed{}.\n\nWhat is 2+2?"
+
+
+# --- the reference's rules (issue 23) --------------------------------------------------------------------
+
+
+def test_a_missing_answer_scores_0_on_math_and_minus_1_elsewhere():
+    from feedlearn.envs.math_env import MathEnv, MathPrompt
+
+    def rewards(source: str) -> list[float]:
+        env = MathEnv(
+            MathProblem(id="p", question="2+2?", answer="4", source=source), MathPrompt(), max_turns=5
+        )
+        return [env.step(text)[1] for text in ["four", r"\boxed{5}", r"\boxed{4}"]]
+
+    # the reference's environments/math.py scores an answer without \boxed{} 0, its gsm8k.py -1
+    assert rewards("math") == [0.0, 0.0, 1.0]
+    assert rewards("gsm8k") == [-1.0, 0.0, 1.0]
+    assert rewards("synthetic") == [-1.0, 0.0, 1.0]

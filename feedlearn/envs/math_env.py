@@ -44,12 +44,19 @@ class MathPrompt(BaseModel):
         return "\n\n".join(parts)
 
 
+def no_answer_reward(problem: MathProblem) -> float:
+    """The reward of an output without a `\\boxed{}` answer: 0 on a MATH problem, -1 on any other (GSM8K,
+    synthetic), as the reference's two environments score it (its environments/math.py, gsm8k.py)."""
+    return 0.0 if problem.source == "math" else -1.0
+
+
 class MathEnv:
     """One problem as an episode: `reset()` gives the opening user message, `step(answer)` scores it.
 
-    Reward is 1 for a correct final answer, 0 for a wrong one, -1 for no `\\boxed{}` answer. The next
-    observation is the retry message. With `stop_on_success` (data collection) a correct answer ends the
-    episode; without it (evaluation, no oracle) the model is asked to retry whatever it answered.
+    Reward is 1 for a correct final answer, 0 for a wrong one; an output without a `\\boxed{}` answer
+    scores -1, or 0 on a MATH problem (`no_answer_reward`). The next observation is the retry message.
+    With `stop_on_success` (data collection) a correct answer ends the episode; without it (evaluation, no
+    oracle) the model is asked to retry whatever it answered.
     """
 
     def __init__(
@@ -68,7 +75,8 @@ class MathEnv:
 
     def score(self, action: str) -> tuple[float, str | None]:
         """Reward and parsed answer of an action, without advancing the episode."""
-        return score_answer(action, self.problem.answer)
+        reward, answer = score_answer(action, self.problem.answer)
+        return (no_answer_reward(self.problem) if answer is None else reward), answer
 
     def step(self, action: str) -> tuple[str, float, bool, bool, dict]:
         """Score `action`; return (retry message, reward, terminated, truncated, info)."""
