@@ -338,3 +338,36 @@ def test_a_missing_answer_scores_0_on_math_and_minus_1_elsewhere():
     assert rewards("math") == [0.0, 0.0, 1.0]
     assert rewards("gsm8k") == [-1.0, 0.0, 1.0]
     assert rewards("synthetic") == [-1.0, 0.0, 1.0]
+
+
+def test_trajectory_dedupe_strips_and_drops_repeats_before_the_criterion():
+    ep = episode((" A\n", 0.0), ("A", 0.0), ("  ", -1.0), ("B", 0.0), (r"\boxed{5}", 1.0), id="d")
+    # the reference's order: turns 2 (a repeat once stripped) and 3 (empty) leave the trajectory, then
+    # 'better' compares each turn left with the one before it left: B (0) is not better than A (0)
+    kept = episode_examples(ep, "better", 0.4, True, False, dedupe_scope="trajectory")
+    assert [x.id for x in kept] == ["d-t1", "d-t5"]
+    assert roles_contents(kept[0].messages) == [("user", "Q: 2+3?"), ("assistant", "A")]
+    assert roles_contents(kept[1].messages) == [
+        ("user", "Q: 2+3?"),
+        ("assistant", "A"),
+        ("user", RETRY),
+        ("assistant", "B"),
+        ("user", RETRY),
+        ("assistant", r"\boxed{5}"),
+    ]
+    assert [x.weight for x in kept] == [1.0, math.exp(2.5)]
+    # dedupe among the kept turns: 'better' sees B (0) after the empty turn (-1) and keeps it; the
+    # contexts are the trajectory as collected
+    kept = episode_examples(ep, "better", 0.4, True, False, dedupe_scope="kept")
+    assert [x.id for x in kept] == ["d-t1", "d-t4", "d-t5"]
+    assert [m.content for m in kept[2].messages if m.role == "assistant"] == [
+        " A\n",
+        "A",
+        "  ",
+        "B",
+        r"\boxed{5}",
+    ]
+    # without dedupe the scope changes nothing
+    assert episode_examples(ep, "better", 0.4, False, False, dedupe_scope="trajectory") == episode_examples(
+        ep, "better", 0.4, False, False, dedupe_scope="kept"
+    )

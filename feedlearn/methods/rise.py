@@ -32,6 +32,7 @@ from feedlearn.envs.math_env import MathEnv, MathPrompt
 from feedlearn.methods.common import GeneratingRecipe, Method, OneSource, Settings
 from feedlearn.methods.rise_data import (
     Criterion,
+    DedupeScope,
     best_sample,
     episode_examples,
     is_degenerate,
@@ -113,6 +114,12 @@ class ConvertSettings(Settings):
     criterion: Criterion = Field(default="all", description="Which turns become examples.")
     temperature: float = Field(default=0.4, gt=0, description="Weight = exp(reward / temperature).")
     dedupe: bool = Field(default=True, description="Drop empty actions and repeats within a trajectory.")
+    dedupe_scope: DedupeScope = Field(
+        default="kept",
+        description="kept: dedupe among the turns the criterion keeps, each example's context as collected; "
+        "trajectory (the reference's): strip every action, drop the empty and repeated ones (and the retry "
+        "message after each) from the whole trajectory, then apply the criterion to the turns left.",
+    )
     only_successful: bool = Field(default=False, description="Keep only trajectories that end correct.")
 
 
@@ -351,7 +358,9 @@ class Rise(Method):
         examples = [
             ex
             for e in episodes
-            for ex in episode_examples(e, cfg.criterion, cfg.temperature, cfg.dedupe, cfg.only_successful)
+            for ex in episode_examples(
+                e, cfg.criterion, cfg.temperature, cfg.dedupe, cfg.only_successful, cfg.dedupe_scope
+            )
         ]
         path = self.store.stage(f"iter{iteration}/convert") / "examples.jsonl"
         write_jsonl_atomic(path, examples)
