@@ -371,3 +371,26 @@ def test_trajectory_dedupe_strips_and_drops_repeats_before_the_criterion():
     assert episode_examples(ep, "better", 0.4, False, False, dedupe_scope="trajectory") == episode_examples(
         ep, "better", 0.4, False, False, dedupe_scope="kept"
     )
+
+
+def test_dialogue_layout_gives_the_instruction_the_example_and_the_question_their_own_turns():
+    from feedlearn.envs.math_env import MathPrompt, WorkedExample
+
+    prompt = MathPrompt(
+        layout="dialogue",
+        instruction="Solve it.",
+        example=WorkedExample(question="1+1?", answer=r"\boxed{2}"),
+        next_question="Good. Next:\n{question}",
+    )
+    assert roles_contents(prompt.opening("2+3?")) == [
+        ("user", "Solve it.\n\n1+1?"),
+        ("assistant", r"\boxed{2}"),
+        ("user", "Good. Next:\n2+3?"),
+    ]
+    # the default layout: one user message, as before
+    one = prompt.model_copy(update={"layout": "one_message"})
+    assert roles_contents(one.opening("2+3?")) == [
+        ("user", "Solve it.\n\nQuestion: 1+1?\nAnswer: \\boxed{2}\n\nQuestion: 2+3?")
+    ]
+    with pytest.raises(ValueError, match="worked_example"):
+        MathPrompt(layout="dialogue", worked_example=False)

@@ -501,3 +501,71 @@ def test_cli_convert_malformed_episodes(tmp_path, capsys, bad_line, detail):
     assert detail in err
     assert "Traceback" not in err
     assert not (tmp_path / "runs" / "bad" / "iter1" / "convert" / "examples.jsonl").exists()
+
+
+# --- the reference's collection, prompt and recipes (issue 23) -------------------------------------------
+
+
+class RecordingBackend:
+    """A `Backend` that answers every conversation with `answers(conversation, n)` and records each call's
+    conversations, n, sampling and keys."""
+
+    def __init__(self, answers):
+        self.answers = answers
+        self.calls: list[tuple[list, int, SamplingParams, list[str]]] = []
+
+    def generate(self, conversations, n, sampling, keys=None):
+        self.calls.append(([list(c) for c in conversations], n, sampling, list(keys)))
+        return [self.answers(c, n) for c in conversations]
+
+
+DIALOGUE = {
+    "layout": "dialogue",
+    "instruction": "Solve it.",
+    "example": {"question": "1+1?", "answer": r"\boxed{2}"},
+    "next_question": "Good. Next:\n{question}",
+    "retry_message": RETRY,
+}
+
+
+def test_rollout_and_evaluation_in_the_dialogue_layout(tmp_path):
+    opening = [
+        {"role": "user", "content": "Solve it.\n\n1+1?"},
+        {"role": "assistant", "content": r"\boxed{2}"},
+        {"role": "user", "content": "Good. Next:\nWhat is qb?"},
+    ]
+    wrong = RecordingBackend(lambda conv, n: [r"\boxed{0}"] * n)
+    cfg = rise_config(
+        tmp_path, prompt=DIALOGUE, evaluate={"turns": 2, "parallel_samples": 2, "context_window": 2}
+    )
+    rise = Rise(cfg, RunStore(tmp_path / "runs", "r"), progress=False)
+    (ep,) = rise._rollout([PROBLEMS[1]], [wrong, wrong], SamplingParams(), "collect/iter1")
+    assert [m.model_dump() for m in ep.prompt] == opening
+    retry = {"role": "user", "content": "Incorrect. Again: What is qb?"}
+    assert wrong.calls[1][0] == [[*opening, {"role": "assistant", "content": r"\boxed{0}"}, retry]]
+
+    test = RecordingBackend(lambda conv, n: [r"\boxed{0}"] * n)
+    ((played, parallel),) = rise._play_test([PROBLEMS[1]], test)
+    assert [m.model_dump() for m in played.prompt] == opening
+    sequential, first_turns = test.calls[1][0][0], test.calls[2][0][0]
+    assert sequential == [*opening, {"role": "assistant", "content": r"\boxed{0}"}, retry]
+    assert first_turns == opening  # the parallel samples see the whole opening too
+    assert parallel == [(0.0, "0"), (0.0, "0")]
+
+
+def test_sft_chats_in_the_dialogue_layout_open_once(tmp_path, monkeypatch):
+    from feedlearn.methods import rise as rise_module
+
+    chats = []
+    monkeypatch.setattr(Rise, "base_model_path", lambda self: "unused-base-model")
+    monkeypatch.setattr(rise_module, "load_policy", lambda *args, **kwargs: (None, None))
+    monkeypatch.setattr(rise_module, "tokenize_sft", lambda examples, *args, **kwargs: chats.extend(examples))
+    monkeypatch.setattr(Rise, "fit", lambda self, *args: None)
+    sft = {"problems": {"synthetic": {"n": 3, "seed": 3, "levels": [1]}}, "chat_turns": 3}
+    cfg = rise_config(tmp_path, prompt=DIALOGUE, sft=sft, seed=1)
+    Rise(cfg, RunStore(tmp_path / "runs", "r"), progress=False).sft()
+    long = max(chats, key=lambda ex: len(ex.messages))
+    asked = [m.content for m in long.messages if m.role == "user"]
+    assert asked[0] == "Solve it.\n\n1+1?" and long.messages[1].content == r"\boxed{2}"
+    assert len(asked) > 2 and all(q.startswith("Good. Next:\n") for q in asked[1:])
+    assert [m.role for m in long.messages] == ["user", "assistant"] * len(asked)

@@ -201,7 +201,9 @@ class Rise(Method):
         corpus = self.config.sft.problems if self.config.sft else self.config.train_problems
         problems = corpus.load("corpus")[:2000]
         prompt = self.config.prompt
-        texts = [prompt.first_message(p.question) + " " + solution_text(p) for p in problems]
+        texts = [
+            " ".join(m.content for m in prompt.opening(p.question)) + " " + solution_text(p) for p in problems
+        ]
         texts.append(prompt.retry(""))
         return str(build_tiny_model(self.config.tiny, texts, self.config.seed))
 
@@ -216,7 +218,10 @@ class Rise(Method):
     # ---- stages ---------------------------------------------------------------------------------------
 
     def sft(self) -> Path:
-        """Warm start: train the base model on worked solutions (plain SFT, weight 1), in chats."""
+        """Warm start: train the base model on worked solutions (plain SFT, weight 1), in chats. Each
+        problem of a chat is asked in the prompt's layout; in the dialogue layout a chat opens once with the
+        instruction and the worked example (whose answer is trained too) and asks each later problem with
+        `next_question`."""
         sft, folder = self.config.sft, self.store.stage("sft")
         if is_trained(folder):
             return folder / "model"
@@ -230,14 +235,11 @@ class Rise(Method):
         while start < len(problems):
             chat = problems[start : start + sizes.randint(1, sft.chat_turns)]
             start += len(chat)
-            messages = [
-                message
-                for p in chat
-                for message in (
-                    Message(role="user", content=self.config.prompt.first_message(p.question)),
-                    Message(role="assistant", content=solution_text(p)),
-                )
-            ]
+            messages = []
+            for p in chat:
+                opening = self.config.prompt.opening(p.question)
+                messages += opening if not messages else opening[-1:]
+                messages.append(Message(role="assistant", content=solution_text(p)))
             examples.append(SFTExample(id=chat[0].id, messages=messages))
         rows = tokenize_sft(examples, tokenizer, sft.train.max_length, all_turns=True)
         return self.fit("sft", model, tokenizer, rows, sft_loss, sft.train)
@@ -322,8 +324,8 @@ class Rise(Method):
         envs = [MathEnv(p, self.config.prompt, max_turns=len(backends)) for p in problems]
         episodes = []
         for p, env in zip(problems, envs, strict=True):
-            first, _ = env.reset()
-            episodes.append(Episode(id=p.id, task_id=p.id, prompt=[Message(role="user", content=first)]))
+            env.reset()
+            episodes.append(Episode(id=p.id, task_id=p.id, prompt=env.opening()))
         active = list(range(len(problems)))
         for turn, (spec, backend) in enumerate(zip(self.config.collect.turns, backends, strict=True)):
             convs = [[m.model_dump() for m in episodes[i].conversation()] for i in active]
@@ -432,10 +434,10 @@ class Rise(Method):
         cfg = self.config.evaluate
         sampling = SamplingParams(temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens)
         envs = [MathEnv(p, self.config.prompt, max_turns=cfg.turns, stop_on_success=False) for p in problems]
-        episodes = [
-            Episode(id=p.id, task_id=p.id, prompt=[Message(role="user", content=e.reset()[0])])
-            for p, e in zip(problems, envs, strict=True)
-        ]
+        episodes = []
+        for p, env in zip(problems, envs, strict=True):
+            env.reset()
+            episodes.append(Episode(id=p.id, task_id=p.id, prompt=env.opening()))
         # Keys without the iteration: every policy of the run draws from the same random numbers on a test
         # problem (common random numbers), so their difference is less noisy than independent draws.
         for turn in range(cfg.turns):
@@ -447,7 +449,7 @@ class Rise(Method):
                 episode.turns.append(
                     Turn(action=text, reward=reward, answer=info["answer"], feedback=feedback)
                 )
-        first = [[{"role": "user", "content": e.prompt[0].content}] for e in episodes]
+        first = [[m.model_dump() for m in e.prompt] for e in episodes]
         parallel = backend.generate(
             first, cfg.parallel_samples, sampling, [f"evaluate/{e.id}/parallel" for e in episodes]
         )
