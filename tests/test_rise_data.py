@@ -394,3 +394,9 @@ def test_dialogue_layout_gives_the_instruction_the_example_and_the_question_thei
     ]
     with pytest.raises(ValueError, match="worked_example"):
         MathPrompt(layout="dialogue", worked_example=False)
+
+
+def test_is_degenerate_counts_a_word_whatever_its_case():
+    # the reference lowercases before counting (workflow_gen.py, detect_duplicates)
+    assert is_degenerate("So so SO " * 51)  # 153 times "so"
+    assert not is_degenerate("So so " * 75)  # 150 times

@@ -519,6 +519,38 @@ class RecordingBackend:
         return [self.answers(c, n) for c in conversations]
 
 
+def test_rollout_redraws_a_turn_whose_samples_are_all_degenerate(tmp_path):
+    # the reference draws a turn again until a sample passes the filter (workflow_gen.py)
+    draws = iter([[DEGENERATE, DEGENERATE], [DEGENERATE, DEGENERATE], [DEGENERATE, r"\boxed{5}"]])
+    backend = RecordingBackend(
+        lambda conv, n: next(draws) if "qa" in conv[-1]["content"] else [r"\boxed{3}"] * n
+    )
+    cfg = rise_config(tmp_path, collect={"turns": [{"n": 2}], "redraws": 3})
+    rise = Rise(cfg, RunStore(tmp_path / "runs", "r"), progress=False)
+    sampling = SamplingParams(temperature=1.0, max_new_tokens=16)
+    qa, qd = rise._rollout([PROBLEMS[0], PROBLEMS[3]], [backend], sampling, "collect/iter1")
+    assert [call[3] for call in backend.calls] == [
+        ["collect/iter1/qa/turn1", "collect/iter1/qd/turn1"],
+        ["collect/iter1/qa/turn1/redraw1"],  # only the turn with nothing left is drawn again
+        ["collect/iter1/qa/turn1/redraw2"],
+    ]
+    assert (qa.turns[0].action, qa.turns[0].reward, qa.turns[0].sample_rewards) == (r"\boxed{5}", 1.0, [1.0])
+    assert (qd.turns[0].action, qd.turns[0].reward) == (r"\boxed{3}", 1.0)
+
+
+def test_rollout_turn_sets_its_own_sampling(tmp_path):
+    # the reference samples its teacher at temperature 0.7 and 512 tokens (utils/gpt_api.py), the policy at
+    # 1.0 and 1000 (policies.py)
+    first, second = RecordingBackend(lambda c, n: ["no"] * n), RecordingBackend(lambda c, n: ["no"] * n)
+    turns = [{"n": 1}, {"n": 1, "temperature": 0.7, "max_new_tokens": 512}]
+    cfg = rise_config(tmp_path, collect={"turns": turns})
+    rise = Rise(cfg, RunStore(tmp_path / "runs", "r"), progress=False)
+    sampling = SamplingParams(temperature=1.0, max_new_tokens=1000)
+    rise._rollout(PROBLEMS[:1], [first, second], sampling, "collect/iter1")
+    assert first.calls[0][2] == sampling
+    assert second.calls[0][2] == SamplingParams(temperature=0.7, max_new_tokens=512)
+
+
 DIALOGUE = {
     "layout": "dialogue",
     "instruction": "Solve it.",

@@ -86,11 +86,19 @@ class ProblemSet(OneSource):
 
 
 class TurnSpec(Settings):
-    """One collection turn: how many samples, from which model."""
+    """One collection turn: how many samples, from which model, sampled how."""
 
     n: int = Field(default=1, gt=0, description="Samples drawn; the first highest-reward one is kept.")
     teacher: OpenAIBackendConfig | None = Field(
         default=None, description="A remote OpenAI-compatible model for this turn; None = the policy."
+    )
+    temperature: float | None = Field(
+        default=None, ge=0, description="This turn's sampling temperature; None = collect.temperature."
+    )
+    max_new_tokens: int | None = Field(
+        default=None,
+        gt=0,
+        description="This turn's longest action, in tokens; None = collect.max_new_tokens.",
     )
 
 
@@ -103,6 +111,12 @@ class CollectSettings(Settings):
     )
     temperature: float = Field(default=1.0, ge=0, description="Sampling temperature of every turn.")
     max_new_tokens: int = Field(default=512, gt=0, description="Longest action, in tokens.")
+    redraws: int = Field(
+        default=0,
+        ge=0,
+        description="When every sample of a turn is degenerate, draw the turn's n samples again, up to this "
+        "many times; still none left: the action is empty (reward -1).",
+    )
     chunk_size: int = Field(
         default=256, gt=0, description="Problems rolled out together; each finished chunk is saved."
     )
@@ -318,9 +332,10 @@ class Rise(Method):
                 log.info("collected %d / %d problems", len(out.ids), len(problems))
 
     def _rollout(
-        self, problems: list[MathProblem], backends: list[Backend], sampling, stage: str
+        self, problems: list[MathProblem], backends: list[Backend], sampling: SamplingParams, stage: str
     ) -> list[Episode]:
-        """One episode per problem; each turn's samples are seeded by the stage, the episode and the turn."""
+        """One episode per problem; each turn's samples are seeded by the stage, the episode and the turn
+        (a redraw's by the redraw's number too), and drawn with `sampling` unless the turn sets its own."""
         envs = [MathEnv(p, self.config.prompt, max_turns=len(backends)) for p in problems]
         episodes = []
         for p, env in zip(problems, envs, strict=True):
@@ -330,7 +345,9 @@ class Rise(Method):
         for turn, (spec, backend) in enumerate(zip(self.config.collect.turns, backends, strict=True)):
             convs = [[m.model_dump() for m in episodes[i].conversation()] for i in active]
             keys = [f"{stage}/{episodes[i].id}/turn{turn + 1}" for i in active]
-            samples = backend.generate(convs, spec.n, sampling, keys)
+            own = {"temperature": spec.temperature, "max_new_tokens": spec.max_new_tokens}
+            turn_sampling = sampling.model_copy(update={k: v for k, v in own.items() if v is not None})
+            samples = self._draw(backend, convs, spec.n, turn_sampling, keys)
             still = []
             for i, texts in zip(active, samples, strict=True):
                 kept = [t for t in texts if not is_degenerate(t)] or [""]
@@ -352,6 +369,23 @@ class Rise(Method):
             if not active:
                 break
         return episodes
+
+    def _draw(
+        self, backend: Backend, convs: list, n: int, sampling: SamplingParams, keys: list[str]
+    ) -> list[list[str]]:
+        """n samples per conversation; a conversation whose samples are all degenerate is drawn again (keys
+        `<key>/redraw<j>`), up to `collect.redraws` times."""
+        samples = backend.generate(convs, n, sampling, keys)
+        for redraw in range(1, self.config.collect.redraws + 1):
+            again = [j for j, texts in enumerate(samples) if all(is_degenerate(t) for t in texts)]
+            if not again:
+                break
+            fresh = backend.generate(
+                [convs[j] for j in again], n, sampling, [f"{keys[j]}/redraw{redraw}" for j in again]
+            )
+            for j, texts in zip(again, fresh, strict=True):
+                samples[j] = texts
+        return samples
 
     def convert(self, iteration: int = 1) -> Path:
         """Trajectories -> weighted SFT examples (rewritten whole, atomically: conversion is cheap)."""

@@ -17,8 +17,9 @@ DedupeScope = Literal["kept", "trajectory"]
 
 
 def is_degenerate(text: str, max_repeats: int = 150, max_word_chars: int = 300) -> bool:
-    """A sample that repeats one word more than `max_repeats` times or has a word over `max_word_chars`."""
-    words = text.split()
+    """A sample that repeats one word more than `max_repeats` times (case ignored, as the reference counts
+    them) or has a word over `max_word_chars`."""
+    words = text.lower().split()
     if not words:
         return False
     if max(len(w) for w in words) > max_word_chars:
