@@ -601,3 +601,46 @@ def test_sft_chats_in_the_dialogue_layout_open_once(tmp_path, monkeypatch):
     assert asked[0] == "Solve it.\n\n1+1?" and long.messages[1].content == r"\boxed{2}"
     assert len(asked) > 2 and all(q.startswith("Good. Next:\n") for q in asked[1:])
     assert [m.role for m in long.messages] == ["user", "assistant"] * len(asked)
+
+
+RISE_RECIPES = Path(__file__).resolve().parents[1] / "feedlearn" / "recipes" / "rise"
+
+
+def test_paper_recipes_take_the_references_settings():
+    from feedlearn.cli import load_method
+
+    paper, _, _ = load_method(str(RISE_RECIPES / "mistral7b_gsm8k_self_distill.yaml"), [])
+    # workflow_gen.py as the README runs it: 2 turns, 1 then 16 samples, 1000 new tokens, temperature 1
+    assert [(t.n, t.teacher) for t in paper.collect.turns] == [(1, None), (16, None)]
+    assert (paper.collect.max_new_tokens, paper.collect.temperature) == (1000, 1.0)
+    # workflow_eval.py: 5 sequential turns, context window 2; 5 parallel samples; 1000 new tokens
+    ev = paper.evaluate
+    assert (ev.turns, ev.context_window, ev.parallel_samples, ev.max_new_tokens) == (5, 2, 5, 1000)
+    # workflow_convert.py --criteria all --remove_duplication; FastChat's train.py, full fine-tuning
+    assert (paper.convert.criterion, paper.convert.dedupe, paper.convert.dedupe_scope) == (
+        "all",
+        True,
+        "trajectory",
+    )
+    assert paper.model.lora is None and paper.train.learning_rate == 1e-5
+    assert paper.prompt.layout == "dialogue"
+    assert paper.prompt.opening("Q?")[0].content.startswith("\nYou are an AI language model designed")
+
+    lora, _, _ = load_method(str(RISE_RECIPES / "mistral7b_gsm8k_self_distill_lora.yaml"), [])
+    assert lora.model.lora is not None and lora.train.learning_rate > paper.train.learning_rate
+    # the LoRA variant differs in nothing else
+    same = lora.model_copy(
+        update={
+            "model": lora.model.model_copy(update={"lora": None}),
+            "train": lora.train.model_copy(update={"learning_rate": paper.train.learning_rate}),
+        }
+    )
+    assert same == paper
+
+    distill, _, _ = load_method(str(RISE_RECIPES / "gsm8k_teacher_distill.yaml"), [])
+    policy, teacher = distill.collect.turns
+    assert (policy.n, policy.teacher, teacher.n, teacher.teacher.model) == (1, None, 1, "gpt-3.5-turbo")
+    assert (teacher.temperature, teacher.max_new_tokens) == (0.7, 512)
+    assert (
+        distill.prompt == paper.prompt and distill.train == paper.train and distill.evaluate == paper.evaluate
+    )
