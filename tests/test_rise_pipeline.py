@@ -623,6 +623,8 @@ def test_paper_recipes_take_the_references_settings():
         "trajectory",
     )
     assert paper.model.lora is None and paper.train.learning_rate == 1e-5
+    # HF's Trainer under the reference's DeepSpeed config: no clipping, examples in random order
+    assert paper.train.max_grad_norm >= 1e9 and not paper.train.group_by_length
     assert paper.prompt.layout == "dialogue"
     assert paper.prompt.opening("Q?")[0].content.startswith("\nYou are an AI language model designed")
 
