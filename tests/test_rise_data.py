@@ -320,3 +320,83 @@ def test_retry_message_keeps_other_braces():
 
     prompt = MathPrompt(retry_message="Wrong. Put the answer in \\boxed{}.\n\n{question}")
     assert prompt.retry("What is 2+2?") == "Wrong. Put the answer in \\boxed{}.\n\nWhat is 2+2?"
+
+
+# --- the reference's rules (issue 23) --------------------------------------------------------------------
+
+
+def test_a_missing_answer_scores_0_on_math_and_minus_1_elsewhere():
+    from feedlearn.envs.math_env import MathEnv, MathPrompt
+
+    def rewards(source: str) -> list[float]:
+        env = MathEnv(
+            MathProblem(id="p", question="2+2?", answer="4", source=source), MathPrompt(), max_turns=5
+        )
+        return [env.step(text)[1] for text in ["four", r"\boxed{5}", r"\boxed{4}"]]
+
+    # the reference's environments/math.py scores an answer without \boxed{} 0, its gsm8k.py -1
+    assert rewards("math") == [0.0, 0.0, 1.0]
+    assert rewards("gsm8k") == [-1.0, 0.0, 1.0]
+    assert rewards("synthetic") == [-1.0, 0.0, 1.0]
+
+
+def test_trajectory_dedupe_strips_and_drops_repeats_before_the_criterion():
+    ep = episode((" A\n", 0.0), ("A", 0.0), ("  ", -1.0), ("B", 0.0), (r"\boxed{5}", 1.0), id="d")
+    # the reference's order: turns 2 (a repeat once stripped) and 3 (empty) leave the trajectory, then
+    # 'better' compares each turn left with the one before it left: B (0) is not better than A (0)
+    kept = episode_examples(ep, "better", 0.4, True, False, dedupe_scope="trajectory")
+    assert [x.id for x in kept] == ["d-t1", "d-t5"]
+    assert roles_contents(kept[0].messages) == [("user", "Q: 2+3?"), ("assistant", "A")]
+    assert roles_contents(kept[1].messages) == [
+        ("user", "Q: 2+3?"),
+        ("assistant", "A"),
+        ("user", RETRY),
+        ("assistant", "B"),
+        ("user", RETRY),
+        ("assistant", r"\boxed{5}"),
+    ]
+    assert [x.weight for x in kept] == [1.0, math.exp(2.5)]
+    # dedupe among the kept turns: 'better' sees B (0) after the empty turn (-1) and keeps it; the
+    # contexts are the trajectory as collected
+    kept = episode_examples(ep, "better", 0.4, True, False, dedupe_scope="kept")
+    assert [x.id for x in kept] == ["d-t1", "d-t4", "d-t5"]
+    assert [m.content for m in kept[2].messages if m.role == "assistant"] == [
+        " A\n",
+        "A",
+        "  ",
+        "B",
+        r"\boxed{5}",
+    ]
+    # without dedupe the scope changes nothing
+    assert episode_examples(ep, "better", 0.4, False, False, dedupe_scope="trajectory") == episode_examples(
+        ep, "better", 0.4, False, False, dedupe_scope="kept"
+    )
+
+
+def test_dialogue_layout_gives_the_instruction_the_example_and_the_question_their_own_turns():
+    from feedlearn.envs.math_env import MathPrompt, WorkedExample
+
+    prompt = MathPrompt(
+        layout="dialogue",
+        instruction="Solve it.",
+        example=WorkedExample(question="1+1?", answer=r"\boxed{2}"),
+        next_question="Good. Next:\n{question}",
+    )
+    assert roles_contents(prompt.opening("2+3?")) == [
+        ("user", "Solve it.\n\n1+1?"),
+        ("assistant", r"\boxed{2}"),
+        ("user", "Good. Next:\n2+3?"),
+    ]
+    # the default layout: one user message, as before
+    one = prompt.model_copy(update={"layout": "one_message"})
+    assert roles_contents(one.opening("2+3?")) == [
+        ("user", "Solve it.\n\nQuestion: 1+1?\nAnswer: \\boxed{2}\n\nQuestion: 2+3?")
+    ]
+    with pytest.raises(ValueError, match="worked_example"):
+        MathPrompt(layout="dialogue", worked_example=False)
+
+
+def test_is_degenerate_counts_a_word_whatever_its_case():
+    # the reference lowercases before counting (workflow_gen.py, detect_duplicates)
+    assert is_degenerate("So so SO " * 51)  # 153 times "so"
+    assert not is_degenerate("So so " * 75)  # 150 times

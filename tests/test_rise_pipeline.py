@@ -501,3 +501,148 @@ def test_cli_convert_malformed_episodes(tmp_path, capsys, bad_line, detail):
     assert detail in err
     assert "Traceback" not in err
     assert not (tmp_path / "runs" / "bad" / "iter1" / "convert" / "examples.jsonl").exists()
+
+
+# --- the reference's collection, prompt and recipes (issue 23) -------------------------------------------
+
+
+class RecordingBackend:
+    """A `Backend` that answers every conversation with `answers(conversation, n)` and records each call's
+    conversations, n, sampling and keys."""
+
+    def __init__(self, answers):
+        self.answers = answers
+        self.calls: list[tuple[list, int, SamplingParams, list[str]]] = []
+
+    def generate(self, conversations, n, sampling, keys=None):
+        self.calls.append(([list(c) for c in conversations], n, sampling, list(keys)))
+        return [self.answers(c, n) for c in conversations]
+
+
+def test_rollout_redraws_a_turn_whose_samples_are_all_degenerate(tmp_path):
+    # the reference draws a turn again until a sample passes the filter (workflow_gen.py)
+    draws = iter([[DEGENERATE, DEGENERATE], [DEGENERATE, DEGENERATE], [DEGENERATE, r"\boxed{5}"]])
+    backend = RecordingBackend(
+        lambda conv, n: next(draws) if "qa" in conv[-1]["content"] else [r"\boxed{3}"] * n
+    )
+    cfg = rise_config(tmp_path, collect={"turns": [{"n": 2}], "redraws": 3})
+    rise = Rise(cfg, RunStore(tmp_path / "runs", "r"), progress=False)
+    sampling = SamplingParams(temperature=1.0, max_new_tokens=16)
+    qa, qd = rise._rollout([PROBLEMS[0], PROBLEMS[3]], [backend], sampling, "collect/iter1")
+    assert [call[3] for call in backend.calls] == [
+        ["collect/iter1/qa/turn1", "collect/iter1/qd/turn1"],
+        ["collect/iter1/qa/turn1/redraw1"],  # only the turn with nothing left is drawn again
+        ["collect/iter1/qa/turn1/redraw2"],
+    ]
+    assert (qa.turns[0].action, qa.turns[0].reward, qa.turns[0].sample_rewards) == (r"\boxed{5}", 1.0, [1.0])
+    assert (qd.turns[0].action, qd.turns[0].reward) == (r"\boxed{3}", 1.0)
+
+
+def test_rollout_turn_sets_its_own_sampling(tmp_path):
+    # the reference samples its teacher at temperature 0.7 and 512 tokens (utils/gpt_api.py), the policy at
+    # 1.0 and 1000 (policies.py)
+    first, second = RecordingBackend(lambda c, n: ["no"] * n), RecordingBackend(lambda c, n: ["no"] * n)
+    turns = [{"n": 1}, {"n": 1, "temperature": 0.7, "max_new_tokens": 512}]
+    cfg = rise_config(tmp_path, collect={"turns": turns})
+    rise = Rise(cfg, RunStore(tmp_path / "runs", "r"), progress=False)
+    sampling = SamplingParams(temperature=1.0, max_new_tokens=1000)
+    rise._rollout(PROBLEMS[:1], [first, second], sampling, "collect/iter1")
+    assert first.calls[0][2] == sampling
+    assert second.calls[0][2] == SamplingParams(temperature=0.7, max_new_tokens=512)
+
+
+DIALOGUE = {
+    "layout": "dialogue",
+    "instruction": "Solve it.",
+    "example": {"question": "1+1?", "answer": r"\boxed{2}"},
+    "next_question": "Good. Next:\n{question}",
+    "retry_message": RETRY,
+}
+
+
+def test_rollout_and_evaluation_in_the_dialogue_layout(tmp_path):
+    opening = [
+        {"role": "user", "content": "Solve it.\n\n1+1?"},
+        {"role": "assistant", "content": r"\boxed{2}"},
+        {"role": "user", "content": "Good. Next:\nWhat is qb?"},
+    ]
+    wrong = RecordingBackend(lambda conv, n: [r"\boxed{0}"] * n)
+    cfg = rise_config(
+        tmp_path, prompt=DIALOGUE, evaluate={"turns": 2, "parallel_samples": 2, "context_window": 2}
+    )
+    rise = Rise(cfg, RunStore(tmp_path / "runs", "r"), progress=False)
+    (ep,) = rise._rollout([PROBLEMS[1]], [wrong, wrong], SamplingParams(), "collect/iter1")
+    assert [m.model_dump() for m in ep.prompt] == opening
+    retry = {"role": "user", "content": "Incorrect. Again: What is qb?"}
+    assert wrong.calls[1][0] == [[*opening, {"role": "assistant", "content": r"\boxed{0}"}, retry]]
+
+    test = RecordingBackend(lambda conv, n: [r"\boxed{0}"] * n)
+    ((played, parallel),) = rise._play_test([PROBLEMS[1]], test)
+    assert [m.model_dump() for m in played.prompt] == opening
+    sequential, first_turns = test.calls[1][0][0], test.calls[2][0][0]
+    assert sequential == [*opening, {"role": "assistant", "content": r"\boxed{0}"}, retry]
+    assert first_turns == opening  # the parallel samples see the whole opening too
+    assert parallel == [(0.0, "0"), (0.0, "0")]
+
+
+def test_sft_chats_in_the_dialogue_layout_open_once(tmp_path, monkeypatch):
+    from feedlearn.methods import rise as rise_module
+
+    chats = []
+    monkeypatch.setattr(Rise, "base_model_path", lambda self: "unused-base-model")
+    monkeypatch.setattr(rise_module, "load_policy", lambda *args, **kwargs: (None, None))
+    monkeypatch.setattr(rise_module, "tokenize_sft", lambda examples, *args, **kwargs: chats.extend(examples))
+    monkeypatch.setattr(Rise, "fit", lambda self, *args: None)
+    sft = {"problems": {"synthetic": {"n": 3, "seed": 3, "levels": [1]}}, "chat_turns": 3}
+    cfg = rise_config(tmp_path, prompt=DIALOGUE, sft=sft, seed=1)
+    Rise(cfg, RunStore(tmp_path / "runs", "r"), progress=False).sft()
+    long = max(chats, key=lambda ex: len(ex.messages))
+    asked = [m.content for m in long.messages if m.role == "user"]
+    assert asked[0] == "Solve it.\n\n1+1?" and long.messages[1].content == r"\boxed{2}"
+    assert len(asked) > 2 and all(q.startswith("Good. Next:\n") for q in asked[1:])
+    assert [m.role for m in long.messages] == ["user", "assistant"] * len(asked)
+
+
+RISE_RECIPES = Path(__file__).resolve().parents[1] / "feedlearn" / "recipes" / "rise"
+
+
+def test_paper_recipes_take_the_references_settings():
+    from feedlearn.cli import load_method
+
+    paper, _, _ = load_method(str(RISE_RECIPES / "mistral7b_gsm8k_self_distill.yaml"), [])
+    # workflow_gen.py as the README runs it: 2 turns, 1 then 16 samples, 1000 new tokens, temperature 1
+    assert [(t.n, t.teacher) for t in paper.collect.turns] == [(1, None), (16, None)]
+    assert (paper.collect.max_new_tokens, paper.collect.temperature) == (1000, 1.0)
+    # workflow_eval.py: 5 sequential turns, context window 2; 5 parallel samples; 1000 new tokens
+    ev = paper.evaluate
+    assert (ev.turns, ev.context_window, ev.parallel_samples, ev.max_new_tokens) == (5, 2, 5, 1000)
+    # workflow_convert.py --criteria all --remove_duplication; FastChat's train.py, full fine-tuning
+    assert (paper.convert.criterion, paper.convert.dedupe, paper.convert.dedupe_scope) == (
+        "all",
+        True,
+        "trajectory",
+    )
+    assert paper.model.lora is None and paper.train.learning_rate == 1e-5
+    # HF's Trainer under the reference's DeepSpeed config: no clipping, examples in random order
+    assert paper.train.max_grad_norm >= 1e9 and not paper.train.group_by_length
+    assert paper.prompt.layout == "dialogue"
+    assert paper.prompt.opening("Q?")[0].content.startswith("\nYou are an AI language model designed")
+
+    lora, _, _ = load_method(str(RISE_RECIPES / "mistral7b_gsm8k_self_distill_lora.yaml"), [])
+    assert lora.model.lora is not None and lora.train.learning_rate > paper.train.learning_rate
+    # the LoRA variant differs in nothing else
+    same = lora.model_copy(
+        update={
+            "model": lora.model.model_copy(update={"lora": None}),
+            "train": lora.train.model_copy(update={"learning_rate": paper.train.learning_rate}),
+        }
+    )
+    assert same == paper
+
+    distill, _, _ = load_method(str(RISE_RECIPES / "gsm8k_teacher_distill.yaml"), [])
+    policy, teacher = distill.collect.turns
+    assert (policy.n, policy.teacher, teacher.n, teacher.teacher.model) == (1, None, 1, "gpt-3.5-turbo")
+    assert (teacher.temperature, teacher.max_new_tokens) == (0.7, 512)
+    assert (
+        distill.prompt == paper.prompt and distill.train == paper.train and distill.evaluate == paper.evaluate
+    )

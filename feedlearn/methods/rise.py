@@ -32,6 +32,7 @@ from feedlearn.envs.math_env import MathEnv, MathPrompt
 from feedlearn.methods.common import GeneratingRecipe, Method, OneSource, Settings
 from feedlearn.methods.rise_data import (
     Criterion,
+    DedupeScope,
     best_sample,
     episode_examples,
     is_degenerate,
@@ -85,11 +86,19 @@ class ProblemSet(OneSource):
 
 
 class TurnSpec(Settings):
-    """One collection turn: how many samples, from which model."""
+    """One collection turn: how many samples, from which model, sampled how."""
 
     n: int = Field(default=1, gt=0, description="Samples drawn; the first highest-reward one is kept.")
     teacher: OpenAIBackendConfig | None = Field(
         default=None, description="A remote OpenAI-compatible model for this turn; None = the policy."
+    )
+    temperature: float | None = Field(
+        default=None, ge=0, description="This turn's sampling temperature; None = collect.temperature."
+    )
+    max_new_tokens: int | None = Field(
+        default=None,
+        gt=0,
+        description="This turn's longest action, in tokens; None = collect.max_new_tokens.",
     )
 
 
@@ -102,6 +111,12 @@ class CollectSettings(Settings):
     )
     temperature: float = Field(default=1.0, ge=0, description="Sampling temperature of every turn.")
     max_new_tokens: int = Field(default=512, gt=0, description="Longest action, in tokens.")
+    redraws: int = Field(
+        default=0,
+        ge=0,
+        description="When every sample of a turn is degenerate, draw the turn's n samples again, up to this "
+        "many times; still none left: the action is empty (reward -1).",
+    )
     chunk_size: int = Field(
         default=256, gt=0, description="Problems rolled out together; each finished chunk is saved."
     )
@@ -113,6 +128,12 @@ class ConvertSettings(Settings):
     criterion: Criterion = Field(default="all", description="Which turns become examples.")
     temperature: float = Field(default=0.4, gt=0, description="Weight = exp(reward / temperature).")
     dedupe: bool = Field(default=True, description="Drop empty actions and repeats within a trajectory.")
+    dedupe_scope: DedupeScope = Field(
+        default="kept",
+        description="kept: dedupe among the turns the criterion keeps, each example's context as collected; "
+        "trajectory (the reference's): strip every action, drop the empty and repeated ones (and the retry "
+        "message after each) from the whole trajectory, then apply the criterion to the turns left.",
+    )
     only_successful: bool = Field(default=False, description="Keep only trajectories that end correct.")
 
 
@@ -194,7 +215,9 @@ class Rise(Method):
         corpus = self.config.sft.problems if self.config.sft else self.config.train_problems
         problems = corpus.load("corpus")[:2000]
         prompt = self.config.prompt
-        texts = [prompt.first_message(p.question) + " " + solution_text(p) for p in problems]
+        texts = [
+            " ".join(m.content for m in prompt.opening(p.question)) + " " + solution_text(p) for p in problems
+        ]
         texts.append(prompt.retry(""))
         return str(build_tiny_model(self.config.tiny, texts, self.config.seed))
 
@@ -209,7 +232,10 @@ class Rise(Method):
     # ---- stages ---------------------------------------------------------------------------------------
 
     def sft(self) -> Path:
-        """Warm start: train the base model on worked solutions (plain SFT, weight 1), in chats."""
+        """Warm start: train the base model on worked solutions (plain SFT, weight 1), in chats. Each
+        problem of a chat is asked in the prompt's layout; in the dialogue layout a chat opens once with the
+        instruction and the worked example (whose answer is trained too) and asks each later problem with
+        `next_question`."""
         sft, folder = self.config.sft, self.store.stage("sft")
         if is_trained(folder):
             return folder / "model"
@@ -223,14 +249,11 @@ class Rise(Method):
         while start < len(problems):
             chat = problems[start : start + sizes.randint(1, sft.chat_turns)]
             start += len(chat)
-            messages = [
-                message
-                for p in chat
-                for message in (
-                    Message(role="user", content=self.config.prompt.first_message(p.question)),
-                    Message(role="assistant", content=solution_text(p)),
-                )
-            ]
+            messages = []
+            for p in chat:
+                opening = self.config.prompt.opening(p.question)
+                messages += opening if not messages else opening[-1:]
+                messages.append(Message(role="assistant", content=solution_text(p)))
             examples.append(SFTExample(id=chat[0].id, messages=messages))
         rows = tokenize_sft(examples, tokenizer, sft.train.max_length, all_turns=True)
         return self.fit("sft", model, tokenizer, rows, sft_loss, sft.train)
@@ -309,19 +332,22 @@ class Rise(Method):
                 log.info("collected %d / %d problems", len(out.ids), len(problems))
 
     def _rollout(
-        self, problems: list[MathProblem], backends: list[Backend], sampling, stage: str
+        self, problems: list[MathProblem], backends: list[Backend], sampling: SamplingParams, stage: str
     ) -> list[Episode]:
-        """One episode per problem; each turn's samples are seeded by the stage, the episode and the turn."""
+        """One episode per problem; each turn's samples are seeded by the stage, the episode and the turn
+        (a redraw's by the redraw's number too), and drawn with `sampling` unless the turn sets its own."""
         envs = [MathEnv(p, self.config.prompt, max_turns=len(backends)) for p in problems]
         episodes = []
         for p, env in zip(problems, envs, strict=True):
-            first, _ = env.reset()
-            episodes.append(Episode(id=p.id, task_id=p.id, prompt=[Message(role="user", content=first)]))
+            env.reset()
+            episodes.append(Episode(id=p.id, task_id=p.id, prompt=env.opening()))
         active = list(range(len(problems)))
         for turn, (spec, backend) in enumerate(zip(self.config.collect.turns, backends, strict=True)):
             convs = [[m.model_dump() for m in episodes[i].conversation()] for i in active]
             keys = [f"{stage}/{episodes[i].id}/turn{turn + 1}" for i in active]
-            samples = backend.generate(convs, spec.n, sampling, keys)
+            own = {"temperature": spec.temperature, "max_new_tokens": spec.max_new_tokens}
+            turn_sampling = sampling.model_copy(update={k: v for k, v in own.items() if v is not None})
+            samples = self._draw(backend, convs, spec.n, turn_sampling, keys)
             still = []
             for i, texts in zip(active, samples, strict=True):
                 kept = [t for t in texts if not is_degenerate(t)] or [""]
@@ -344,6 +370,23 @@ class Rise(Method):
                 break
         return episodes
 
+    def _draw(
+        self, backend: Backend, convs: list, n: int, sampling: SamplingParams, keys: list[str]
+    ) -> list[list[str]]:
+        """n samples per conversation; a conversation whose samples are all degenerate is drawn again (keys
+        `<key>/redraw<j>`), up to `collect.redraws` times."""
+        samples = backend.generate(convs, n, sampling, keys)
+        for redraw in range(1, self.config.collect.redraws + 1):
+            again = [j for j, texts in enumerate(samples) if all(is_degenerate(t) for t in texts)]
+            if not again:
+                break
+            fresh = backend.generate(
+                [convs[j] for j in again], n, sampling, [f"{keys[j]}/redraw{redraw}" for j in again]
+            )
+            for j, texts in zip(again, fresh, strict=True):
+                samples[j] = texts
+        return samples
+
     def convert(self, iteration: int = 1) -> Path:
         """Trajectories -> weighted SFT examples (rewritten whole, atomically: conversion is cheap)."""
         cfg = self.config.convert
@@ -351,7 +394,9 @@ class Rise(Method):
         examples = [
             ex
             for e in episodes
-            for ex in episode_examples(e, cfg.criterion, cfg.temperature, cfg.dedupe, cfg.only_successful)
+            for ex in episode_examples(
+                e, cfg.criterion, cfg.temperature, cfg.dedupe, cfg.only_successful, cfg.dedupe_scope
+            )
         ]
         path = self.store.stage(f"iter{iteration}/convert") / "examples.jsonl"
         write_jsonl_atomic(path, examples)
@@ -423,10 +468,10 @@ class Rise(Method):
         cfg = self.config.evaluate
         sampling = SamplingParams(temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens)
         envs = [MathEnv(p, self.config.prompt, max_turns=cfg.turns, stop_on_success=False) for p in problems]
-        episodes = [
-            Episode(id=p.id, task_id=p.id, prompt=[Message(role="user", content=e.reset()[0])])
-            for p, e in zip(problems, envs, strict=True)
-        ]
+        episodes = []
+        for p, env in zip(problems, envs, strict=True):
+            env.reset()
+            episodes.append(Episode(id=p.id, task_id=p.id, prompt=env.opening()))
         # Keys without the iteration: every policy of the run draws from the same random numbers on a test
         # problem (common random numbers), so their difference is less noisy than independent draws.
         for turn in range(cfg.turns):
@@ -438,7 +483,7 @@ class Rise(Method):
                 episode.turns.append(
                     Turn(action=text, reward=reward, answer=info["answer"], feedback=feedback)
                 )
-        first = [[{"role": "user", "content": e.prompt[0].content}] for e in episodes]
+        first = [[m.model_dump() for m in e.prompt] for e in episodes]
         parallel = backend.generate(
             first, cfg.parallel_samples, sampling, [f"evaluate/{e.id}/parallel" for e in episodes]
         )

@@ -13,11 +13,13 @@ from feedlearn.tasks.math_data import MathProblem
 from feedlearn.verifiers.math_answers import answers_match
 
 Criterion = Literal["all", "better", "best", "success"]
+DedupeScope = Literal["kept", "trajectory"]
 
 
 def is_degenerate(text: str, max_repeats: int = 150, max_word_chars: int = 300) -> bool:
-    """A sample that repeats one word more than `max_repeats` times or has a word over `max_word_chars`."""
-    words = text.split()
+    """A sample that repeats one word more than `max_repeats` times (case ignored, as the reference counts
+    them) or has a word over `max_word_chars`."""
+    words = text.lower().split()
     if not words:
         return False
     if max(len(w) for w in words) > max_word_chars:
@@ -51,26 +53,64 @@ def episode_examples(
     temperature: float,
     dedupe: bool,
     only_successful: bool,
+    dedupe_scope: DedupeScope = "kept",
 ) -> list[SFTExample]:
     """Training examples of one trajectory: each kept turn's action in the context of the turns before it,
-    weighted exp(reward / temperature)."""
+    weighted exp(reward / temperature); an example's id names the turn of the collected trajectory.
+
+    With `dedupe`, empty and repeated actions are dropped: in scope `kept`, among the turns the criterion
+    keeps, each example's context as collected; in scope `trajectory` (the reference's), every action is
+    stripped and the empty and repeated ones leave the trajectory first, their retry messages with them,
+    and the criterion and the contexts see only the turns left.
+    """
     rewards = [t.reward for t in episode.turns]
     if only_successful and not any(r == 1.0 for r in rewards):
         return []
+    if dedupe and dedupe_scope == "trajectory":
+        return _examples_of_deduped_trajectory(episode, criterion, temperature)
     examples, seen = [], set()
     for i in kept_turns(rewards, criterion):
         action = episode.turns[i].action
         if dedupe and (not action.strip() or action in seen):
             continue
         seen.add(action)
-        examples.append(
-            SFTExample(
-                id=f"{episode.id}-t{i + 1}",
-                messages=[*episode.conversation(upto=i), Message(role="assistant", content=action)],
-                weight=math.exp(rewards[i] / temperature),
-            )
-        )
+        examples.append(_example(episode, i, episode.conversation(upto=i), action, rewards[i], temperature))
     return examples
+
+
+def _examples_of_deduped_trajectory(
+    episode: Episode, criterion: Criterion, temperature: float
+) -> list[SFTExample]:
+    """`episode_examples` with dedupe in scope `trajectory`."""
+    left, seen = [], set()  # (index in the collected trajectory, turn with its action stripped)
+    for i, turn in enumerate(episode.turns):
+        action = turn.action.strip()
+        if action and action not in seen:
+            seen.add(action)
+            left.append((i, turn.model_copy(update={"action": action})))
+    trajectory = episode.model_copy(update={"turns": [turn for _, turn in left]})
+    return [
+        _example(
+            episode,
+            left[j][0],
+            trajectory.conversation(upto=j),
+            left[j][1].action,
+            left[j][1].reward,
+            temperature,
+        )
+        for j in kept_turns([turn.reward for _, turn in left], criterion)
+    ]
+
+
+def _example(
+    episode: Episode, turn: int, context: list[Message], action: str, reward: float, temperature: float
+) -> SFTExample:
+    """The example training `action` (the episode's turn `turn`, 0-based) after `context`."""
+    return SFTExample(
+        id=f"{episode.id}-t{turn + 1}",
+        messages=[*context, Message(role="assistant", content=action)],
+        weight=math.exp(reward / temperature),
+    )
 
 
 def _norm(answer: str) -> str:

@@ -133,7 +133,8 @@ def answers_match(predicted: str, gold: str, timeout_s: float = 2.0) -> bool:
 
 
 def score_answer(text: str, gold: str) -> tuple[float, str | None]:
-    r"""The RISE reward of a model output: (1.0 correct / 0.0 wrong / -1.0 no boxed answer, the answer).
+    r"""The RISE reward of a model output: (1.0 correct / 0.0 wrong / -1.0 no boxed answer, the answer);
+    -1 is GSM8K's rule, and `feedlearn.envs.math_env` scores a MATH problem's missing answer 0.
 
     The answer is the last `\boxed{}` of `text` (see `extract_boxed`); if it equals `gold` once spaces are
     removed the reward is 1.0 at once, without math_verify, which keeps synthetic arithmetic cheap.
