@@ -348,6 +348,29 @@ def test_live_reference_matches_precomputed(tmp_path, tiny_path):
     assert not (tmp_path / "live" / "runs" / "1" / "train" / "reference_logprobs.jsonl").exists()
 
 
+def test_margins_are_computed_without_dropout(tmp_path, tiny_path, monkeypatch):
+    """TRL's DPOTrainer disables dropout (the reference's too): the margins that decide Active DPO's queries
+    are the same on two forwards of the same pairs, LoRA dropout or not."""
+    margins, real_loss, real_margin = [], dpo.PreferenceObjective.loss, dpo.implicit_reward_margin
+
+    def recording(*args):
+        margins.append(real_margin(*args))
+        return margins[-1]
+
+    def twice(self, model, batch):
+        real_loss(self, model, batch)  # the same pairs, the same weights: the margins must agree
+        return real_loss(self, model, batch)
+
+    monkeypatch.setattr(dpo, "implicit_reward_margin", recording)
+    monkeypatch.setattr(dpo.PreferenceObjective, "loss", twice)
+    model = {"path": tiny_path, "lora": {"r": 4, "alpha": 8, "dropout": 0.5}}
+    run(recipe(tmp_path, tiny_path, active={"gamma": 0.05}, model=model, train={"epochs": 1})).train()
+    assert len(margins) == 2 * 12
+    for first, second in zip(margins[::2], margins[1::2], strict=True):
+        assert torch.equal(first, second)
+    assert margins[-1].abs().max() > 0  # the adapter has moved: with dropout the two would differ
+
+
 def test_unlabeled_pairs_need_a_labeler_other_than_the_dataset(tmp_path, tiny_path):
     path = tmp_path / "pairs.jsonl"
     pairs = dpo.WordPreferenceTask().pairs(16, 0)

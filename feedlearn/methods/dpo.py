@@ -198,6 +198,7 @@ class PreferenceLearning(Method):
             return folder / "model"
         pairs = cfg.train_data.load("train")
         model, tokenizer = load_policy(self._settings(self.base_model_path()), trainable=True, seed=cfg.seed)
+        disable_dropout(model)
         rows = tokenize_pairs(pairs, tokenizer, cfg.train.max_length)
         reference = self._reference(model, tokenizer, pairs, rows, folder)
         book = LabelBook(
@@ -387,6 +388,15 @@ class PreferenceObjective:
         if with_gold:
             metrics["pseudo_label_agreement"] = agree / with_gold
         return metrics
+
+
+def disable_dropout(model: torch.nn.Module) -> None:
+    """Zero every dropout layer of `model` (a LoRA adapter's too), as TRL's DPOTrainer does by default: the
+    log-probs, and so the margins that decide Active DPO's queries, are then the same on every forward,
+    and at step 0 the policy scores exactly as its reference."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
 
 
 def preference_metrics(
