@@ -64,6 +64,27 @@ def test_active_targets_query_flip_drop_and_no_preference():
     assert targets[[0, 4]].tolist() == [-1.0, 1.0]
 
 
+@pytest.mark.parametrize("mode", ["flip", "drop"])
+def test_a_confident_pair_follows_the_rule_even_with_a_label_bought_earlier(tmp_path, mode):
+    from feedlearn.feedback.label_book import LabelBook
+    from feedlearn.feedback.labelers import DatasetLabeler
+
+    book = LabelBook(DatasetLabeler(), tmp_path / "labels.jsonl")
+    pair = PreferencePair(id="p", prompt="x", a="y", b="z", label=1)
+    assert book.get([pair]) == [1]  # bought in an earlier epoch, when the policy was unsure
+    margins = torch.tensor([-2.0])  # now sure (|m| > gamma) that b is better: the rule says sign(m) = -1
+
+    def target_and_weight(**reuse):
+        active = dpo.ActiveSettings(gamma=1.0, pseudo_label=mode, **reuse)
+        objective = dpo.PreferenceObjective(dpo.DPOSettings(), active, [pair], book, {})
+        targets, weights = active_targets(margins, objective._labels([pair], margins), mode)
+        return targets.item(), weights.item()
+
+    assert target_and_weight() == {"flip": (-1.0, 1.0), "drop": (-1.0, 0.0)}[mode]  # the rule decides
+    assert target_and_weight(reuse_labels=True) == (1.0, 1.0)  # the option: the label bought earlier
+    assert book.queries_used == 1
+
+
 def test_preference_metrics_counts_ties_half():
     gold = [1, -1, 1]
     policy = [(-1.0, -2.0), (-1.0, -2.0), (-3.0, -3.0)]

@@ -108,6 +108,12 @@ class ActiveSettings(Settings):
     pseudo_label: Literal["flip", "drop"] = Field(
         default="flip", description="Confident pairs: train on sign(m) (flip), or skip them (drop)."
     )
+    reuse_labels: bool = Field(
+        default=False,
+        description="A confident pair whose label was bought earlier (an unsure pair in an earlier "
+        "epoch) trains on that label instead of sign(m) (flip) or being skipped (drop). Off: the rule "
+        "alone decides, as in the reference.",
+    )
 
 
 class DPOConfig(RecipeConfig):
@@ -341,8 +347,9 @@ class PreferenceObjective:
         return (weights * losses).sum() / len(losses)
 
     def _labels(self, pairs: list[PreferencePair], margins: torch.Tensor) -> torch.Tensor:
-        """Known labels (cached, or asked for now where the rule says so; 0 if the budget is spent), NaN
-        where the policy labels the pair itself."""
+        """The labels of the pairs the rule asks about (from the cache, or bought now; 0 if the budget is
+        spent), NaN where the policy labels the pair itself (a label bought earlier with
+        `active.reuse_labels`)."""
         ask = (
             select_queries(margins, self.active.gamma)
             if self.active
@@ -350,12 +357,13 @@ class PreferenceObjective:
         )
         asked = [p for p, a in zip(pairs, ask.tolist(), strict=True) if a]
         answers = dict(zip([p.id for p in asked], self.book.get(asked), strict=True))
+        reuse = self.active is not None and self.active.reuse_labels
         labels = []
         for pair in pairs:
             if pair.id in answers:
                 labels.append(answers[pair.id] if answers[pair.id] is not None else 0)
             else:
-                cached = self.book.labels.get(pair.id)
+                cached = self.book.labels.get(pair.id) if reuse else None
                 labels.append(float("nan") if cached is None else cached)
         return torch.tensor(labels, dtype=torch.float32)
 
