@@ -141,16 +141,51 @@ def test_collate_pairs_puts_all_a_sides_then_b_sides(tiny_path):
     assert batch["attention_mask"][4].sum().item() == n
 
 
-def test_tokenize_pairs_drops_pairs_longer_than_max_length(tiny_path):
+def test_tokenize_pairs_drops_pairs_longer_than_max_length_when_asked(tiny_path):
     tok = tokenizer(tiny_path)
     pairs = [
         PreferencePair(id="short", prompt="Topic: ocean. Words:", a=" salt", b=" wave", label=1),
         PreferencePair(id="long", prompt="Topic: ocean. Words:", a=" salt" * 80, b=" wave", label=1),
     ]
-    rows = tokenize_pairs(pairs, tok, 32)
+    rows = tokenize_pairs(pairs, tok, 32, overlong="drop")
     assert [r["index"] for r in rows] == [0]
     with pytest.raises(DataError, match="all 2 pairs are longer than max_length=4 tokens"):
-        tokenize_pairs(pairs, tok, 4)
+        tokenize_pairs(pairs, tok, 4, overlong="drop")
+
+
+def test_an_overlong_pair_is_truncated_as_trl_does_and_counted(tmp_path, tiny_path):
+    """As TRL's DPOTrainer (the reference's trainer.py): the prompt keeps its last max_prompt_length
+    tokens, then prompt + response keeps its first max_length tokens."""
+    tok = tokenizer(tiny_path)
+    prompt = "Topic: ocean. Words: salt wave tide sand. Topic: ocean. Words:"
+    long = PreferencePair(id="long", prompt=prompt, a=" salt" * 30, b=" wave", label=1)
+    short = PreferencePair(id="short", prompt="Topic: ocean. Words:", a=" salt", b=" wave", label=1)
+    a_ids, a_labels = completion_row(tok, prompt, long.a)
+    b_ids, b_labels = completion_row(tok, prompt, long.b)
+    start = next(i for i, label in enumerate(a_labels) if label != IGNORE)
+    assert start == next(i for i, label in enumerate(b_labels) if label != IGNORE)
+    assert start > 6 and len(a_ids) - start > 20 and len(b_ids) - start < 10
+
+    (row,) = tokenize_pairs([long], tok, max_length=16, max_prompt_length=6)
+    assert row["truncated"] and row["index"] == 0
+    assert row["a"]["input_ids"] == a_ids[start - 6 : start + 10]  # the prompt's end, the response's start
+    assert row["a"]["labels"] == [IGNORE] * 6 + a_ids[start : start + 10]
+    assert row["b"]["input_ids"] == b_ids[start - 6 :]  # short enough once its prompt is cut
+    assert row["b"]["labels"] == [IGNORE] * 6 + b_ids[start:]
+    (row,) = tokenize_pairs([long], tok, max_length=start + 1)  # no prompt limit: one response token
+    assert row["a"]["input_ids"] == a_ids[: start + 1] and row["a"]["labels"][-1] == a_ids[start]
+    # a pair whose prompt alone fills max_length has no response token left: left out
+    assert [r["index"] for r in tokenize_pairs([long, short], tok, max_length=start)] == [1]
+    assert not tokenize_pairs([short], tok, max_length=16)[0]["truncated"]
+
+    # the train stage keeps it and counts it (before issue 23 it was dropped)
+    path = tmp_path / "pairs.jsonl"
+    pairs = [*dpo.WordPreferenceTask().pairs(15, 0), long]
+    path.write_text("".join(p.model_dump_json() + "\n" for p in pairs))
+    method = run(recipe(tmp_path, tiny_path, train_data={"path": str(path)}, train={"epochs": 1}))
+    method.train()
+    (data,) = [r for r in method.store.metrics() if r["stage"] == "train/data"]
+    assert (data["pairs"], data["truncated"], data["dropped"]) == (16, 1, 0)
 
 
 # ---- end to end ----------------------------------------------------------------------------------------

@@ -133,6 +133,18 @@ class DPOConfig(RecipeConfig):
     dpo: DPOSettings = Field(default_factory=DPOSettings, description="Loss and reference.")
     train: TrainSettings = Field(default_factory=TrainSettings, description="Optimization.")
     score_batch_size: int = Field(default=16, gt=0, description="Pairs per batch when scoring without grad.")
+    max_prompt_length: int | None = Field(
+        default=None,
+        gt=0,
+        description="A longer prompt keeps its last this many tokens (TRL's keep_end); None: no limit "
+        "beyond train.max_length.",
+    )
+    overlong: Literal["truncate", "drop"] = Field(
+        default="truncate",
+        description="A pair with a side longer than train.max_length: cut that side at its end, as TRL does "
+        "(truncate), or leave the pair out (drop). Either way the count is logged (`train/data`), and a "
+        "pair whose prompt leaves no room for a response is left out.",
+    )
 
 
 class ActiveDPOConfig(DPOConfig):
@@ -205,7 +217,15 @@ class PreferenceLearning(Method):
         pairs = cfg.train_data.load("train")
         model, tokenizer = load_policy(self._settings(self.base_model_path()), trainable=True, seed=cfg.seed)
         disable_dropout(model)
-        rows = tokenize_pairs(pairs, tokenizer, cfg.train.max_length)
+        rows = self.tokenize(pairs, tokenizer)
+        self.store.log_metrics(
+            "train/data",
+            {
+                "pairs": len(pairs),
+                "truncated": sum(r["truncated"] for r in rows),
+                "dropped": len(pairs) - len(rows),
+            },
+        )
         reference = self._reference(model, tokenizer, pairs, rows, folder)
         book = LabelBook(
             build_labeler(cfg.labeler, cfg.seed, self.replies("labeler")), labels, cfg.query_budget
@@ -224,6 +244,11 @@ class PreferenceLearning(Method):
         if process_state().is_main_process:
             book.check()  # a run in which no label was usable fails, even one too short for the early check
         return final
+
+    def tokenize(self, pairs: list[PreferencePair], tokenizer) -> list[dict]:
+        """The pairs as rows, truncated (or dropped) to the recipe's lengths; see `tokenize_pairs`."""
+        cfg = self.config
+        return tokenize_pairs(pairs, tokenizer, cfg.train.max_length, cfg.max_prompt_length, cfg.overlong)
 
     def reference_path(self) -> str:
         """The reference model: `dpo.reference_model`, or else the starting policy."""
@@ -259,7 +284,7 @@ class PreferenceLearning(Method):
         if any(p.label is None for p in pairs):
             raise DataError("eval_data must be labeled (chosen/rejected, or a label on each pair)")
         model, tokenizer = load_policy(self._settings(self.reference_path()))
-        rows = tokenize_pairs(pairs, tokenizer, cfg.train.max_length)
+        rows = self.tokenize(pairs, tokenizer)
         reference = self.reference_logprobs(
             model, tokenizer, pairs, rows, folder / "reference_logprobs.jsonl"
         )
