@@ -94,6 +94,25 @@ def test_preference_metrics_counts_ties_half():
     assert m["reward_margin"] == pytest.approx((1 - 1 + 0) / 3)
 
 
+# ---- the synthetic task --------------------------------------------------------------------------------
+
+
+def test_word_task_with_more_words_adds_made_up_ones_and_keeps_its_rule():
+    from feedlearn.tasks.word_preferences import WORDS
+
+    assert dpo.WordPreferenceTask(topics=2).vocabulary() == WORDS
+    task = dpo.WordPreferenceTask(topics=2, words=200)
+    vocabulary = task.vocabulary()
+    assert len(set(vocabulary)) == 200 and vocabulary[:50] == WORDS
+    assert len(task.values()) == 2 * 200
+    pairs = task.pairs(300, 0)
+    used = {w for p in pairs for side in (p.a, p.b) for w in side.split()}
+    assert used <= set(vocabulary) and used - set(WORDS)  # made-up words are drawn too
+    for p in pairs:  # the preferred response is worth more, by at least min_gap
+        topic = p.prompt.split()[1].rstrip(".")
+        assert task.score(topic, p.a) - task.score(topic, p.b) >= task.min_gap
+
+
 # ---- tokenization --------------------------------------------------------------------------------------
 
 
