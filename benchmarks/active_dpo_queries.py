@@ -382,9 +382,8 @@ def plot(result: dict, path: Path) -> None:
     ax.set_xlabel(f"preference labels paid for (pool of {settings['pool']})")
     ax.set_ylabel(f"held-out preference accuracy (%), {settings['split']}")
     seeds = len(settings["seeds"])
-    ax.set_title(
-        f"Active DPO against random subsets: {settings['topics']} topics, mean ± SE of {seeds} seeds"
-    )
+    task = f"{settings['topics']} topics x {settings['words']} words"
+    ax.set_title(f"Active DPO against random subsets ({task}): mean ± SE of {seeds} seeds", fontsize=10)
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
