@@ -338,6 +338,7 @@ def plot(result: dict, path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FixedLocator, NullLocator
 
     summary, settings = result["summary"], result["settings"]
     fig, ax = plt.subplots(figsize=(7, 4.5))
@@ -363,7 +364,7 @@ def plot(result: dict, path: Path) -> None:
                 f"Γ={a['gamma']}",
                 (a["labels"]["mean"], a["accuracy"]["mean"]),
                 textcoords="offset points",
-                xytext=(5, -11),
+                xytext=(4, 5),
                 fontsize=8,
                 color=color,
             )
@@ -379,13 +380,17 @@ def plot(result: dict, path: Path) -> None:
         label=f"Active DPO's drop rule on the random {rule['fraction']:.0%} subset, Γ={rule['gamma']}",
     )
     ax.set_xscale("log")
+    ax.xaxis.set_major_locator(FixedLocator(labels))  # the subsets' sizes, written out
+    ax.xaxis.set_major_formatter("{x:.0f}")
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.set_xlim(labels[0] / 1.2, labels[-1] * 1.3)
     ax.set_xlabel(f"preference labels paid for (pool of {settings['pool']})")
     ax.set_ylabel(f"held-out preference accuracy (%), {settings['split']}")
     seeds = len(settings["seeds"])
     task = f"{settings['topics']} topics x {settings['words']} words"
     ax.set_title(f"Active DPO against random subsets ({task}): mean ± SE of {seeds} seeds", fontsize=10)
     ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="upper left")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
