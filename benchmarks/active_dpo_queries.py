@@ -19,7 +19,7 @@ curve's at the same number of labels (interpolated in log labels between the sub
 seed, then the mean and its standard error over seeds.
 
     OMP_NUM_THREADS=1 python benchmarks/active_dpo_queries.py --out bench_out/active_dpo --jobs 2
-        # the reported numbers: 3 seeds, 33 runs, about 30 minutes on 2 cores
+        # the reported numbers: 3 seeds, 33 runs, about 15 minutes on 2 idle cores
     python benchmarks/active_dpo_queries.py --out /tmp/smoke --quick      # a smoke test, about a minute
 
 Writes `OUT/result.json` (every run, and the summary over seeds) and `OUT/queries.png`. Finished runs are
