@@ -1,51 +1,79 @@
-"""Query efficiency of Active DPO against DPO on all labels and DPO on random subsets, offline.
+"""Query efficiency of Active DPO: its accuracy against the labels it paid for, beside the curve that random
+subsets of the labels draw, over several seeds, offline.
 
-The task (`feedlearn.tasks.word_preferences`) has a hidden rule the oracle labeler knows: each topic likes
-some words, and the response whose words are worth more is preferred. One tiny model, built once, starts
-every run. Runs:
-- DPO on every pair of the pool (one query per pair);
-- Active DPO for several gamma values, asking only where |m| <= gamma, and elsewhere training on its own
-  label (`flip`) or skipping the pair (`drop`);
-- DPO on a random subset as large as each Active DPO run's queries, trained for as many optimizer steps
-  as the full run (the subset's epochs scaled up), so it gets every chance to catch up.
-Each run is scored by held-out preference accuracy against the hidden rule.
+The task (`feedlearn.tasks.word_preferences`) has a hidden rule the oracle labeler knows: each of 2 topics
+gives each of 200 words a value, and the response whose words are worth more is preferred. A tiny model
+must learn the 400 values from the labels, so its held-out accuracy still grows with labels up to the
+whole pool of 6400: the regime where choosing which labels to pay for can show (or fail to show) an
+effect. Per seed (the seed draws the pool, the tiny model's initial weights, the data order and the
+subsets), every run trains for the same 400 optimizer steps (4 epochs over the pool, batch 64):
+- DPO on random subsets of the pool (5, 10, 20, 50 and 100% of it, nested), the subset's epochs scaled up
+  to the pool's steps: the random curve;
+- Active DPO over the pool for several gammas, asking only where |m| <= gamma, and elsewhere training on
+  its own label (`flip`, the paper's rule) or skipping the pair (`drop`);
+- a control: Active DPO's `drop` rule on the random 50% subset, to tell the labels it chooses from the
+  pairs it skips.
+Every run of every seed is scored on the same held-out pairs (test, or with `--split validation` another
+draw, used to choose the settings), so arms are compared paired: Active DPO's accuracy minus the random
+curve's at the same number of labels (interpolated in log labels between the subsets around it), per
+seed, then the mean and its standard error over seeds.
 
-    python benchmarks/active_dpo_queries.py --out bench_out/active_dpo        # about 8 minutes on 2 cores
-    python benchmarks/active_dpo_queries.py --out /tmp/smoke --quick          # a smoke test, seconds
-    python benchmarks/active_dpo_queries.py --out bench_out/adpo_warm --topics 8 --pool 8000 --warm-topics 4
-                                     # other regimes: fewer labels, a model that knows part of the task
+    OMP_NUM_THREADS=1 python benchmarks/active_dpo_queries.py --out bench_out/active_dpo --jobs 2
+        # the reported numbers: 3 seeds, 33 runs, about 15 minutes on 2 idle cores
+    python benchmarks/active_dpo_queries.py --out /tmp/smoke --quick      # a smoke test, about a minute
 
-Writes `OUT/result.json` ({"dpo": {...}, "active": [...], "random_subset": [...]}) and `OUT/queries.png`.
+Writes `OUT/result.json` (every run, and the summary over seeds) and `OUT/queries.png`. Finished runs are
+kept in `OUT/runs` and reused by a rerun with the same `--out` (start from an empty folder after a change).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import random
+import multiprocessing
+import statistics
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 from feedlearn.data.jsonl import write_json_atomic, write_jsonl_atomic
 from feedlearn.data.store import open_run
 from feedlearn.methods.dpo import ActiveDPOConfig, DPOConfig, PreferenceLearning
 
-PSEUDO_LABELS = ("flip", "drop")
-"""What Active DPO does with the pairs it is sure of: train on its own label, or skip them."""
-FULL = {"pool": 32000, "eval": 2000, "gammas": [1.0, 1.5, 2.0, 3.0], "topics": 2, "epochs": 1, "tiny": {}}
-QUICK = {
-    "pool": 256,
-    "eval": 64,
-    "gammas": [1.0],
+FULL = {
+    "pool": 6400,
+    "eval": 2000,
     "topics": 2,
+    "words": 200,
+    "epochs": 4,
+    "batch": 64,
+    "lr": 3e-3,
+    "fractions": [0.05, 0.1, 0.2, 0.5, 1.0],
+    "active": {"flip": [1.0, 2.0], "drop": [0.1, 0.25, 0.5]},
+    "control": {"fraction": 0.5, "gamma": 0.25},
+    "seeds": [0, 1, 2],
+    "tiny": {},
+}
+QUICK = {
+    "pool": 320,
+    "eval": 64,
+    "topics": 2,
+    "words": 50,
     "epochs": 1,
+    "batch": 16,
+    "lr": 1e-3,
+    "fractions": [0.1, 0.5, 1.0],
+    "active": {"flip": [1.0], "drop": [1.0]},
+    "control": {"fraction": 0.5, "gamma": 1.0},
+    "seeds": [0, 1],
     "tiny": {"hidden_size": 32, "intermediate_size": 64, "num_layers": 1, "num_heads": 2},
 }
+EVAL_SEEDS = {"test": 1, "validation": 2}
+"""The draw of held-out pairs per split (both from the pairs no training pool can draw)."""
 
 
-def base_config(out: Path, settings: dict, seed: int) -> dict:
-    task = {"topics": settings["topics"]}
+def base_config(out: Path, settings: dict, seed: int, split: str) -> dict:
+    task = {"topics": settings["topics"], "words": settings["words"]}
     return {
         "seed": seed,
         "run_dir": str(out / "runs"),
@@ -57,24 +85,27 @@ def base_config(out: Path, settings: dict, seed: int) -> dict:
             "num_heads": 4,
             **settings["tiny"],
         },
-        "train_data": {"synthetic": {"n": settings["pool"], "seed": 0, "task": task}},
-        "eval_data": {"synthetic": {"n": settings["eval"], "seed": 1, "task": task}},
+        "train_data": {"synthetic": {"n": settings["pool"], "seed": seed, "task": task}},
+        "eval_data": {"synthetic": {"n": settings["eval"], "seed": EVAL_SEEDS[split], "task": task}},
         "dpo": {"beta": 0.1},
         "train": {
-            "learning_rate": 1e-3,
+            "learning_rate": settings["lr"],
             "lr_schedule": "cosine",
             "warmup_ratio": 0.05,
             "epochs": settings["epochs"],
-            "batch_size": 16,
+            "batch_size": settings["batch"],
             "grad_accum": 1,
             "max_length": 64,
-            "checkpoint_every": 10_000,
+            "checkpoint_every": 100_000,
         },
     }
 
 
-def run(config: DPOConfig, run_id: str) -> dict:
-    """Train and evaluate one run; its queries, accuracy and wall time."""
+def run(job: tuple[str, dict]) -> dict:
+    """Train and evaluate one run (a finished one is only evaluated again): its labels, accuracy, wall time
+    and, for Active DPO, how its queries and pseudo-labels went."""
+    run_id, raw = job
+    config = (ActiveDPOConfig if "active" in raw else DPOConfig).model_validate(raw)
     started = time.perf_counter()
     method = PreferenceLearning(
         config, open_run(config.run_dir, run_id, config.model_dump(mode="json")), False
@@ -82,125 +113,284 @@ def run(config: DPOConfig, run_id: str) -> dict:
     method.train()
     metrics = method.evaluate()
     result = {
-        "queries": metrics["queries_used"],
+        "run": run_id,
+        "labels": metrics["queries_used"],
         "accuracy": metrics["preference_accuracy"],
         "seconds": round(time.perf_counter() - started, 1),
     }
-    print(f"{run_id:>24}: {result}", flush=True)
+    if "active" in raw:
+        result |= query_trace(method)
+    print(f"{run_id:>28}: {result['labels']:>6} labels, {result['accuracy']:.2f}%", flush=True)
     return result
+
+
+def query_trace(method: PreferenceLearning) -> dict:
+    """Labels paid for by each quarter of the epoch, and how often the pseudo-labels agreed with the
+    oracle (the share of all pseudo-labels of the run)."""
+    steps = [r for r in method.store.metrics() if r["stage"] == "train" and r["step"] is not None]
+    quarters = [steps[max(0, round(len(steps) * q / 4) - 1)]["queries_used"] for q in (1, 2, 3, 4)]
+    pseudo = sum(r["pseudo_labels"] for r in steps)
+    agree = sum(r["pseudo_labels"] * r.get("pseudo_label_agreement", 0.0) for r in steps)
+    return {"labels_by_quarter": quarters, "pseudo_label_agreement": agree / pseudo if pseudo else None}
+
+
+def jobs_of_seed(out: Path, settings: dict, seed: int, split: str) -> list[tuple[str, dict]]:
+    """Every run of one seed, from one tiny model built here (once per seed)."""
+    config = base_config(out, settings, seed, split)
+    model_path = PreferenceLearning(DPOConfig.model_validate(config), None, False).base_model_path()
+    config["model"] = {"path": model_path}
+    pool = DPOConfig.model_validate(config).train_data.load("train")
+    order = subset_order(len(pool), seed)
+    jobs, subsets = [], {}
+    for fraction in settings["fractions"]:
+        size = round(fraction * len(pool))
+        path = out / "data" / f"seed{seed}-random-{size}.jsonl"
+        write_jsonl_atomic(path, [pool[i] for i in order[:size]])
+        epochs = settings["epochs"] * round(len(pool) / size)  # the same optimizer steps as the pool's
+        train = {**config["train"], "epochs": epochs}
+        subsets[fraction] = {**config, "train_data": {"path": str(path)}, "train": train}
+        jobs.append((f"s{seed}-random-{size}", subsets[fraction]))
+    for mode, gammas in settings["active"].items():
+        for gamma in gammas:
+            active = {"gamma": gamma, "pseudo_label": mode}
+            jobs.append((f"s{seed}-active-{mode}-g{gamma}", {**config, "active": active}))
+    control = settings["control"]
+    subset = subsets[control["fraction"]]
+    active = {"gamma": control["gamma"], "pseudo_label": "drop"}
+    jobs.append((f"s{seed}-{control_arm(settings)}", {**subset, "active": active}))
+    return jobs
+
+
+def control_arm(settings: dict) -> str:
+    """The name of the control run: the drop rule on a random subset."""
+    control = settings["control"]
+    return f"random-{round(control['fraction'] * settings['pool'])}-drop-g{control['gamma']}"
+
+
+def subset_order(n: int, seed: int) -> list[int]:
+    """The seed's order of the pool; each random subset is a prefix of it (the subsets are nested)."""
+    import random
+
+    order = list(range(n))
+    random.Random(seed).shuffle(order)
+    return order
+
+
+def check_steps(settings: dict) -> None:
+    """Each subset must get exactly the full run's optimizer steps: its size times its epochs is the pool,
+    in whole batches."""
+    for fraction in settings["fractions"]:
+        size = round(fraction * settings["pool"])
+        if size % settings["batch"] or size * round(settings["pool"] / size) != settings["pool"]:
+            raise SystemExit(f"subset of {size} pairs: choose a pool and fractions that give whole batches")
+
+
+def interpolate(points: list[tuple[float, float]], x: float) -> float | None:
+    """The random curve (labels, accuracy) at `x` labels, linear in log labels; None outside it."""
+    points = sorted(points)
+    if not points[0][0] <= x <= points[-1][0]:
+        return None
+    for (x0, y0), (x1, y1) in zip(points, points[1:], strict=False):
+        if x0 <= x <= x1:
+            t = 0.0 if x1 == x0 else (math.log(x) - math.log(x0)) / (math.log(x1) - math.log(x0))
+            return y0 + t * (y1 - y0)
+    return points[-1][1]
+
+
+def mean_se(values: list[float]) -> dict:
+    """Mean and standard error (n - 1 in the variance) over seeds."""
+    mean = statistics.fmean(values)
+    se = statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else float("nan")
+    return {"mean": round(mean, 3), "se": round(se, 3), "n": len(values), "values": values}
+
+
+def summarize(runs: dict[int, dict[str, dict]], settings: dict) -> dict:
+    """Per arm over seeds: labels and accuracy (mean, SE); for Active DPO also the random curve's accuracy
+    at its labels and the paired difference."""
+    seeds = sorted(runs)
+    random_arms = [f"random-{round(f * settings['pool'])}" for f in settings["fractions"]]
+    summary = {"random": [], "active": []}
+    for arm in random_arms:
+        rows = [runs[s][arm] for s in seeds]
+        summary["random"].append(
+            {
+                "arm": arm,
+                "labels": rows[0]["labels"],
+                "accuracy": mean_se([r["accuracy"] for r in rows]),
+            }
+        )
+    for mode, gammas in settings["active"].items():
+        for gamma in gammas:
+            arm = f"active-{mode}-g{gamma}"
+            rows, curve, diffs = [runs[s][arm] for s in seeds], [], []
+            for s, r in zip(seeds, rows, strict=True):
+                at = interpolate(
+                    [(runs[s][a]["labels"], runs[s][a]["accuracy"]) for a in random_arms], r["labels"]
+                )
+                curve.append(at)
+                if at is not None:
+                    diffs.append(round(r["accuracy"] - at, 3))
+            agreement = [
+                r["pseudo_label_agreement"] for r in rows if r.get("pseudo_label_agreement") is not None
+            ]
+            summary["active"].append(
+                {
+                    "arm": arm,
+                    "pseudo_label": mode,
+                    "gamma": gamma,
+                    "labels": mean_se([r["labels"] for r in rows]),
+                    "accuracy": mean_se([r["accuracy"] for r in rows]),
+                    "random_at_same_labels": mean_se([c for c in curve if c is not None]) if diffs else None,
+                    "difference": mean_se(diffs) if diffs else None,
+                    "pseudo_label_agreement": round(statistics.fmean(agreement), 4) if agreement else None,
+                }
+            )
+    arm = control_arm(settings)
+    plain = f"random-{round(settings['control']['fraction'] * settings['pool'])}"
+    rows = [runs[s][arm] for s in seeds]
+    summary["control"] = {
+        "arm": arm,
+        "labels": mean_se([r["labels"] for r in rows]),
+        "accuracy": mean_se([r["accuracy"] for r in rows]),
+        "difference_to_plain_subset": mean_se(
+            [round(runs[s][arm]["accuracy"] - runs[s][plain]["accuracy"], 3) for s in seeds]
+        ),
+    }
+    return summary
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", required=True, help="folder for result.json, queries.png and the runs")
-    parser.add_argument("--quick", action="store_true", help="a tiny smoke test (seconds)")
-    parser.add_argument("--seed", type=int, default=0, help="seeds model init, data order and subsets")
-    parser.add_argument("--topics", type=int, help="topics of the hidden rule (more: harder; default 2)")
+    parser.add_argument("--quick", action="store_true", help="a tiny smoke test (about a minute)")
+    parser.add_argument("--seeds", type=int, nargs="+", help="seeds to run (default: 0 1 2)")
     parser.add_argument(
-        "--pool", type=int, help="labeled pairs in the pool (fewer: label-limited; default 32000)"
+        "--split",
+        choices=sorted(EVAL_SEEDS),
+        default="test",
+        help="held-out pairs to score on: test (reported) or validation (to choose settings on)",
     )
-    parser.add_argument(
-        "--warm-topics",
-        type=int,
-        default=0,
-        help="first teach the model the rule of this many topics (DPO on a separate pool), so that, as a "
-        "pretrained model would, it starts knowing part of the task (default 0: it starts knowing nothing)",
-    )
+    parser.add_argument("--topics", type=int, help="topics of the hidden rule (default 2)")
+    parser.add_argument("--words", type=int, help="words responses draw from (more: harder; default 200)")
+    parser.add_argument("--pool", type=int, help="labeled pairs in the pool (default 6400)")
+    parser.add_argument("--jobs", type=int, default=1, help="runs at once, one process each (default 1)")
     args = parser.parse_args()
     out = Path(args.out)
     settings = dict(QUICK if args.quick else FULL)
-    if args.topics:
-        settings["topics"] = args.topics
-    if args.pool:
-        settings["pool"] = args.pool
+    for key in ("seeds", "topics", "words", "pool"):
+        if getattr(args, key):
+            settings[key] = getattr(args, key)
+    check_steps(settings)
     started = time.perf_counter()
 
-    config = base_config(out, settings, args.seed)
-    model_path = PreferenceLearning(DPOConfig.model_validate(config), None, False).base_model_path()
-    config["model"] = {"path": model_path}  # every run starts from the same tiny model
-    if args.warm_topics:
-        warm = {
-            **config,
-            "run_dir": str(out / "warm"),
-            "train_data": {
-                "synthetic": {"n": settings["pool"], "seed": 5, "task": {"topics": args.warm_topics}}
-            },
-        }
-        warm_run = PreferenceLearning(
-            DPOConfig.model_validate(warm), open_run(warm["run_dir"], "warm-start", warm), False
-        )
-        config["model"] = {"path": str(warm_run.train())}
-        settings["warm_topics"] = args.warm_topics
-
-    dpo = run(DPOConfig.model_validate(config), "dpo")
-    active = []
-    for mode in PSEUDO_LABELS:
-        for gamma in settings["gammas"]:
-            active_config = {**config, "active": {"gamma": gamma, "pseudo_label": mode}}
-            result = run(ActiveDPOConfig.model_validate(active_config), f"active-{mode}-g{gamma}")
-            active.append({"gamma": gamma, "pseudo_label": mode, **result})
-
-    pool = DPOConfig.model_validate(config).train_data.load("train")
-    order = list(range(len(pool)))
-    random.Random(args.seed).shuffle(order)
-    subsets = []
-    for a in active:
-        size = a["queries"]
-        path = out / "data" / f"random-{size}.jsonl"
-        write_jsonl_atomic(path, [pool[i] for i in order[:size]])
-        epochs = max(1, math.ceil(settings["epochs"] * len(pool) / size))  # at least the full run's steps
-        subset = {**config, "train_data": {"path": str(path)}, "train": {**config["train"], "epochs": epochs}}
-        subsets.append(run(DPOConfig.model_validate(subset), f"random-{size}"))
+    jobs = [
+        (seed, job) for seed in settings["seeds"] for job in jobs_of_seed(out, settings, seed, args.split)
+    ]
+    with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        results = list(pool.map(run, [job for _, job in jobs]))
+    runs: dict[int, dict[str, dict]] = {}
+    for (seed, _), result in zip(jobs, results, strict=True):
+        runs.setdefault(seed, {})[result["run"].split("-", 1)[1]] = result
 
     result = {
-        "dpo": dpo,
-        "active": active,
-        "random_subset": subsets,
-        "settings": {**settings, "seed": args.seed, "lr": config["train"]["learning_rate"]},
+        "summary": summarize(runs, settings),
+        "runs": {str(seed): arms for seed, arms in runs.items()},
+        "settings": {**settings, "split": args.split, "jobs": args.jobs},
         "seconds": round(time.perf_counter() - started, 1),
     }
     write_json_atomic(out / "result.json", result)
     plot(result, out / "queries.png")
-    print(json.dumps(result, indent=2))
+    print(table(result["summary"]))
+    print(f"{result['seconds'] / 60:.1f} minutes")
+
+
+def table(summary: dict) -> str:
+    """The summary as a markdown table: mean ± SE over seeds."""
+
+    def cell(stat: dict | None, sign: str = "") -> str:
+        return "" if stat is None else f"{stat['mean']:{sign}.2f} ± {stat['se']:.2f}"
+
+    lines = [
+        "| run | labels | accuracy (%) | random subsets at as many labels | difference (paired) |",
+        "|---|---|---|---|---|",
+    ]
+    for r in summary["random"]:
+        lines.append(f"| DPO, {r['arm']} | {r['labels']} | {cell(r['accuracy'])} | | |")
+    control = summary["control"]
+    labels, diff = control["labels"], cell(control["difference_to_plain_subset"], "+")
+    lines.append(
+        f"| control: {control['arm']} | {labels['mean']:.0f} ± {labels['se']:.0f} | "
+        f"{cell(control['accuracy'])} | (against the plain subset:) | {diff} |"
+    )
+    for a in summary["active"]:
+        lines.append(
+            f"| Active DPO, {a['pseudo_label']}, gamma {a['gamma']} | {a['labels']['mean']:.0f} ± "
+            f"{a['labels']['se']:.0f} | {cell(a['accuracy'])} | {cell(a['random_at_same_labels'])} | "
+            f"{cell(a['difference'], '+')} |"
+        )
+    return "\n".join(lines)
 
 
 def plot(result: dict, path: Path) -> None:
-    """Held-out accuracy against queries used, one marker per run."""
+    """Held-out accuracy against labels paid for: the random curve (mean and SE over seeds) and each
+    Active DPO mode's gammas (mean and SE of both labels and accuracy)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FixedLocator, NullLocator
 
-    fig, ax = plt.subplots(figsize=(6, 4))
-    dpo = result["dpo"]
-    ax.axhline(dpo["accuracy"], color="C0", ls="--", alpha=0.6)
-    ax.plot(dpo["queries"], dpo["accuracy"], "s", color="C0", ms=8, label="DPO, all labels")
-    for color, mode in zip(("C1", "C3"), PSEUDO_LABELS, strict=True):
-        runs = [a for a in result["active"] if a["pseudo_label"] == mode]
-        ax.plot(
-            [a["queries"] for a in runs],
-            [a["accuracy"] for a in runs],
-            "o-",
+    summary, settings = result["summary"], result["settings"]
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    labels = [r["labels"] for r in summary["random"]]
+    mean = [r["accuracy"]["mean"] for r in summary["random"]]
+    se = [r["accuracy"]["se"] for r in summary["random"]]
+    ax.errorbar(labels, mean, yerr=se, fmt="^-", color="C2", capsize=3, label="DPO, random subset")
+    ax.axhline(mean[-1], color="C2", ls=":", alpha=0.5)
+    for color, mode in zip(("C1", "C3"), settings["active"], strict=False):
+        arms = [a for a in summary["active"] if a["pseudo_label"] == mode]
+        ax.errorbar(
+            [a["labels"]["mean"] for a in arms],
+            [a["accuracy"]["mean"] for a in arms],
+            xerr=[a["labels"]["se"] for a in arms],
+            yerr=[a["accuracy"]["se"] for a in arms],
+            fmt="o-",
             color=color,
+            capsize=3,
             label=f"Active DPO, {mode}",
         )
-        for a in runs:
+        for a in arms:
             ax.annotate(
-                f"Γ={a['gamma']}", (a["queries"], a["accuracy"]), textcoords="offset points", xytext=(4, -10)
+                f"Γ={a['gamma']}",
+                (a["labels"]["mean"], a["accuracy"]["mean"]),
+                textcoords="offset points",
+                xytext=(4, 5),
+                fontsize=8,
+                color=color,
             )
-    subsets = sorted(result["random_subset"], key=lambda s: s["queries"])
-    ax.plot(
-        [s["queries"] for s in subsets],
-        [s["accuracy"] for s in subsets],
-        "^-",
-        color="C2",
-        label="DPO, random subset",
+    control, rule = summary["control"], settings["control"]
+    ax.errorbar(
+        [control["labels"]["mean"]],
+        [control["accuracy"]["mean"]],
+        xerr=[control["labels"]["se"]],
+        yerr=[control["accuracy"]["se"]],
+        fmt="D",
+        color="k",
+        capsize=3,
+        label=f"Active DPO's drop rule on the random {rule['fraction']:.0%} subset, Γ={rule['gamma']}",
     )
-    ax.set_xlabel("preference labels queried")
-    ax.set_ylabel("held-out preference accuracy (%)")
-    ax.set_title("Active DPO: accuracy against labels paid for")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.set_xscale("log")
+    ax.xaxis.set_major_locator(FixedLocator(labels))  # the subsets' sizes, written out
+    ax.xaxis.set_major_formatter("{x:.0f}")
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.set_xlim(labels[0] / 1.2, labels[-1] * 1.3)
+    ax.set_xlabel(f"preference labels paid for (pool of {settings['pool']})")
+    ax.set_ylabel(f"held-out preference accuracy (%), {settings['split']}")
+    seeds = len(settings["seeds"])
+    task = f"{settings['topics']} topics x {settings['words']} words"
+    ax.set_title(f"Active DPO against random subsets ({task}): mean ± SE of {seeds} seeds", fontsize=10)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8, loc="upper left")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -64,6 +64,27 @@ def test_active_targets_query_flip_drop_and_no_preference():
     assert targets[[0, 4]].tolist() == [-1.0, 1.0]
 
 
+@pytest.mark.parametrize("mode", ["flip", "drop"])
+def test_a_confident_pair_follows_the_rule_even_with_a_label_bought_earlier(tmp_path, mode):
+    from feedlearn.feedback.label_book import LabelBook
+    from feedlearn.feedback.labelers import DatasetLabeler
+
+    book = LabelBook(DatasetLabeler(), tmp_path / "labels.jsonl")
+    pair = PreferencePair(id="p", prompt="x", a="y", b="z", label=1)
+    assert book.get([pair]) == [1]  # bought in an earlier epoch, when the policy was unsure
+    margins = torch.tensor([-2.0])  # now sure (|m| > gamma) that b is better: the rule says sign(m) = -1
+
+    def target_and_weight(**reuse):
+        active = dpo.ActiveSettings(gamma=1.0, pseudo_label=mode, **reuse)
+        objective = dpo.PreferenceObjective(dpo.DPOSettings(), active, [pair], book, {})
+        targets, weights = active_targets(margins, objective._labels([pair], margins), mode)
+        return targets.item(), weights.item()
+
+    assert target_and_weight() == {"flip": (-1.0, 1.0), "drop": (-1.0, 0.0)}[mode]  # the rule decides
+    assert target_and_weight(reuse_labels=True) == (1.0, 1.0)  # the option: the label bought earlier
+    assert book.queries_used == 1
+
+
 def test_preference_metrics_counts_ties_half():
     gold = [1, -1, 1]
     policy = [(-1.0, -2.0), (-1.0, -2.0), (-3.0, -3.0)]
@@ -71,6 +92,25 @@ def test_preference_metrics_counts_ties_half():
     m = preference_metrics(gold, policy, reference, beta=1.0)
     assert m["preference_accuracy"] == pytest.approx(100 * 1.5 / 3)
     assert m["reward_margin"] == pytest.approx((1 - 1 + 0) / 3)
+
+
+# ---- the synthetic task --------------------------------------------------------------------------------
+
+
+def test_word_task_with_more_words_adds_made_up_ones_and_keeps_its_rule():
+    from feedlearn.tasks.word_preferences import WORDS
+
+    assert dpo.WordPreferenceTask(topics=2).vocabulary() == WORDS
+    task = dpo.WordPreferenceTask(topics=2, words=200)
+    vocabulary = task.vocabulary()
+    assert len(set(vocabulary)) == 200 and vocabulary[:50] == WORDS
+    assert len(task.values()) == 2 * 200
+    pairs = task.pairs(300, 0)
+    used = {w for p in pairs for side in (p.a, p.b) for w in side.split()}
+    assert used <= set(vocabulary) and used - set(WORDS)  # made-up words are drawn too
+    for p in pairs:  # the preferred response is worth more, by at least min_gap
+        topic = p.prompt.split()[1].rstrip(".")
+        assert task.score(topic, p.a) - task.score(topic, p.b) >= task.min_gap
 
 
 # ---- tokenization --------------------------------------------------------------------------------------
@@ -120,16 +160,51 @@ def test_collate_pairs_puts_all_a_sides_then_b_sides(tiny_path):
     assert batch["attention_mask"][4].sum().item() == n
 
 
-def test_tokenize_pairs_drops_pairs_longer_than_max_length(tiny_path):
+def test_tokenize_pairs_drops_pairs_longer_than_max_length_when_asked(tiny_path):
     tok = tokenizer(tiny_path)
     pairs = [
         PreferencePair(id="short", prompt="Topic: ocean. Words:", a=" salt", b=" wave", label=1),
         PreferencePair(id="long", prompt="Topic: ocean. Words:", a=" salt" * 80, b=" wave", label=1),
     ]
-    rows = tokenize_pairs(pairs, tok, 32)
+    rows = tokenize_pairs(pairs, tok, 32, overlong="drop")
     assert [r["index"] for r in rows] == [0]
     with pytest.raises(DataError, match="all 2 pairs are longer than max_length=4 tokens"):
-        tokenize_pairs(pairs, tok, 4)
+        tokenize_pairs(pairs, tok, 4, overlong="drop")
+
+
+def test_an_overlong_pair_is_truncated_as_trl_does_and_counted(tmp_path, tiny_path):
+    """As TRL's DPOTrainer (the reference's trainer.py): the prompt keeps its last max_prompt_length
+    tokens, then prompt + response keeps its first max_length tokens."""
+    tok = tokenizer(tiny_path)
+    prompt = "Topic: ocean. Words: salt wave tide sand. Topic: ocean. Words:"
+    long = PreferencePair(id="long", prompt=prompt, a=" salt" * 30, b=" wave", label=1)
+    short = PreferencePair(id="short", prompt="Topic: ocean. Words:", a=" salt", b=" wave", label=1)
+    a_ids, a_labels = completion_row(tok, prompt, long.a)
+    b_ids, b_labels = completion_row(tok, prompt, long.b)
+    start = next(i for i, label in enumerate(a_labels) if label != IGNORE)
+    assert start == next(i for i, label in enumerate(b_labels) if label != IGNORE)
+    assert start > 6 and len(a_ids) - start > 20 and len(b_ids) - start < 10
+
+    (row,) = tokenize_pairs([long], tok, max_length=16, max_prompt_length=6)
+    assert row["truncated"] and row["index"] == 0
+    assert row["a"]["input_ids"] == a_ids[start - 6 : start + 10]  # the prompt's end, the response's start
+    assert row["a"]["labels"] == [IGNORE] * 6 + a_ids[start : start + 10]
+    assert row["b"]["input_ids"] == b_ids[start - 6 :]  # short enough once its prompt is cut
+    assert row["b"]["labels"] == [IGNORE] * 6 + b_ids[start:]
+    (row,) = tokenize_pairs([long], tok, max_length=start + 1)  # no prompt limit: one response token
+    assert row["a"]["input_ids"] == a_ids[: start + 1] and row["a"]["labels"][-1] == a_ids[start]
+    # a pair whose prompt alone fills max_length has no response token left: left out
+    assert [r["index"] for r in tokenize_pairs([long, short], tok, max_length=start)] == [1]
+    assert not tokenize_pairs([short], tok, max_length=16)[0]["truncated"]
+
+    # the train stage keeps it and counts it (before issue 23 it was dropped)
+    path = tmp_path / "pairs.jsonl"
+    pairs = [*dpo.WordPreferenceTask().pairs(15, 0), long]
+    path.write_text("".join(p.model_dump_json() + "\n" for p in pairs))
+    method = run(recipe(tmp_path, tiny_path, train_data={"path": str(path)}, train={"epochs": 1}))
+    method.train()
+    (data,) = [r for r in method.store.metrics() if r["stage"] == "train/data"]
+    assert (data["pairs"], data["truncated"], data["dropped"]) == (16, 1, 0)
 
 
 # ---- end to end ----------------------------------------------------------------------------------------
@@ -346,6 +421,29 @@ def test_live_reference_matches_precomputed(tmp_path, tiny_path):
             assert a["losses/loss"] == pytest.approx(b["losses/loss"], abs=1e-5)
     assert (tmp_path / "pre" / "runs" / "1" / "train" / "reference_logprobs.jsonl").exists()
     assert not (tmp_path / "live" / "runs" / "1" / "train" / "reference_logprobs.jsonl").exists()
+
+
+def test_margins_are_computed_without_dropout(tmp_path, tiny_path, monkeypatch):
+    """TRL's DPOTrainer disables dropout (the reference's too): the margins that decide Active DPO's queries
+    are the same on two forwards of the same pairs, LoRA dropout or not."""
+    margins, real_loss, real_margin = [], dpo.PreferenceObjective.loss, dpo.implicit_reward_margin
+
+    def recording(*args):
+        margins.append(real_margin(*args))
+        return margins[-1]
+
+    def twice(self, model, batch):
+        real_loss(self, model, batch)  # the same pairs, the same weights: the margins must agree
+        return real_loss(self, model, batch)
+
+    monkeypatch.setattr(dpo, "implicit_reward_margin", recording)
+    monkeypatch.setattr(dpo.PreferenceObjective, "loss", twice)
+    model = {"path": tiny_path, "lora": {"r": 4, "alpha": 8, "dropout": 0.5}}
+    run(recipe(tmp_path, tiny_path, active={"gamma": 0.05}, model=model, train={"epochs": 1})).train()
+    assert len(margins) == 2 * 12
+    for first, second in zip(margins[::2], margins[1::2], strict=True):
+        assert torch.equal(first, second)
+    assert margins[-1].abs().max() > 0  # the adapter has moved: with dropout the two would differ
 
 
 def test_unlabeled_pairs_need_a_labeler_other_than_the_dataset(tmp_path, tiny_path):

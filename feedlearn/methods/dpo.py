@@ -108,6 +108,12 @@ class ActiveSettings(Settings):
     pseudo_label: Literal["flip", "drop"] = Field(
         default="flip", description="Confident pairs: train on sign(m) (flip), or skip them (drop)."
     )
+    reuse_labels: bool = Field(
+        default=False,
+        description="A confident pair whose label was bought earlier (an unsure pair in an earlier "
+        "epoch) trains on that label instead of sign(m) (flip) or being skipped (drop). Off: the rule "
+        "alone decides, as in the reference.",
+    )
 
 
 class DPOConfig(RecipeConfig):
@@ -127,6 +133,18 @@ class DPOConfig(RecipeConfig):
     dpo: DPOSettings = Field(default_factory=DPOSettings, description="Loss and reference.")
     train: TrainSettings = Field(default_factory=TrainSettings, description="Optimization.")
     score_batch_size: int = Field(default=16, gt=0, description="Pairs per batch when scoring without grad.")
+    max_prompt_length: int | None = Field(
+        default=None,
+        gt=0,
+        description="A longer prompt keeps its last this many tokens (TRL's keep_end); None: no limit "
+        "beyond train.max_length.",
+    )
+    overlong: Literal["truncate", "drop"] = Field(
+        default="truncate",
+        description="A pair with a side longer than train.max_length: cut that side at its end, as TRL does "
+        "(truncate), or leave the pair out (drop). Either way the count is logged (`train/data`), and a "
+        "pair whose prompt leaves no room for a response is left out.",
+    )
 
 
 class ActiveDPOConfig(DPOConfig):
@@ -198,7 +216,16 @@ class PreferenceLearning(Method):
             return folder / "model"
         pairs = cfg.train_data.load("train")
         model, tokenizer = load_policy(self._settings(self.base_model_path()), trainable=True, seed=cfg.seed)
-        rows = tokenize_pairs(pairs, tokenizer, cfg.train.max_length)
+        disable_dropout(model)
+        rows = self.tokenize(pairs, tokenizer)
+        self.store.log_metrics(
+            "train/data",
+            {
+                "pairs": len(pairs),
+                "truncated": sum(r["truncated"] for r in rows),
+                "dropped": len(pairs) - len(rows),
+            },
+        )
         reference = self._reference(model, tokenizer, pairs, rows, folder)
         book = LabelBook(
             build_labeler(cfg.labeler, cfg.seed, self.replies("labeler")), labels, cfg.query_budget
@@ -217,6 +244,11 @@ class PreferenceLearning(Method):
         if process_state().is_main_process:
             book.check()  # a run in which no label was usable fails, even one too short for the early check
         return final
+
+    def tokenize(self, pairs: list[PreferencePair], tokenizer) -> list[dict]:
+        """The pairs as rows, truncated (or dropped) to the recipe's lengths; see `tokenize_pairs`."""
+        cfg = self.config
+        return tokenize_pairs(pairs, tokenizer, cfg.train.max_length, cfg.max_prompt_length, cfg.overlong)
 
     def reference_path(self) -> str:
         """The reference model: `dpo.reference_model`, or else the starting policy."""
@@ -252,7 +284,7 @@ class PreferenceLearning(Method):
         if any(p.label is None for p in pairs):
             raise DataError("eval_data must be labeled (chosen/rejected, or a label on each pair)")
         model, tokenizer = load_policy(self._settings(self.reference_path()))
-        rows = tokenize_pairs(pairs, tokenizer, cfg.train.max_length)
+        rows = self.tokenize(pairs, tokenizer)
         reference = self.reference_logprobs(
             model, tokenizer, pairs, rows, folder / "reference_logprobs.jsonl"
         )
@@ -340,8 +372,9 @@ class PreferenceObjective:
         return (weights * losses).sum() / len(losses)
 
     def _labels(self, pairs: list[PreferencePair], margins: torch.Tensor) -> torch.Tensor:
-        """Known labels (cached, or asked for now where the rule says so; 0 if the budget is spent), NaN
-        where the policy labels the pair itself."""
+        """The labels of the pairs the rule asks about (from the cache, or bought now; 0 if the budget is
+        spent), NaN where the policy labels the pair itself (a label bought earlier with
+        `active.reuse_labels`)."""
         ask = (
             select_queries(margins, self.active.gamma)
             if self.active
@@ -349,12 +382,13 @@ class PreferenceObjective:
         )
         asked = [p for p, a in zip(pairs, ask.tolist(), strict=True) if a]
         answers = dict(zip([p.id for p in asked], self.book.get(asked), strict=True))
+        reuse = self.active is not None and self.active.reuse_labels
         labels = []
         for pair in pairs:
             if pair.id in answers:
                 labels.append(answers[pair.id] if answers[pair.id] is not None else 0)
             else:
-                cached = self.book.labels.get(pair.id)
+                cached = self.book.labels.get(pair.id) if reuse else None
                 labels.append(float("nan") if cached is None else cached)
         return torch.tensor(labels, dtype=torch.float32)
 
@@ -387,6 +421,15 @@ class PreferenceObjective:
         if with_gold:
             metrics["pseudo_label_agreement"] = agree / with_gold
         return metrics
+
+
+def disable_dropout(model: torch.nn.Module) -> None:
+    """Zero every dropout layer of `model` (a LoRA adapter's too), as TRL's DPOTrainer does by default: the
+    log-probs, and so the margins that decide Active DPO's queries, are then the same on every forward,
+    and at step 0 the policy scores exactly as its reference."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
 
 
 def preference_metrics(

@@ -29,6 +29,18 @@ WORDS = str.split(
 )
 
 
+MADE_UP = [
+    w
+    for w in (
+        a + b
+        for a in (c + v for c in "bdfgklmnprstvz" for v in "aeiou")
+        for b in ("ka", "lo", "mi", "nu", "re", "so", "ti", "ve")
+    )
+    if w not in WORDS
+]
+"""Made-up words (two syllables), for tasks of more than the 50 WORDS."""
+
+
 class WordPreferenceTask(BaseModel):
     """The hidden rule and the shape of the generated pairs."""
 
@@ -38,15 +50,26 @@ class WordPreferenceTask(BaseModel):
         default=0, description="Draws the hidden values; keep it equal for train and eval."
     )
     topics: int = Field(default=8, ge=1, le=len(TOPICS), description="How many topics prompts name.")
+    words: int = Field(
+        default=len(WORDS),
+        ge=8,
+        le=len(WORDS) + len(MADE_UP),
+        description="How many words responses draw from: the 50 of WORDS, then made-up two-syllable ones "
+        "(more words: more hidden values to learn from the same labels, a harder task).",
+    )
     response_words: int = Field(default=4, ge=1, description="Words per response.")
     min_gap: float = Field(
         default=0.25, ge=0, description="Pairs whose values differ by less are not generated (no ties)."
     )
 
+    def vocabulary(self) -> list[str]:
+        """The words responses draw from."""
+        return (WORDS + MADE_UP)[: self.words]
+
     def values(self) -> dict[tuple[str, str], float]:
         """The hidden value of each (topic, word)."""
         rng = random.Random(self.rule_seed)
-        return {(t, w): rng.gauss(0.0, 1.0) for t in TOPICS[: self.topics] for w in WORDS}
+        return {(t, w): rng.gauss(0.0, 1.0) for t in TOPICS[: self.topics] for w in self.vocabulary()}
 
     def prompt(self, topic: str) -> str:
         """The prompt text naming `topic`."""
@@ -63,11 +86,11 @@ class WordPreferenceTask(BaseModel):
         """`n` labeled pairs of `split` (a = the preferred response, label 1), a function of `seed` and the
         rule."""
         rng = random.Random(derive_seed(seed, "data", "word-pairs", self.rule_seed))
-        values, topics = self.values(), TOPICS[: self.topics]
+        values, topics, words = self.values(), TOPICS[: self.topics], self.vocabulary()
         out = []
         while len(out) < n:
             topic = rng.choice(topics)
-            a, b = (rng.sample(WORDS, self.response_words) for _ in range(2))
+            a, b = (rng.sample(words, self.response_words) for _ in range(2))
             gap = sum(values[topic, w] for w in a) - sum(values[topic, w] for w in b)
             content = "|".join([topic, *sorted(" ".join(sorted(side)) for side in (a, b))])
             if abs(gap) < self.min_gap or held_out(content, TEST_SHARE) != (split == "test"):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Literal
 
 import torch
 
@@ -85,25 +86,71 @@ def completion_row(tokenizer, prompt: Completion, response: Completion) -> tuple
     return ids, labels
 
 
-def tokenize_pairs(pairs: list[PreferencePair], tokenizer, max_length: int) -> list[dict]:
-    """One row per pair: ids and labels of prompt + a and of prompt + b, and the pair's position in
-    `pairs`. Pairs with a side longer than `max_length` are dropped, with a warning giving their count."""
-    rows, dropped = [], 0
+def tokenize_pairs(
+    pairs: list[PreferencePair],
+    tokenizer,
+    max_length: int,
+    max_prompt_length: int | None = None,
+    overlong: Literal["truncate", "drop"] = "truncate",
+) -> list[dict]:
+    """One row per pair: ids and labels of prompt + a and of prompt + b, the pair's position in `pairs`,
+    and whether a side was cut (`truncated`).
+
+    A prompt longer than `max_prompt_length` keeps its last tokens. A side still longer than `max_length`
+    is cut at its end (`overlong: truncate`, as TRL's DPOTrainer does), or its pair is dropped (`drop`);
+    a pair whose prompt leaves no room for a response token is dropped either way. Warns with the counts.
+    """
+    rows, dropped, truncated = [], 0, 0
     for index, pair in enumerate(pairs):
-        a_ids, a_labels = completion_row(tokenizer, pair.prompt, pair.a)
-        b_ids, b_labels = completion_row(tokenizer, pair.prompt, pair.b)
-        if max(len(a_ids), len(b_ids)) > max_length:
+        sides, cut = [], False
+        for response in (pair.a, pair.b):
+            ids, labels = completion_row(tokenizer, pair.prompt, response)
+            prompt = next((i for i, label in enumerate(labels) if label != IGNORE), len(labels))
+            if max_prompt_length is not None and prompt > max_prompt_length:
+                ids, labels = ids[prompt - max_prompt_length :], labels[prompt - max_prompt_length :]
+                cut = True
+            if len(ids) > max_length and overlong == "truncate":
+                ids, labels = ids[:max_length], labels[:max_length]
+                cut = True
+            sides.append((ids, labels))
+        (a_ids, a_labels), (b_ids, b_labels) = sides
+        too_long = max(len(a_ids), len(b_ids)) > max_length
+        no_response = any(all(label == IGNORE for label in labels) for _, labels in sides)
+        if too_long or no_response:
             dropped += 1
             continue
+        truncated += cut
         rows.append(
             {
                 "index": index,
                 "a": {"input_ids": a_ids, "labels": a_labels},
                 "b": {"input_ids": b_ids, "labels": b_labels},
                 "length": max(len(a_ids), len(b_ids)),
+                "truncated": cut,
             }
         )
-    report_dropped(dropped, len(pairs), "pairs", max_length)
+    if overlong == "drop":
+        report_dropped(dropped, len(pairs), "pairs", max_length)
+    elif dropped == len(pairs):
+        raise DataError(
+            f"every one of the {len(pairs)} pairs has a prompt that fills max_length={max_length} tokens: "
+            "raise max_length in the recipe's train settings, or set max_prompt_length below it"
+        )
+    elif dropped:
+        log.warning(
+            "dropped %d of %d pairs whose prompt fills max_length=%d", dropped, len(pairs), max_length
+        )
+    if truncated:
+        prompts = (
+            f"prompts longer than {max_prompt_length} tokens to their end, " if max_prompt_length else ""
+        )
+        log.warning(
+            "truncated %d of %d pairs (%ssides longer than max_length=%d to their start)",
+            truncated,
+            len(pairs),
+            prompts,
+            max_length,
+        )
     return rows
 
 
