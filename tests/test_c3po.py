@@ -23,6 +23,7 @@ from feedlearn.methods.c3po_objective import PARTS, LossSettings, ScopeObjective
 from feedlearn.models.loading import LoraSettings, ModelSettings, load_policy
 from feedlearn.models.tiny import TinyModelConfig, build_tiny_model
 from feedlearn.tasks.instructions import BUILTIN_FEEDBACKS as BUILTIN
+from feedlearn.tasks.instructions import answers_prompt
 from feedlearn.verifiers.verbal import Feedback, Metric, scope_metrics
 
 
@@ -449,3 +450,40 @@ def test_answer_quality_is_judged_per_scope_against_the_baseline(tmp_path, monke
     first = script.asked[0]
     assert "[Prompt]\nEmail Jared.\n\n[Response 1]\nHi Jared,\nA.\n\n[Response 2]\n" in first
     assert "Best, Alex" not in first.split("[Response 2]")[0]  # the feedback itself is not asked about
+
+
+@pytest.mark.parametrize(
+    "prompt, response, answers",
+    [
+        (
+            "Write an email to Jared about the meeting.",
+            "Hi Jared,\nThe meeting moves to Friday at ten.",
+            True,
+        ),
+        (
+            "Email Tom about the trip today.",
+            "Hi Tom,\nThe trip starts on Monday morning.\nSee you soon.",
+            True,
+        ),
+        ("Email Tom about the trip.", "Hi Tom,\nThe trip starts on Monday morning.\nBest, Alex", True),
+        ("Email Tom about the trip.", "Hi Maria,\nThe trip starts on Monday morning.", False),  # addressee
+        ("Email Tom about the trip.", "Hi Tom,\nThe invoice is attached.", False),  # topic
+        (
+            "Email Tom about the trip.",
+            "Hi Tom,\nThe trip starts on Monday morning.\nBest, Alex\nBest, Alex",
+            False,
+        ),
+        ("List two fruits for a quiz.", "apple, pear.", True),
+        ("List two fruits for a quiz.", "1. apple\n2. pear", True),
+        ("List two fruits for a quiz.", "1. apple\n1. pear", False),  # numbering
+        ("List two fruits for a quiz.", "apple, apple.", False),
+        ("Can you name three tools?", "hammer, saw, apple.", False),  # kind
+        ("Name four cities.", "1. Paris\n2. Tokyo\n3. Cairo", False),  # count
+        ("What color is the sky?", "The sky is usually blue.", True),
+        ("Briefly describe a fox for a child.", "A sly, bushy-tailed hunter.", True),
+        ("Briefly describe a fox.", "A heavy, sleepy giant.", False),
+        ("Tell me a joke.", "No.", None),
+    ],
+)
+def test_answers_prompt_checks_the_corpus_rules_whatever_the_form(prompt, response, answers):
+    assert answers_prompt(prompt, response) is answers
