@@ -422,7 +422,9 @@ class C3PO(Method):
         rows = zipped_rows(samples, tokenizer, cfg.train.max_length)
         if not rows:
             raise DataError(
-                f"feedback {feedback.short_id}: no in-scope training samples: run the sample stage"
+                f"feedback {feedback.short_id}: no in-scope training samples: run the sample stage; if it "
+                "ran, no revision came (see 'dropped' in metrics.jsonl): a policy that revises itself "
+                "(sample.reviser: policy) must write 'REVISED RESPONSE:', else set sample.reviser: teacher"
             )
         objective = ScopeObjective(method, cfg.loss, tokenizer.pad_token_id)
         return self.fit(
