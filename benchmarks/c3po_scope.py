@@ -23,8 +23,10 @@ baseline (3 = as good). The recipe's C3PO adds SFT on the revision to the paper'
 1); `c3po_paper_loss` is C3PO without it, on the same base model and samples. Mean and standard error
 over the seeds (another initial model, other samples, another data order each).
 
-    python benchmarks/c3po_scope.py --out bench_out/c3po --seeds 0 1 --jobs 2   # ~35 minutes on 2 cores
-    python benchmarks/c3po_scope.py --out /tmp/smoke --quick                      # a smoke test
+    OMP_NUM_THREADS=1 python benchmarks/c3po_scope.py --out bench_out/c3po --seeds 0 1 --jobs 2
+    python benchmarks/c3po_scope.py --out /tmp/smoke --quick                       # a smoke test, ~30 s
+
+The full run takes 73 CPU-minutes, one thread per seed: about 37 minutes on 2 free cores.
 
 Writes `OUT/result.json` ({"tasks": {task: {method: {metric: {"mean", "se", "per_seed"}}}},
 "per_seed": {seed: {task: {feedback: {method: metrics}}}}, ...}), `OUT/seed-N/result.json`, and
