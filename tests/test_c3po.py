@@ -12,17 +12,18 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from feedlearn.backends.base import ParsedAsker, SamplingParams
-from feedlearn.data.jsonl import read_jsonl
+from feedlearn.data.jsonl import read_jsonl, write_jsonl_atomic
 from feedlearn.data.store import open_run
 from feedlearn.errors import ConfigError, DataError
 from feedlearn.judges.likert import LikertJudge, parse_likert
 from feedlearn.losses import IGNORE, anchor_loss
 from feedlearn.methods.c3po import C3PO, C3POConfig
-from feedlearn.methods.c3po_data import C3POSample
+from feedlearn.methods.c3po_data import C3POSample, PromptRow
 from feedlearn.methods.c3po_objective import PARTS, LossSettings, ScopeObjective, zipped_rows
 from feedlearn.models.loading import LoraSettings, ModelSettings, load_policy
 from feedlearn.models.tiny import TinyModelConfig, build_tiny_model
 from feedlearn.tasks.instructions import BUILTIN_FEEDBACKS as BUILTIN
+from feedlearn.tasks.instructions import answers_prompt
 from feedlearn.verifiers.verbal import Feedback, Metric, scope_metrics
 
 
@@ -171,6 +172,7 @@ def tiny_recipe(tmp_path, **overrides) -> dict:
             "prompts_per_category": 8,
             "test_fraction": 0.25,
             "max_new_tokens": 12,
+            "reviser": "teacher",
         },
         "train": {"learning_rate": 1e-3, "batch_size": 4, "grad_accum": 1, "max_length": 96},
         "evaluate": {"prompts_per_scope": 4, "max_new_tokens": 12},
@@ -195,7 +197,7 @@ def test_tiny_end_to_end_with_the_offline_teacher(tmp_path):
     (sampled,) = [r for r in rows if r["stage"] == f"{fid}/sample"]
     assert sampled["samples"] == len(samples) and sampled["charts/samples_per_s"] > 0
     results = json.loads((method.store.path / fid / "evaluate" / "metrics.json").read_text())
-    assert set(results) == {"c3po", "scd", "scd_negatives", "dpo", "in_context", "cot"}
+    assert set(results) == {"c3po", "scd", "scd_negatives", "dpo", "in_context", "cot", "base"}
     assert set(results["c3po"]) >= {"in_scope_adherence", "near_scope_changed", "out_scope_changed"}
     base = load_file(str(method.store.path / "sft" / "model" / "model.safetensors"))
     assert any("mlp" in k for k in base)
@@ -312,3 +314,176 @@ def test_teacher_replies_are_saved_as_they_come(tmp_path, monkeypatch):
     assert not set(calls[:2]) & set(asked)  # the two replies paid before the crash came from the file
     assert len(asked) == 2 * len(categories) - 2  # every other (scope, category) was asked once
     assert {p["scope"] for p in prompts} == {"in", "near", "out"}
+
+
+# ---- issue 23: faithful to the reference code ----------------------------------------------------------
+
+
+class ScriptedPolicy:
+    """The policy as a script: answers every prompt 'Hi Jared,\\nSee you.', and a revision request with a
+    critique, the revision marker and its answer signed off; records the keys of the revision requests."""
+
+    def __init__(self, no_marker: str):
+        self.no_marker, self.revision_keys = no_marker, []
+
+    def generate(self, conversations, n, sampling, keys=None):
+        replies = []
+        for conversation, key in zip(conversations, keys, strict=True):
+            text = conversation[-1]["content"]
+            if "REVISED RESPONSE:" not in text:
+                replies.append(["Hi Jared,\nSee you."])
+                continue
+            self.revision_keys.append(key)
+            assert "[Response]\nHi Jared,\nSee you.\n[End of response]" in text  # its own baseline
+            assert BUILTIN["jared-signoff"].feedback.effect in text
+            signed = "No sign-off.\nREVISED RESPONSE:\nHi Jared,\nSee you.\nBest, Alex"
+            replies.append(["I would sign off." if key.endswith(self.no_marker) else signed])
+        return replies
+
+
+def test_the_policy_revises_its_own_answers_and_the_teacher_only_when_asked(tmp_path, monkeypatch):
+    """`sample.reviser: policy` (the paper's): the base policy revises its in-scope training baselines,
+    sampled under the prompt's key; a reply without the revision marker is a missing completion."""
+    from feedlearn.teachers.verbal import OfflineTeacher
+
+    sample = {**tiny_recipe(tmp_path)["sample"], "reviser": "policy"}
+    config = C3POConfig.model_validate(tiny_recipe(tmp_path, sample=sample))
+    method = C3PO(config, open_run(config.run_dir, "p", config.model_dump(mode="json")), progress=False)
+    policy = ScriptedPolicy(no_marker="/in-4/revised")
+    monkeypatch.setattr(C3PO, "generation_backend", lambda self, path: policy)
+    monkeypatch.setattr(OfflineTeacher, "revise", lambda *a: pytest.fail("the teacher was asked to revise"))
+    fid = method.feedbacks()[0].short_id
+    samples = read_jsonl(method._sample(method.feedbacks()[0]), C3POSample)
+    prompts = read_jsonl(method.store.path / fid / "sample" / "prompts.jsonl", PromptRow)
+    in_train = sorted(p.id for p in prompts if p.scope == "in" and p.split == "train")
+    assert sorted(policy.revision_keys) == sorted(f"{fid}/{i}/revised" for i in in_train)
+    kept = [s for s in samples if s.scope == "in" and s.split == "train"]
+    assert sorted(s.id for s in kept) == [i for i in in_train if i != "in-4"]  # the reply without marker
+    assert {s.revised for s in kept} == {"Hi Jared,\nSee you.\nBest, Alex"}
+
+    teacher_config = C3POConfig.model_validate(tiny_recipe(tmp_path / "t"))
+    assert teacher_config.sample.reviser == "teacher"
+    assert C3POConfig.model_validate({**tiny_recipe(tmp_path), "sample": {}}).sample.reviser == "policy"
+
+
+def scripted_evaluation(tmp_path, monkeypatch, **evaluate) -> dict:
+    """`evaluate` of the Jared feedback on written samples, with scripted greedy answers (no model): the base
+    model and C3PO answer near-scope prompts without a sign-off; one sampled baseline has one (noise)."""
+    recipe = tiny_recipe(tmp_path, methods=["c3po"], evaluate={"prompts_per_scope": 4, **evaluate})
+    recipe["sample"].pop("reviser")  # evaluation does not sample
+    config = C3POConfig.model_validate(recipe)
+    method = C3PO(config, open_run(config.run_dir, "e", config.model_dump(mode="json")), progress=False)
+    fid = method.feedbacks()[0].short_id
+    rows = [  # scope, prompt, sampled baseline, in-context sample
+        ("in", "Email Jared.", "Hi Jared,\nA.", "Hi Jared,\nA.\nBest, Alex"),
+        ("near", "Email Sam.", "Hi Sam,\nA.\nBest, Alex", "Hi Sam,\nA."),
+        ("near", "Email Tom.", "Hi Tom,\nB.", "Hi Tom,\nB."),
+        ("out", "Sky?", "Blue.", "Blue."),
+    ]
+    samples = [
+        C3POSample(
+            id=f"{scope}-{i}", scope=scope, split="test", category="c", prompt=p, baseline=b, in_context=c
+        )
+        for i, (scope, p, b, c) in enumerate(rows)
+    ]
+    write_jsonl_atomic(method.store.stage(f"{fid}/sample") / "samples.jsonl", samples)
+    greedy = {
+        "base": {"in": ["Hi Jared,\nA."], "near": ["Hi Sam,\nA.", "Hi Tom,\nB."], "out": ["Blue."]},
+        "c3po": {"in": ["Hi Jared,\nA.\nBest, Alex"], "near": ["Hi Sam,\nA.", "Hi Tom,\nB."], "out": [""]},
+    }
+    monkeypatch.setattr(
+        C3PO, "_respond", lambda self, path, tests, sampling: greedy["c3po" if "train" in path else "base"]
+    )
+    return method._evaluate(method.feedbacks()[0])
+
+
+def test_every_row_is_compared_with_the_same_baseline(tmp_path, monkeypatch):
+    """The base model, C3PO and in-context answer near-scope prompts alike; the sampled baseline has a
+    sign-off on one of two. Against it (the paper's), each row changed 50% near scope, the base model's
+    own greedy answers included (the noise floor); against the base model's greedy answers, none did."""
+    sampled = scripted_evaluation(tmp_path / "s", monkeypatch)
+    for name in ("c3po", "in_context", "base"):
+        assert sampled[name]["near_scope_changed"] == 50.0, name
+    assert sampled["c3po"]["in_scope_adherence"] == sampled["in_context"]["in_scope_adherence"] == 100.0
+    assert sampled["base"]["in_scope_adherence"] == 0.0
+    greedy = scripted_evaluation(tmp_path / "g", monkeypatch, baseline="greedy")
+    for name in ("c3po", "in_context", "base"):
+        assert greedy[name]["near_scope_changed"] == 0.0, name
+
+
+class QualityScript:
+    """A judge that finds an empty Response 2 much worse (1), a Response 2 ending 'Best, Alex' better (4),
+    the rest equal (3), and replies garbage when the prompt is 'Sky?'; records what it was asked."""
+
+    def __init__(self):
+        self.asked = []
+
+    def generate(self, conversations, n, sampling, keys=None):
+        replies = []
+        for conversation in conversations:
+            text = conversation[-1]["content"]
+            self.asked.append(text)
+            response = text.split("[Response 2]\n")[1].split("\n\nFirst say")[0]
+            score = 1 if not response.strip() else 4 if response.endswith("Best, Alex") else 3
+            replies.append("no idea" if "[Prompt]\nSky?" in text else f"Fine.\nBETTER_RESPONSE: {score}")
+        return [[r] for r in replies]
+
+
+def test_answer_quality_is_judged_per_scope_against_the_baseline(tmp_path, monkeypatch):
+    """`evaluate.answer_quality`: the judge scores, 1-5, how well each response answers its prompt against
+    the baseline (the reference's answer-quality judgment); means per scope, unparseable ones counted."""
+    with pytest.raises(ValueError, match="answer_quality asks the judge"):
+        C3POConfig.model_validate(tiny_recipe(tmp_path, evaluate={"answer_quality": True}))
+    script = QualityScript()
+    monkeypatch.setattr(
+        C3PO, "judge_asker", lambda self: ParsedAsker(script, SamplingParams(temperature=0.0), max_attempts=2)
+    )
+    judge = {"local": {"path": str(tmp_path / "judge-model")}}
+    results = scripted_evaluation(tmp_path, monkeypatch, judge=judge, answer_quality=True)
+    # C3PO: in scope signed off (4); near scope equal to the baseline without its sign-off (3, 3)
+    assert results["c3po"]["in_scope_answer_quality"] == 4.0
+    assert results["c3po"]["near_scope_answer_quality"] == 3.0
+    assert "out_scope_answer_quality" not in results["c3po"]  # its one judgment was garbage
+    assert results["c3po"]["answer_quality_unparseable"] == 1.0
+    assert results["c3po"]["near_scope_changed"] == 50.0  # the feedback's metric is still reported
+    assert results["base"]["in_scope_answer_quality"] == 3.0
+    first = script.asked[0]
+    assert "[Prompt]\nEmail Jared.\n\n[Response 1]\nHi Jared,\nA.\n\n[Response 2]\n" in first
+    assert "Best, Alex" not in first.split("[Response 2]")[0]  # the feedback itself is not asked about
+
+
+@pytest.mark.parametrize(
+    "prompt, response, answers",
+    [
+        (
+            "Write an email to Jared about the meeting.",
+            "Hi Jared,\nThe meeting moves to Friday at ten.",
+            True,
+        ),
+        (
+            "Email Tom about the trip today.",
+            "Hi Tom,\nThe trip starts on Monday morning.\nSee you soon.",
+            True,
+        ),
+        ("Email Tom about the trip.", "Hi Tom,\nThe trip starts on Monday morning.\nBest, Alex", True),
+        ("Email Tom about the trip.", "Hi Maria,\nThe trip starts on Monday morning.", False),  # addressee
+        ("Email Tom about the trip.", "Hi Tom,\nThe invoice is attached.", False),  # topic
+        (
+            "Email Tom about the trip.",
+            "Hi Tom,\nThe trip starts on Monday morning.\nBest, Alex\nBest, Alex",
+            False,
+        ),
+        ("List two fruits for a quiz.", "apple, pear.", True),
+        ("List two fruits for a quiz.", "1. apple\n2. pear", True),
+        ("List two fruits for a quiz.", "1. apple\n1. pear", False),  # numbering
+        ("List two fruits for a quiz.", "apple, apple.", False),
+        ("Can you name three tools?", "hammer, saw, apple.", False),  # kind
+        ("Name four cities.", "1. Paris\n2. Tokyo\n3. Cairo", False),  # count
+        ("What color is the sky?", "The sky is usually blue.", True),
+        ("Briefly describe a fox for a child.", "A sly, bushy-tailed hunter.", True),
+        ("Briefly describe a fox.", "A heavy, sleepy giant.", False),
+        ("Tell me a joke.", "No.", None),
+    ],
+)
+def test_answers_prompt_checks_the_corpus_rules_whatever_the_form(prompt, response, answers):
+    assert answers_prompt(prompt, response) is answers

@@ -4,15 +4,17 @@
 Stages, per selected feedback, in `<run>/<feedback short id>/`:
 - `sample`: a teacher proposes categories and in-scope / near-scope prompts; out-of-scope prompts come from
   a general prompt file. The base policy answers every prompt (baseline), and in context of the feedback
-  (in-context, CoT) on the test split; the teacher revises in-scope baselines (revised). Resumable.
+  (in-context, CoT) on the test split; the policy itself or the teacher (`sample.reviser`) revises the
+  in-scope training baselines (revised). Resumable.
 - `train`: one LoRA adapter per method: C3PO (DPO in scope + anchors near and out of scope), SCD,
   SCD + negatives, DPO.
 - `combine`: one adapter from the C3PO adapters of all selected feedbacks (part of `run` when there are
   several).
 - `evaluate`: per scope, the share of responses that follow the feedback (in scope) and that changed
   versus the baseline (near and out of scope), with the feedback's metric, or a Likert judge for
-  qualitative feedback; in-context and CoT are scored from their samples; the combined adapter, once
-  there, is scored on each feedback as `combined`.
+  qualitative feedback; every row (adapters, in-context and CoT from their samples, the base model as
+  `base`) against the same baseline (`evaluate.baseline`); optionally the judge's answer quality; the
+  combined adapter, once there, is scored on each feedback as `combined`.
 An optional `sft` stage first teaches a tiny model the synthetic instruction corpus (offline runs).
 """
 
@@ -28,7 +30,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from feedlearn.backends.base import Backend, SamplingParams
+from feedlearn.backends.base import Backend, ParsedAsker, SamplingParams
 from feedlearn.data.hub import DatasetSource, export_rows
 from feedlearn.data.jsonl import (
     JsonlAppender,
@@ -57,7 +59,13 @@ from feedlearn.models.tiny import build_tiny_model
 from feedlearn.processes import from_main, process_state, shared_map, total
 from feedlearn.seeds import derive_seed
 from feedlearn.tasks import instructions
-from feedlearn.teachers.verbal import LLMTeacher, OfflineTeacher, Teacher
+from feedlearn.teachers.verbal import (
+    LLMTeacher,
+    OfflineTeacher,
+    Teacher,
+    parse_revision,
+    revision_question,
+)
 from feedlearn.training.batches import tokenize_sft
 from feedlearn.training.trainer import TrainSettings, is_trained, sft_loss
 from feedlearn.verifiers.verbal import Feedback, load_feedbacks, scope_metrics, select_feedbacks
@@ -92,6 +100,13 @@ class SampleSettings(Settings):
     top_p: float = Field(default=0.7, gt=0, le=1, description="Policy nucleus sampling mass.")
     max_new_tokens: int = Field(default=256, gt=0, description="Longest policy response, in tokens.")
     chunk_size: int = Field(default=256, gt=0, description="Prompts answered, then saved, together.")
+    reviser: Literal["policy", "teacher"] = Field(
+        default="policy",
+        description="Who revises the in-scope training baselines: `policy`, the base policy itself, sampled "
+        "like its answers (the paper's self-revision); `teacher`, the teacher (for a policy that cannot "
+        "follow a revision request, such as a tiny model). A reply without the revised response is a "
+        "missing completion: its row is dropped.",
+    )
 
 
 class C3POEvaluateSettings(Settings):
@@ -99,16 +114,31 @@ class C3POEvaluateSettings(Settings):
 
     prompts_per_scope: int = Field(default=75, gt=0, description="Test prompts per scope, at most.")
     max_new_tokens: int = Field(default=256, gt=0, description="Longest response (greedy), in tokens.")
+    baseline: Literal["sampled", "greedy"] = Field(
+        default="sampled",
+        description="What every row (each adapter, in-context, CoT, and the base model as `base`) is "
+        "compared with: `sampled`, the base policy's sampled answer of the sample stage (the paper's); "
+        "`greedy`, the base model's greedy answer (an adapter's change then holds no sampling noise; "
+        "in-context and CoT are samples either way).",
+    )
     judge: AskSettings | None = Field(
         default=None,
-        description="Likert judge for qualitative feedback: `openai` (any OpenAI-compatible endpoint) or "
-        "`local`; an unparseable judgment is asked again up to `max_attempts`, then counted and dropped.",
+        description="Likert judge for qualitative feedback and for `answer_quality`: `openai` (any "
+        "OpenAI-compatible endpoint) or `local`; an unparseable judgment is asked again up to "
+        "`max_attempts`, then counted and dropped.",
+    )
+    answer_quality: bool = Field(
+        default=False,
+        description="Also ask `judge` whether each response answers its prompt as well as the baseline "
+        "(1-5, 3 = as well; `<scope>_scope_answer_quality`), whatever the feedback. Needs `judge`.",
     )
 
     @model_validator(mode="after")
     def _judge_has_a_backend(self):
         if self.judge is not None and not self.judge.configured:
             raise ValueError("the judge needs one of 'openai' or 'local'")
+        if self.answer_quality and self.judge is None:
+            raise ValueError("answer_quality asks the judge: set evaluate.judge")
         return self
 
 
@@ -317,8 +347,8 @@ class C3PO(Method):
             for i, a, c in zip(tests, in_context, cot, strict=True)
         }
         to_revise = [i for i, p in enumerate(chunk) if p["scope"] == "in" and p["split"] == "train"]
-        revised = self.teacher.revise(
-            feedback, [chunk[i]["prompt"] for i in to_revise], [baselines[i] for i in to_revise]
+        revised = self._revise(
+            feedback, backend, sampling, [chunk[i] for i in to_revise], [baselines[i] for i in to_revise]
         )
         revisions = dict(zip(to_revise, revised, strict=True))
         return [
@@ -327,6 +357,19 @@ class C3PO(Method):
             else C3POSample(**p, baseline=baselines[i], revised=revisions.get(i), **extra.get(i, {}))
             for i, p in enumerate(chunk)
         ]
+
+    def _revise(
+        self, feedback: Feedback, backend: Backend, sampling: SamplingParams, rows: list[dict], baselines
+    ) -> list[str | None]:
+        """The revisions of in-scope baselines, by `sample.reviser`: the teacher's, or the policy's own (the
+        teacher's revision request, one sample each, seeded by the prompt's id); None where none came."""
+        if self.config.sample.reviser == "teacher":
+            return self.teacher.revise(feedback, [r["prompt"] for r in rows], baselines)
+        questions = [
+            revision_question(feedback, r["prompt"], b) for r, b in zip(rows, baselines, strict=True)
+        ]
+        keys = [f"{feedback.short_id}/{r['id']}/revised" for r in rows]
+        return [parse_revision(reply) for reply in answer_each(backend, sampling, questions, keys)]
 
     def _prompts(self, feedback: Feedback, folder: Path) -> list[dict]:
         """Every prompt of the three scopes with its split, asked of the teacher once and saved."""
@@ -379,7 +422,9 @@ class C3PO(Method):
         rows = zipped_rows(samples, tokenizer, cfg.train.max_length)
         if not rows:
             raise DataError(
-                f"feedback {feedback.short_id}: no in-scope training samples: run the sample stage"
+                f"feedback {feedback.short_id}: no in-scope training samples: run the sample stage; if it "
+                "ran, no revision came (see 'dropped' in metrics.jsonl): a policy that revises itself "
+                "(sample.reviser: policy) must write 'REVISED RESPONSE:', else set sample.reviser: teacher"
             )
         objective = ScopeObjective(method, cfg.loss, tokenizer.pad_token_id)
         return self.fit(
@@ -411,45 +456,57 @@ class C3PO(Method):
         adapters = {m: self.store.stage(f"{feedback.short_id}/train/{m}") / "model" for m in cfg.methods}
         if (self.combined_path() / "adapter_config.json").exists():
             adapters["combined"] = self.combined_path()
-        responses = {"base": self._respond(self.base_model_path(), tests, sampling)}
-        for name, path in adapters.items():
-            responses[name] = self._respond(str(path), tests, sampling)
-        baseline = {scope: [s.baseline for s in rows] for scope, rows in tests.items()}
-        for name in ("in_context", "cot"):  # scored from their samples, against the sampled baseline
+        responses = {name: self._respond(str(path), tests, sampling) for name, path in adapters.items()}
+        for name in ("in_context", "cot"):  # scored from their samples
             responses[name] = {scope: [getattr(s, name) or "" for s in rows] for scope, rows in tests.items()}
-        results = from_main(lambda: self._score(feedback, tests, responses, baseline, list(adapters)))
+        responses["base"] = self._respond(self.base_model_path(), tests, sampling)
+        if cfg.evaluate.baseline == "sampled":
+            baseline = {scope: [s.baseline for s in rows] for scope, rows in tests.items()}
+        else:
+            baseline = responses["base"]
+        results = from_main(lambda: self._score(feedback, tests, responses, baseline))
         if process_state().is_main_process:
             write_json_atomic(folder / "metrics.json", results)
             write_json_atomic(folder / "responses.json", responses)
             self.store.log_metrics(f"{feedback.short_id}/evaluate", results)
         return results
 
-    def _score(self, feedback: Feedback, tests, responses, baseline, adapters: list[str]) -> dict[str, dict]:
-        """Each response set's adherence and change, by the feedback's metric or the Likert judge; the
-        adapters' responses against the base model's, in-context and CoT against the sampled baseline."""
+    def _score(self, feedback: Feedback, tests, responses, baseline) -> dict[str, dict]:
+        """Each response set's adherence and change against the one `baseline`, by the feedback's metric
+        or the Likert judge, and with `evaluate.answer_quality` the judge's answer-quality score."""
         judge = self._judge(feedback)
         prompts = {scope: [s.prompt for s in rows] for scope, rows in tests.items()}
         results = {}
-        for name in [*adapters, "in_context", "cot"]:
-            base = baseline if name in ("in_context", "cot") else responses["base"]
+        for name, answers in responses.items():
             results[name] = (
-                scope_metrics(feedback, responses[name], base)
+                scope_metrics(feedback, answers, baseline)
                 if judge is None
-                else judge.score(feedback.effect, prompts, responses[name], base)
+                else judge.score(feedback.effect, prompts, answers, baseline)
             )
+            if self.config.evaluate.answer_quality:
+                results[name] |= self.judge.answer_quality(prompts, answers, baseline)
         return results
 
     def _judge(self, feedback: Feedback) -> LikertJudge | None:
-        """A Likert judge for qualitative feedback; quantitative feedback is checked by its metric."""
+        """The Likert judge for qualitative feedback; quantitative feedback is checked by its metric."""
         if feedback.type == "quantitative":
             return None
-        if self.config.evaluate.judge is None:
+        if self.judge is None:
             raise ConfigError(f"feedback {feedback.short_id} is qualitative: set evaluate.judge to score it")
-        return LikertJudge(
-            self.config.evaluate.judge.asker(
-                self.config.generation_batch_size, self.config.seed, self.replies("judge")
-            )
-        )
+        return self.judge
+
+    @cached_property
+    def judge(self) -> LikertJudge | None:
+        """The configured Likert judge (`evaluate.judge`), built once per run; None when there is none."""
+        asker = self.judge_asker()
+        return None if asker is None else LikertJudge(asker)
+
+    def judge_asker(self) -> ParsedAsker | None:
+        """The judge's model behind a retrying asker, from `evaluate.judge` (None when not set)."""
+        judge = self.config.evaluate.judge
+        if judge is None:
+            return None
+        return judge.asker(self.config.generation_batch_size, self.config.seed, self.replies("judge"))
 
     def _respond(self, path: str, tests: dict[str, list[C3POSample]], sampling) -> dict[str, list[str]]:
         """The greedy responses of the model at `path` to every test prompt, by scope; under several

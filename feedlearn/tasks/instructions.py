@@ -173,6 +173,71 @@ def corpus(n: int, seed: int) -> list[tuple[str, str]]:
     return [CATEGORIES[rng.choice(list(CATEGORIES))](rng) for _ in range(n)]
 
 
+# ---- does a response answer its prompt? -----------------------------------------------------------------
+
+
+def _fields(templates: list[str], prompt: str, **choices: list[str]) -> dict[str, str] | None:
+    """The choices that make `prompt` one of `templates` (each `{field}` one of `choices[field]`), or None."""
+    for template in templates:
+        pattern = re.escape(template)
+        for field, options in choices.items():
+            group = "|".join(re.escape(o) for o in sorted(options, key=len, reverse=True))
+            pattern = pattern.replace(re.escape("{" + field + "}"), f"(?P<{field}>{group})")
+        found = re.fullmatch(pattern, prompt)
+        if found:
+            return found.groupdict()
+    return None
+
+
+def _list_items(response: str) -> list[str]:
+    """The items of a list answer, plain ('a, b.') or numbered ('1. a' per line, counting up from 1)."""
+    lines = response.strip().split("\n")
+    numbered = [re.fullmatch(rf"{i}\. (.+)", line) for i, line in enumerate(lines, start=1)]
+    if all(numbered):
+        return [m.group(1).strip() for m in numbered]
+    if len(lines) == 1 and lines[0].endswith("."):
+        return [item.strip() for item in lines[0][:-1].split(",")]
+    return []
+
+
+def answers_prompt(prompt: str, response: str) -> bool | None:
+    """Whether `response` answers a corpus-style `prompt` as the corpus does, whatever the form the built-in
+    feedbacks change (a sign-off line, numbered items): an email greets its addressee, says a sentence of
+    its topic and ends with closing or sign-off lines; a list names the asked number of different things of
+    the asked kind; a color or an animal is answered as the corpus answers it. None for another prompt.
+    Used as an offline, rule-based answer-quality judge (benchmarks/c3po_scope.py)."""
+    lines = response.strip().split("\n")
+    email = _fields(EMAIL_PROMPTS, prompt, name=NAMES, topic=list(TOPICS), detail=EMAIL_DETAILS)
+    if email is not None:
+        endings = set(CLOSINGS) | set(SIGN_OFFS) | {SIGNOFF}
+        rest = lines[2:]
+        return (
+            len(lines) >= 2
+            and lines[0] == f"Hi {email['name']},"
+            and lines[1] in TOPICS[email["topic"]]
+            and len(rest) <= 2
+            and len(set(rest)) == len(rest)
+            and set(rest) <= endings
+        )
+    styles = [t for phrasings in LIST_PROMPTS.values() for t in phrasings]
+    asked = _fields(styles, prompt, count=list(COUNTS), things=list(THINGS), context=LIST_CONTEXTS)
+    if asked is not None:
+        items = _list_items(response)
+        return (
+            len(items) == COUNTS[asked["count"]]
+            and len(set(items)) == len(items)
+            and set(items) <= set(THINGS[asked["things"]])
+        )
+    color = _fields(QUESTION_PROMPTS, prompt, obj=list(COLORS), context=GENERAL_CONTEXTS)
+    if color is not None:
+        obj = color["obj"]
+        return response.strip() == f"{obj[0].upper()}{obj[1:]} is usually {COLORS[obj]}."
+    animal = _fields(DESCRIBE_PROMPTS, prompt, animal=list(ANIMALS), context=GENERAL_CONTEXTS)
+    if animal is not None:
+        return response.strip() in ANIMALS[animal["animal"]]
+    return None
+
+
 def read_prompts(path: Path) -> list[str]:
     """The prompts of a file: one per line (`.txt`), or each line's `prompt` field (`.jsonl`)."""
     if path.suffix == ".jsonl":

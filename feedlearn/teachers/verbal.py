@@ -126,6 +126,21 @@ def _feedback_intro(feedback: Feedback) -> str:
     )
 
 
+def revision_question(feedback: Feedback, prompt: str, response: str) -> str:
+    """The request to revise `response` to `prompt` so that it applies the feedback's effect: a critique
+    first, then the improved response after `REVISION_MARKER` (parsed by `parse_revision`). Asked of the
+    teacher, or of the policy itself when it revises its own answers (C3PO's `sample.reviser: policy`)."""
+    return (
+        "A user asked an AI assistant:\n"
+        f"[Prompt]\n{prompt}\n[End of prompt]\n\n"
+        "The assistant replied:\n"
+        f"[Response]\n{response}\n[End of response]\n\n"
+        f"Improve the response so that it does this: {feedback.effect}. Keep everything else the same.\n"
+        "First write a short critique of the response. Then write a line "
+        f"`{REVISION_MARKER}` followed by the improved response, and nothing after it."
+    )
+
+
 class LLMTeacher:
     """A teacher model behind any backend, asked through `asker`: a reply that yields nothing is asked
     again (only those), up to its `max_attempts` asks in all, then skipped; backend errors propagate."""
@@ -166,13 +181,7 @@ class LLMTeacher:
 
     def revise(self, feedback: Feedback, prompts: list[str], responses: list[str]) -> list[str | None]:
         questions = [
-            "A user asked an AI assistant:\n"
-            f"[Prompt]\n{prompt}\n[End of prompt]\n\n"
-            "The assistant replied:\n"
-            f"[Response]\n{response}\n[End of response]\n\n"
-            f"Improve the response so that it does this: {feedback.effect}. Keep everything else the same.\n"
-            "First write a short critique of the response. Then write a line "
-            f"`{REVISION_MARKER}` followed by the improved response, and nothing after it."
+            revision_question(feedback, prompt, response)
             for prompt, response in zip(prompts, responses, strict=True)
         ]
         return self._ask(questions, parse_revision)
