@@ -3,15 +3,18 @@
 1. Mechanism (recipes/adarefiner/mechanism.yaml; 3 seeds, 3 stages): a scripted player that carries out
    six sub-goals well and the rest at random follows the instructions. Arms: `none` (no adapter: the
    decision maker falls back to its rule), `frozen` (the warmed-up adapter, never refined), `self` (refined
-   on all its records, as the reference code does), `feedback` (refined on the records whose instruction
-   the player then followed, weighted by that comprehension score). Per stage, on 24 test episodes: mean
-   comprehension score, sub-goals completed, achievements per episode, Crafter score. `none` and `frozen`
-   do not change between stages: their per-stage numbers differ only by sampling.
+   on all its records from the warmed-up adapter each stage: the recipe's schedule), `feedback` (refined on
+   the records whose instruction the player then followed, weighted by that comprehension score), and
+   both refined arms again on the reference code's schedule (`self_previous`, `feedback_previous`: stage
+   i starts from stage i-1's adapter, the newest 10% of the records held out). Per stage, on 24 test
+   episodes: mean comprehension score, sub-goals completed, achievements per episode, Crafter score, and
+   their mean and standard error over the seeds. `none` and `frozen` do not change between stages: their
+   per-stage numbers differ only by sampling.
 2. End to end (recipes/adarefiner/tiny.yaml; 2 seeds): PPO alone (`ppo`), PPO with the decision maker and
    no adapter (`guided`), and AdaRefiner (`adarefiner`), at equal environment steps, each trained, saved,
    reloaded and evaluated on test worlds.
 
-    python benchmarks/adarefiner_crafter.py --out bench_out/adarefiner   # about 13 minutes on 2 cores
+    OMP_NUM_THREADS=1 python benchmarks/adarefiner_crafter.py --out bench_out/adarefiner
     python benchmarks/adarefiner_crafter.py --quick --out /tmp/smoke     # CI smoke test, about 1 minute
 
 Writes DIR/result.json and DIR/adarefiner_crafter.png. Runs in two worker processes, one torch thread each.
@@ -27,7 +30,9 @@ import os
 import time
 from pathlib import Path
 
-MECHANISM_ARMS = ("none", "frozen", "self", "feedback")
+MECHANISM_ARMS = ("none", "frozen", "self", "feedback", "self_previous", "feedback_previous")
+REFERENCE_SCHEDULE = ["refine.start=previous", "refine.holdout=0.1"]
+"""The reference code's SFT schedule (sft.py): from the previous stage's adapter, the newest 10% held out."""
 END_TO_END_ARMS = ("ppo", "guided", "adarefiner")
 RECIPES = Path(__file__).resolve().parent.parent / "recipes" / "adarefiner"
 PAPER = {
@@ -95,7 +100,9 @@ def mechanism_arm(task: tuple) -> tuple:
     if arm == "none":
         overrides += ["guidance=decision", "adapter.warmup_steps=0"]
     else:
-        overrides += [f"model.path={adapter}", "adapter.warmup_steps=0", f"refine.mode={arm}"]
+        mode, _, schedule = arm.partition("_")
+        overrides += [f"model.path={adapter}", "adapter.warmup_steps=0", f"refine.mode={mode}"]
+        overrides += REFERENCE_SCHEDULE if schedule == "previous" else []
     method = _method("mechanism.yaml", run_dir, f"{arm}-seed{seed}", overrides)
     # none and frozen do not change between stages: their stages differ only by the adapter's samples and
     # the player's draws, which shows how far apart two evaluations of one adapter fall
@@ -121,6 +128,15 @@ def _mean(values: list[float]) -> float:
     return round(sum(values) / len(values), 4)
 
 
+def _se(values: list[float]) -> float:
+    """The standard error of the mean (sample standard deviation / sqrt n; 0 for one value)."""
+    n = len(values)
+    if n < 2:
+        return 0.0
+    mean = sum(values) / n
+    return round((sum((v - mean) ** 2 for v in values) / (n - 1) / n) ** 0.5, 4)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="bench_out/adarefiner_crafter", help="output folder")
@@ -140,7 +156,7 @@ def main() -> None:
         adapters = dict(pool.map(warm, [(s, runs, mech_extra) for s in seeds], chunksize=1))
         tasks = [
             (s, arm, adapters[s], runs, mech_extra)
-            for arm in ("feedback", "self", "frozen", "none")
+            for arm in ("feedback", "self", "feedback_previous", "self_previous", "frozen", "none")
             for s in seeds
         ]
         e2e_tasks = [(s, arm, runs, e2e_extra) for arm in END_TO_END_ARMS for s in e2e_seeds]
@@ -154,6 +170,9 @@ def main() -> None:
         mechanism[arm] = {"seeds": seeds}
         for key in ("comprehension", "achievements_per_episode", "score", "subgoals_completed"):
             mechanism[arm][key] = [[row[key] for row in by_seed[s]] for s in seeds]
+            stages = range(len(mechanism[arm][key][0]))
+            mechanism[arm][f"{key}_mean"] = [_mean([v[i] for v in mechanism[arm][key]]) for i in stages]
+            mechanism[arm][f"{key}_se"] = [_se([v[i] for v in mechanism[arm][key]]) for i in stages]
     end_to_end = {}
     for arm in END_TO_END_ARMS:
         rows = [(steps, m) for seed, a, steps, m in e2e_rows if a == arm]
@@ -188,9 +207,12 @@ def main() -> None:
     for arm in MECHANISM_ARMS:
         m = mechanism[arm]
         print(
-            f"{arm:9s} comprehension {m['comprehension']}  achievements/episode "
+            f"{arm:17s} comprehension {m['comprehension']}  achievements/episode "
             f"{m['achievements_per_episode']}"
         )
+        for key in ("comprehension", "achievements_per_episode", "subgoals_completed"):
+            pairs = ", ".join(f"{a} +- {b}" for a, b in zip(m[f"{key}_mean"], m[f"{key}_se"], strict=True))
+            print(f"{'':17s} {key} per stage, mean +- se over seeds: {pairs}")
     for arm, e in end_to_end.items():
         print(f"{arm:10s} steps {e['steps']}  score {e['score']} {e['score_per_seed']}  reward {e['reward']}")
 
@@ -211,7 +233,7 @@ def plot(result: dict, path: Path) -> None:
         (axes[1], "achievements_per_episode", "achievements per episode"),
     ):
         for arm, m in result["mechanism"].items():
-            per_seed = m[key]
+            per_seed = m[key]  # the bars: min to max over seeds
             stages = range(1, len(per_seed[0]) + 1)
             mean = [sum(s[i] for s in per_seed) / len(per_seed) for i in range(len(per_seed[0]))]
             low = [mean[i] - min(s[i] for s in per_seed) for i in range(len(mean))]

@@ -17,14 +17,26 @@ from feedlearn.config import load_recipe
 from feedlearn.data.checkpoints import Checkpoints
 from feedlearn.data.jsonl import read_jsonl
 from feedlearn.data.store import open_run
-from feedlearn.envs.crafter_env import ACTIONS, CrafterEnv, text_state
+from feedlearn.envs.crafter_env import ACTIONS, ITEMS, CrafterEnv, text_state
 from feedlearn.envs.crafter_player import SkilledPlayer
 from feedlearn.errors import ConfigError
 from feedlearn.feedback.comprehension import ConceptEmbedder, comprehension_scores, step_text
 from feedlearn.feedback.subgoals import SUBGOALS, parse_subgoals, rule_subgoals
 from feedlearn.methods import adarefiner as ada
-from feedlearn.methods.adarefiner_loop import TOOLS_AND_BLOCKS, ModelDecider, QueryRecord, TemplateAnalyst
+from feedlearn.methods.adarefiner_agent import ReinitializedEncoder
+from feedlearn.methods.adarefiner_loop import (
+    TOOLS_AND_BLOCKS,
+    Guide,
+    ModelDecider,
+    QueryRecord,
+    TemplateAnalyst,
+    Track,
+    adapter_prompt,
+    decision_prompt,
+)
 from feedlearn.models.chat import prompt_ids
+from feedlearn.models.loading import ModelSettings, load_policy
+from feedlearn.seeds import derive_seed
 from feedlearn.training.batches import tokenize_sft
 
 RECIPES = Path(__file__).parent.parent / "recipes" / "adarefiner"
@@ -117,9 +129,10 @@ def _state(**inventory):
 def test_decision_garbage_is_asked_again_counted_then_the_rule():
     # first asks: garbage for question 0, a valid reply for 1; then question 0 alone, twice more
     asker = ParsedAsker(ScriptedBackend(["blah", "I would chop tree", "nothing", "??"]), SamplingParams(), 3)
-    decisions = ModelDecider(asker).decide([_state(), _state()], [[], []], ["a", "b"])
-    assert decisions[1] == (["chop tree"], False)
-    assert decisions[0] == (rule_subgoals(_state().sees, _state().status), True)
+    decisions = ModelDecider(asker).decide([_state(), _state()], ["", ""], ["a", "b"])
+    assert decisions[1] == (["chop tree"], False, "chop tree")
+    rule = rule_subgoals(_state().sees, _state().status)
+    assert decisions[0] == (rule, True, ", ".join(rule))
     assert asker.garbage_replies == 3 and asker.skipped == 1
 
 
@@ -355,9 +368,8 @@ def test_no_guidance_means_no_queries_and_a_zero_instruction(tmp_path):
     assert json.loads((folder / "metrics.json").read_text())["queries"] == 0
 
 
-def test_a_sentence_transformers_embedder_from_a_local_folder_runs_the_loop(tmp_path):
-    """The paper's embedder path: a sentence-transformers model loaded from a folder (here a tiny one
-    built offline: a tiny transformer and mean pooling)."""
+def _tiny_sentence_transformer(tmp_path) -> Path:
+    """A sentence-transformers model built offline in a folder: a tiny transformer and mean pooling."""
     from sentence_transformers import SentenceTransformer, models
 
     from feedlearn.models.tiny import TinyModelConfig, build_tiny_model
@@ -366,10 +378,16 @@ def test_a_sentence_transformers_embedder_from_a_local_folder_runs_the_loop(tmp_
     base = build_tiny_model(shape, ["chop tree", "do tree, move_left"], cache=tmp_path / "st")
     word = models.Transformer(str(base))
     SentenceTransformer(modules=[word, models.Pooling(32, "mean")]).save(str(tmp_path / "embedder"))
+    return tmp_path / "embedder"
+
+
+def test_a_sentence_transformers_embedder_from_a_local_folder_runs_the_loop(tmp_path):
+    """The paper's embedder path: a sentence-transformers model loaded from a folder (here a tiny one
+    built offline: a tiny transformer and mean pooling)."""
     method = _method(
         tmp_path,
         "embedder.kind=sentence-transformers",
-        f"embedder.model={tmp_path / 'embedder'}",
+        f"embedder.model={_tiny_sentence_transformer(tmp_path)}",
         "embedder.action_text=names",
         "stages=1",
     )
@@ -434,19 +452,20 @@ def test_cli_runs_one_stage(tmp_path, capsys):
 @pytest.mark.slow
 def test_paper_recipe_smoke_run_on_cpu_with_the_reference_network(tmp_path):
     """The paper's code path on a CPU: the reference network on 64x64 images, a few PPO steps, with a
-    tiny adapter standing in for Llama-2 and the offline decision maker and embedder for GPT-4 and MiniLM."""
+    tiny adapter standing in for Llama-2, the offline decision maker for GPT-4 and a tiny
+    sentence-transformers model for MiniLM (the score's embedder and the agent's reinitialized copy)."""
     overrides = [
         f"run_dir={tmp_path}",
         "model={path: tiny}",
         *TINY[:5],
         "decision.openai=null",
-        "embedder.kind=concepts",
         "env.area=[32, 32]",
         "env.length=20",
         "agent.n_steps=8",
         "agent.batch_size=8",
         "agent.n_epochs=1",
         "steps_per_stage=8",
+        "query_interval=4",  # three queries: two to train on, the newest held out
         "stages=1",
         "adapter.max_new_tokens=8",
         "refine.threshold=0.0",
@@ -455,10 +474,279 @@ def test_paper_recipe_smoke_run_on_cpu_with_the_reference_network(tmp_path):
         "evaluate.episodes=1",
         "evaluate.query_interval=10",
     ]
+    overrides.append(f"embedder.model={_tiny_sentence_transformer(tmp_path)}")  # MiniLM's stand-in
     config = load_recipe(ada.AdaRefinerConfig, RECIPES / "llama2_gpt4_paper.yaml", overrides)
+    assert config.agent.instruction == "reinitialized" and config.query_clock == "world"
     store = open_run(config.run_dir, "paper", config.model_dump(mode="json"))
     method = ada.AdaRefiner(config, store, progress=False)
     method.run()
     assert json.loads((store.path / "evaluate/stage1/metrics.json").read_text())["episodes"] == 1
     params = _params(store.path / "stage1/train/agent.zip")
     assert sum(v.numel() for v in params.values()) > 130_000_000
+
+
+# ---- issue 23: faithful to the reference code (docs/deviations.md, AdaRefiner) ---------------------------
+
+
+def test_the_prompts_are_the_reference_codes_word_for_word():
+    """utils.py's llm_template and gpt_template, written out by hand (an empty field reads <>)."""
+    state = _state(wood=2)
+    adapter = adapter_prompt(state, "chop tree, drink water", 0.7341)
+    assert adapter[0].content == (
+        "You are a professional game analyst. A player is playing a 2D Minecraft game. You will get the "
+        "player's observation, status information, and its comprehension score of language guidance. You "
+        "will be asked to provide concise summaries and suggestions about this player."
+    )
+    assert adapter[1].content == (
+        "Player sees: <grass>. Player status: <9 health, 9 food, 9 drink, 9 energy, 2 wood>. Past action: "
+        "<noop>. Past sub-goals: <chop tree, drink water>. Player's comprehension score: <0.734>."
+    )
+    first = adapter_prompt(text_state(_state_info(), None), "", None)[1].content
+    assert first == (
+        "Player sees: <grass>. Player status: <9 health, 9 food, 9 drink, 9 energy>. Past action: <>. "
+        "Past sub-goals: <>. Player's comprehension score: <>."
+    )
+    system, user = decision_prompt(state, "chop tree, drink water", "Chop a tree.")
+    assert system["content"] == (
+        "You are a professional game analyst. A player is playing a 2D Minecraft game. You will also get "
+        "analysis about this player from another analyst. Available sub-goals are: <eat plant, attack "
+        "zombie, attack skeleton, attack cow, chop tree, mine stone, mine coal, mine iron, mine diamond, "
+        "drink water, chop grass, sleep, place stone, place crafting table, place furnace, place plant, "
+        "make wood pickaxe, make stone pickaxe, make iron pickaxe, make wood sword, make stone sword, make "
+        "iron sword, plant row, chop grass with wood pickaxe, vegetarianism, make workshop, survival, "
+        "deforestation, work and sleep, gardening, wilderness survival>. You are asked to suggest 3 "
+        "sub-goals from available sub-goals in one sentence without any other words."
+    )
+    assert user["content"] == (
+        "Player sees: <grass>. Player status: <9 health, 9 food, 9 drink, 9 energy, 2 wood>. Past action: "
+        "<noop>. Past sub-goals: <chop tree, drink water>. Analysis: <Chop a tree.>."
+    )
+
+
+def _state_info(**inventory) -> dict:
+    return {
+        "semantic": np.full((16, 16), 2, dtype=np.int32),
+        "player_pos": np.array([8, 8]),
+        "inventory": {
+            **dict.fromkeys(ITEMS, 0),
+            "health": 9,
+            "food": 9,
+            "drink": 9,
+            "energy": 9,
+            **inventory,
+        },
+        "action": "do",
+        "faced": "tree",
+        "unlocked": [],
+    }
+
+
+def _held_out_loss(path: Path, examples) -> float:
+    """The mean over `examples` of each one's token-mean NLL on its reply, under the model at `path`."""
+    from feedlearn.losses import token_mean_nll
+
+    model, tok = load_policy(ModelSettings(path=str(path)))
+    model.eval()
+    losses = []
+    for row in tokenize_sft(examples, tok, 4096):
+        with torch.no_grad():
+            logits = model(input_ids=torch.tensor([row["input_ids"]])).logits
+        losses.append(float(token_mean_nll(logits, torch.tensor([row["labels"]]))[0]))
+    return sum(losses) / len(losses)
+
+
+def test_the_reference_schedule_starts_stage_2_from_stage_1_on_all_records_but_the_newest_tenth(
+    tmp_path, monkeypatch
+):
+    """sft.py: stage i fine-tunes stage i-1's model on every record so far (data.jsonl is appended to),
+    the newest 10% held out (train_ratio 0.9) and only evaluated; here its loss is logged as eval/loss."""
+    monkeypatch.setattr(ada, "EVAL_EVERY", 1)
+    calls = {}
+    original = ada.AdaRefiner._fit
+
+    def spy(self, path, examples, settings, stage, held=None):
+        calls[stage] = (path, [e.id for e in examples], [e.id for e in held or []])
+        return original(self, path, examples, settings, stage, held)
+
+    monkeypatch.setattr(ada.AdaRefiner, "_fit", spy)
+    method = _method(
+        tmp_path,
+        "agent.kind=scripted",
+        "refine.mode=self",
+        "refine.start=previous",
+        "refine.holdout=0.1",
+        recipe="mechanism.yaml",
+    )
+    method.sft(2)
+    run = method.store.path
+    first = [r.id for r in read_jsonl(run / "stage1/train/queries.jsonl", QueryRecord)]
+    both = first + [r.id for r in read_jsonl(run / "stage2/train/queries.jsonl", QueryRecord)]
+    cut1, cut2 = int(len(first) * 0.9), int(len(both) * 0.9)
+    assert calls["stage1/sft"] == (method.initial_adapter(), first[:cut1], first[cut1:])
+    assert calls["stage2/sft"] == (str(run / "stage1/sft/model"), both[:cut2], both[cut2:])
+    assert len(both) - cut2 >= 2
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    logged = [r["eval/loss"] for r in rows if r["stage"] == "stage2/sft" and "eval/loss" in r]
+    steps = json.loads((run / "stage2/sft/model/done.json").read_text())["steps"]
+    assert len(logged) == steps
+    records = {
+        r.id: r for s in (1, 2) for r in read_jsonl(run / f"stage{s}/train/queries.jsonl", QueryRecord)
+    }
+    held = method._examples([records[i] for i in both[cut2:]], weighted=False)
+    assert logged[-1] == pytest.approx(_held_out_loss(run / "stage2/sft/model", held), rel=1e-4)
+
+
+def test_the_previous_start_merges_a_lora_adapter_and_trains_a_fresh_one_on_top(tmp_path):
+    """sft.py merges each stage's LoRA into its base and saves the merged model, which the next stage
+    generates with and trains a new LoRA on."""
+    method = _method(
+        tmp_path,
+        "agent.kind=scripted",
+        "refine.mode=self",
+        "refine.start=previous",
+        "model.lora={r: 4, alpha: 8, dropout: 0.0}",
+        "adapter.warmup_steps=0",
+        recipe="mechanism.yaml",
+    )
+    method.sft(2)
+    run = method.store.path
+    merged = run / "stage1/sft/merged"
+    assert method.adapter_path(1) == str(merged)
+    config = json.loads((run / "stage2/sft/model/adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == str(merged)
+    assert (
+        json.loads((run / "stage1/sft/model/adapter_config.json").read_text())["base_model_name_or_path"]
+        == method.initial_adapter()
+    )
+    adapter, tok = load_policy(ModelSettings(path=str(run / "stage1/sft/model")))
+    plain, _ = load_policy(ModelSettings(path=str(merged)))
+    base, _ = load_policy(ModelSettings(path=method.initial_adapter()))
+    ids = torch.tensor([tok("Player sees: <tree, water>. Past action: <do>.")["input_ids"]])
+    with torch.no_grad():
+        a, m, b = adapter(ids).logits, plain(ids).logits, base(ids).logits
+    assert torch.allclose(a, m, atol=1e-5) and not torch.allclose(m, b, atol=1e-5)
+
+
+def test_the_world_clock_runs_queries_on_across_episodes(tmp_path):
+    """The reference queries every 100 steps of the world (num_timesteps), the instruction and its
+    action history running on into the next episode; the episode clock starts every episode afresh."""
+    steps = ["agent.kind=scripted", "guidance=decision", "adapter.warmup_steps=0", "agent.envs=1"]
+    steps += ["env.length=10", "query_interval=4", "steps_per_stage=32", "agent.n_steps=32", "stages=1"]
+    played = {}
+    for clock in ("world", "episode"):
+        method = _method(tmp_path / clock, *steps, f"query_clock={clock}", recipe="mechanism.yaml")
+        folder = method.train(1)
+        assert [e.length for e in read_jsonl(folder / "episodes.jsonl", ada.CrafterEpisode)] == [10, 10, 10]
+        played[clock] = read_jsonl(folder / "queries.jsonl", QueryRecord)
+    world = played["world"]  # a query at world steps 0, 4, ..., 32: episode 1 begins at step 10
+    assert [(q.episode, q.step) for q in world] == [
+        (0, 0),
+        (0, 4),
+        (0, 8),
+        (1, 2),
+        (1, 6),
+        (2, 0),
+        (2, 4),
+        (2, 8),
+        (3, 2),
+    ]
+    carried = world[3]  # its instruction, score and past sub-goals come from episode 0's last query
+    assert carried.score_before == world[2].score_after is not None
+    assert f"Past sub-goals: <{', '.join(world[2].subgoals)}>" in carried.prompt[1].content
+    episode = played["episode"]
+    expected = [(e, t) for e in range(4) for t in (0, 4, 8) if 10 * e + t <= 32]
+    assert [(q.episode, q.step) for q in episode] == expected
+    assert episode[3].score_before is None and "Past sub-goals: <>" in episode[3].prompt[1].content
+
+
+class RecordingBackend(ScriptedBackend):
+    def __init__(self, replies):
+        super().__init__(replies)
+        self.asked = []
+
+    def generate(self, conversations, n, sampling, keys=None):
+        self.asked += conversations
+        return super().generate(conversations, n, sampling, keys)
+
+
+def test_the_reply_as_instruction_is_embedded_scored_and_shown_as_it_is():
+    """models/lm.py: GPT-4's reply is the instruction, whatever it says: the policy embeds it, the
+    comprehension score compares the actions with it, the next prompts show it; nothing is asked again."""
+    reply = "I suggest: Chop_Tree, drink water and then go exploring."
+    backend = RecordingBackend([reply, "no idea"])
+    asker = ParsedAsker(backend, SamplingParams(), 3)
+    embedder = ConceptEmbedder()
+    guide = Guide(None, ModelDecider(asker, reply=True), embedder, 8, "names", "t")
+    records = []
+    guide.on_query = records.append
+    track, info = Track(), _state_info()
+    guide.start(track, info)
+    guide.query([0], [track], [info])
+    assert (track.text, track.subgoals) == (reply, ["chop tree", "drink water"])
+    assert np.allclose(track.instruction, embedder.encode([reply])[0])
+    guide.observe(track, info, 0.0)
+    guide.query([0], [track], [info])
+    assert records[0].reply == reply and records[0].subgoals == ["chop tree", "drink water"]
+    assert records[0].score_after == round(comprehension_scores(embedder, ["do"], [reply])[0], 6)
+    assert f"Past sub-goals: <{reply}>." in backend.asked[1][1]["content"]
+    assert f"Past sub-goals: <{reply}>." in track.pending.prompt[1].content
+    assert (track.text, track.subgoals, track.pending.fallback) == ("no idea", [], False)
+    assert asker.garbage_replies == 0 and len(backend.asked) == 2
+
+
+def test_the_reinitialized_encoder_is_the_embedder_with_orthogonal_linear_layers(tmp_path):
+    """The reference's policy holds a MiniLM copy in its features extractor, which SB3's orthogonal init
+    (gain sqrt 2, biases 0) overwrites: the agent reads that copy's raw output, the score the embedder's."""
+    folder = _tiny_sentence_transformer(tmp_path)
+    method = _method(
+        tmp_path,
+        "embedder.kind=sentence-transformers",
+        f"embedder.model={folder}",
+        "agent.instruction=reinitialized",
+        "adapter.warmup_steps=0",
+    )
+    encoder = method.encoder
+    linears = [m for m in encoder.model.modules() if isinstance(m, torch.nn.Linear)]
+    assert linears
+    for m in linears:
+        w = m.weight.detach()
+        gram = w @ w.T if w.shape[0] <= w.shape[1] else w.T @ w
+        assert torch.allclose(gram, 2 * torch.eye(len(gram)), atol=1e-4)
+        assert m.bias is None or not m.bias.any()
+    texts = ["chop tree, drink water, attack cow", "sleep"]
+    raw = encoder.encode(texts)
+    again = ReinitializedEncoder(str(folder), derive_seed(0, "init", "encoder")).encode(texts)
+    assert np.array_equal(raw, again) and not np.allclose(np.linalg.norm(raw, axis=1), 1.0)
+    guide = method._guide(None, "x", 8)
+    track, info = Track(), _state_info()
+    guide.start(track, info)
+    guide.query([0], [track], [info])
+    assert np.allclose(track.instruction, encoder.encode([track.text])[0])
+    assert guide.embedder is method.embedder and not np.allclose(
+        method.embedder.encode([track.text])[0], track.instruction
+    )
+    with pytest.raises(ConfigError, match="needs embedder.kind: sentence-transformers"):
+        load_recipe(ada.AdaRefinerConfig, RECIPES / "tiny.yaml", ["agent.instruction=reinitialized"])
+
+
+def test_the_adapters_top_p_reaches_its_sampling(tmp_path):
+    method = _method(tmp_path, "adapter.top_p=0.9", "adapter.temperature=0.6", "adapter.warmup_steps=0")
+    sampling = method._analyst(method.initial_adapter()).sampling
+    assert (sampling.temperature, sampling.top_p, sampling.max_new_tokens) == (0.6, 0.9, 12)
+
+
+def test_the_paper_recipe_sets_the_reference_codes_values():
+    """Each row of docs/deviations.md whose reference value is a setting (sft.py, utils.py, models/lm.py,
+    peft 0.4's Llama defaults, Llama-2-7b-chat-hf's generation config)."""
+    c = load_recipe(ada.AdaRefinerConfig, RECIPES / "llama2_gpt4_paper.yaml")
+    assert (c.model.lora.dropout, c.model.lora.target_modules, c.model.dtype) == (
+        0.1,
+        ["q_proj", "v_proj"],
+        "float16",
+    )
+    sft = c.refine.sft
+    assert (sft.batch_size, sft.grad_accum, sft.lr_schedule, sft.weight_decay) == (4, 1, "constant", 0.001)
+    assert (c.refine.start, c.refine.holdout, c.query_clock) == ("previous", 0.1, "world")
+    assert (c.adapter.temperature, c.adapter.top_p) == (0.6, 0.9)
+    assert (c.decision.instruction, c.agent.instruction) == ("reply", "reinitialized")
+    assert c.refine.mode == "feedback"  # the spec's known defect (no selection) stays fixed

@@ -100,8 +100,13 @@ class SentenceTransformerEmbedder:
                 f"cannot load embedder '{model}': {str(e).splitlines()[0]} (give a model folder, or a hub id "
                 "with network access)"
             ) from None
-        dimension = getattr(self.model, "get_embedding_dimension", None)  # the name since version 6
-        self.dim = (dimension or self.model.get_sentence_embedding_dimension)()
+        self.dim = self.dimension(self.model)
+
+    @staticmethod
+    def dimension(model) -> int:
+        """The embedding size of a sentence-transformers model."""
+        dimension = getattr(model, "get_embedding_dimension", None)  # the name since version 6
+        return (dimension or model.get_sentence_embedding_dimension)()
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         return self.model.encode(list(texts), normalize_embeddings=True, convert_to_numpy=True).astype(

@@ -4,10 +4,13 @@ turns into sub-goals for an RL agent in Crafter (spec: shared/methods/adarefiner
 Stages, for stage i = 1..N:
 - `train`: the agent plays (PPO learns; or the scripted player acts, to measure the mechanism), querying
   every `query_interval` steps (`adarefiner_loop`); every query is recorded;
-- `sft`: the adapter is fine-tuned on the queries of stages 1..i (completion-only: the reply is trained,
-  the prompt is context), from the starting adapter each time: `self` on every record (the reference
-  code's self-training), `feedback` on the records whose instruction the agent then followed, weighted by
-  that comprehension score (feedlearn's own, reward-weighted variant), `frozen` not at all (a baseline);
+- `sft`: the adapter is fine-tuned on the queries of stages 1..i but the newest `refine.holdout` share
+  (held out, their loss logged; completion-only: the reply is trained, the prompt is context), from the
+  starting adapter each time (`refine.start: initial`) or from stage i-1's refined adapter
+  (`previous`, the reference's; a LoRA adapter is merged into its base and a fresh one trained on top):
+  `self` on every record (the reference code's self-training), `feedback` on the records whose
+  instruction the agent then followed, weighted by that comprehension score (feedlearn's own,
+  reward-weighted variant), `frozen` not at all (a baseline);
 - `evaluate`: the saved agent and adapter on test worlds, querying every `evaluate.query_interval` steps:
   Crafter score, success per achievement, episode reward, mean comprehension score.
 Stage i+1 starts from the agent of stage i and the adapter of `sft` i. `warmup` (tiny adapters only)
@@ -36,7 +39,14 @@ from feedlearn.envs.crafter_player import SCRIPTED, SKILLED, SkilledPlayer
 from feedlearn.errors import ConfigError
 from feedlearn.feedback.comprehension import ActionText, ConceptEmbedder, SentenceTransformerEmbedder
 from feedlearn.feedback.subgoals import SUBGOALS
-from feedlearn.methods.adarefiner_agent import Network, build_ppo, load_ppo, ppo_metrics
+from feedlearn.losses import token_mean_nll
+from feedlearn.methods.adarefiner_agent import (
+    Network,
+    ReinitializedEncoder,
+    build_ppo,
+    load_ppo,
+    ppo_metrics,
+)
 from feedlearn.methods.adarefiner_loop import (
     ADAPTER_SYSTEM,
     DECISION_SYSTEM,
@@ -46,6 +56,7 @@ from feedlearn.methods.adarefiner_loop import (
     LMAnalyst,
     ModelDecider,
     NamedDecider,
+    QueryClock,
     QueryRecord,
     TemplateAnalyst,
 )
@@ -60,9 +71,9 @@ from feedlearn.methods.adarefiner_play import (
 from feedlearn.methods.common import AskSettings, GeneratingRecipe, Method, Settings
 from feedlearn.models.loading import load_policy
 from feedlearn.models.tiny import build_tiny_model
-from feedlearn.processes import process_state, shared_map
+from feedlearn.processes import from_main, process_state, shared_map
 from feedlearn.seeds import derive_seed
-from feedlearn.training.batches import tokenize_sft
+from feedlearn.training.batches import collate, tokenize_sft
 from feedlearn.training.trainer import TrainSettings, is_trained, sft_loss
 
 log = logging.getLogger(__name__)
@@ -117,6 +128,14 @@ class AgentSettings(Settings):
         description="scripted: the sub-goals the player carries out well; the rest it does at random.",
     )
     patience: int = Field(default=30, gt=0, description="scripted: steps on one sub-goal before the next.")
+    instruction: Literal["embedder", "reinitialized"] = Field(
+        default="embedder",
+        description="What embeds the instruction the agent reads. embedder: the comprehension score's "
+        "embedder (unit-norm rows); reinitialized: a copy of the sentence-transformers `embedder.model` "
+        "whose linear layers are orthogonally re-initialized (gain sqrt 2, biases 0), its raw output: the "
+        "reference's, whose policy holds its own copy of the embedder inside the features extractor, "
+        "where PPO's orthogonal initialization overwrites it.",
+    )
 
     def ppo(self) -> dict:
         """PPO's keyword arguments."""
@@ -136,6 +155,13 @@ class AdapterSettings(Settings):
     """Generation by the adapter LM (the recipe's `model`)."""
 
     temperature: float = Field(default=1.0, ge=0, description="Sampling temperature (0: greedy).")
+    top_p: float = Field(
+        default=1.0,
+        gt=0,
+        le=1,
+        description="Nucleus sampling mass (the reference samples with Llama-2-chat's generation config: "
+        "temperature 0.6, top_p 0.9).",
+    )
     max_new_tokens: int = Field(default=100, gt=0, description="Longest analysis, in tokens.")
     warmup_steps: int = Field(
         default=0,
@@ -154,6 +180,12 @@ class DecisionSettings(AskSettings):
     (the first three sub-goals the analysis names, else a rule)."""
 
     max_new_tokens: int = Field(default=64, gt=0, description="Longest reply, in tokens.")
+    instruction: Literal["subgoals", "reply"] = Field(
+        default="subgoals",
+        description="subgoals: the instruction is the allowed sub-goals the reply names (garbage asked "
+        "again, then the rule); reply: the reply itself, whatever it says, never asked again (the "
+        "reference's: the agent embeds it, the score compares with it, the next prompts show it).",
+    )
 
 
 class EmbedderSettings(Settings):
@@ -183,6 +215,20 @@ class RefineSettings(Settings):
     )
     threshold: float = Field(
         default=0.5, ge=0, le=1, description="feedback: records scored below this are not trained on."
+    )
+    start: Literal["initial", "previous"] = Field(
+        default="initial",
+        description="What stage i's SFT starts from. initial: the starting adapter, every stage (a refit "
+        "on all the records so far); previous: stage i-1's refined adapter (the reference's), a LoRA "
+        "adapter merged into its base first (saved in `stage<i-1>/sft/merged`, what stage i also "
+        "generates with) and a fresh LoRA trained on top.",
+    )
+    holdout: float = Field(
+        default=0.0,
+        ge=0,
+        lt=1,
+        description="Share of the records, the newest, held out of each SFT; their loss is logged as "
+        "eval/loss every 5 steps (the reference: 0.1, for logging only).",
     )
     sft: TrainSettings = Field(
         default_factory=lambda: TrainSettings(learning_rate=2e-4, max_grad_norm=0.3, grad_accum=16),
@@ -223,6 +269,13 @@ class AdaRefinerConfig(GeneratingRecipe):
         description="Environment steps per stage, over all worlds (rounded up to whole PPO iterations).",
     )
     query_interval: int = Field(default=100, gt=0, description="Steps between queries in training.")
+    query_clock: QueryClock = Field(
+        default="episode",
+        description="episode: every episode starts afresh (a query at its first step; no instruction, "
+        "action history or score carried over); world: the instruction in force, its action history, its "
+        "score and the query clock run on across a world's episodes (the reference's, which restarts them "
+        "at every PPO rollout instead: a defect not reproduced).",
+    )
     checkpoint_every: int = Field(default=1, gt=0, description="PPO iterations between checkpoints.")
 
     @model_validator(mode="after")
@@ -233,7 +286,41 @@ class AdaRefinerConfig(GeneratingRecipe):
                 raise ValueError(f"agent.network {self.agent.network} needs env.observation: {wanted}")
         if self.adapter.warmup_steps and self.model.path != "tiny":
             raise ValueError("adapter.warmup_steps warms up tiny adapters only (model.path: tiny)")
+        if self.agent.instruction == "reinitialized" and self.embedder.kind != "sentence-transformers":
+            raise ValueError("agent.instruction reinitialized needs embedder.kind: sentence-transformers")
         return self
+
+
+EVAL_EVERY = 5
+"""Optimizer steps between two losses on the held-out records (the reference's eval_steps)."""
+
+
+def held_out_loss(model, rows: list[dict], tokenizer, settings: TrainSettings):
+    """A trainer's `step_metrics` hook: at every `EVAL_EVERY`-th step (counted from this process's start
+    of the training), eval/loss, the mean over the held-out `rows` of each one's token-mean NLL on its
+    completion, under the model as trained so far (dropout off, no random draws: training is unchanged)."""
+    calls = 0
+
+    def metrics() -> dict[str, float]:
+        nonlocal calls
+        calls += 1
+        if calls % EVAL_EVERY:
+            return {}
+        training, device = model.training, next(model.parameters()).device
+        model.eval()
+        total = 0.0
+        with torch.no_grad():
+            for i in range(0, len(rows), settings.batch_size):
+                batch = {
+                    k: v.to(device)
+                    for k, v in collate(rows[i : i + settings.batch_size], tokenizer.pad_token_id).items()
+                }
+                logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+                total += float(token_mean_nll(logits.float(), batch["labels"]).sum())
+        model.train(training)
+        return {"eval/loss": total / len(rows)}
+
+    return metrics
 
 
 class AdaRefiner(Method):
@@ -245,6 +332,15 @@ class AdaRefiner(Method):
     def embedder(self):
         e = self.config.embedder
         return ConceptEmbedder() if e.kind == "concepts" else SentenceTransformerEmbedder(e.model)
+
+    @cached_property
+    def encoder(self):
+        """What embeds the agent's instruction apart from the embedder (None: the embedder does)."""
+        if self.config.agent.instruction == "embedder":
+            return None
+        return ReinitializedEncoder(
+            self.config.embedder.model, derive_seed(self.config.seed, "init", "encoder")
+        )
 
     @property
     def iterations(self) -> int:
@@ -271,11 +367,34 @@ class AdaRefiner(Method):
         corpus = [ADAPTER_SYSTEM, DECISION_SYSTEM, *SUBGOALS, *texts]
         return build_tiny_model(self.config.tiny, corpus, self.config.seed)
 
+    @property
+    def _merges(self) -> bool:
+        """Whether each refined LoRA adapter is merged into its base (`refine.start: previous`)."""
+        return self.config.refine.start == "previous" and self.config.model.lora is not None
+
     def adapter_path(self, stage: int) -> str:
-        """The adapter used after stage `stage`: the starting one (stage 0, or frozen), else its `sft`'s."""
+        """The adapter used after stage `stage`: the starting one (stage 0, or frozen), else its `sft`'s
+        (merged into its base, where `_merges`)."""
         if stage == 0 or self.config.refine.mode == "frozen":
             return self.initial_adapter()
-        return str(self.store.stage(f"stage{stage}/sft") / "model")
+        return str(self.store.stage(f"stage{stage}/sft") / ("merged" if self._merges else "model"))
+
+    def _merge(self, stage: int) -> None:
+        """Stage `stage`'s LoRA adapter merged into its base (unquantized, in `model.dtype`) and saved in
+        `stage<stage>/sft/merged` (its done.json last), by the main process; the reference's sft.py does
+        this at the end of every stage."""
+        folder = self.store.stage(f"stage{stage}/sft")
+        if not self._merges or (folder / "merged" / "done.json").exists():
+            return
+
+        def merge() -> None:
+            settings = self._settings(str(folder / "model")).model_copy(update={"quantization": "none"})
+            model, tok = load_policy(settings)
+            model.merge_and_unload().save_pretrained(folder / "merged")
+            tok.save_pretrained(folder / "merged")
+            write_json_atomic(folder / "merged" / "done.json", {"adapter": str(folder / "model")})
+
+        from_main(merge)
 
     def warmup(self) -> Path:
         """Warm a tiny adapter up on template analyses of the states the scripted player meets."""
@@ -299,18 +418,30 @@ class AdaRefiner(Method):
         model_path = self._tiny_base([m.content for e in examples for m in e.messages][:2000])
         return self._fit(str(model_path), examples, self.config.adapter.warmup, "warmup")
 
-    def _fit(self, path: str, examples: list[SFTExample], settings: TrainSettings, stage: str) -> Path:
-        """SFT of the adapter at `path` on `examples` (completion-only), saved in the stage's folder."""
+    def _fit(
+        self,
+        path: str,
+        examples: list[SFTExample],
+        settings: TrainSettings,
+        stage: str,
+        held: list[SFTExample] | None = None,
+    ) -> Path:
+        """SFT of the adapter at `path` on `examples` (completion-only), saved in the stage's folder; the
+        loss on `held` (held-out examples) logged as eval/loss every `EVAL_EVERY` steps."""
         model, tok = load_policy(self._settings(path), trainable=True, seed=self.config.seed)
         rows = tokenize_sft(examples, tok, settings.max_length)
-        return self.fit(stage, model, tok, rows, sft_loss, settings)
+        metrics = None
+        if held:
+            metrics = held_out_loss(model, tokenize_sft(held, tok, settings.max_length), tok, settings)
+        return self.fit(stage, model, tok, rows, sft_loss, settings, step_metrics=metrics)
 
     def _analyst(self, path: str) -> LMAnalyst | None:
         if self.config.guidance != "adapter":
             return None
         a = self.config.adapter
         backend = self.generation_backend(path)
-        return LMAnalyst(backend, SamplingParams(temperature=a.temperature, max_new_tokens=a.max_new_tokens))
+        sampling = SamplingParams(temperature=a.temperature, top_p=a.top_p, max_new_tokens=a.max_new_tokens)
+        return LMAnalyst(backend, sampling)
 
     @cached_property
     def decider(self):
@@ -322,7 +453,7 @@ class AdaRefiner(Method):
         asker = self.config.decision.asker(
             self.config.generation_batch_size, self.config.seed, self.replies("decision")
         )
-        return ModelDecider(asker)
+        return ModelDecider(asker, reply=self.config.decision.instruction == "reply")
 
     def _guide(self, analyst, prefix: str, interval: int) -> Guide:
         return Guide(
@@ -332,6 +463,8 @@ class AdaRefiner(Method):
             interval=interval,
             action_text=self.config.embedder.action_text,
             prefix=prefix,
+            encoder=self.encoder,
+            clock=self.config.query_clock,
         )
 
     def _env_kwargs(self) -> dict:
@@ -439,13 +572,15 @@ class AdaRefiner(Method):
         return build_ppo(venv, a.network, a.features, a.ppo(), a.device)
 
     def sft(self, stage: int = 1) -> Path | None:
-        """Refine the adapter on the queries of stages 1..`stage` (see the module's text); None: frozen or
-        no adapter."""
+        """Refine the adapter on the queries of stages 1..`stage` but the newest `refine.holdout` share
+        (see the module's text); None: frozen or no adapter."""
         self._check_stage(stage)
-        if self.config.refine.mode == "frozen" or self.config.guidance != "adapter":
+        refine = self.config.refine
+        if refine.mode == "frozen" or self.config.guidance != "adapter":
             return None
         folder = self.store.stage(f"stage{stage}/sft")
         if is_trained(folder):
+            self._merge(stage)  # a run stopped between the training and the merge
             return folder / "model"
         self.train(stage)
         records = [
@@ -455,13 +590,24 @@ class AdaRefiner(Method):
                 self.store.stage(f"stage{s}/train") / "queries.jsonl", QueryRecord
             ).records()
         ]
-        examples = self._examples(records, weighted=self.config.refine.mode == "feedback")
-        self.store.log_metrics(f"stage{stage}/sft", {"examples": len(examples), "records": len(records)})
-        return self._fit(self.initial_adapter(), examples, self.config.refine.sft, f"stage{stage}/sft")
+        kept = int(len(records) * (1 - refine.holdout))  # as written: the newest records come last
+        weighted = refine.mode == "feedback"
+        examples = self._examples(records[:kept], weighted)
+        held = self._examples(records[kept:], weighted, required=False)
+        metrics = {"examples": len(examples), "records": len(records)}
+        if refine.holdout:
+            metrics["held_out"] = len(held)
+        self.store.log_metrics(f"stage{stage}/sft", metrics)
+        start = self.initial_adapter() if refine.start == "initial" else self.adapter_path(stage - 1)
+        model = self._fit(start, examples, refine.sft, f"stage{stage}/sft", held)
+        self._merge(stage)
+        return model
 
-    def _examples(self, records: list[QueryRecord], weighted: bool) -> list[SFTExample]:
+    def _examples(
+        self, records: list[QueryRecord], weighted: bool, required: bool = True
+    ) -> list[SFTExample]:
         """Each record's prompt and analysis; `weighted`: weight = the comprehension score that followed,
-        records under the threshold (or never scored) left out."""
+        records under the threshold (or never scored) left out. None at all is an error if `required`."""
         out = []
         for r in records:
             if r.analysis is None:
@@ -473,11 +619,11 @@ class AdaRefiner(Method):
                 weight = r.score_after
             messages = [*r.prompt, Message(role="assistant", content=r.analysis)]
             out.append(SFTExample(id=r.id, messages=messages, weight=weight))
-        if not out:
+        if not out and required:
             raise ConfigError(
                 f"no adapter training example among {len(records)} records (refine.mode "
-                f"{self.config.refine.mode}, threshold {self.config.refine.threshold}): lower the threshold "
-                "or play more steps"
+                f"{self.config.refine.mode}, threshold {self.config.refine.threshold}, holdout "
+                f"{self.config.refine.holdout}): lower the threshold or play more steps"
             )
         return out
 
@@ -539,6 +685,9 @@ class AdaRefiner(Method):
         else:
             players = [self._players(f"test{stage}")[i] for i in worlds]
             completed = play_scripted(venv, players, None, reset=True, episodes=per_env)
+        if cfg.query_clock == "world":  # queries run on across episodes: score and record the last ones
+            for track in venv.tracks:
+                guide.close_query(track)
         return [
             (
                 [e for e in episodes if e.env == world],

@@ -9,9 +9,12 @@ parameters in that layer alone: a GPU network), `cnn` (a small strided CNN for i
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from typing import Literal
 
 import gymnasium
+import numpy as np
 import torch
 from stable_baselines3 import PPO
 from stable_baselines3.common.logger import Logger
@@ -61,6 +64,30 @@ class InstructedExtractor(BaseFeaturesExtractor):
 
     def forward(self, observations: dict[str, torch.Tensor]) -> torch.Tensor:
         return self.state(observations["state"]) + self.instruction(observations["instruction"])
+
+
+class ReinitializedEncoder:
+    """The reference's instruction encoder (`agent.instruction: reinitialized`): its policy holds its own
+    copy of the sentence embedder inside the features extractor, so Stable-Baselines3's orthogonal
+    initialization of that extractor (gain sqrt 2, biases 0) overwrites the embedder's linear layers too;
+    the agent reads the raw (unnormalized) output of that copy, never trained (it is run without
+    gradients). Here: a copy of `model` initialized that way from `seed`."""
+
+    def __init__(self, model: str, seed: int):
+        from feedlearn.feedback.comprehension import SentenceTransformerEmbedder
+
+        self.model = SentenceTransformerEmbedder(model).model
+        self.dim = SentenceTransformerEmbedder.dimension(self.model)
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            for module in self.model.modules():
+                if isinstance(module, (nn.Linear, nn.Conv2d)):
+                    nn.init.orthogonal_(module.weight, gain=math.sqrt(2))
+                    if module.bias is not None:
+                        nn.init.zeros_(module.bias)
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        return self.model.encode(list(texts), convert_to_numpy=True).astype(np.float32)
 
 
 def build_ppo(env, network: Network, features: int, ppo: dict, device: str = "auto") -> PPO:

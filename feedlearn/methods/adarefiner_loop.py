@@ -7,6 +7,8 @@ of the environment's own observation (`state`) and the instruction's embedding (
 instruction stored with each step in PPO's rollout buffer is the one that chose its action. Each query is
 recorded (prompt, analysis, sub-goals, the score before it and the score of its instruction after it ran,
 achievements unlocked meanwhile) once its instruction has run, through `Guide.on_query`.
+
+The prompts are the reference code's (PKU-RL/AdaRefiner, utils.py), word for word.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import inspect
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Literal, Protocol
 
 import numpy as np
 from gymnasium import spaces
@@ -25,22 +27,29 @@ from feedlearn.backends.base import Backend, ParsedAsker, SamplingParams
 from feedlearn.data.records import Message, Record
 from feedlearn.envs.crafter_env import ITEMS, CrafterState, text_state
 from feedlearn.feedback.comprehension import ActionText, Embedder, comprehension_scores, step_text
-from feedlearn.feedback.subgoals import SUBGOALS, parse_subgoals, rule_subgoals, template_analysis
+from feedlearn.feedback.subgoals import (
+    MAX_REPLY_CHARS,
+    SUBGOALS,
+    parse_subgoals,
+    rule_subgoals,
+    template_analysis,
+)
 from feedlearn.seeds import derive_seed
 
 ADAPTER_SYSTEM = (
-    "You are a professional game analyst. A player is playing a game similar to Minecraft. You will be "
-    "given the player's state and a score of how well the player followed its past sub-goals (from 0 to "
-    "1). Summarize the player's situation briefly and advise which sub-goals it should take on next."
+    "You are a professional game analyst. A player is playing a 2D Minecraft game. You will get the "
+    "player's observation, status information, and its comprehension score of language guidance. You will "
+    "be asked to provide concise summaries and suggestions about this player."
 )
 TOOLS_AND_BLOCKS = [k for k in ITEMS if k not in ("health", "food", "drink", "energy")]
 """What a make or place action changes when it works (placing uses up wood, stone or a sapling; making
 adds a tool): a change in these counts is the action's effect."""
 DECISION_SYSTEM = (
-    "You are a helpful assistant that tells the player the next sub-goals in a game similar to Minecraft. "
-    f"The allowed sub-goals are: {', '.join(SUBGOALS)}. Choose 3 of them and answer in one sentence, "
-    "naming each as written."
+    "You are a professional game analyst. A player is playing a 2D Minecraft game. You will also get "
+    f"analysis about this player from another analyst. Available sub-goals are: <{', '.join(SUBGOALS)}>. "
+    "You are asked to suggest 3 sub-goals from available sub-goals in one sentence without any other words."
 )
+QueryClock = Literal["episode", "world"]
 
 
 class QueryRecord(Record):
@@ -57,6 +66,8 @@ class QueryRecord(Record):
     score_before: float | None = None
     score_after: float | None = None
     achievements: list[str] = []
+    reply: str | None = None
+    """The decision model's reply, where it is the instruction as it is (`decision.instruction: reply`)."""
 
 
 class CrafterEpisode(Record):
@@ -70,28 +81,28 @@ class CrafterEpisode(Record):
     achievements: list[str]
 
 
-def describe(state: CrafterState, past_subgoals: Sequence[str]) -> str:
-    """The fields both prompts share."""
+def describe(state: CrafterState, past: str) -> str:
+    """The fields both prompts share, as the reference writes them (an empty field is `<>`); `past` is the
+    instruction in force, as text."""
     return (
-        f"The player sees: {', '.join(state.sees) or 'nothing'}.\n"
-        f"Status: {', '.join(state.status) or 'nothing'}.\n"
-        f"Past action: {state.past_action or 'none'}.\n"
-        f"Past sub-goals: {', '.join(past_subgoals) or 'none'}."
+        f"Player sees: <{', '.join(state.sees)}>. Player status: <{', '.join(state.status)}>. "
+        f"Past action: <{state.past_action or ''}>. Past sub-goals: <{past}>."
     )
 
 
-def adapter_prompt(state: CrafterState, past_subgoals: Sequence[str], score: float | None) -> list[Message]:
-    """The adapter LM's prompt: the state, the instruction in force, and its comprehension score."""
-    shown = "none yet" if score is None else f"{score:.3f}"
-    user = f"{describe(state, past_subgoals)}\nComprehension score of the past sub-goals: {shown}."
+def adapter_prompt(state: CrafterState, past: str, score: float | None) -> list[Message]:
+    """The adapter LM's prompt: the state, the instruction in force, and its comprehension score (empty
+    before an instruction has run)."""
+    shown = "" if score is None else f"{score:.3f}"
+    user = f"{describe(state, past)} Player's comprehension score: <{shown}>."
     return [Message(role="system", content=ADAPTER_SYSTEM), Message(role="user", content=user)]
 
 
-def decision_prompt(state: CrafterState, past_subgoals: Sequence[str], analysis: str | None) -> list[dict]:
+def decision_prompt(state: CrafterState, past: str, analysis: str | None) -> list[dict]:
     """The decision model's prompt: the same fields and the adapter's analysis (when there is one)."""
-    user = describe(state, past_subgoals)
+    user = describe(state, past)
     if analysis is not None:
-        user += f"\nAnalysis: {analysis}"
+        user += f" Analysis: <{analysis}>."
     return [{"role": "system", "content": DECISION_SYSTEM}, {"role": "user", "content": user}]
 
 
@@ -129,11 +140,12 @@ class TemplateAnalyst:
 
 
 class Decider(Protocol):
-    """Turns states and analyses into sub-goals: (sub-goals, whether the fallback rule chose them)."""
+    """Turns states and analyses into instructions: (sub-goals, whether the fallback rule chose them, the
+    instruction as text: what the agent embeds and the score compares its actions with)."""
 
     def decide(
-        self, states: list[CrafterState], past: list[list[str]], analyses: list[str | None]
-    ) -> list[tuple[list[str], bool]]: ...
+        self, states: list[CrafterState], past: list[str], analyses: list[str | None]
+    ) -> list[tuple[list[str], bool, str]]: ...
 
 
 class NamedDecider:
@@ -143,24 +155,32 @@ class NamedDecider:
         out = []
         for state, analysis in zip(states, analyses, strict=True):
             named = parse_subgoals(analysis) if analysis else None
-            out.append((named, False) if named else (rule_subgoals(state.sees, state.status), True))
+            goals, fallback = (named, False) if named else (rule_subgoals(state.sees, state.status), True)
+            out.append((goals, fallback, ", ".join(goals)))
         return out
 
 
 @dataclass
 class ModelDecider:
-    """A decision model (an API such as GPT-4, or a local model): its reply parsed against the allowed
-    sub-goals, garbage asked again (`asker.max_attempts`), then the rule."""
+    """A decision model (an API such as GPT-4, or a local model). `reply` False: its reply parsed against
+    the allowed sub-goals, garbage asked again (`asker.max_attempts`), then the rule; the instruction is
+    the sub-goals' names. `reply` True (the reference's): the reply itself is the instruction, whatever it
+    says, never asked again; the sub-goals it names are recorded."""
 
     asker: ParsedAsker
+    reply: bool = False
 
     def decide(self, states, past, analyses):
         conversations = [decision_prompt(s, p, a) for s, p, a in zip(states, past, analyses, strict=True)]
+        if self.reply:  # a one-element tuple is never empty: no reply is asked again
+            replies = self.asker.ask(conversations, lambda r: (r[:MAX_REPLY_CHARS].strip(),))
+            return [(parse_subgoals(text) or [], False, text) for (text,) in replies]
         parsed = self.asker.ask(conversations, parse_subgoals)
-        return [
-            (goals, False) if goals else (rule_subgoals(s.sees, s.status), True)
-            for s, goals in zip(states, parsed, strict=True)
-        ]
+        out = []
+        for state, goals in zip(states, parsed, strict=True):
+            goals, fallback = (goals, False) if goals else (rule_subgoals(state.sees, state.status), True)
+            out.append((goals, fallback, ", ".join(goals)))
+        return out
 
 
 @dataclass
@@ -171,6 +191,8 @@ class Track:
     t: int = 0
     queries: int = 0
     subgoals: list[str] = field(default_factory=list)
+    text: str = ""
+    """The instruction in force as text (what the score compares the actions with)."""
     instruction: np.ndarray | None = None
     actions: list[str] = field(default_factory=list)
     inventory: dict[str, int] = field(default_factory=dict)
@@ -179,13 +201,19 @@ class Track:
     pending: QueryRecord | None = None
     reward: float = 0.0
     unlocked: list[str] = field(default_factory=list)
+    clock: int = 0
+    """Steps taken in this world, over all its episodes."""
 
 
 @dataclass
 class Guide:
     """Runs the queries of a set of environments (None `analyst`: no adapter; None `decider`: no guidance
     at all, the instruction stays zero). `prefix` names this run's records, `worlds` the environments'
-    numbers in them (default: their positions; a process playing a share of the worlds gives theirs)."""
+    numbers in them (default: their positions; a process playing a share of the worlds gives theirs).
+    `encoder` embeds the instruction the agent reads (None: `embedder`, which scores). `clock` `episode`:
+    every episode starts afresh (a query at its first step, no instruction, action history or score
+    carried over); `world`: all of that runs on across a world's episodes, a query every `interval` steps
+    of the world."""
 
     analyst: Analyst | None
     decider: Decider | None
@@ -194,21 +222,31 @@ class Guide:
     action_text: ActionText
     prefix: str
     worlds: Sequence[int] | None = None
+    encoder: Embedder | None = None
+    clock: QueryClock = "episode"
     on_query: Callable[[QueryRecord], None] = lambda record: None
     on_episode: Callable[[CrafterEpisode], None] = lambda episode: None
 
+    @property
+    def instruction_encoder(self) -> Embedder:
+        """What embeds the instruction the agent reads."""
+        return self.embedder if self.encoder is None else self.encoder
+
     def start(self, track: Track, info: dict) -> None:
         """A new episode begins for `track`, at the state of `info`."""
+        fresh = self.clock == "episode" or track.episode < 0
         track.inventory = dict(info["inventory"])
         track.episode += 1
         track.t, track.reward, track.unlocked = 0, 0.0, []
-        track.subgoals, track.actions = [], []
-        track.last_action, track.score = None, None
-        track.instruction = np.zeros(self.embedder.dim, dtype=np.float32)
+        if fresh:
+            track.subgoals, track.text, track.actions = [], "", []
+            track.last_action, track.score = None, None
+            track.instruction = np.zeros(self.instruction_encoder.dim, dtype=np.float32)
 
     def observe(self, track: Track, info: dict, reward: float) -> None:
         """One step of `track`'s episode was taken."""
         track.t += 1
+        track.clock += 1
         track.reward += float(reward)
         track.last_action = info["action"]
         changed = any(info["inventory"][k] != track.inventory.get(k, 0) for k in TOOLS_AND_BLOCKS)
@@ -219,8 +257,10 @@ class Guide:
             track.pending.achievements += info["unlocked"]
 
     def finish(self, index: int, track: Track) -> None:
-        """`track`'s episode ended: its last query and the episode are recorded."""
-        self.close_query(track)
+        """`track`'s episode ended: the episode is recorded, and its last query (on the `episode` clock;
+        on the `world` clock the query runs on into the next episode)."""
+        if self.clock == "episode":
+            self.close_query(track)
         self.on_episode(
             CrafterEpisode(
                 id=f"{self.prefix}-env{self.world(index)}-ep{track.episode}",
@@ -238,7 +278,8 @@ class Guide:
 
     def due(self, track: Track) -> bool:
         """Whether `track` queries now."""
-        return self.decider is not None and track.t % self.interval == 0
+        steps = track.t if self.clock == "episode" else track.clock
+        return self.decider is not None and steps % self.interval == 0
 
     def query(self, indices: list[int], tracks: Sequence[Track], infos: Sequence[dict]) -> None:
         """Query for the environments `indices` (batched), given each one's latest info."""
@@ -250,14 +291,14 @@ class Guide:
             self.close_query(track)
             state = text_state(infos[i], track.last_action)
             states.append(state)
-            prompts.append(adapter_prompt(state, track.subgoals, track.score))
+            prompts.append(adapter_prompt(state, track.text, track.score))
             keys.append(f"{self.prefix}-env{self.world(i)}-q{track.queries}")
-            past.append(list(track.subgoals))
+            past.append(track.text)
         analyses = self.analyst.analyze(prompts, states, keys) if self.analyst else [None] * len(indices)
         decisions = self.decider.decide(states, past, analyses)
-        vectors = self.embedder.encode([", ".join(goals) for goals, _ in decisions])
+        vectors = self.instruction_encoder.encode([text for _, _, text in decisions])
         for row, i in enumerate(indices):
-            track, (goals, fallback) = tracks[i], decisions[row]
+            track, (goals, fallback, text) = tracks[i], decisions[row]
             track.pending = QueryRecord(
                 id=keys[row],
                 env=self.world(i),
@@ -268,9 +309,10 @@ class Guide:
                 subgoals=goals,
                 fallback=fallback,
                 score_before=track.score,
+                reply=text if getattr(self.decider, "reply", False) else None,
             )
             track.queries += 1
-            track.subgoals = goals
+            track.subgoals, track.text = goals, text
             track.instruction = vectors[row]
 
     def close_query(self, track: Track) -> None:
@@ -280,7 +322,7 @@ class Guide:
         score = None
         if track.actions:
             text = ", ".join(track.actions)
-            score = round(comprehension_scores(self.embedder, [text], [", ".join(track.subgoals)])[0], 6)
+            score = round(comprehension_scores(self.embedder, [text], [track.text])[0], 6)
         track.pending.score_after = score
         self.on_query(track.pending)
         track.pending, track.score, track.actions = None, score, []
@@ -294,7 +336,13 @@ class GuidedVecEnv(VecEnvWrapper):
         space = spaces.Dict(
             {
                 "state": venv.observation_space,
-                "instruction": spaces.Box(-1.0, 1.0, (guide.embedder.dim,), np.float32),
+                # unit-norm rows from the embedder; the reference's reinitialized encoder is unbounded
+                "instruction": spaces.Box(
+                    -1.0 if guide.encoder is None else -np.inf,
+                    1.0 if guide.encoder is None else np.inf,
+                    (guide.instruction_encoder.dim,),
+                    np.float32,
+                ),
             }
         )
         super().__init__(venv, observation_space=space)
