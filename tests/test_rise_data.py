@@ -13,7 +13,8 @@ from feedlearn.methods.rise_data import (
     is_degenerate,
     kept_turns,
     majority_answer,
-    rise_metrics,
+    percentages,
+    rise_outcomes,
     windowed,
 )
 from feedlearn.tasks.math_data import MathProblem
@@ -178,7 +179,7 @@ def test_majority_answer():
     assert majority_answer([]) is None
 
 
-# --- rise_metrics ----------------------------------------------------------------------------------------
+# --- rise_outcomes ----------------------------------------------------------------------------------------
 
 
 def problem(i: int, answer: str) -> MathProblem:
@@ -224,7 +225,7 @@ def test_rise_metrics_hand_built():
     problems = [problem(i, g) for i, g in enumerate(GOLD)]
     episodes = [eval_episode(i, a, g) for i, (a, g) in enumerate(zip(SEQUENTIAL, GOLD, strict=True))]
     parallel = [scored(a, g) for a, g in zip(PARALLEL, GOLD, strict=True)]
-    metrics = rise_metrics(problems, episodes, parallel)
+    metrics = percentages(rise_outcomes(problems, episodes, parallel))
     assert set(metrics) == {"acc@t1", "acc@t2", "acc@t3", "m1@t1", "m4@t1", "m1@t3", "p1@t3", "p4@t1"}
     assert metrics["acc@t1"] == 50.0  # p0, p2
     assert metrics["acc@t2"] == 75.0  # p0, p1, p3
@@ -236,6 +237,24 @@ def test_rise_metrics_hand_built():
     assert metrics["p4@t1"] == 75.0  # p0, p1, p3
 
 
+def test_paired_comparison_of_two_models_on_the_same_problems():
+    import math
+
+    from feedlearn.methods.rise_data import paired_comparison
+
+    base = {"acc@t1": [1, 0, 0, 1], "m1@t1": [1, 0, 0, 1], "acc@t3": [1, 0, 0, 0], "m1@t3": [1, 0, 0, 0]}
+    new = {"acc@t1": [1, 1, 0, 1], "m1@t1": [1, 1, 0, 1], "acc@t3": [1, 1, 1, 0], "m1@t3": [1, 1, 1, 1]}
+    result = paired_comparison(base, new)
+    # m1@t3: differences 0 1 1 1 -> mean 0.75, squared deviations 0.75 in all, sd sqrt(0.75 / 3), se sd / 2
+    assert result["difference"]["m1@t3"] == {"points": 75.0, "se": round(100 * math.sqrt(0.75 / 3) / 2, 2)}
+    assert result["difference"]["m1@t1"] == {"points": 25.0, "se": 25.0}  # 0 1 0 0: sd 0.5, se 0.25
+    gains = result["m1@t3 - m1@t1"]
+    assert gains["base"] == {"points": -25.0, "se": 25.0}  # base loses problem 3 over its turns
+    assert gains["new"] == {"points": 25.0, "se": 25.0}  # new gains problem 2
+    # per problem, new's gain minus base's: 0 0 1 1 -> 50 points, sd sqrt(1/3), se sd / 2
+    assert gains["new - base"] == {"points": 50.0, "se": round(100 * math.sqrt(1 / 3) / 2, 2)}
+
+
 def test_rise_metrics_names_follow_the_counts_and_round_to_two_decimals():
     problems = [problem(i, g) for i, g in enumerate(["1", "2", "3"])]
     episodes = [
@@ -244,7 +263,7 @@ def test_rise_metrics_names_follow_the_counts_and_round_to_two_decimals():
         eval_episode(2, ["0", "3"], "3"),
     ]
     parallel = [scored(["1", "1", "0"], "1"), scored(["0", "0", "2"], "2"), scored(["0", "0", "0"], "3")]
-    metrics = rise_metrics(problems, episodes, parallel)
+    metrics = percentages(rise_outcomes(problems, episodes, parallel))
     assert set(metrics) == {"acc@t1", "acc@t2", "m1@t1", "m3@t1", "m1@t2", "p1@t2", "p3@t1"}
     assert metrics["acc@t1"] == 33.33
     assert metrics["acc@t2"] == 33.33
@@ -258,7 +277,7 @@ def test_rise_metrics_majority_compares_answers_mathematically():
     problems = [problem(0, "0.5")]
     episodes = [eval_episode(0, ["\\frac{1}{2}", "1/2", "0"], "0.5")]
     parallel = [[(1.0, "\\frac{1}{2}"), (1.0, "\\frac{1}{2}"), (0.0, "3")]]
-    metrics = rise_metrics(problems, episodes, parallel)
+    metrics = percentages(rise_outcomes(problems, episodes, parallel))
     assert metrics["m3@t1"] == 100.0
 
 
@@ -266,7 +285,7 @@ def test_rise_metrics_one_parallel_sample_keeps_m1_t1_as_turn_one_accuracy():
     problems = [problem(0, "1"), problem(1, "2")]
     episodes = [eval_episode(0, ["1", "1"], "1"), eval_episode(1, ["2", "2"], "2")]  # turn 1: 100%
     parallel = [scored(["0"], "1"), scored(["0"], "2")]  # parallel sample: 0%
-    metrics = rise_metrics(problems, episodes, parallel)
+    metrics = percentages(rise_outcomes(problems, episodes, parallel))
     assert metrics["acc@t1"] == 100.0
     assert metrics["m1@t1"] == metrics["acc@t1"]
 

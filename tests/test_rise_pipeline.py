@@ -380,6 +380,10 @@ def test_tiny_end_to_end(tmp_path, monkeypatch):
         for k in (0, 1):
             assert metrics[f"acc@t{k + 1}"] == 100 * sum(e.turns[k].reward == 1 for e in played) / 8
         assert metrics["p1@t2"] == 100 * sum(any(t.reward == 1 for t in e.turns) for e in played) / 8
+        outcomes = json.loads((run / stage / "evaluate/outcomes.json").read_text())  # per problem, in order
+        assert outcomes["problems"] == [e.id for e in played]
+        assert outcomes["acc@t2"] == [e.turns[1].reward == 1 for e in played]
+        assert {k: 100 * sum(v) / 8 for k, v in outcomes.items() if k != "problems"} == metrics
 
     sft = load_file(run / "sft/model/model.safetensors")
     trained = load_file(run / "iter1/train/model/model.safetensors")

@@ -36,7 +36,8 @@ from feedlearn.methods.rise_data import (
     best_sample,
     episode_examples,
     is_degenerate,
-    rise_metrics,
+    percentages,
+    rise_outcomes,
     solved_by_turn,
     windowed,
 )
@@ -440,23 +441,26 @@ class Rise(Method):
     def evaluate(self, iteration: int = 1) -> dict[str, float]:
         """Sequential and parallel evaluation of the policy after `iteration` rounds (0 = the base);
         writes `evaluate/metrics.json` (with `grader_failures`, the answers math_verify raised on and that
-        counted as wrong, when there were any) and the episodes. An evaluation already written is
+        counted as wrong, when there were any), each problem's outcomes (`outcomes.json`, what paired
+        comparisons read) and the episodes. An evaluation already written is
         returned as is. Under several processes each plays its share of the problems (seeded by their
         ids, as in `collect`) and the main process writes them all."""
         folder = self.store.stage(f"iter{iteration}/evaluate" if iteration else "base/evaluate")
-        if (folder / "metrics.json").exists():
+        if (folder / "metrics.json").exists() and (folder / "outcomes.json").exists():
             return json.loads((folder / "metrics.json").read_text())
         problems = self.config.test_problems.load("test", "test")
         backend = self.generation_backend(self.policy_path(iteration))
         before = grader_failures()
         played = shared_map(lambda share: self._play_test(share, backend), problems)
         episodes = [episode for episode, _ in played]
-        metrics = rise_metrics(problems, episodes, [parallel for _, parallel in played])
+        outcomes = rise_outcomes(problems, episodes, [parallel for _, parallel in played])
+        metrics = percentages(outcomes)
         failed = total(grader_failures() - before)
         if failed:  # answers math_verify raised on, counted wrong (feedlearn.verifiers.math_answers)
             metrics["grader_failures"] = failed
         if process_state().is_main_process:
             write_jsonl_atomic(folder / "episodes.jsonl", episodes)
+            write_json_atomic(folder / "outcomes.json", {"problems": [p.id for p in problems], **outcomes})
             write_json_atomic(folder / "metrics.json", metrics)
             self.store.log_metrics(folder.relative_to(self.store.path).as_posix(), metrics)
         return metrics

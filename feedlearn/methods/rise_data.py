@@ -1,5 +1,6 @@
 """RISE's pure pieces: degenerate-sample filter, best-of-n choice, conversion criteria, the windowed
-context, and the evaluation's metrics (accuracy per turn, majority voting, pass@n)."""
+context, and the evaluation's metrics (accuracy per turn, majority voting, pass@n), per problem and
+compared problem by problem between two models."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from collections import Counter
 from typing import Literal
 
 from feedlearn.data.records import Episode, Message, SFTExample
+from feedlearn.stats import paired_difference
 from feedlearn.tasks.math_data import MathProblem
 from feedlearn.verifiers.math_answers import answers_match
 
@@ -141,31 +143,59 @@ def windowed(episode: Episode, window: int | None) -> list[dict]:
     return [m.model_dump() for m in episode.model_copy(update={"turns": turns}).conversation()]
 
 
-def rise_metrics(
+def rise_outcomes(
     problems: list[MathProblem], episodes: list[Episode], parallel: list[list[tuple[float, str | None]]]
-) -> dict[str, float]:
-    """acc@t1..acc@tT, m1@t1, m1@tT (majority of the T turns), p1@tT (any turn correct), and over n
-    parallel first-turn samples mn@t1 (majority) and pn@t1 (any); all in percent."""
+) -> dict[str, list[bool]]:
+    """Per test problem, in order: right at turn k (acc@tk), right by majority of the T turns (m1@tT), right
+    at any turn (p1@tT), and over n parallel first-turn samples right by majority (mn@t1) and at any
+    sample (pn@t1); the metrics are their shares, and two models' outcomes on the same problems pair up."""
     n_turns, n_par = len(episodes[0].turns), len(parallel[0])
-
-    def pct(flags) -> float:
-        flags = list(flags)
-        return round(100.0 * sum(flags) / len(flags), 2)
 
     def majority_correct(answers, gold) -> bool:
         top = majority_answer(answers)
         return top is not None and answers_match(top, gold)
 
-    metrics = {f"acc@t{k + 1}": pct(e.turns[k].reward == 1.0 for e in episodes) for k in range(n_turns)}
-    metrics["m1@t1"] = metrics["acc@t1"]
-    metrics[f"m1@t{n_turns}"] = pct(
+    outcomes = {f"acc@t{k + 1}": [e.turns[k].reward == 1.0 for e in episodes] for k in range(n_turns)}
+    outcomes["m1@t1"] = outcomes["acc@t1"]
+    outcomes[f"m1@t{n_turns}"] = [
         majority_correct([t.answer for t in e.turns], p.answer)
         for p, e in zip(problems, episodes, strict=True)
-    )
-    metrics[f"p1@t{n_turns}"] = pct(any(t.reward == 1.0 for t in e.turns) for e in episodes)
+    ]
+    outcomes[f"p1@t{n_turns}"] = [any(t.reward == 1.0 for t in e.turns) for e in episodes]
     if n_par > 1:  # one parallel sample is just another first turn: m1@t1 already says it
-        metrics[f"m{n_par}@t1"] = pct(
+        outcomes[f"m{n_par}@t1"] = [
             majority_correct([a for _, a in par], p.answer) for p, par in zip(problems, parallel, strict=True)
-        )
-        metrics[f"p{n_par}@t1"] = pct(any(r == 1.0 for r, _ in par) for par in parallel)
-    return metrics
+        ]
+        outcomes[f"p{n_par}@t1"] = [any(r == 1.0 for r, _ in par) for par in parallel]
+    return outcomes
+
+
+def percentages(outcomes: dict[str, list[bool]]) -> dict[str, float]:
+    """Each metric's share of right problems, in percent (`rise_outcomes` -> the metrics)."""
+    return {name: round(100.0 * sum(flags) / len(flags), 2) for name, flags in outcomes.items()}
+
+
+def paired_comparison(base: dict[str, list[bool]], new: dict[str, list[bool]]) -> dict[str, dict]:
+    """Two models' outcomes on the same test problems (`rise_outcomes`), compared problem by problem, in
+    points with the standard error of the paired difference: each metric's difference (`new - base`),
+    each model's gain over its own turns without an oracle (m1@tT - m1@t1), and how much more `new`
+    gains over its turns than `base` does."""
+
+    def points(a: list[bool], b: list[bool]) -> dict[str, float]:
+        diff, se = paired_difference([float(x) for x in a], [float(y) for y in b])
+        return {"points": round(100 * diff, 2), "se": round(100 * se, 2)}
+
+    last = max(int(k[5:]) for k in base if k.startswith("acc@t"))
+    majority = f"m1@t{last}"
+    gains = {
+        name: [float(x) - float(y) for x, y in zip(o[majority], o["m1@t1"], strict=True)]
+        for name, o in (("base", base), ("new", new))
+    }
+    return {
+        "difference": {k: points(new[k], base[k]) for k in base if k in new},
+        f"{majority} - m1@t1": {
+            "base": points(base[majority], base["m1@t1"]),
+            "new": points(new[majority], new["m1@t1"]),
+            "new - base": points(gains["new"], gains["base"]),
+        },
+    }
