@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 from rich.console import Console
@@ -42,8 +43,9 @@ def print_results(title: str, name: str, result: dict) -> None:
             print_results(f"{title}: {key}", key, sub)
 
 
-def plot_turns(columns: dict[str, dict[str, float]], path: str | Path) -> None:
-    """Accuracy per turn (acc@t1..acc@tT) of each model, with its parallel pass@n as a dashed line."""
+def plot_turns(columns: dict[str, dict[str, float]], path: str | Path, problems: int | None = None) -> None:
+    """Accuracy per turn (acc@t1..acc@tT) of each model, with its parallel pass@n as a dashed line; given
+    the number of test `problems`, each accuracy with its standard error, sqrt(p (1 - p) / problems)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -53,7 +55,9 @@ def plot_turns(columns: dict[str, dict[str, float]], path: str | Path) -> None:
     for i, (name, metrics) in enumerate(columns.items()):
         turns = sorted(int(k[5:]) for k in metrics if k.startswith("acc@t"))
         color = f"C{i}"
-        ax.plot(turns, [metrics[f"acc@t{t}"] for t in turns], "o-", color=color, label=f"{name}: acc@turn")
+        accuracy = [metrics[f"acc@t{t}"] for t in turns]
+        errors = [100 * math.sqrt(a / 100 * (1 - a / 100) / problems) for a in accuracy] if problems else None
+        ax.errorbar(turns, accuracy, yerr=errors, fmt="o-", color=color, capsize=3, label=f"{name}: acc@turn")
         oracle = f"p1@t{turns[-1]}"
         if oracle in metrics:
             ax.plot(turns[-1], metrics[oracle], "*", ms=12, color=color, label=f"{name}: {oracle}")

@@ -465,6 +465,12 @@ class Rise(Method):
             self.store.log_metrics(folder.relative_to(self.store.path).as_posix(), metrics)
         return metrics
 
+    def outcomes(self, iteration: int) -> dict[str, list[bool]]:
+        """Each test problem's outcomes after `iteration` rounds (0: the base), as `evaluate` wrote them."""
+        folder = self.store.stage(f"iter{iteration}/evaluate" if iteration else "base/evaluate")
+        saved = json.loads((folder / "outcomes.json").read_text())
+        return {k: v for k, v in saved.items() if k != "problems"}
+
     def _play_test(
         self, problems: list[MathProblem], backend: Backend
     ) -> list[tuple[Episode, list[tuple[float, str | None]]]]:
