@@ -14,7 +14,8 @@ none) is a paired difference per episode; its standard error is over the episode
 Writes `OUT/result.json`: per environment ("taxi", "autoexplore"), per arm ("sft", "sft_rl",
 "reflect_sft", "reflect_rl") and evaluation ("greedy", "sampled"), the success per seed and its mean;
 the effects ("rl": sft_rl - sft, "reflect_rl": reflect_rl - reflect_sft, "reflection": reflect_rl -
-sft_rl) as paired differences in points with standard errors; the training curves; and `OUT/curve.png`.
+sft_rl) as paired differences in points with standard errors; on Taxi, per arm and seed, the share of
+held-out moves that were the BFS oracle's; the training curves; and `OUT/curve.png`.
 """
 
 from __future__ import annotations
@@ -86,12 +87,37 @@ def successes(method: ReflectRL, stage: str, evaluation: str) -> list[float]:
     ]
 
 
+def oracle_agreement(method: ReflectRL, stage: str, evaluation: str) -> float:
+    """Taxi: the share (%) of held-out steps whose move was the BFS oracle's, replayed from the logged
+    episodes (how sharp and how right the policy is, beyond success)."""
+    prefix = EVALUATIONS[evaluation]
+    path = method.store.path / "evaluate" / stage / "episodes.jsonl"
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    others = tuple(p for p in ("without-reflection-", *EVALUATIONS.values()) if p and p != prefix)
+    agree = steps = 0
+    for record in records:
+        if not record["id"].startswith(prefix) or record["id"].startswith(others):
+            continue
+        env = method.envs.make("test", method.config.env.level)
+        env.reset(seed=record["seed"])
+        for action in record["actions"]:
+            agree += action == env.oracle_action()
+            steps += 1
+            env.step(action)
+    return round(100 * agree / steps, 2)
+
+
 def seed_run(out: Path, env: str, seed: int, common: list[str]) -> tuple[dict, list[dict]]:
     """Per arm and evaluation, each held-out episode's success at one seed; the training curve."""
     methods = {r: run(out / f"seed{seed}", env, r, [f"seed={seed}", *common]) for r in (False, True)}
     episodes = {
         arm: {ev: successes(methods[r], stage, ev) for ev in EVALUATIONS} for arm, (r, stage) in ARMS.items()
     }
+    if env == "taxi":
+        for arm, (r, stage) in ARMS.items():
+            episodes[arm]["oracle_agreement"] = {
+                ev: oracle_agreement(methods[r], stage, ev) for ev in EVALUATIONS
+            }
     curves = {}
     for r, method in methods.items():
         rows = [json.loads(line) for line in (method.store.path / "metrics.jsonl").read_text().splitlines()]
@@ -115,6 +141,11 @@ def summarize(per_seed: dict[int, dict], curves: dict[int, list]) -> dict:
     """Success per arm, evaluation and seed with its mean, and each effect as a paired difference (points)
     with its standard error over every seed's episodes."""
     arms = {arm: {ev: _success(per_seed, arm, ev) for ev in EVALUATIONS} for arm in ARMS}
+    for arm in ARMS:
+        if "oracle_agreement" in per_seed[next(iter(per_seed))][arm]:  # Taxi: % of steps on the oracle's move
+            arms[arm]["oracle_agreement"] = {
+                ev: {str(s): per_seed[s][arm]["oracle_agreement"][ev] for s in per_seed} for ev in EVALUATIONS
+            }
     effects = {}
     for effect, (arm, base) in EFFECTS.items():
         effects[effect] = {}
