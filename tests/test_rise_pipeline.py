@@ -607,6 +607,46 @@ def test_sft_chats_in_the_dialogue_layout_open_once(tmp_path, monkeypatch):
     assert [m.role for m in long.messages] == ["user", "assistant"] * len(asked)
 
 
+def test_sft_retries_ask_a_share_of_problems_again_and_solve_them_again(tmp_path, monkeypatch):
+    from feedlearn.methods import rise as rise_module
+
+    monkeypatch.setattr(Rise, "base_model_path", lambda self: "unused-base-model")
+    monkeypatch.setattr(rise_module, "load_policy", lambda *args, **kwargs: (None, None))
+    monkeypatch.setattr(Rise, "fit", lambda self, *args: None)
+
+    def chats(retries: float) -> list:
+        made = []
+        monkeypatch.setattr(
+            rise_module, "tokenize_sft", lambda examples, *args, **kwargs: made.extend(examples)
+        )
+        sft = {
+            "problems": {"synthetic": {"n": 40, "seed": 3, "levels": [1]}},
+            "chat_turns": 3,
+            "retries": retries,
+        }
+        cfg = rise_config(tmp_path / str(retries), sft=sft, seed=1)
+        Rise(cfg, RunStore(tmp_path / str(retries) / "runs", "r"), progress=False).sft()
+        return made
+
+    plain, every, some = chats(0.0), chats(1.0), chats(0.5)
+    assert [ex.id for ex in plain] == [ex.id for ex in every]  # the same chats, the same problems in them
+    cfg = rise_config(tmp_path, sft={"problems": {"synthetic": {"n": 40, "seed": 3, "levels": [1]}}})
+    by_opening = {
+        cfg.prompt.opening(p.question)[-1].content: p.question for p in cfg.sft.problems.load("sft")
+    }
+    for before, after in zip(plain, every, strict=True):
+        asked = before.messages[0::2]
+        assert len(after.messages) == 2 * len(before.messages)
+        for k, question in enumerate(asked):  # each problem, then its retry: the same solution twice
+            first, solution, retry, again = after.messages[4 * k : 4 * k + 4]
+            assert (first, solution) == (question, before.messages[2 * k + 1])
+            assert retry.content == cfg.prompt.retry(by_opening[question.content])
+            assert again == solution
+    retries = {cfg.prompt.retry(q) for q in by_opening.values()}
+    retried = sum(m.content in retries for ex in some for m in ex.messages)
+    assert 10 < retried < 30  # about half of the 40 problems
+
+
 RISE_RECIPES = Path(__file__).resolve().parents[1] / "feedlearn" / "recipes" / "rise"
 
 

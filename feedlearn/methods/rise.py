@@ -165,7 +165,15 @@ class SFTSettings(Settings):
         ge=1,
         description="Each training row is a chat of 1 to chat_turns unrelated problems in a row, every "
         "answer trained, so the model also answers later turns of a chat as instruct models do (it never "
-        "sees a retry or a correction).",
+        "sees a correction).",
+    )
+    retries: float = Field(
+        default=0.0,
+        ge=0,
+        le=1,
+        description="Share of warm-start problems asked again right after their solution, with the retry "
+        "message, and solved again (the same worked solution): the base then re-answers a retried question "
+        "as instruct models do, without ever seeing a correction. 0: a retry is new to the base.",
     )
     train: TrainSettings = Field(default_factory=TrainSettings, description="Optimization.")
 
@@ -236,7 +244,7 @@ class Rise(Method):
         """Warm start: train the base model on worked solutions (plain SFT, weight 1), in chats. Each
         problem of a chat is asked in the prompt's layout; in the dialogue layout a chat opens once with the
         instruction and the worked example (whose answer is trained too) and asks each later problem with
-        `next_question`."""
+        `next_question`; a share (`sft.retries`) is asked again with the retry message and solved again."""
         sft, folder = self.config.sft, self.store.stage("sft")
         if is_trained(folder):
             return folder / "model"
@@ -246,6 +254,7 @@ class Rise(Method):
         problems = sft.problems.load("sft")
         random.Random(derive_seed(self.config.seed, "order", "sft-problems")).shuffle(problems)
         sizes = random.Random(derive_seed(self.config.seed, "order", "sft-chat-sizes"))
+        retried = random.Random(derive_seed(self.config.seed, "order", "sft-retries"))
         examples, start = [], 0
         while start < len(problems):
             chat = problems[start : start + sizes.randint(1, sft.chat_turns)]
@@ -255,6 +264,9 @@ class Rise(Method):
                 opening = self.config.prompt.opening(p.question)
                 messages += opening if not messages else opening[-1:]
                 messages.append(Message(role="assistant", content=solution_text(p)))
+                if sft.retries and retried.random() < sft.retries:
+                    messages.append(Message(role="user", content=self.config.prompt.retry(p.question)))
+                    messages.append(Message(role="assistant", content=solution_text(p)))
             examples.append(SFTExample(id=chat[0].id, messages=messages))
         rows = tokenize_sft(examples, tokenizer, sft.train.max_length, all_turns=True)
         return self.fit("sft", model, tokenizer, rows, sft_loss, sft.train)
