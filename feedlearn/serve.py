@@ -64,8 +64,9 @@ class ServeSettings(BaseModel):
 
 
 def trained_model(target: Path) -> tuple[Path, str | None]:
-    """The model folder to serve and its chat template: a run folder's last trained policy (per its
-    method) with the run's template, or `target` itself when it holds a model or an adapter."""
+    """The model folder to serve and its chat template: a run folder's last finished policy (per its
+    method; a policy is finished once its `done.json` is written, as resume decides) with the run's
+    template, or `target` itself when it holds a model or an adapter."""
     if (target / "config.json").exists() or (target / "adapter_config.json").exists():
         return target, None
     config = target / "config.yaml"
@@ -74,7 +75,7 @@ def trained_model(target: Path) -> tuple[Path, str | None]:
     recipe = read_yaml(config)
     candidates = _policies(target, recipe.get("method"))
     for folder in candidates:
-        if (folder / "config.json").exists() or (folder / "adapter_config.json").exists():
+        if (folder / "done.json").exists():
             return folder, (recipe.get("model") or {}).get("chat_template")
     raise ConfigError(
         f"run {target} ({recipe.get('method')}) has no trained policy yet: run its train stages, or pass a "
@@ -96,8 +97,8 @@ def _policies(run: Path, method: str | None) -> list[Path]:
     if method in ("dpo", "active-dpo"):
         return [run / "train" / "model"]
     if method == "c3po":
-        adapters = sorted(run.glob("*/train/c3po/model"))
-        if len(adapters) > 1 and not (run / "combined" / "combined").exists():
+        adapters = sorted(a.parent for a in run.glob("*/train/c3po/model/done.json"))
+        if len(adapters) > 1 and not (run / "combined" / "combined" / "done.json").exists():
             raise ConfigError(
                 f"run {run} trained {len(adapters)} C3PO adapters: run `feedlearn c3po combine` to serve "
                 "them as one, or pass one adapter folder"

@@ -24,9 +24,12 @@ from feedlearn.serve import ServeSettings, api_key, build_app, trained_model, vl
 CHAT = [{"role": "user", "content": "what is two plus two"}]
 
 
-def model_folder(path: Path, adapter: bool = False) -> Path:
+def model_folder(path: Path, adapter: bool = False, finished: bool = True) -> Path:
+    """A saved model (or adapter) folder; `finished` writes the done marker a save writes last."""
     path.mkdir(parents=True)
     (path / ("adapter_config.json" if adapter else "config.json")).write_text("{}")
+    if finished:
+        (path / "done.json").write_text("{}")
     return path
 
 
@@ -45,12 +48,17 @@ def test_a_run_serves_its_last_trained_policy_with_its_chat_template(tmp_path):
     for i in (1, 2, 10):
         model_folder(rise / f"iter{i}" / "train" / "model")
     assert trained_model(rise) == (rise / "iter10" / "train" / "model", "{{ messages }}")
+    model_folder(rise / "iter11" / "train" / "model", finished=False)  # killed while saving iteration 11
+    assert trained_model(rise) == (rise / "iter10" / "train" / "model", "{{ messages }}")
     c3po = run_folder(tmp_path, "c3po")
     for feedback in ("aaaa", "bbbb"):
         model_folder(c3po / feedback / "train" / "c3po" / "model", adapter=True)
     with pytest.raises(ConfigError, match="trained 2 C3PO adapters: run `feedlearn c3po combine`"):
         trained_model(c3po)
-    model_folder(c3po / "combined" / "combined", adapter=True)
+    model_folder(c3po / "combined" / "combined", adapter=True, finished=False)
+    with pytest.raises(ConfigError, match="trained 2 C3PO adapters"):
+        trained_model(c3po)
+    (c3po / "combined" / "combined" / "done.json").write_text("{}")
     assert trained_model(c3po)[0] == c3po / "combined" / "combined"
     reflect = run_folder(tmp_path, "reflect-rl")
     model_folder(reflect / "sft" / "policy" / "model")

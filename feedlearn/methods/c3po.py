@@ -454,7 +454,7 @@ class C3PO(Method):
         }
         sampling = SamplingParams(temperature=0.0, max_new_tokens=cfg.evaluate.max_new_tokens)
         adapters = {m: self.store.stage(f"{feedback.short_id}/train/{m}") / "model" for m in cfg.methods}
-        if (self.combined_path() / "adapter_config.json").exists():
+        if (self.combined_path() / "done.json").exists():
             adapters["combined"] = self.combined_path()
         responses = {name: self._respond(str(path), tests, sampling) for name, path in adapters.items()}
         for name in ("in_context", "cot"):  # scored from their samples
@@ -542,6 +542,7 @@ class C3PO(Method):
             model.delete_adapter(name)
         model.save_pretrained(str(self.store.stage("combined")))  # an adapter not named 'default' goes
         tokenizer.save_pretrained(str(self.combined_path()))  # to <folder>/<its name>
+        write_json_atomic(self.combined_path() / "done.json", {"adapters": [str(p) for p in paths]})
         return self.combined_path()
 
     def run(self) -> dict[str, dict]:
