@@ -423,6 +423,8 @@ def test_a_second_writer_is_refused_with_the_holders_pid_and_a_dead_holder_leave
     )
     try:
         assert holder.stdout.readline().strip() == "locked"
+        metrics = tmp_path / "r" / "metrics.jsonl"
+        metrics.write_text('{"stage": "train", "step": 1}\n{"stage": "train", "st')  # the holder mid-write
         with pytest.raises(FeedlearnError) as refused:
             open_run(tmp_path, "r", {})
         message = str(refused.value)
@@ -430,6 +432,7 @@ def test_a_second_writer_is_refused_with_the_holders_pid_and_a_dead_holder_leave
             f"run folder {tmp_path / 'r'} is in use by process {holder.pid}: wait for it to finish, "
             "or pass --run-id NEW to start another run"
         )
+        assert metrics.read_text().endswith('"st')  # the refused process left the holder's line alone
     finally:
         holder.send_signal(signal.SIGKILL)
         holder.wait()

@@ -55,7 +55,7 @@ class RunStore:
         self.path = Path(root) / run_id
         self.path.mkdir(parents=True, exist_ok=True)
         self.metrics_path = self.path / METRICS
-        drop_torn_tail(self.metrics_path)
+        self._repaired = False  # a torn last line is dropped before this store first writes, never sooner
         self.trackers: Trackers | None = None
         """The recipe's experiment trackers (`report_to`), which get every metrics row too."""
 
@@ -80,6 +80,7 @@ class RunStore:
             self._keep_rows(lambda row: not (row["stage"] == stage and row["step"] is None))
         metrics = flatten(metrics)
         row = {"stage": stage, "step": step, "time": round(time.time(), 3), **metrics}
+        self._repair()
         with self.metrics_path.open("a", encoding="utf-8") as f:
             f.write(json.dumps(row) + "\n")
         if self.trackers is not None:
@@ -100,7 +101,15 @@ class RunStore:
             return []
         return [json.loads(line) for line in self.metrics_path.read_text(encoding="utf-8").splitlines()]
 
+    def _repair(self) -> None:
+        """Drop a line torn by a crash (what a SIGKILL mid-write leaves) before this store's first write: a
+        writer only, so a process refused the run's lock never touches the holder's file."""
+        if not self._repaired:
+            drop_torn_tail(self.metrics_path)
+            self._repaired = True
+
     def _keep_rows(self, keep: Callable[[dict[str, Any]], bool]) -> None:
+        self._repair()
         rows = self.metrics()
         kept = [row for row in rows if keep(row)]
         if len(kept) < len(rows):
