@@ -120,15 +120,11 @@ def cmd_report(args) -> None:
     from feedlearn.report_page import write_comparison, write_report
 
     runs = [Path(r) for r in args.run]
+    results = {run: _evaluation_results(run) for run in runs}
     flat = {}
     for run in runs:
-        found = sorted(p for p in run.glob("**/metrics.json") if "evaluate" in p.relative_to(run).parts)
-        if not found:
-            raise FeedlearnError(f"{run}: no evaluation results (metrics.json) found in this run folder")
         prefix = f"{run.name}/" if len(runs) > 1 else ""
-        flat.update(
-            {prefix + _column(p.relative_to(run), run.name): json.loads(p.read_text()) for p in found}
-        )
+        flat.update({prefix + column: values for column, values in results[run].items()})
     print_results(f"run {', '.join(r.name for r in runs)}", runs[0].name, flat)
     figures = []
     crafter = {r.name: r for r in runs if _method_of(r) == "adarefiner"}
@@ -138,8 +134,7 @@ def cmd_report(args) -> None:
         print(f"plot: {plot}")
         figures.append(plot)
     for run in runs:
-        found = sorted(p for p in run.glob("**/metrics.json") if "evaluate" in p.relative_to(run).parts)
-        columns = {_column(p.relative_to(run), run.name): flatten(json.loads(p.read_text())) for p in found}
+        columns = {column: flatten(values) for column, values in results[run].items()}
         own = [f for f in figures if f.parent == run]
         if _method_of(run) == "rise":
             plot_turns(columns, run / "report" / "accuracy_per_turn.png")
@@ -149,6 +144,22 @@ def cmd_report(args) -> None:
         print(f"report: {write_report(run, columns, own)}")
     if len(runs) > 1:
         print(f"comparison: {write_comparison(runs, {k: flatten(v) for k, v in flat.items()})}")
+
+
+def _evaluation_results(run: Path) -> dict[str, dict]:
+    """A run's evaluation results by column, from each `metrics.json` under an `evaluate` folder."""
+    found = sorted(p for p in run.glob("**/metrics.json") if "evaluate" in p.relative_to(run).parts)
+    if not found:
+        raise FeedlearnError(f"{run}: no evaluation results (metrics.json) found in this run folder")
+    results = {}
+    for path in found:
+        try:
+            results[_column(path.relative_to(run), run.name)] = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise FeedlearnError(
+                f"{path}: not valid JSON ({e}): delete it and run that evaluate stage again"
+            ) from None
+    return results
 
 
 def _method_of(run: Path) -> str | None:

@@ -16,9 +16,10 @@ SKIPPED = ("stage", "step", "time")
 
 
 def stage_curves(metrics_log: Path) -> dict[str, dict[str, list[tuple[int, float]]]]:
-    """{stage: {metric: [(step, value)]}} of the rows logged with a step (summary rows have none)."""
+    """{stage: {metric: [(step, value)]}} of the rows logged with a step (summary rows have none). A last
+    line without its newline was torn by a crash (the run drops it when it resumes) and is skipped."""
     curves: dict[str, dict[str, list[tuple[int, float]]]] = {}
-    for line in metrics_log.read_text(encoding="utf-8").split("\n"):
+    for line in metrics_log.read_text(encoding="utf-8").split("\n")[:-1]:
         if not line:
             continue
         row = json.loads(line)

@@ -124,6 +124,23 @@ def test_report_writes_curves_and_a_self_contained_page_naming_every_metric(tmp_
     assert "http" not in text and "<script" not in text  # nothing to fetch, nothing to run
 
 
+def test_report_skips_a_torn_metrics_line_and_names_a_corrupt_result_file(tmp_path, capsys):
+    from feedlearn.cli import main
+
+    run = dpo_run(tmp_path, [])
+    run.train()
+    run.evaluate()
+    with (run.store.path / "metrics.jsonl").open("a") as f:
+        f.write('{"stage": "train", "step": 99, "losses/lo')  # what a SIGKILL mid-write leaves
+    assert main(["report", str(run.store.path)]) == 0
+    results = run.store.path / "evaluate" / "metrics.json"
+    results.write_text('{"preference_accuracy": 0.')
+    capsys.readouterr()
+    assert main(["report", str(run.store.path)]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith(f"error: {results}: not valid JSON") and "\n" not in error
+
+
 def test_a_rise_report_has_its_accuracy_per_turn_figure(tmp_path, capsys):
     from feedlearn.cli import main
 
