@@ -1,8 +1,9 @@
 """Experiment trackers (`report_to: [tensorboard, wandb]` in a recipe), through accelerate's tracker
 integrations, beside the run's `metrics.jsonl`, which stays the record.
 
-Every metrics row a stage logs goes to each tracker as `<stage>/<metric>` at its step (a stage's summary
-row, which has no step, at step 0). The resolved config and the run id are the tracker's run config;
+Every metrics row a stage logs goes to each tracker as `<stage>/<metric>` at its step; a stage's summary
+row, which has no step, goes to TensorBoard at step 0 and to wandb's run summary (wandb drops a row logged
+at a step below one it has seen). The resolved config and the run id are the tracker's run config;
 configs hold the names of key variables, never keys. TensorBoard writes under `RUN/trackers/tensorboard`.
 wandb runs offline (`RUN/trackers/wandb`) unless WANDB_MODE or WANDB_API_KEY says otherwise, and a wandb
 that cannot start is logged and left out, so a tracker never stops a run.
@@ -77,7 +78,10 @@ class Trackers:
             if isinstance(v, int | float) and not isinstance(v, bool)
         }
         for tracker in self.trackers:
-            tracker.log(values, step=0 if step is None else step)
+            if step is None and tracker.name == "wandb":
+                tracker.run.summary.update(values)
+            else:
+                tracker.log(values, step=0 if step is None else step)
 
     def finish(self) -> None:
         """Flush and close every tracker."""

@@ -79,6 +79,54 @@ def test_wandb_offline_writes_its_run_folder_and_a_broken_tracker_does_not_stop_
     assert "train/losses/loss" in logged(again)
 
 
+def wandb_records(path):
+    """The records of a wandb offline `.wandb` file (wandb's log format: a 7-byte header, then 32 KiB
+    blocks of chunks, each a crc32, a length and a type (1 whole, 2 first, 3 middle, 4 last))."""
+    import struct
+
+    from wandb.proto import wandb_internal_pb2
+
+    data, records, pending, at = path.read_bytes(), [], b"", 7
+    assert data[:4] == b":W&B"
+    while at + 7 <= len(data):
+        if 32768 - at % 32768 < 7:  # a block's tail too short for a chunk header is padding
+            at += 32768 - at % 32768
+            continue
+        _, length, kind = struct.unpack("<IHB", data[at : at + 7])
+        if kind == 0:
+            break
+        pending += data[at + 7 : at + 7 + length]
+        at += 7 + length
+        if kind in (1, 4):
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(pending)
+            records.append(record)
+            pending = b""
+    return records
+
+
+def test_wandb_keeps_the_evaluation_results_in_its_run_summary(tmp_path, monkeypatch):
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    run = dpo_run(tmp_path, ["wandb"])
+    run.train()
+    run.evaluate()
+    run.store.trackers.finish()
+    (history,) = (run.store.path / "trackers" / "wandb" / "wandb").glob("offline-run-*/*.wandb")
+    records = wandb_records(history)
+    def items(kind: str):
+        for r in records:
+            if r.WhichOneof("record_type") == kind:
+                for i in r.summary.update if kind == "summary" else r.history.item:
+                    yield i.key or "/".join(i.nested_key), json.loads(i.value_json)
+
+    summary = dict(items("summary"))
+    logged_keys = {key for key, _ in items("history")}
+    evaluation = json.loads((run.store.path / "evaluate" / "metrics.json").read_text())
+    assert "train/losses/loss" in logged_keys
+    assert summary["evaluate/preference_accuracy"] == pytest.approx(evaluation["preference_accuracy"])
+
+
 def test_hyperparameters_are_flat_scalars():
     assert hyperparameters({"a": {"b": 1, "c": [1, 2]}, "d": None, "e": "x"}) == {
         "a.b": 1,
