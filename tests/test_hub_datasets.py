@@ -73,6 +73,19 @@ def test_dataset_problems_are_clear_errors(tmp_path):
         ProblemSet(dataset={"name": str(folder), "columns": {"question": "problem_text"}}).load("train")
 
 
+def test_a_split_a_single_dataset_folder_lacks_and_a_missing_folder_or_a_file_are_named(tmp_path):
+    folder = tmp_path / "prefs"
+    Dataset.from_dict({"prompt": ["Say hi"], "chosen": ["hi"], "rejected": ["no"]}).save_to_disk(str(folder))
+    with pytest.raises(DataError, match=r"is a single data set \(no splits\), so it has no split 'validation'"):
+        export_rows(DatasetSource(name=str(folder), split="validation"))
+    for missing in (str(tmp_path / "nowhere"), "./data/gsm8k", "data/gsm8k/main"):
+        with pytest.raises(DataError, match=f"dataset '{missing}': no such folder"):
+            export_rows(DatasetSource(name=missing))
+    (tmp_path / "pairs.jsonl").write_text("{}\n")
+    with pytest.raises(DataError, match="is a file: .* give a JSONL, JSON or Parquet file as `path`"):
+        export_rows(DatasetSource(name=str(tmp_path / "pairs.jsonl")))
+
+
 def test_exactly_one_source():
     with pytest.raises(ValueError, match="exactly one of 'path', 'dataset' or 'synthetic'"):
         ProblemSet(path="a.jsonl", dataset={"name": "x"})

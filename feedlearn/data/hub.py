@@ -37,7 +37,7 @@ class DatasetSource(BaseModel):
 def export_rows(source: DatasetSource) -> Path:
     """The JSONL file of the source's rows, columns renamed (exported on first use; a local folder is
     exported again when its files change)."""
-    local = Path(source.name).is_dir()
+    local = _is_local(source.name)
     stamp = (
         [(p.name, p.stat().st_mtime_ns, p.stat().st_size) for p in sorted(Path(source.name).iterdir())]
         if local
@@ -63,19 +63,41 @@ def export_rows(source: DatasetSource) -> Path:
     return path
 
 
+def _is_local(name: str) -> bool:
+    """Whether `name` means a local folder (it exists, or is written as a path: absolute, relative with
+    ./ or ../, under ~, or with more folders than a hub id's owner/name); a file is refused."""
+    path = Path(name).expanduser()
+    if path.is_file():
+        raise DataError(
+            f"dataset '{name}' is a file: a dataset is a hub id or a folder saved with save_to_disk; give a "
+            "JSONL, JSON or Parquet file as `path` instead"
+        )
+    if path.is_dir():
+        return True
+    if name.startswith(("/", "./", "../", "~")) or name.count("/") > 1:
+        raise DataError(f"dataset '{name}': no such folder (a hub id is 'name' or 'owner/name')")
+    return False
+
+
 def _open(source: DatasetSource, local: bool):
     """The split as a `datasets.Dataset`, or a one-line DataError."""
     import datasets
 
     try:
         if local:
-            loaded = datasets.load_from_disk(source.name)
+            loaded = datasets.load_from_disk(str(Path(source.name).expanduser()))
             if isinstance(loaded, datasets.DatasetDict):
                 if source.split not in loaded:
                     raise DataError(
                         f"dataset '{source.name}': no split '{source.split}'; it has {', '.join(loaded)}"
                     )
                 return loaded[source.split]
+            if source.split != (loaded.split or "train"):
+                kind = f"split '{loaded.split}'" if loaded.split else "no splits"
+                raise DataError(
+                    f"dataset '{source.name}' is a single data set ({kind}), so it has no split "
+                    f"'{source.split}': drop `split`, or save a DatasetDict with that split"
+                )
             return loaded
         return datasets.load_dataset(source.name, source.subset, split=source.split)
     except DataError:
