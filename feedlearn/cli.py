@@ -9,7 +9,8 @@ import sys
 from importlib.resources import files
 from pathlib import Path
 
-from feedlearn.config import load_recipe, read_yaml
+from feedlearn.config import load_recipe, read_yaml, validate
+from feedlearn.data.jsonl import write_text_atomic
 from feedlearn.data.store import open_run, write_problem, writing
 from feedlearn.errors import ConfigError, FeedlearnError
 from feedlearn.methods import adarefiner, c3po, dpo, reflect_rl, rise
@@ -96,15 +97,21 @@ def cmd_recipe(args) -> None:
         f"#   feedlearn run THIS_FILE.yaml\n\n" + annotated_yaml(config, mark_changes=False)
     )
     if args.out:
-        Path(args.out).write_text(text, encoding="utf-8")
-        print(f"wrote {args.out}")
+        out = Path(args.out)
+        if out.is_dir() or not out.parent.is_dir():
+            where = "is a folder" if out.is_dir() else f"is in a folder that does not exist ({out.parent})"
+            raise ConfigError(f"--out {out} {where}: name a file to write")
+        if out.exists() and not args.force:
+            raise ConfigError(f"--out {out} exists: pass --force to overwrite it")
+        write_text_atomic(out, text)
+        print(f"wrote {out}")
     else:
         print(text, end="")
 
 
 def cmd_serve(args) -> None:
     given = {f: getattr(args, f) for f in ServeSettings.model_fields if getattr(args, f) is not None}
-    serve(args.target, ServeSettings(**given))
+    serve(args.target, validate(ServeSettings, given, "serve"))
 
 
 def cmd_demo(args) -> None:
@@ -240,6 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
     recipe.add_argument("target", help="show: a recipe file; new: a method (" + ", ".join(METHODS) + ")")
     recipe.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a key")
     recipe.add_argument("--out", help="new: the file to write (default: print it)")
+    recipe.add_argument("--force", action="store_true", help="new: overwrite the --out file if it exists")
     recipe.set_defaults(func=cmd_recipe)
 
     serve = sub.add_parser(

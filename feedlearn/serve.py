@@ -24,7 +24,7 @@ import uuid
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from feedlearn.backends.base import SamplingParams
 from feedlearn.backends.local import LocalBackend
@@ -171,6 +171,15 @@ class ChatMessage(BaseModel):
     role: Literal["system", "user", "assistant"]
     content: str
 
+    @field_validator("content")
+    @classmethod
+    def _encodable(cls, content: str) -> str:
+        try:
+            content.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError("not valid UTF-8 text (a lone surrogate such as \\ud800)") from None
+        return content
+
 
 class ChatRequest(BaseModel):
     """The fields of OpenAI's chat-completions request this server honours; others are ignored."""
@@ -193,6 +202,7 @@ def build_app(backend: LocalBackend, name: str, settings: ServeSettings, key: st
     from fastapi import FastAPI, Request
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse, StreamingResponse
+    from starlette.exceptions import HTTPException as StarletteHTTPException
 
     app = FastAPI(title=f"feedlearn: {name}")
     lock = threading.Lock()
@@ -203,8 +213,14 @@ def build_app(backend: LocalBackend, name: str, settings: ServeSettings, key: st
     @app.exception_handler(RequestValidationError)
     async def invalid(request, exc):
         first = exc.errors()[0]
+        if first["type"] == "json_invalid":
+            return error(400, f"the body is not valid JSON: {first['msg']}")
         field = ".".join(str(p) for p in first["loc"][1:]) or "body"
         return error(400, f"field '{field}': {first['msg']}")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request, exc):  # unknown paths and methods, in the OpenAI form too
+        return error(exc.status_code, str(exc.detail), "invalid_request_error")
 
     @app.middleware("http")
     async def guard(request: Request, call_next):
@@ -297,9 +313,10 @@ def serve(target: str, settings: ServeSettings) -> None:
     model, chat_template = trained_model(Path(target))
     key = api_key(settings)
     name = settings.name or (Path(target).name if (Path(target) / "config.yaml").exists() else model.name)
-    use_vllm = settings.engine == "vllm" or (
-        settings.engine == "auto" and importlib.util.find_spec("vllm") is not None and shutil.which("vllm")
-    )
+    has_vllm = importlib.util.find_spec("vllm") is not None and shutil.which("vllm") is not None
+    if settings.engine == "vllm" and not has_vllm:
+        raise ConfigError("--engine vllm: vLLM is not installed here (pip install vllm), or pass --engine local")
+    use_vllm = settings.engine == "vllm" or (settings.engine == "auto" and has_vllm)
     if use_vllm:
         _run_vllm(model, name, settings, chat_template, key)
         return

@@ -80,3 +80,22 @@ def test_each_method_help_lists_its_stages_and_each_stage_exists(method, capsys)
     for stage, does in stages.items():
         assert callable(getattr(method_cls, stage.replace("-", "_")))
         assert f"{stage} " in text and does[:40] in text
+
+
+def test_recipe_new_refuses_a_folder_a_missing_parent_and_an_existing_file(tmp_path, capsys):
+    existing = tmp_path / "mine.yaml"
+    existing.write_text("method: rise\n")
+    cases = [
+        (tmp_path, "is a folder: name a file to write"),
+        (
+            tmp_path / "nowhere" / "r.yaml",
+            f"is in a folder that does not exist ({tmp_path / 'nowhere'}): name a file to write",
+        ),
+        (existing, "exists: pass --force to overwrite it"),
+    ]
+    for out, message in cases:
+        assert main(["recipe", "new", "dpo", "--out", str(out)]) == 2
+        assert capsys.readouterr().err.strip() == f"error: --out {out} {message}"
+    assert existing.read_text() == "method: rise\n"
+    assert main(["recipe", "new", "dpo", "--out", str(existing), "--force"]) == 0
+    assert existing.read_text().startswith("# A dpo recipe")

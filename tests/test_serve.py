@@ -191,6 +191,39 @@ def test_requests_without_the_key_or_over_the_limits_get_a_clear_4xx(server):
         )
 
 
+def test_a_lone_surrogate_or_an_unparseable_body_gets_an_openai_style_400(server):
+    import httpx
+
+    url = server()
+    headers = {"Authorization": "Bearer k3y", "Content-Type": "application/json"}
+    bodies = {
+        b'{"messages": [{"role": "user", "content": "\\ud800"}]}': "field 'messages.0.content'",
+        b'{"messages": [': "the body is not valid JSON",
+        b"\xff\xfe": "the body is not valid JSON",
+    }
+    for body, message in bodies.items():
+        reply = httpx.post(f"{url}/chat/completions", content=body, headers=headers)
+        assert reply.status_code == 400, (body, reply.text)
+        assert message in reply.json()["error"]["message"]
+    reply = httpx.get(f"{url}/nowhere", headers=headers)
+    assert reply.status_code == 404 and reply.json()["error"]["message"] == "Not Found"
+
+
+def test_serve_options_out_of_range_are_one_line_errors(policy, capsys):
+    from feedlearn.cli import main
+
+    cases = [
+        (["--port", "70000"], "serve: key 'port': Input should be less than or equal to 65535"),
+        (["--port", "-1"], "serve: key 'port': Input should be greater than or equal to 0"),
+        (["--max-n", "0"], "serve: key 'max_n': Input should be greater than 0"),
+        (["--engine", "vllm"], "--engine vllm: vLLM is not installed here"),
+    ]
+    for options, message in cases:
+        assert main(["serve", str(policy), *options]) == 2
+        error = capsys.readouterr().err.strip().splitlines()[-1]
+        assert error.startswith(f"error: {message}"), error
+
+
 def test_the_serve_command_serves_a_folder_and_refuses_an_open_bind_without_a_key(policy, tmp_path):
     """`feedlearn serve` as a user runs it: a model folder on 127.0.0.1 answers; binding 0.0.0.0 without
     --api-key-env exits with the reason before loading anything."""
