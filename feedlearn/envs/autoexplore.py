@@ -142,12 +142,15 @@ def read_prefix(path: str, limit: int) -> bytes:
         return f.read(limit)
 
 
-def listed_files(root: str, rel: str = "") -> list[str]:
-    """Repo-relative paths of the listed files under `root`/`rel`, in a fixed order."""
-    dirs, files = _entries(os.path.join(root, rel))
-    out = [f"{rel}{name}" for name in files]
-    for name in dirs:
-        out += listed_files(root, f"{rel}{name}/")
+def listed_files(root: str) -> list[str]:
+    """Repo-relative paths of the listed files under `root`, in a fixed order (a folder's files, then each
+    subfolder's, depth first); walked with a stack, so a deeply nested repository has no depth limit."""
+    out, pending = [], [""]
+    while pending:
+        rel = pending.pop()
+        dirs, files = _entries(os.path.join(root, rel))
+        out += [f"{rel}{name}" for name in files]
+        pending += [f"{rel}{name}/" for name in reversed(dirs)]
     return out
 
 
