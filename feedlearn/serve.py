@@ -38,6 +38,8 @@ log = logging.getLogger(__name__)
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 MAX_BODY_BYTES = 1_000_000
+MAX_CHARS_PER_TOKEN = 32
+"""A prompt longer than this many characters per allowed token is refused before it is tokenized."""
 
 
 class ServeSettings(BaseModel):
@@ -230,12 +232,10 @@ def build_app(backend: LocalBackend, name: str, settings: ServeSettings, key: st
                 return error(
                     401, "missing or wrong API key (Authorization: Bearer KEY)", "authentication_error"
                 )
-        length = request.headers.get("content-length") or "0"
-        if not length.isdigit():
-            return error(400, "Content-Length is not a number")
-        if int(length) > MAX_BODY_BYTES:
-            return error(413, f"request body over {MAX_BODY_BYTES} bytes")
         return await call_next(request)
+
+    app.add_middleware(BodyLimit, limit=MAX_BODY_BYTES, refuse=error)
+    positions = getattr(backend.model.config, "max_position_embeddings", None)
 
     @app.get("/v1/models")
     def models():
@@ -251,10 +251,23 @@ def build_app(backend: LocalBackend, name: str, settings: ServeSettings, key: st
         if wanted > settings.max_tokens:
             return error(400, f"max_tokens is {wanted}; this server allows at most {settings.max_tokens}")
         messages = [m.model_dump() for m in body.messages]
+        chars = sum(len(m["content"]) for m in messages)
+        if chars > settings.max_prompt_tokens * MAX_CHARS_PER_TOKEN:
+            return error(
+                400,
+                f"the prompt is {chars} characters; this server allows at most {settings.max_prompt_tokens} "
+                "tokens",
+            )
         length = len(prompt_ids(backend.tokenizer, messages))
         if length > settings.max_prompt_tokens:
             return error(
                 400, f"the prompt is {length} tokens; this server allows at most {settings.max_prompt_tokens}"
+            )
+        if positions is not None and length + wanted > positions:
+            return error(
+                400,
+                f"the prompt is {length} tokens and max_tokens {wanted}: more than the model's {positions} "
+                "positions",
             )
         sampling = SamplingParams(temperature=body.temperature, top_p=body.top_p, max_new_tokens=wanted)
         seed_key = f"serve/{body.seed}" if body.seed is not None else f"serve/{uuid.uuid4()}"
@@ -287,6 +300,41 @@ def build_app(backend: LocalBackend, name: str, settings: ServeSettings, key: st
     return app
 
 
+class BodyLimit:
+    """ASGI middleware: a request body over `limit` bytes gets a 413, counted as it arrives (a chunked
+    body has no Content-Length), so no more than `limit` bytes of it are ever held."""
+
+    def __init__(self, app, limit: int, refuse):
+        self.app, self.limit, self.refuse = app, limit, refuse
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope["headers"]).get(b"content-length", b"0")
+        if not declared.isdigit():
+            return await self.refuse(400, "Content-Length is not a number")(scope, receive, send)
+        chunks, size, more = [], 0, int(declared) <= self.limit
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            more = message.get("more_body", False) and size <= self.limit
+        if int(declared) > self.limit or size > self.limit:
+            return await self.refuse(413, f"request body over {self.limit} bytes")(scope, receive, send)
+        replayed = False
+
+        async def replay():
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+
+        await self.app(scope, replay, send)
+
+
 def _events(reply_id: str, created: int, name: str, texts: list[str], finish: list[str]):
     """Server-sent events of a finished generation, in OpenAI's chunk format: per choice its role, its
     text, its finish reason; then [DONE]. (The local engine streams a reply once it is whole.)"""
@@ -315,7 +363,9 @@ def serve(target: str, settings: ServeSettings) -> None:
     name = settings.name or (Path(target).name if (Path(target) / "config.yaml").exists() else model.name)
     has_vllm = importlib.util.find_spec("vllm") is not None and shutil.which("vllm") is not None
     if settings.engine == "vllm" and not has_vllm:
-        raise ConfigError("--engine vllm: vLLM is not installed here (pip install vllm), or pass --engine local")
+        raise ConfigError(
+            "--engine vllm: vLLM is not installed here (pip install vllm), or pass --engine local"
+        )
     use_vllm = settings.engine == "vllm" or (settings.engine == "auto" and has_vllm)
     if use_vllm:
         _run_vllm(model, name, settings, chat_template, key)

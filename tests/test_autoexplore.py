@@ -323,12 +323,17 @@ def test_a_right_answer_on_the_last_step_that_costs_0_in_all_succeeds(repo):
 
 
 def test_a_repository_nested_1200_folders_deep_is_listed_without_hitting_the_recursion_limit(tmp_path):
-    deep = tmp_path
+    folders = [tmp_path]
     for _ in range(1200):  # one at a time: mkdir(parents=True) itself recurses
-        deep = deep / "d"
-        deep.mkdir()
-    (deep / "bottom.py").write_text("def at_the_bottom():\n    pass\n")
+        folders.append(folders[-1] / "d")
+        folders[-1].mkdir()
+    (folders[-1] / "bottom.py").write_text("def at_the_bottom():\n    pass\n")
     (tmp_path / "top.py").write_text("def at_the_top():\n    pass\n")
-    assert listed_files(str(tmp_path)) == ["top.py", "d/" * 1200 + "bottom.py"]
-    (task,) = [t for t in generate_tasks(tmp_path) if "at_the_bottom" in t.question]
-    assert task.depth == 1200
+    try:
+        assert listed_files(str(tmp_path)) == ["top.py", "d/" * 1200 + "bottom.py"]
+        (task,) = [t for t in generate_tasks(tmp_path) if "at_the_bottom" in t.question]
+        assert task.depth == 1200
+    finally:  # bottom up: shutil.rmtree (pytest's cleanup of old tmp folders) recurses too
+        (folders[-1] / "bottom.py").unlink()
+        for folder in reversed(folders[1:]):
+            folder.rmdir()

@@ -76,7 +76,9 @@ def test_dataset_problems_are_clear_errors(tmp_path):
 def test_a_split_a_single_dataset_folder_lacks_and_a_missing_folder_or_a_file_are_named(tmp_path):
     folder = tmp_path / "prefs"
     Dataset.from_dict({"prompt": ["Say hi"], "chosen": ["hi"], "rejected": ["no"]}).save_to_disk(str(folder))
-    with pytest.raises(DataError, match=r"is a single data set \(no splits\), so it has no split 'validation'"):
+    with pytest.raises(
+        DataError, match=r"is a single data set \(no splits\), so it has no split 'validation'"
+    ):
         export_rows(DatasetSource(name=str(folder), split="validation"))
     for missing in (str(tmp_path / "nowhere"), "./data/gsm8k", "data/gsm8k/main"):
         with pytest.raises(DataError, match=f"dataset '{missing}': no such folder"):

@@ -128,7 +128,9 @@ def server(policy, monkeypatch):
     """The local server on 127.0.0.1, in a thread, with key `k3y` required, as `serve` builds it."""
 
     def start(**settings):
-        settings = ServeSettings(port=free_port(), max_n=4, max_tokens=16, max_prompt_tokens=64, **settings)
+        settings = ServeSettings(
+            port=free_port(), **{"max_n": 4, "max_tokens": 16, "max_prompt_tokens": 64, **settings}
+        )
         monkeypatch.setenv("SERVE_KEY", "k3y")
         key = api_key(settings.model_copy(update={"api_key_env": "SERVE_KEY"}))
         model, tokenizer = load_policy(ModelSettings(path=str(policy)))
@@ -207,6 +209,47 @@ def test_a_lone_surrogate_or_an_unparseable_body_gets_an_openai_style_400(server
         assert message in reply.json()["error"]["message"]
     reply = httpx.get(f"{url}/nowhere", headers=headers)
     assert reply.status_code == 404 and reply.json()["error"]["message"] == "Not Found"
+
+
+def test_a_chunked_body_is_counted_as_it_arrives_and_refused_at_the_limit():
+    import asyncio
+
+    from starlette.responses import JSONResponse
+
+    from feedlearn.serve import BodyLimit
+
+    received, sent = [], []
+
+    async def endless():  # a client that would send 30 MB in 64 KiB chunks
+        received.append(1)
+        return {"type": "http.request", "body": b"x" * 65536, "more_body": len(received) < 480}
+
+    async def send(message):
+        sent.append(message)
+
+    async def app(scope, receive, send):
+        raise AssertionError("the app never sees a body over the limit")
+
+    refuse = lambda status, message: JSONResponse({"error": {"message": message}}, status_code=status)  # noqa: E731
+    scope = {"type": "http", "headers": [(b"transfer-encoding", b"chunked")]}
+    asyncio.run(BodyLimit(app, 1_000_000, refuse)(scope, endless, send))
+    assert sent[0]["status"] == 413 and b"request body over 1000000 bytes" in sent[1]["body"]
+    assert len(received) == 1_000_000 // 65536 + 1  # it stopped reading one chunk past the limit
+
+
+def test_prompts_over_the_models_positions_or_far_over_the_limit_are_refused_before_generating(server):
+    url = server(max_prompt_tokens=4096, max_tokens=16)
+    client = openai.OpenAI(base_url=url, api_key="k3y", max_retries=0)
+    with pytest.raises(openai.BadRequestError, match="more than the model's 1024 positions"):
+        client.chat.completions.create(
+            model="tiny-policy", messages=[{"role": "user", "content": "two " * 1100}], max_tokens=16
+        )
+    with pytest.raises(
+        openai.BadRequestError, match="the prompt is 140000 characters; .* at most 4096 tokens"
+    ):
+        client.chat.completions.create(
+            model="tiny-policy", messages=[{"role": "user", "content": "x" * 140_000}]
+        )
 
 
 def test_serve_options_out_of_range_are_one_line_errors(policy, capsys):

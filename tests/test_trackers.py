@@ -114,6 +114,7 @@ def test_wandb_keeps_the_evaluation_results_in_its_run_summary(tmp_path, monkeyp
     run.store.trackers.finish()
     (history,) = (run.store.path / "trackers" / "wandb" / "wandb").glob("offline-run-*/*.wandb")
     records = wandb_records(history)
+
     def items(kind: str):
         for r in records:
             if r.WhichOneof("record_type") == kind:
