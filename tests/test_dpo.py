@@ -324,28 +324,28 @@ class AlwaysA:
         return [["A"] * n for _ in conversations]
 
 
-@pytest.mark.parametrize("pairs", [48, 160], ids=["short-run", "stopped-early"])
-def test_a_judge_that_never_gives_a_usable_label_fails_the_run(tmp_path, tiny_path, monkeypatch, pairs):
+def test_a_judge_that_never_gives_a_usable_label_fails_the_run_at_its_first_answers(
+    tmp_path, tiny_path, monkeypatch
+):
     from feedlearn.backends.base import SamplingParams
+    from feedlearn.feedback.label_book import FAIL_AFTER
     from feedlearn.judges.pairwise import JudgeLabeler
 
     judge = JudgeLabeler(AlwaysA(), SamplingParams(temperature=0), SamplingParams(), max_attempts=1)
     monkeypatch.setattr(dpo, "build_labeler", lambda settings, seed, replies: judge)
-    config = recipe(
-        tmp_path, tiny_path, train_data={"synthetic": {"n": pairs, "seed": 0}}, train={"epochs": 1}
-    )
+    config = recipe(tmp_path, tiny_path, train_data={"synthetic": {"n": 160, "seed": 0}}, train={"epochs": 1})
     method = run(config)
     with pytest.raises(FeedlearnError, match="the judge labeler gave no usable label for any of the") as err:
         method.run()
     assert "position_disagreements" in str(err.value) and "\n" not in str(err.value)
     labels = read_jsonl(method.store.stage("train") / "labels.jsonl", LabelRecord)
     assert labels and all(r.label == 0 for r in labels)  # every answer bought is kept
-    if pairs > 64:  # caught after the first 64 labels, before paying for the rest
-        assert len(labels) == 64 and not (method.store.stage("train") / "model").exists()
-    else:  # too short for the early check: caught at the end, and on every rerun
-        assert len(labels) == 48
-        with pytest.raises(FeedlearnError, match="no usable label"):
-            run(config).run()
+    # caught after 16 answers, before a checkpoint, a saved model or more labels bought
+    assert len(labels) == FAIL_AFTER
+    assert not (method.store.stage("train") / "model").exists()
+    assert not (method.store.stage("train") / "checkpoints").exists()
+    with pytest.raises(FeedlearnError, match="no usable label"):  # and on every rerun
+        run(config).run()
 
 
 def test_a_mostly_unusable_labeler_is_warned_about_once(tmp_path, caplog):
