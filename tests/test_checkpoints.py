@@ -14,14 +14,19 @@ def write(text: str):
     return into
 
 
-def test_the_newest_complete_checkpoint_is_resumed_and_the_older_ones_go(tmp_path):
+def test_the_newest_complete_checkpoint_is_resumed_and_all_but_the_one_before_go(tmp_path):
     checkpoints = Checkpoints(tmp_path / "checkpoints")
     assert checkpoints.latest() is None
     checkpoints.save(2, write("two"))
     checkpoints.save(10, write("ten"))  # 10 > 2 numerically, though "step-10" < "step-2" as text
     step, folder = checkpoints.latest()
     assert step == 10 and (folder / "state.txt").read_text() == "ten"
-    assert [p.name for p in checkpoints.folder.iterdir()] == ["step-10"]
+    checkpoints.save(12, write("twelve"))
+    assert sorted(p.name for p in checkpoints.folder.iterdir()) == ["step-10", "step-12"]
+    (checkpoints.folder / "step-12" / "state.txt").write_text("twelv")  # damaged after it was written
+    assert checkpoints.latest() == (10, checkpoints.folder / "step-10")
+    checkpoints.save(14, write("fourteen"))  # the damaged one is not kept as the one before
+    assert sorted(p.name for p in checkpoints.folder.iterdir()) == ["step-10", "step-14"]
 
 
 class Crash(Exception):

@@ -288,32 +288,33 @@ class Crash(Exception):
 LORA = LoraSettings(r=4, alpha=8, dropout=0.3, target_modules=["q_proj", "v_proj"])
 
 
-@pytest.mark.parametrize("lora", [None, LORA], ids=["full", "lora-with-dropout"])
-def test_resume_equals_uninterrupted(tiny_folder, tmp_path, lora):
-    settings = TrainSettings(
-        learning_rate=5e-3,
-        lr_schedule="cosine",
-        warmup_ratio=0.25,
-        weight_decay=0.1,
-        epochs=4,
-        batch_size=2,
-        grad_accum=2,
-        checkpoint_every=2,
-    )  # 8 rows / (2 x 2) = 2 steps per epoch, 8 steps in all
-    weights = [12.18, 1.0, 0.082, 1.0, 12.18, 0.082, 1.0, 1.0]
+RESUMED = TrainSettings(
+    learning_rate=5e-3,
+    lr_schedule="cosine",
+    warmup_ratio=0.25,
+    weight_decay=0.1,
+    epochs=4,
+    batch_size=2,
+    grad_accum=2,
+    checkpoint_every=2,
+)  # 8 rows / (2 x 2) = 2 steps per epoch, 8 steps in all
+WEIGHTS = [12.18, 1.0, 0.082, 1.0, 12.18, 0.082, 1.0, 1.0]
 
+
+def uninterrupted_and_crashed(tiny_folder, tmp_path, lora):
+    """Run A trains 8 steps; run B the same until it crashes in step 6 (checkpoints after steps 2 and 4).
+    Returns A's model folder, both stores, B's folder, the rows and the tokenizer."""
     torch.manual_seed(0)  # the same initial adapter in both runs
     model, tok = load(tiny_folder, lora)
-    rows = tokenize_sft(examples(8, weights), tok, 256)
+    rows = tokenize_sft(examples(8, WEIGHTS), tok, 256)
     store_a = RunStore(tmp_path, "a")
-    out_a = train(model, tok, rows, sft_loss, settings, tmp_path / "A", store=store_a, seed=3)
-
+    out_a = train(model, tok, rows, sft_loss, RESUMED, tmp_path / "A", store=store_a, seed=3)
     calls = 0
 
     def crashing_loss(model, batch):
         nonlocal calls
         calls += 1
-        if calls == 5 * settings.grad_accum + 1:  # step 6: step 5 was logged after the checkpoint at 4
+        if calls == 5 * RESUMED.grad_accum + 1:  # step 6: step 5 was logged after the checkpoint at 4
             raise Crash
         return sft_loss(model, batch)
 
@@ -321,29 +322,84 @@ def test_resume_equals_uninterrupted(tiny_folder, tmp_path, lora):
     torch.manual_seed(0)
     model, _ = load(tiny_folder, lora)
     with pytest.raises(Crash):
-        train(model, tok, rows, crashing_loss, settings, tmp_path / "B", store=store_b, seed=3)
-    ckpts = tmp_path / "B" / "checkpoints"
-    assert sorted(p.name for p in ckpts.iterdir()) == ["step-4"]  # step-2 was replaced by step-4
-    assert json.loads((ckpts / "step-4" / "checkpoint.json").read_text()) == {"step": 4}
-    assert not (tmp_path / "B" / "model").exists()
-    assert [r["step"] for r in metrics(store_b)] == [1, 2, 3, 4, 5]
-    (ckpts / "step-6").mkdir()  # a later save torn by the crash: no checkpoint.json, must be ignored
+        train(model, tok, rows, crashing_loss, RESUMED, tmp_path / "B", store=store_b, seed=3)
+    return out_a, store_a, store_b, tmp_path / "B", rows, tok
 
+
+def resume_and_compare(tiny_folder, lora, out_a, store_a, store_b, folder_b, rows, tok, resumed_steps):
+    """Resume run B in a fresh model and check it ends as run A did, redoing the steps after the
+    checkpoint it resumed from (`resumed_steps` logged before the resume, each once in the end)."""
+    assert [r["step"] for r in metrics(store_b)] == resumed_steps
     torch.manual_seed(12345)  # the resumed run must not depend on the state the process happens to be in
     model, _ = load(tiny_folder, lora)
-    out_b = train(model, tok, rows, sft_loss, settings, tmp_path / "B", store=store_b, seed=3)
-
+    out_b = train(model, tok, rows, sft_loss, RESUMED, folder_b, store=store_b, seed=3)
     a, b = saved_weights(out_a), saved_weights(out_b)
     assert a.keys() == b.keys()
     for k in a:
         assert torch.allclose(a[k], b[k], atol=1e-6, rtol=0), k
     # the resumed steps saw the same batches with the same weights, lr and optimizer state
     steps_a, steps_b = metrics(store_a), metrics(store_b)
-    assert [r["step"] for r in steps_b] == [1, 2, 3, 4, 5, 6, 7, 8]  # step 5 is logged once, on resume
+    assert [r["step"] for r in steps_b] == [1, 2, 3, 4, 5, 6, 7, 8]  # each step is logged once
     for ra, rb in zip(steps_a, steps_b, strict=True):
         assert rb["losses/loss"] == pytest.approx(ra["losses/loss"], rel=1e-5, abs=1e-7)
         assert rb["charts/lr"] == pytest.approx(ra["charts/lr"], rel=1e-9)
     assert steps_a[0]["charts/lr"] < steps_a[1]["charts/lr"]  # warmup, so the scheduler state mattered
+
+
+@pytest.mark.parametrize("lora", [None, LORA], ids=["full", "lora-with-dropout"])
+def test_resume_equals_uninterrupted(tiny_folder, tmp_path, lora):
+    out_a, store_a, store_b, folder_b, rows, tok = uninterrupted_and_crashed(tiny_folder, tmp_path, lora)
+    ckpts = folder_b / "checkpoints"
+    assert sorted(p.name for p in ckpts.iterdir()) == ["step-2", "step-4"]  # the newest and the one before
+    mark = json.loads((ckpts / "step-4" / "checkpoint.json").read_text())
+    assert mark["step"] == 4 and mark["files"]["model.safetensors"] > 0
+    assert mark["files"] == {
+        str(f.relative_to(ckpts / "step-4")): f.stat().st_size
+        for f in (ckpts / "step-4").rglob("*")
+        if f.is_file() and f.name != "checkpoint.json"
+    }
+    assert not (folder_b / "model").exists()
+    (ckpts / "step-6").mkdir()  # a later save torn by the crash: no checkpoint.json, must be ignored
+    resume_and_compare(tiny_folder, lora, out_a, store_a, store_b, folder_b, rows, tok, [1, 2, 3, 4, 5])
+
+
+def truncate(path):
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+DAMAGES = {
+    "truncated-model": (lambda c: truncate(c / "model.safetensors"), "model.safetensors has"),
+    "emptied-optimizer": (lambda c: (c / "optimizer.bin").write_bytes(b""), "optimizer.bin has 0 bytes"),
+    "empty-mark": (lambda c: (c / "checkpoint.json").write_text(""), "checkpoint.json is unreadable"),
+    "step-past-the-end": (
+        lambda c: (c / "checkpoint.json").write_text(json.dumps({"step": 9999})),
+        "checkpoint.json gives step 9999 for folder step-4",
+    ),
+}
+
+
+@pytest.mark.parametrize("damage", list(DAMAGES))
+def test_a_damaged_newest_checkpoint_resumes_from_the_one_before_and_ends_as_an_uninterrupted_run(
+    tiny_folder, tmp_path, damage, caplog
+):
+    out_a, store_a, store_b, folder_b, rows, tok = uninterrupted_and_crashed(tiny_folder, tmp_path, None)
+    spoil, named = DAMAGES[damage]
+    spoil(folder_b / "checkpoints" / "step-4")
+    with caplog.at_level("WARNING"):
+        resume_and_compare(tiny_folder, None, out_a, store_a, store_b, folder_b, rows, tok, [1, 2, 3, 4, 5])
+    (warning,) = [r.getMessage() for r in caplog.records if "damaged" in r.getMessage()]
+    assert f"step-4 is damaged ({named}" in warning and "\n" not in warning
+
+
+def test_a_checkpoint_past_the_loops_end_is_not_resumed_from(tmp_path):
+    from feedlearn.data.checkpoints import Checkpoints
+
+    checkpoints = Checkpoints(tmp_path)
+    checkpoints.save(2, lambda f: (f / "state.bin").write_bytes(b"two"))
+    checkpoints.save(9999, lambda f: (f / "state.bin").write_bytes(b"late"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step-2", "step-9999"]
+    assert checkpoints.latest(last_step=16) == (2, tmp_path / "step-2")
+    assert checkpoints.latest() == (9999, tmp_path / "step-9999")
 
 
 def test_gradient_accumulation_invariance(tiny_folder, tmp_path):

@@ -515,7 +515,7 @@ class AdaRefiner(Method):
         guide.on_query = appender(queries)
         guide.on_episode = appender(episodes, finished)
         checkpoints = Checkpoints(folder / "checkpoints")
-        start, agent, venv, players = self._play_state(stage, guide, checkpoints.latest())
+        start, agent, venv, players = self._play_state(stage, guide, checkpoints.latest(self.iterations))
         self.store.drop_metrics(f"stage{stage}/train", after_step=start)
         for iteration in range(start + 1, self.iterations + 1):
             finished.clear()

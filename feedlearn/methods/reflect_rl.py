@@ -392,7 +392,7 @@ class ReflectRL(Method):
         self.sft()
         levels = self.levels(cfg.rl.curriculum)
         checkpoints = Checkpoints(folder / "checkpoints")
-        start, learner = self._learner(checkpoints.latest())
+        start, learner = self._learner(checkpoints.latest(cfg.rl.iterations))
         reflector = self._reflector()
         episodes_log = (
             JsonlAppender(folder / "episodes.jsonl", EpisodeRecord) if state.is_main_process else None

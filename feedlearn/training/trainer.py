@@ -8,6 +8,7 @@ it had done and ends with the same weights as an uninterrupted run.
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Callable
@@ -29,6 +30,8 @@ from feedlearn.errors import FeedlearnError
 from feedlearn.losses import weighted_sft_loss
 from feedlearn.seeds import derive_seed
 from feedlearn.training.batches import collate
+
+log = logging.getLogger(__name__)
 
 
 class TrainSettings(BaseModel):
@@ -131,7 +134,7 @@ def train(
     model, optimizer, scheduler = accelerator.prepare(model, *_optimizer(params, settings, total_steps))
 
     checkpoints = Checkpoints(out_dir / "checkpoints")
-    start = _resume(accelerator, checkpoints, derive_seed(seed, "order", stage, "dropout"))
+    start = _resume(accelerator, checkpoints, derive_seed(seed, "order", stage, "dropout"), total_steps)
     if store is not None and accelerator.is_main_process:
         store.drop_metrics(stage, after_step=start)  # the steps after the checkpoint are done again
 
@@ -175,15 +178,26 @@ def train(
     return final
 
 
-def _resume(accelerator: Accelerator, checkpoints: Checkpoints, dropout_seed: int) -> int:
-    """The steps done: the latest checkpoint's (its state loaded), or 0 (dropout seeded for a fresh run)."""
-    latest = checkpoints.latest()
-    if latest is None:
-        torch.manual_seed(dropout_seed)
-        return 0
-    step, folder = latest
-    accelerator.load_state(str(folder))
-    return step
+def _resume(accelerator: Accelerator, checkpoints: Checkpoints, dropout_seed: int, last_step: int) -> int:
+    """The steps done: the newest sound checkpoint's (its state loaded; one that fails to load gives way to
+    the one before), or 0 (dropout seeded for a fresh run)."""
+    failed = None
+    for step, folder in checkpoints.sound(last_step):
+        try:
+            accelerator.load_state(str(folder))
+            return step
+        except Exception as e:  # a damaged file of the recorded size: the state is loaded whole, or not used
+            log.warning(
+                "checkpoint %s cannot be loaded (%s): trying the one before", folder, type(e).__name__
+            )
+            failed = folder
+    if failed is not None:  # the model may hold part of the damaged state: it cannot start afresh
+        raise FeedlearnError(
+            f"checkpoint {failed} cannot be loaded and there is no older one: delete {checkpoints.folder} "
+            "and run the same command again to train this stage from its start"
+        )
+    torch.manual_seed(dropout_seed)
+    return 0
 
 
 def _planned_steps(
