@@ -2,8 +2,9 @@
 integrations, beside the run's `metrics.jsonl`, which stays the record.
 
 Every metrics row a stage logs goes to each tracker as `<stage>/<metric>` at its step; a stage's summary
-row, which has no step, goes to TensorBoard at step 0 and to wandb's run summary (wandb drops a row logged
-at a step below one it has seen). The resolved config and the run id are the tracker's run config;
+row, which has no step, goes to TensorBoard at step 0 and to wandb's run summary. wandb drops a row logged
+at a step below one it has seen, so there each stage's steps go on the stage's own axis, `<stage>/step`
+(a later stage starts again at step 1). The resolved config and the run id are the tracker's run config;
 configs hold the names of key variables, never keys. TensorBoard writes under `RUN/trackers/tensorboard`.
 wandb runs offline (`RUN/trackers/wandb`) unless WANDB_MODE or WANDB_API_KEY says otherwise, and a wandb
 that cannot start is logged and left out, so a tracker never stops a run.
@@ -43,6 +44,8 @@ class Trackers:
         from accelerate.tracking import TensorBoardTracker, WandBTracker
 
         self.trackers = []
+        self.axes: set[str] = set()
+        """The stages whose step axis wandb has been given."""
         params = {"run_id": run_id, **hyperparameters(config)}
         for name in dict.fromkeys(names):
             try:
@@ -78,10 +81,17 @@ class Trackers:
             if isinstance(v, int | float) and not isinstance(v, bool)
         }
         for tracker in self.trackers:
-            if step is None and tracker.name == "wandb":
+            if tracker.name != "wandb":
+                tracker.log(values, step=0 if step is None else step)
+            elif step is None:
                 tracker.run.summary.update(values)
             else:
-                tracker.log(values, step=0 if step is None else step)
+                axis = f"{stage}/step"
+                if axis not in self.axes:  # wandb's documented form: the stage's metrics against its axis
+                    tracker.run.define_metric(axis)
+                    tracker.run.define_metric(f"{stage}/*", step_metric=axis)
+                    self.axes.add(axis)
+                tracker.run.log({**values, axis: step})
 
     def finish(self) -> None:
         """Flush and close every tracker."""

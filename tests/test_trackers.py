@@ -87,8 +87,7 @@ def wandb_records(path):
     from wandb.proto import wandb_internal_pb2
 
     data, records, pending, at = path.read_bytes(), [], b"", 7
-    assert data[:4] == b":W&B"
-    while at + 7 <= len(data):
+    while data.startswith(b":W&B") and at + 7 <= len(data):
         if 32768 - at % 32768 < 7:  # a block's tail too short for a chunk header is padding
             at += 32768 - at % 32768
             continue
@@ -105,6 +104,19 @@ def wandb_records(path):
     return records
 
 
+def finished_wandb_records(folder):
+    """The records of the one offline run under `folder`, once wandb's service has written its exit
+    record (it may still be writing when `finish` returns)."""
+    import time
+
+    (path,) = folder.glob("offline-run-*/*.wandb")
+    deadline = time.monotonic() + 60
+    while not ((records := wandb_records(path)) and records[-1].HasField("exit")):
+        assert time.monotonic() < deadline, "wandb never finished its run's file"
+        time.sleep(0.1)
+    return records
+
+
 def test_wandb_keeps_the_evaluation_results_in_its_run_summary(tmp_path, monkeypatch):
     monkeypatch.delenv("WANDB_MODE", raising=False)
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
@@ -112,8 +124,7 @@ def test_wandb_keeps_the_evaluation_results_in_its_run_summary(tmp_path, monkeyp
     run.train()
     run.evaluate()
     run.store.trackers.finish()
-    (history,) = (run.store.path / "trackers" / "wandb" / "wandb").glob("offline-run-*/*.wandb")
-    records = wandb_records(history)
+    records = finished_wandb_records(run.store.path / "trackers" / "wandb" / "wandb")
 
     def items(kind: str):
         for r in records:
@@ -126,6 +137,27 @@ def test_wandb_keeps_the_evaluation_results_in_its_run_summary(tmp_path, monkeyp
     evaluation = json.loads((run.store.path / "evaluate" / "metrics.json").read_text())
     assert "train/losses/loss" in logged_keys
     assert summary["evaluate/preference_accuracy"] == pytest.approx(evaluation["preference_accuracy"])
+
+
+def test_wandb_keeps_a_later_stages_steps_that_start_again_at_1(tmp_path, monkeypatch):
+    from feedlearn.trackers import Trackers
+
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    trackers = Trackers(["wandb"], tmp_path, "stages", {})
+    for step in (1, 2, 3):
+        trackers.log("iter1/train", {"losses/loss": 1.0 / step}, step)
+    for step in (1, 2):
+        trackers.log("iter2/train", {"losses/loss": 0.5 / step}, step)
+    trackers.finish()
+    rows = []
+    for r in finished_wandb_records(tmp_path / "wandb" / "wandb"):
+        if r.WhichOneof("record_type") == "history":
+            rows.append({i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in r.history.item})
+    later = [
+        (row["iter2/train/step"], row["iter2/train/losses/loss"]) for row in rows if "iter2/train/step" in row
+    ]
+    assert later == [(1, 0.5), (2, 0.25)]
 
 
 def test_hyperparameters_are_flat_scalars():
