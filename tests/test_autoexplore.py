@@ -329,8 +329,9 @@ def test_a_repository_nested_1200_folders_deep_is_listed_without_hitting_the_rec
         folders[-1].mkdir()
     (folders[-1] / "bottom.py").write_text("def at_the_bottom():\n    pass\n")
     (tmp_path / "top.py").write_text("def at_the_top():\n    pass\n")
+    (tmp_path / "deep.json").write_text("[" * 100_000 + "]" * 100_000)  # JSON nested past the parser's limit
     try:
-        assert listed_files(str(tmp_path)) == ["top.py", "d/" * 1200 + "bottom.py"]
+        assert listed_files(str(tmp_path)) == ["deep.json", "top.py", "d/" * 1200 + "bottom.py"]
         (task,) = [t for t in generate_tasks(tmp_path) if "at_the_bottom" in t.question]
         assert task.depth == 1200
     finally:  # bottom up: shutil.rmtree (pytest's cleanup of old tmp folders) recurses too

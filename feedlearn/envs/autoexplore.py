@@ -161,7 +161,7 @@ def _symbols(suffix: str, text: str) -> list[tuple[str, str]]:
     if suffix == ".json":
         try:
             data = json.loads(text)
-        except ValueError:
+        except (ValueError, RecursionError):  # not JSON, or nested past what the parser recurses into
             return []
         keys = list(data) if isinstance(data, dict) else []
         return [("config", k) for k in keys if re.fullmatch(KEY, k)]
