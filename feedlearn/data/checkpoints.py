@@ -17,6 +17,7 @@ import json
 import logging
 import shutil
 from collections.abc import Callable, Iterator
+from itertools import islice
 from pathlib import Path
 
 from feedlearn.data.jsonl import write_json_atomic
@@ -76,7 +77,8 @@ class Checkpoints:
         target = self.folder / f"step-{step}"
         shutil.rmtree(target, ignore_errors=True)  # a same-step checkpoint of a run that was cut short
         self.writing.rename(target)
-        kept = [target, *(p for _, p in self.sound() if p != target)][:KEEP]
+        older = (p for _, p in self.sound() if p != target)
+        kept = [target, *islice(older, KEEP - 1)]  # checks the older ones only until one is sound
         for old in self.folder.glob("step-*"):
             if old not in kept:
                 shutil.rmtree(old, ignore_errors=True)
@@ -108,8 +110,8 @@ def damage(folder: Path, last_step: int | None = None) -> str | None:
         path = folder / name
         if not path.is_file():
             return f"{name} is missing"
-        if path.stat().st_size != size:
-            return f"{name} has {path.stat().st_size} bytes, {size} were written"
+        if (found := path.stat().st_size) != size:
+            return f"{name} has {found} bytes, {size} were written"
     return None
 
 
