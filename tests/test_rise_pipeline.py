@@ -80,10 +80,9 @@ TURN2 = {
 }
 
 
-def rollout(tmp_path, problems=PROBLEMS, scripts=(TURN1, TURN2), **config):
-    cfg = rise_config(
-        tmp_path, collect={"turns": [{"n": len(next(iter(s.values())))} for s in scripts]}, **config
-    )
+def rollout(tmp_path, problems=PROBLEMS, scripts=(TURN1, TURN2), collect=None, **config):
+    turns = [{"n": len(next(iter(s.values())))} for s in scripts]
+    cfg = rise_config(tmp_path, collect={"turns": turns, **(collect or {})}, **config)
     rise = Rise(cfg, RunStore(tmp_path / "runs", "r"), progress=False)
     backends = [ScriptedBackend(s) for s in scripts]
     sampling = SamplingParams(temperature=0.7, max_new_tokens=16)
@@ -162,6 +161,22 @@ def test_rollout_stops_when_all_solved(tmp_path):
     assert [len(e.turns) for e in episodes] == [1, 1]
     assert [e.turns[0].reward for e in episodes] == [1.0, 1.0]
     assert [len(b.calls) for b in backends] == [1, 0, 0]
+
+
+def test_a_fresh_turn_samples_on_the_opening_and_answers_the_retry(tmp_path):
+    later = {"qb": ["no answer", r"\boxed{7}"], "qc": [r"\boxed{1}", r"\boxed{2}"]}
+    rise, episodes, (_, b2), _ = rollout(
+        tmp_path,
+        [PROBLEMS[1], PROBLEMS[2]],
+        ({"qb": [r"\boxed{0}"], "qc": [""]}, later),
+        collect={"turns": [{}, {"n": 2, "fresh": True}]},
+    )
+    opening = [m.model_dump() for m in rise.config.prompt.opening("What is qb?")]
+    assert b2.calls[0][0][0] == opening  # the earlier attempt and the retry message are not shown
+    qb, qc = episodes
+    assert [t.action for t in qb.turns] == [r"\boxed{0}", r"\boxed{7}"] and qb.turns[1].reward == 1.0
+    assert qb.conversation()[-2].content == RETRY.format(question="What is qb?")  # it answers the retry
+    assert (qc.turns[1].action, qc.turns[1].sample_rewards) == (r"\boxed{1}", [0.0, 0.0])
 
 
 def test_rollout_three_turns_feedback_on_all_but_the_last(tmp_path):
@@ -655,7 +670,7 @@ def test_paper_recipes_take_the_references_settings():
 
     paper, _, _ = load_method(str(RISE_RECIPES / "mistral7b_gsm8k_self_distill.yaml"), [])
     # workflow_gen.py as the README runs it: 2 turns, 1 then 16 samples, 1000 new tokens, temperature 1
-    assert [(t.n, t.teacher) for t in paper.collect.turns] == [(1, None), (16, None)]
+    assert [(t.n, t.teacher, t.fresh) for t in paper.collect.turns] == [(1, None, False), (16, None, False)]
     assert (paper.collect.max_new_tokens, paper.collect.temperature) == (1000, 1.0)
     # workflow_eval.py: 5 sequential turns, context window 2; 5 parallel samples; 1000 new tokens
     ev = paper.evaluate

@@ -101,6 +101,12 @@ class TurnSpec(Settings):
         gt=0,
         description="This turn's longest action, in tokens; None = collect.max_new_tokens.",
     )
+    fresh: bool = Field(
+        default=False,
+        description="Draw this turn's samples on the opening alone, as a first attempt that never saw the "
+        "earlier ones, and record the best as the answer to the retry message (a teacher that starts "
+        "over). False: they see the dialogue so far (the reference's).",
+    )
 
 
 class CollectSettings(Settings):
@@ -356,7 +362,8 @@ class Rise(Method):
             episodes.append(Episode(id=p.id, task_id=p.id, prompt=env.opening()))
         active = list(range(len(problems)))
         for turn, (spec, backend) in enumerate(zip(self.config.collect.turns, backends, strict=True)):
-            convs = [[m.model_dump() for m in episodes[i].conversation()] for i in active]
+            seen = [episodes[i].prompt if spec.fresh else episodes[i].conversation() for i in active]
+            convs = [[m.model_dump() for m in messages] for messages in seen]
             keys = [f"{stage}/{episodes[i].id}/turn{turn + 1}" for i in active]
             own = {"temperature": spec.temperature, "max_new_tokens": spec.max_new_tokens}
             turn_sampling = sampling.model_copy(update={k: v for k, v in own.items() if v is not None})
