@@ -62,9 +62,11 @@ def main() -> None:
         "collect.chunk_size=32",
     ]
     rise += ["collect.turns=[{n: 1}, {n: 8}]", "collect.max_new_tokens=32", f"run_dir={runs}"]
-    timed(1, "rise", "sft", "rise/tiny.yaml", rise, "rise-1", env)
+    timed(1, "rise", "sft", "rise/tiny-from-scratch.yaml", rise, "rise-1", env)
     shutil.copytree(runs / "rise-1", runs / "rise-2")
-    seconds = {p: timed(p, "rise", "collect", "rise/tiny.yaml", rise, f"rise-{p}", env) for p in (1, 2)}
+    seconds = {
+        p: timed(p, "rise", "collect", "rise/tiny-from-scratch.yaml", rise, f"rise-{p}", env) for p in (1, 2)
+    }
     episodes = [(runs / f"rise-{p}/iter1/collect/episodes.jsonl").read_text() for p in (1, 2)]
     result["rise/collect"] = _row(seconds, episodes[0] == episodes[1], f"{n} problems, 1 + 8 samples each")
 

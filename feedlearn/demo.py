@@ -20,8 +20,8 @@ DEMO_RECIPE = files("feedlearn") / "recipes" / "rise" / "tiny.yaml"
 
 
 def run_demo(out: Path, overrides: list[str] = ()) -> dict:
-    """Build a tiny model, warm it up on synthetic arithmetic, evaluate it over 5 turns, run RISE
-    (self-distillation), evaluate again; write `out/summary.json` (both models' metrics, and under
+    """Start from the bundled tiny base (warm-started on synthetic arithmetic), evaluate it over 5 turns,
+    run RISE (self-distillation), evaluate again; write `out/summary.json` (both models' metrics, and under
     `paired` each difference and each model's gain over its turns with the standard error of the paired
     difference over the same test problems) and `out/turns.png` (accuracy per turn with error bars)."""
     started = time.perf_counter()

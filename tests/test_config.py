@@ -13,7 +13,7 @@ from feedlearn.methods.rise import RiseConfig
 
 RECIPES_DIR = Path(cli.__file__).parent / "recipes"
 
-# A copy of feedlearn/recipes/rise/tiny.yaml, so edits to the shipped recipe do not move these tests.
+# A copy of recipes/rise/tiny-from-scratch.yaml, so edits to the shipped recipe do not move these tests.
 TINY = r"""# RISE on a tiny model built locally.
 method: rise
 seed: 0

@@ -10,10 +10,9 @@ import pytest
 from feedlearn.demo import run_demo
 
 SMALL = [
-    "tiny={vocab_size: 300, hidden_size: 32, intermediate_size: 64, num_layers: 1, num_heads: 2}",
     "train_problems.synthetic.n=16",
     "test_problems.synthetic.n=12",
-    "sft.problems.synthetic.n=64",
+    "train.batch_size=8",
     "collect.turns=[{n: 1}, {n: 2}]",
     "collect.max_new_tokens=24",
     "evaluate.max_new_tokens=24",

@@ -28,7 +28,7 @@ CASES = {
         "train",
         ["train_data.synthetic.n=512", "eval_data.synthetic.n=64"],
     ),
-    "rise-sft": ("rise/tiny.yaml", "sft", ["sft.problems.synthetic.n=256", "sft.chat_turns=2"]),
+    "rise-sft": ("rise/tiny-from-scratch.yaml", "sft", ["sft.problems.synthetic.n=256", "sft.chat_turns=2"]),
 }
 """Method, recipe, stage and overrides; the batch of each case is set below (8 per process)."""
 

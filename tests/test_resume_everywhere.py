@@ -62,7 +62,7 @@ def evaluating(stage: str) -> tuple[str, Callable[[Path], bool]]:
 
 CASES = {
     "rise": (
-        "rise/tiny.yaml",
+        "rise/tiny-from-scratch.yaml",
         [
             *TINY,
             "generation_batch_size=64",

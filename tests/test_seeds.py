@@ -75,7 +75,7 @@ def test_reflect_rl_never_trains_on_a_test_episode(tmp_path, monkeypatch, recipe
 
 
 def test_rise_test_problems_share_no_question_with_training_problems():
-    config = load_recipe(RiseConfig, str(RECIPES / "rise" / "tiny.yaml"))
+    config = load_recipe(RiseConfig, str(RECIPES / "rise" / "tiny-from-scratch.yaml"))
     test = {p.question for p in config.test_problems.load("test", "test")}
     for problems in (config.train_problems, config.sft.problems):
         assert not test & {p.question for p in problems.load("train")}

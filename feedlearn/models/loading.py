@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 import re
+from importlib.resources import files
 from pathlib import Path
 from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from feedlearn.errors import FeedlearnError
@@ -16,6 +17,17 @@ from feedlearn.processes import process_state
 from feedlearn.seeds import derive_seed
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+BUNDLED = Path(str(files("feedlearn") / "models" / "bundled"))
+"""Models shipped inside the package, one folder each, loaded by folder name (`model.path: rise-tiny-base`);
+each folder's `provenance.json` says how it was built."""
+
+
+def resolve_model_path(path: str) -> str:
+    """A bundled model's name -> its folder in the package; any other path (a local folder first) as is."""
+    if Path(path).is_dir() or "/" in path or path.startswith("."):
+        return path
+    return str(BUNDLED / path) if (BUNDLED / path / "config.json").is_file() else path
 
 
 class LoraSettings(BaseModel):
@@ -36,7 +48,10 @@ class ModelSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    path: str = Field(description="A local folder (weights or a saved LoRA adapter) or a hub id.")
+    path: str = Field(
+        description="A local folder (weights or a saved LoRA adapter), a bundled model's name (a folder of "
+        "feedlearn/models/bundled, e.g. rise-tiny-base) or a hub id."
+    )
     lora: LoraSettings | None = Field(default=None, description="Train a new LoRA adapter; None = full.")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         default="auto", description="Weights dtype; auto = bfloat16 on a GPU that supports it, else float32."
@@ -48,6 +63,11 @@ class ModelSettings(BaseModel):
         default="none",
         description="Base weights in 4-bit NF4 or 8-bit (bitsandbytes, a GPU only), for QLoRA with `lora`.",
     )
+
+    @field_validator("path")
+    @classmethod
+    def _bundled(cls, path: str) -> str:
+        return resolve_model_path(path)
 
 
 def resolve_dtype(name: str) -> torch.dtype:
