@@ -60,6 +60,7 @@ def annotated_yaml(config: BaseModel, mark_changes: bool) -> str:
 
 def _write(model: BaseModel, depth: int, lines: list[str], mark: bool) -> None:
     indent = "  " * depth
+    dumped = model.model_dump(mode="json")  # as saved: field serializers applied
     for name, field in type(model).model_fields.items():
         value = getattr(model, name)
         default = _default(field)
@@ -72,7 +73,7 @@ def _write(model: BaseModel, depth: int, lines: list[str], mark: bool) -> None:
         note = "required" if default is PydanticUndefined else f"default: {yaml_value(_plain(default))}"
         lines.append(f"{indent}# {about} ({note})" if about else f"{indent}# ({note})")
         changed = CHANGED if mark and name in model.model_fields_set else ""
-        lines.append(f"{indent}{name}: {yaml_value(_plain(value))}{changed}")
+        lines.append(f"{indent}{name}: {yaml_value(dumped[name])}{changed}")
 
 
 def _plain(value: Any) -> Any:

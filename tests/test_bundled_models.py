@@ -10,14 +10,21 @@ from feedlearn.config import load_recipe, read_yaml
 from feedlearn.demo import DEMO_RECIPE
 from feedlearn.methods.rise import RiseConfig
 from feedlearn.models.loading import BUNDLED, ModelSettings, load_policy, resolve_model_path
+from feedlearn.recipe_docs import annotated_yaml
 
 BASE = BUNDLED / "rise-tiny-base"
 FROM_SCRATCH = DEMO_RECIPE.parent / "tiny-from-scratch.yaml"
 
 
 def test_a_bundled_name_resolves_to_its_package_folder_and_other_paths_stay(tmp_path, monkeypatch):
-    assert ModelSettings(path="rise-tiny-base").path == str(BASE)
-    assert load_recipe(RiseConfig, str(DEMO_RECIPE)).model.path == str(BASE)
+    settings = ModelSettings(path="rise-tiny-base")
+    assert settings.path == str(BASE)
+    assert (
+        settings.model_dump()["path"] == "rise-tiny-base"
+    )  # saved configs name it, not this install's folder
+    config = load_recipe(RiseConfig, str(DEMO_RECIPE))
+    assert config.model.path == str(BASE)
+    assert 'path: "rise-tiny-base"' in annotated_yaml(config, mark_changes=False)  # `recipe show`, `new`
     for other in ("tiny", "HuggingFaceTB/SmolLM2-135M-Instruct", "./rise-tiny-base", "no-such-model"):
         assert resolve_model_path(other) == other
     monkeypatch.chdir(tmp_path)

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_serializer, field_validator
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from feedlearn.errors import FeedlearnError
@@ -68,6 +68,11 @@ class ModelSettings(BaseModel):
     @classmethod
     def _bundled(cls, path: str) -> str:
         return resolve_model_path(path)
+
+    @field_serializer("path")
+    def _bundled_name(self, path: str) -> str:
+        """A bundled model is written by its name, so saved configs and recipes work on any install."""
+        return Path(path).name if Path(path).parent == BUNDLED else path
 
 
 def resolve_dtype(name: str) -> torch.dtype:
