@@ -1,0 +1,109 @@
+"""RISE on the demo's recipe (`recipes/rise/tiny.yaml`) at several seeds: does the model improve over its own
+turns, beyond noise? Offline, from the bundled base.
+
+Each seed is one `feedlearn demo` run with `seed=N` and collection problems drawn with seed 10N + 1 (seed 0 is
+the demo itself): other samples, training order and collection problems; the base and the 300 test problems
+stay. Per seed, RISE against the base on the same test problems with the paired standard error (the
+standard error of the per-problem difference; both models draw from the same random numbers on a problem):
+m1@t1, m1@tT (majority of the T turns, no oracle), p1@tT (any turn right), and each model's gain over its own
+turns, m1@tT - m1@t1. The issue-24 targets, checked at every seed: RISE's p1@tT and m1@tT beat the base's by
+2 standard errors, its own gain is 2 errors above zero and above the base's, and its m1@t1 is not below.
+
+    OMP_NUM_THREADS=1 python benchmarks/rise_turns.py --out bench_out/rise --seeds 0 1 2 --jobs 2
+    python benchmarks/rise_turns.py --out /tmp/smoke --quick                        # a smoke test, ~1 minute
+
+The full run takes about 9 CPU-minutes, one thread per seed: about 5 minutes on 2 free cores.
+
+Writes `OUT/result.json` ({"per_seed": {seed: {"base", "rise", "paired"}}, "targets": {target: {"met",
+"per_seed"}}}) and each seed's demo output in `OUT/seed-N/` (summary.json, turns.png, the run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+from feedlearn.data.jsonl import write_json_atomic
+
+QUICK = [
+    "train_problems.synthetic.n=48",
+    "test_problems.synthetic.n=24",
+    "collect.turns=[{n: 1}, {n: 2, fresh: true}]",
+    "evaluate.turns=3",
+    "evaluate.parallel_samples=2",
+    "train.batch_size=8",
+]
+
+
+def run_seed(seed: int, out: Path, quick: bool, threads: int | None) -> dict:
+    """One demo run at `seed`; its summary (base and RISE metrics, paired comparison)."""
+    import torch
+
+    from feedlearn.demo import run_demo
+
+    if threads:
+        torch.set_num_threads(threads)
+    overrides = [f"seed={seed}", f"train_problems.synthetic.seed={10 * seed + 1}", *(QUICK if quick else [])]
+    return run_demo(out / f"seed-{seed}", overrides)
+
+
+def targets(summary: dict) -> dict[str, tuple[bool, str]]:
+    """Each issue-24 target at one seed: met or not, and the numbers behind it."""
+    paired = summary["paired"]
+    gain_key = next(k for k in paired if k != "difference")  # "m1@tT - m1@t1"
+    last = gain_key.split(" ")[0]  # "m1@tT"
+    oracle = "p1@t" + last.split("@t")[1]
+    diff, gain = paired["difference"], paired[gain_key]
+
+    def beyond(v: dict, errors: float = 2.0) -> tuple[bool, str]:
+        return v["points"] >= errors * v["se"] and v["points"] > 0, f"{v['points']:+.1f} +- {v['se']:.1f}"
+
+    return {
+        f"{oracle}: rise - base >= 2 se": beyond(diff[oracle]),
+        f"{last}: rise - base >= 2 se": beyond(diff[last]),
+        f"{gain_key}: rise >= 2 se": beyond(gain["new"]),
+        f"{gain_key}: rise - base >= 2 se": beyond(gain["new - base"]),
+        "m1@t1: rise - base >= 0": (
+            diff["m1@t1"]["points"] >= 0,
+            f"{diff['m1@t1']['points']:+.1f} +- {diff['m1@t1']['se']:.1f}",
+        ),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default="bench_out/rise", help="output folder")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--jobs", type=int, default=1, help="seeds run at once, one thread each")
+    parser.add_argument("--quick", action="store_true", help="one seed, a few problems: a smoke test")
+    args = parser.parse_args()
+    out = Path(args.out)
+    seeds = args.seeds[:1] if args.quick else args.seeds
+    threads = 1 if args.jobs > 1 else None
+    with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = {s: pool.submit(run_seed, s, out, args.quick, threads) for s in seeds}
+        summaries = {s: f.result() for s, f in futures.items()}
+    checks = {s: targets(summary) for s, summary in summaries.items()}
+    result = {
+        "per_seed": {str(s): {k: v for k, v in summaries[s].items() if k != "seconds"} for s in seeds},
+        "seconds": {str(s): summaries[s]["seconds"] for s in seeds},
+        "targets": {
+            name: {
+                "met": all(checks[s][name][0] for s in seeds),
+                "per_seed": {str(s): checks[s][name][1] for s in seeds},
+            }
+            for name in checks[seeds[0]]
+        },
+    }
+    write_json_atomic(out / "result.json", result)
+    for name, target in result["targets"].items():
+        met = "met" if target["met"] else "MISSED"
+        print(f"{name:<38} {met:<7} " + "  ".join(f"seed {s}: {v}" for s, v in target["per_seed"].items()))
+    print(json.dumps(result["seconds"]), f"-> {out / 'result.json'}")
+
+
+if __name__ == "__main__":
+    main()
