@@ -12,7 +12,7 @@ turns, m1@tT - m1@t1. The issue-24 targets, checked at every seed: RISE's p1@tT 
     OMP_NUM_THREADS=1 python benchmarks/rise_turns.py --out bench_out/rise --seeds 0 1 2 --jobs 2
     python benchmarks/rise_turns.py --out /tmp/smoke --quick                        # a smoke test, ~1 minute
 
-The full run takes about 9 CPU-minutes, one thread per seed: about 5 minutes on 2 free cores.
+The full run takes about 9 CPU-minutes, one thread per seed: about 6 minutes on 2 free cores.
 
 Writes `OUT/result.json` ({"per_seed": {seed: {"base", "rise", "paired"}}, "targets": {target: {"met",
 "per_seed"}}}) and each seed's demo output in `OUT/seed-N/` (summary.json, turns.png, the run).
