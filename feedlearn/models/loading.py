@@ -9,10 +9,11 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_serializer, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_serializer, field_validator, model_validator
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from feedlearn.errors import FeedlearnError
+from feedlearn.models.gguf import NAMED_GGUF, converted_folder, gguf_source, named_gguf
 from feedlearn.processes import process_state
 from feedlearn.seeds import derive_seed
 
@@ -50,7 +51,13 @@ class ModelSettings(BaseModel):
 
     path: str = Field(
         description="A local folder (weights or a saved LoRA adapter), a bundled model's name (a folder of "
-        "feedlearn/models/bundled, e.g. rise-tiny-base) or a hub id."
+        "feedlearn/models/bundled, e.g. rise-tiny-base), a named GGUF model (smollm2-135m-instruct) or a hub "
+        "id."
+    )
+    gguf_file: str | None = Field(
+        default=None,
+        description="A GGUF file in `path` (a local folder or a hub repo), dequantized once into a cached "
+        "safetensors folder that every later load reads (needs the gguf package).",
     )
     lora: LoraSettings | None = Field(default=None, description="Train a new LoRA adapter; None = full.")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
@@ -69,10 +76,23 @@ class ModelSettings(BaseModel):
     def _bundled(cls, path: str) -> str:
         return resolve_model_path(path)
 
+    @model_validator(mode="after")
+    def _gguf(self) -> ModelSettings:
+        """A GGUF model loads from its converted folder (converted the first time it is read)."""
+        if self.path in NAMED_GGUF and self.gguf_file is None and not Path(self.path).is_dir():
+            self.path = str(converted_folder(*named_gguf(self.path), source=self.path))
+        elif self.gguf_file is not None:
+            self.path = str(converted_folder(self.path, self.gguf_file))
+        return self
+
     @field_serializer("path")
-    def _bundled_name(self, path: str) -> str:
-        """A bundled model is written by its name, so saved configs and recipes work on any install."""
-        return Path(path).name if Path(path).parent == BUNDLED else path
+    def _named(self, path: str) -> str:
+        """A bundled or converted model is written as the recipe named it, so saved configs and recipes
+        work on any install."""
+        if Path(path).parent == BUNDLED:
+            return Path(path).name
+        source = gguf_source(path)
+        return source["path"] if source else path
 
 
 def resolve_dtype(name: str) -> torch.dtype:
