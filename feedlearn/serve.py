@@ -68,7 +68,10 @@ class ServeSettings(BaseModel):
 def trained_model(target: Path) -> tuple[Path, str | None]:
     """The model folder to serve and its chat template: a run folder's last finished policy (per its
     method; a policy is finished once its `done.json` is written, as resume decides) with the run's
-    template, or `target` itself when it holds a model or an adapter."""
+    template, `target` itself when it holds a model or an adapter, or the folder of a bundled or named
+    model (`rise-tiny-base`, `smollm2-135m-instruct`)."""
+    if not target.exists() and Path(ModelSettings(path=str(target)).path).is_dir():
+        return Path(ModelSettings(path=str(target)).path), None
     if (target / "config.json").exists() or (target / "adapter_config.json").exists():
         return target, None
     config = target / "config.yaml"
@@ -360,7 +363,8 @@ def serve(target: str, settings: ServeSettings) -> None:
     """Serve `target` (a run folder or a model folder) until interrupted."""
     model, chat_template = trained_model(Path(target))
     key = api_key(settings)
-    name = settings.name or (Path(target).name if (Path(target) / "config.yaml").exists() else model.name)
+    named = (Path(target) / "config.yaml").exists() or not Path(target).exists()  # a run, or a model's name
+    name = settings.name or (Path(target).name if named else model.name)
     has_vllm = importlib.util.find_spec("vllm") is not None and shutil.which("vllm") is not None
     if settings.engine == "vllm" and not has_vllm:
         raise ConfigError(

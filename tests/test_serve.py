@@ -17,7 +17,7 @@ from feedlearn.backends.base import SamplingParams
 from feedlearn.backends.local import LocalBackend
 from feedlearn.backends.openai_compat import OpenAIBackend, OpenAIBackendConfig
 from feedlearn.errors import BackendError, ConfigError
-from feedlearn.models.loading import LoraSettings, ModelSettings, load_policy
+from feedlearn.models.loading import BUNDLED, LoraSettings, ModelSettings, load_policy
 from feedlearn.models.tiny import TinyModelConfig, build_tiny_model
 from feedlearn.serve import ServeSettings, api_key, build_app, trained_model, vllm_serve_command
 
@@ -66,6 +66,12 @@ def test_a_run_serves_its_last_trained_policy_with_its_chat_template(tmp_path):
     assert trained_model(rise / "sft" / "model") == (rise / "sft" / "model", None)
     with pytest.raises(ConfigError, match="neither a run folder"):
         trained_model(tmp_path)
+    assert trained_model(Path("rise-tiny-base")) == (
+        BUNDLED / "rise-tiny-base",
+        None,
+    )  # a bundled model's name
+    with pytest.raises(ConfigError, match="neither a run folder"):
+        trained_model(Path("no-such-model"))
 
 
 def test_binding_beyond_loopback_requires_a_key_from_the_environment(monkeypatch):
