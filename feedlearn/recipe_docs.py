@@ -54,13 +54,13 @@ def annotated_yaml(config: BaseModel, mark_changes: bool) -> str:
     """`config` as YAML, each key preceded by its description and default; with `mark_changes`, the values
     the recipe set (differing from the default or not) are marked `# *`."""
     lines: list[str] = []
-    _write(config, 0, lines, mark_changes)
+    _write(config, config.model_dump(mode="json"), 0, lines, mark_changes)
     return "\n".join(lines) + "\n"
 
 
-def _write(model: BaseModel, depth: int, lines: list[str], mark: bool) -> None:
+def _write(model: BaseModel, dumped: dict, depth: int, lines: list[str], mark: bool) -> None:
+    """`model`'s keys with their docs; values as `dumped` (the model as saved: serializers applied)."""
     indent = "  " * depth
-    dumped = model.model_dump(mode="json")  # as saved: field serializers applied
     for name, field in type(model).model_fields.items():
         value = getattr(model, name)
         default = _default(field)
@@ -68,7 +68,7 @@ def _write(model: BaseModel, depth: int, lines: list[str], mark: bool) -> None:
         if isinstance(value, BaseModel):
             lines.append(f"{indent}# {about}" if about else f"{indent}#")
             lines.append(f"{indent}{name}:{CHANGED if mark and name in model.model_fields_set else ''}")
-            _write(value, depth + 1, lines, mark)
+            _write(value, dumped[name], depth + 1, lines, mark)
             continue
         note = "required" if default is PydanticUndefined else f"default: {yaml_value(_plain(default))}"
         lines.append(f"{indent}# {about} ({note})" if about else f"{indent}# ({note})")

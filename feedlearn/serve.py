@@ -70,8 +70,8 @@ def trained_model(target: Path) -> tuple[Path, str | None]:
     method; a policy is finished once its `done.json` is written, as resume decides) with the run's
     template, `target` itself when it holds a model or an adapter, or the folder of a bundled or named
     model (`rise-tiny-base`, `smollm2-135m-instruct`)."""
-    if not target.exists() and Path(ModelSettings(path=str(target)).path).is_dir():
-        return Path(ModelSettings(path=str(target)).path), None
+    if not target.exists() and (named := Path(ModelSettings(path=str(target)).path)).is_dir():
+        return named, None
     if (target / "config.json").exists() or (target / "adapter_config.json").exists():
         return target, None
     config = target / "config.yaml"

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_serializer, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_serializer, model_validator
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from feedlearn.errors import FeedlearnError
@@ -71,18 +71,16 @@ class ModelSettings(BaseModel):
         description="Base weights in 4-bit NF4 or 8-bit (bitsandbytes, a GPU only), for QLoRA with `lora`.",
     )
 
-    @field_validator("path")
-    @classmethod
-    def _bundled(cls, path: str) -> str:
-        return resolve_model_path(path)
-
     @model_validator(mode="after")
-    def _gguf(self) -> ModelSettings:
-        """A GGUF model loads from its converted folder (converted the first time it is read)."""
-        if self.path in NAMED_GGUF and self.gguf_file is None and not Path(self.path).is_dir():
-            self.path = str(converted_folder(*named_gguf(self.path), source=self.path))
-        elif self.gguf_file is not None:
+    def _resolve(self) -> ModelSettings:
+        """The folder `path` names: a GGUF model's converted folder (converted the first time it is read),
+        a bundled model's folder, or `path` as given."""
+        if self.gguf_file is not None:
             self.path = str(converted_folder(self.path, self.gguf_file))
+        elif self.path in NAMED_GGUF and not Path(self.path).is_dir():
+            self.path = str(converted_folder(*named_gguf(self.path), source=self.path))
+        else:
+            self.path = resolve_model_path(self.path)
         return self
 
     @field_serializer("path")
