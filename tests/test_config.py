@@ -10,6 +10,8 @@ from feedlearn import cli
 from feedlearn.config import apply_override, load_recipe, read_yaml
 from feedlearn.errors import ConfigError
 from feedlearn.methods.rise import RiseConfig
+from feedlearn.models import loading
+from feedlearn.models.gguf import named_gguf
 
 RECIPES_DIR = Path(cli.__file__).parent / "recipes"
 
@@ -333,9 +335,15 @@ def test_cli_set_value_that_is_invalid_yaml(recipe, capsys):
     sorted(p for p in RECIPES_DIR.glob("*/*.yaml") if p.parent.name != "accelerate"),
     ids=lambda p: f"{p.parent.name}/{p.name}",
 )
-def test_every_shipped_recipe_validates(recipe):
+def test_every_shipped_recipe_validates(recipe, monkeypatch):
+    """A named GGUF model resolves to its source (conversion itself: tests/test_gguf_models.py), so the
+    fast suite never dequantizes SmolLM2."""
+    converted = []
+    monkeypatch.setattr(loading, "converted_folder", lambda *args, **kw: converted.append(args) or args[0])
     config, _, _ = cli.load_method(str(recipe), [])
     assert config.method == recipe.parent.name
+    if "smollm2" in recipe.name:
+        assert converted == [named_gguf("smollm2-135m-instruct")]
 
 
 @pytest.mark.parametrize("name", sorted(p.name for p in (RECIPES_DIR / "accelerate").glob("*.yaml")))
