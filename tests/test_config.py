@@ -11,7 +11,7 @@ from feedlearn.config import apply_override, load_recipe, read_yaml
 from feedlearn.errors import ConfigError
 from feedlearn.methods.rise import RiseConfig
 from feedlearn.models import loading
-from feedlearn.models.gguf import named_gguf
+from feedlearn.models.gguf import NAMED_GGUF, named_gguf
 
 RECIPES_DIR = Path(cli.__file__).parent / "recipes"
 
@@ -342,8 +342,8 @@ def test_every_shipped_recipe_validates(recipe, monkeypatch):
     monkeypatch.setattr(loading, "converted_folder", lambda *args, **kw: converted.append(args) or args[0])
     config, _, _ = cli.load_method(str(recipe), [])
     assert config.method == recipe.parent.name
-    if "smollm2" in recipe.name:
-        assert converted == [named_gguf("smollm2-135m-instruct")]
+    named = read_yaml(recipe)["model"]["path"]
+    assert converted == ([named_gguf(named)] if named in NAMED_GGUF else [])
 
 
 @pytest.mark.parametrize("name", sorted(p.name for p in (RECIPES_DIR / "accelerate").glob("*.yaml")))
