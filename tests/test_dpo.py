@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -498,3 +499,27 @@ def test_a_separate_live_reference_under_zero3_warns_that_it_is_not_sharded(
     monkeypatch.setenv("ACCELERATE_DEEPSPEED_ZERO_STAGE", "3")
     method._reference(None, None, [], [], tmp_path)
     assert "every process holds the whole reference" in caplog.text
+
+
+# ---- the real-model arm's shipped pairs -----------------------------------------------------------------
+
+
+def test_smollm2_pairs_ship_labeled_by_brevity_with_no_request_in_two_splits():
+    """recipes/active-dpo/smollm2/: every pair labeled, the preferred answer the shorter one (the user's
+    preference; the files count SmolLM2's tokens, this counts characters, which mostly agree: a flipped
+    label would agree at 10%), no request in two splits."""
+    from feedlearn.data.preferences import load_pairs
+
+    folder = Path(dpo.__file__).resolve().parents[1] / "recipes" / "active-dpo" / "smollm2"
+    requests = {}
+    for split, size in (("train", 160), ("validation", 64), ("test", 128)):
+        pairs = load_pairs(folder / f"{split}.jsonl")
+        assert len(pairs) == size
+        requests[split] = {p.prompt[0].content for p in pairs}
+        sides = [(p.a, p.b) if p.label == 1 else (p.b, p.a) for p in pairs]
+        shorter = sum(len(chosen[0].content) < len(rejected[0].content) for chosen, rejected in sides)
+        assert shorter / size > 0.9
+        assert 0.3 < sum(p.label == 1 for p in pairs) / size < 0.7  # the preferred answer's side is drawn
+    assert not requests["train"] & requests["test"]
+    assert not requests["train"] & requests["validation"]
+    assert not requests["validation"] & requests["test"]
