@@ -18,17 +18,27 @@ draw, used to choose the settings), so arms are compared paired: Active DPO's ac
 curve's at the same number of labels (interpolated in log labels between the subsets around it), per
 seed, then the mean and its standard error over seeds.
 
+The `smollm2` arm runs the same comparison on a real model (`recipes/active-dpo/smollm2.yaml`):
+SmolLM2-135M-Instruct with the reference's LoRA adapter, on pairs of its own answers labeled by a
+preference a user holds (the shorter answer; `benchmarks/make_smollm2_pairs.py` wrote the shipped pairs),
+a pool of 160, 20 optimizer steps per run. It adds a run labeled by the model itself as a local pairwise
+judge (`judge`): the labels' agreement with the user's preference, and what DPO learns from them.
+
     OMP_NUM_THREADS=1 python benchmarks/active_dpo_queries.py --out bench_out/active_dpo --jobs 2
         # the reported numbers: 3 seeds, 33 runs, about 15 minutes on 2 idle cores
+  OMP_NUM_THREADS=1 python benchmarks/active_dpo_queries.py --out bench_out/active_dpo --jobs 2 --arm smollm2
+        # the real-model arm: 2 seeds, 12 runs
     python benchmarks/active_dpo_queries.py --out /tmp/smoke --quick      # a smoke test, about a minute
 
-Writes `OUT/result.json` (every run, and the summary over seeds) and `OUT/queries.png`. Finished runs are
-kept in `OUT/runs` and reused by a rerun with the same `--out` (start from an empty folder after a change).
+Writes the arm's section of `OUT/result.json` (every run, and the summary over seeds; a rerun keeps the
+other arm's) and `OUT/queries.png` (`OUT/queries-smollm2.png`). Finished runs are kept in `OUT/runs` and
+reused by a rerun with the same `--out` (start from an empty folder after a change).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import multiprocessing
 import statistics
@@ -36,8 +46,12 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from feedlearn.data.jsonl import write_json_atomic, write_jsonl_atomic
+import yaml
+
+from feedlearn.data.jsonl import read_jsonl, write_json_atomic, write_jsonl_atomic
+from feedlearn.data.records import LabelRecord
 from feedlearn.data.store import open_run
+from feedlearn.errors import FeedlearnError
 from feedlearn.methods.dpo import ActiveDPOConfig, DPOConfig, PreferenceLearning
 
 FULL = {
@@ -54,6 +68,18 @@ FULL = {
     "seeds": [0, 1, 2],
     "tiny": {},
 }
+SMOLLM2 = {
+    "recipe": "smollm2.yaml",
+    "pool": 160,
+    "epochs": 1,
+    "batch": 8,
+    "fractions": [0.25, 0.5, 1.0],
+    "active": {"flip": [1.3], "drop": [1.3]},
+    "control": None,
+    "judge": True,
+    "seeds": [0, 1],
+}
+"""The real-model arm: the recipe's model, data and optimization; these runs beside it."""
 QUICK = {
     "pool": 320,
     "eval": 64,
@@ -70,9 +96,30 @@ QUICK = {
 }
 EVAL_SEEDS = {"test": 1, "validation": 2}
 """The draw of held-out pairs per split (both from the pairs no training pool can draw)."""
+RECIPES = Path(__file__).resolve().parent.parent / "feedlearn" / "recipes" / "active-dpo"
+LOCAL_JUDGE = {"kind": "judge", "local": {"path": "smollm2-135m-instruct"}}
+"""The judge run's labeler: the recipe's own model, asked which answer is better in both orders."""
 
 
 def base_config(out: Path, settings: dict, seed: int, split: str) -> dict:
+    """Every run's settings before its own changes: the real-model arm's recipe, or the tiny task."""
+    if "recipe" in settings:
+        raw = yaml.safe_load((RECIPES / settings["recipe"]).read_text())
+        data = RECIPES / Path(raw["train_data"]["path"]).parent.name
+        raw.pop("method")
+        raw.pop("active")
+        raw["train"].update(epochs=settings["epochs"], batch_size=settings["batch"], checkpoint_every=100_000)
+        return {
+            **raw,
+            "seed": seed,
+            "run_dir": str(out / "runs"),
+            "train_data": {"path": str(data / "train.jsonl")},
+            "eval_data": {"path": str(data / f"{split}.jsonl")},
+        }
+    return tiny_config(out, settings, seed, split)
+
+
+def tiny_config(out: Path, settings: dict, seed: int, split: str) -> dict:
     task = {"topics": settings["topics"], "words": settings["words"]}
     return {
         "seed": seed,
@@ -110,7 +157,11 @@ def run(job: tuple[str, dict]) -> dict:
     method = PreferenceLearning(
         config, open_run(config.run_dir, run_id, config.model_dump(mode="json")), False
     )
-    method.train()
+    try:
+        method.train()
+    except FeedlearnError as error:  # a labeler with no usable label stops the run: reported as such
+        print(f"{run_id:>28}: stopped: {error}", flush=True)
+        return {"run": run_id, "stopped": str(error), **label_agreement(method)}
     metrics = method.evaluate()
     result = {
         "run": run_id,
@@ -120,6 +171,8 @@ def run(job: tuple[str, dict]) -> dict:
     }
     if "active" in raw:
         result |= query_trace(method)
+    if raw["labeler"].get("kind") == "judge":
+        result |= label_agreement(method)
     print(f"{run_id:>28}: {result['labels']:>6} labels, {result['accuracy']:.2f}%", flush=True)
     return result
 
@@ -134,11 +187,26 @@ def query_trace(method: PreferenceLearning) -> dict:
     return {"labels_by_quarter": quarters, "pseudo_label_agreement": agree / pseudo if pseudo else None}
 
 
+def label_agreement(method: PreferenceLearning) -> dict:
+    """How the run's paid labels compare with the pool's own (the user's preference): the share that agree,
+    that disagree, and that the labeler left undecided (0)."""
+    gold = {p.id: p.label for p in method.config.train_data.load("train")}
+    path = method.store.stage("train") / "labels.jsonl"
+    records = read_jsonl(path, LabelRecord) if path.exists() else []
+    n = len(records) or 1
+    return {
+        "judged": len(records),
+        "agree": round(100 * sum(r.label == gold[r.id] for r in records) / n, 2),
+        "undecided": round(100 * sum(r.label == 0 for r in records) / n, 2),
+    }
+
+
 def jobs_of_seed(out: Path, settings: dict, seed: int, split: str) -> list[tuple[str, dict]]:
     """Every run of one seed, from one tiny model built here (once per seed)."""
     config = base_config(out, settings, seed, split)
-    model_path = PreferenceLearning(DPOConfig.model_validate(config), None, False).base_model_path()
-    config["model"] = {"path": model_path}
+    if config["model"]["path"] == "tiny":
+        model_path = PreferenceLearning(DPOConfig.model_validate(config), None, False).base_model_path()
+        config["model"] = {"path": model_path}
     pool = DPOConfig.model_validate(config).train_data.load("train")
     order = subset_order(len(pool), seed)
     jobs, subsets = [], {}
@@ -155,9 +223,12 @@ def jobs_of_seed(out: Path, settings: dict, seed: int, split: str) -> list[tuple
             active = {"gamma": gamma, "pseudo_label": mode}
             jobs.append((f"s{seed}-active-{mode}-g{gamma}", {**config, "active": active}))
     control = settings["control"]
-    subset = subsets[control["fraction"]]
-    active = {"gamma": control["gamma"], "pseudo_label": "drop"}
-    jobs.append((f"s{seed}-{control_arm(settings)}", {**subset, "active": active}))
+    if control:
+        subset = subsets[control["fraction"]]
+        active = {"gamma": control["gamma"], "pseudo_label": "drop"}
+        jobs.append((f"s{seed}-{control_arm(settings)}", {**subset, "active": active}))
+    if settings.get("judge"):
+        jobs.append((f"s{seed}-judge", {**config, "labeler": LOCAL_JUDGE}))
     return jobs
 
 
@@ -245,17 +316,33 @@ def summarize(runs: dict[int, dict[str, dict]], settings: dict) -> dict:
                     "pseudo_label_agreement": round(statistics.fmean(agreement), 4) if agreement else None,
                 }
             )
-    arm = control_arm(settings)
-    plain = f"random-{round(settings['control']['fraction'] * settings['pool'])}"
-    rows = [runs[s][arm] for s in seeds]
-    summary["control"] = {
-        "arm": arm,
-        "labels": mean_se([r["labels"] for r in rows]),
-        "accuracy": mean_se([r["accuracy"] for r in rows]),
-        "difference_to_plain_subset": mean_se(
-            [round(runs[s][arm]["accuracy"] - runs[s][plain]["accuracy"], 3) for s in seeds]
-        ),
-    }
+    if settings["control"]:
+        arm = control_arm(settings)
+        plain = f"random-{round(settings['control']['fraction'] * settings['pool'])}"
+        rows = [runs[s][arm] for s in seeds]
+        summary["control"] = {
+            "arm": arm,
+            "labels": mean_se([r["labels"] for r in rows]),
+            "accuracy": mean_se([r["accuracy"] for r in rows]),
+            "difference_to_plain_subset": mean_se(
+                [round(runs[s][arm]["accuracy"] - runs[s][plain]["accuracy"], 3) for s in seeds]
+            ),
+        }
+    if settings.get("judge"):
+        rows = [runs[s]["judge"] for s in seeds]
+        full = random_arms[-1]
+        summary["judge"] = {
+            "labels_agreeing": mean_se([r["agree"] for r in rows]),
+            "labels_undecided": mean_se([r["undecided"] for r in rows]),
+            "stopped": [r.get("stopped") for r in rows],
+        }
+        if not any(r.get("stopped") for r in rows):
+            summary["judge"] |= {
+                "accuracy": mean_se([r["accuracy"] for r in rows]),
+                "difference_to_dataset_labels": mean_se(
+                    [round(runs[s]["judge"]["accuracy"] - runs[s][full]["accuracy"], 3) for s in seeds]
+                ),
+            }
     return summary
 
 
@@ -263,6 +350,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", required=True, help="folder for result.json, queries.png and the runs")
     parser.add_argument("--quick", action="store_true", help="a tiny smoke test (about a minute)")
+    parser.add_argument(
+        "--arm",
+        choices=["tiny", "smollm2"],
+        default="tiny",
+        help="tiny: the hidden-rule task; smollm2: SmolLM2-135M-Instruct on its own answers",
+    )
     parser.add_argument("--seeds", type=int, nargs="+", help="seeds to run (default: 0 1 2)")
     parser.add_argument(
         "--split",
@@ -276,7 +369,7 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=1, help="runs at once, one process each (default 1)")
     args = parser.parse_args()
     out = Path(args.out)
-    settings = dict(QUICK if args.quick else FULL)
+    settings = dict(QUICK if args.quick else SMOLLM2 if args.arm == "smollm2" else FULL)
     for key in ("seeds", "topics", "words", "pool"):
         if getattr(args, key):
             settings[key] = getattr(args, key)
@@ -298,8 +391,11 @@ def main() -> None:
         "settings": {**settings, "split": args.split, "jobs": args.jobs},
         "seconds": round(time.perf_counter() - started, 1),
     }
-    write_json_atomic(out / "result.json", result)
-    plot(result, out / "queries.png")
+    sections = json.loads((out / "result.json").read_text()) if (out / "result.json").exists() else {}
+    if "summary" in sections:  # a result.json from before the arms were sections: the tiny arm's
+        sections = {"tiny": sections}
+    write_json_atomic(out / "result.json", {**sections, args.arm: result})
+    plot(result, out / ("queries.png" if args.arm == "tiny" else f"queries-{args.arm}.png"))
     print(table(result["summary"]))
     print(f"{result['seconds'] / 60:.1f} minutes")
 
@@ -316,17 +412,25 @@ def table(summary: dict) -> str:
     ]
     for r in summary["random"]:
         lines.append(f"| DPO, {r['arm']} | {r['labels']} | {cell(r['accuracy'])} | | |")
-    control = summary["control"]
-    labels, diff = control["labels"], cell(control["difference_to_plain_subset"], "+")
-    lines.append(
-        f"| control: {control['arm']} | {labels['mean']:.0f} ± {labels['se']:.0f} | "
-        f"{cell(control['accuracy'])} | (against the plain subset:) | {diff} |"
-    )
+    control = summary.get("control")
+    if control:
+        labels, diff = control["labels"], cell(control["difference_to_plain_subset"], "+")
+        lines.append(
+            f"| control: {control['arm']} | {labels['mean']:.0f} ± {labels['se']:.0f} | "
+            f"{cell(control['accuracy'])} | (against the plain subset:) | {diff} |"
+        )
     for a in summary["active"]:
         lines.append(
             f"| Active DPO, {a['pseudo_label']}, gamma {a['gamma']} | {a['labels']['mean']:.0f} ± "
             f"{a['labels']['se']:.0f} | {cell(a['accuracy'])} | {cell(a['random_at_same_labels'])} | "
             f"{cell(a['difference'], '+')} |"
+        )
+    judge = summary.get("judge")
+    if judge:
+        lines.append(
+            f"| DPO, the model as its own judge ({cell(judge['labels_agreeing'])}% of its labels agree, "
+            f"{cell(judge['labels_undecided'])}% undecided) | | {cell(judge.get('accuracy'))} | "
+            f"(against the dataset's labels:) | {cell(judge.get('difference_to_dataset_labels'), '+')} |"
         )
     return "\n".join(lines)
 
@@ -368,17 +472,29 @@ def plot(result: dict, path: Path) -> None:
                 fontsize=8,
                 color=color,
             )
-    control, rule = summary["control"], settings["control"]
-    ax.errorbar(
-        [control["labels"]["mean"]],
-        [control["accuracy"]["mean"]],
-        xerr=[control["labels"]["se"]],
-        yerr=[control["accuracy"]["se"]],
-        fmt="D",
-        color="k",
-        capsize=3,
-        label=f"Active DPO's drop rule on the random {rule['fraction']:.0%} subset, Γ={rule['gamma']}",
-    )
+    control, rule = summary.get("control"), settings["control"]
+    if control:
+        ax.errorbar(
+            [control["labels"]["mean"]],
+            [control["accuracy"]["mean"]],
+            xerr=[control["labels"]["se"]],
+            yerr=[control["accuracy"]["se"]],
+            fmt="D",
+            color="k",
+            capsize=3,
+            label=f"Active DPO's drop rule on the random {rule['fraction']:.0%} subset, Γ={rule['gamma']}",
+        )
+    judge = summary.get("judge")
+    if judge and "accuracy" in judge:
+        ax.errorbar(
+            [labels[-1]],
+            [judge["accuracy"]["mean"]],
+            yerr=[judge["accuracy"]["se"]],
+            fmt="s",
+            color="C4",
+            capsize=3,
+            label=f"DPO, the model as its own judge ({judge['labels_agreeing']['mean']:.0f}% agree)",
+        )
     ax.set_xscale("log")
     ax.xaxis.set_major_locator(FixedLocator(labels))  # the subsets' sizes, written out
     ax.xaxis.set_major_formatter("{x:.0f}")
@@ -387,7 +503,11 @@ def plot(result: dict, path: Path) -> None:
     ax.set_xlabel(f"preference labels paid for (pool of {settings['pool']})")
     ax.set_ylabel(f"held-out preference accuracy (%), {settings['split']}")
     seeds = len(settings["seeds"])
-    task = f"{settings['topics']} topics x {settings['words']} words"
+    task = (
+        "SmolLM2-135M-Instruct, the shorter of its own answers"
+        if "recipe" in settings
+        else f"{settings['topics']} topics x {settings['words']} words"
+    )
     ax.set_title(f"Active DPO against random subsets ({task}): mean ± SE of {seeds} seeds", fontsize=10)
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8, loc="upper left")

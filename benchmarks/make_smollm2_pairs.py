@@ -38,52 +38,19 @@ TEMPLATES = [
     "Keep it short: what is {} good for?",
     "Write a one-line note to a friend about {}.",
 ]
-TOPICS = [
-    "photosynthesis",
-    "the moon",
-    "coffee",
-    "bicycles",
-    "volcanoes",
-    "the internet",
-    "chess",
-    "bread baking",
-    "rainbows",
-    "honeybees",
-    "saving money",
-    "sleep",
-    "the ocean",
-    "jazz music",
-    "recycling",
-    "gravity",
-    "houseplants",
-    "running",
-    "electric cars",
-    "the Roman Empire",
-    "vaccines",
-    "cats",
-    "gardening",
-    "public speaking",
-    "clouds",
-    "libraries",
-    "solar panels",
-    "dinosaurs",
-    "tea",
-    "learning a language",
-    "maps",
-    "football",
-    "earthquakes",
-    "birthdays",
-    "the human heart",
-    "trains",
-    "penguins",
-    "poetry",
-    "budgeting",
-    "mountains", "owls", "pizza", "the stock market", "yoga", "snow", "museums", "bridges",
-    "frogs", "camping", "rivers", "chocolate", "robots", "painting", "deserts", "tomatoes", "kites",
-    "the piano", "lighthouses", "soap", "bats", "glaciers", "swimming", "spiders", "cheese", "telescopes",
-    "origami", "wind turbines", "elephants", "podcasts", "knitting", "coral reefs", "umbrellas", "maple syrup",
-    "fireflies", "board games", "the alphabet", "sunflowers", "hiking boots", "dolphins", "rice",
-]
+TOPIC_TEXT = (
+    "photosynthesis, the moon, coffee, bicycles, volcanoes, the internet, chess, bread baking, rainbows, "
+    "honeybees, saving money, sleep, the ocean, jazz music, recycling, gravity, houseplants, running, "
+    "electric cars, the Roman Empire, vaccines, cats, gardening, public speaking, clouds, libraries, "
+    "solar panels, dinosaurs, tea, learning a language, maps, football, earthquakes, birthdays, the human "
+    "heart, trains, penguins, poetry, budgeting, mountains, owls, pizza, the stock market, yoga, snow, "
+    "museums, bridges, frogs, camping, rivers, chocolate, robots, painting, deserts, tomatoes, kites, the "
+    "piano, lighthouses, soap, bats, glaciers, swimming, spiders, cheese, telescopes, origami, wind "
+    "turbines, elephants, podcasts, knitting, coral reefs, umbrellas, maple syrup, fireflies, board "
+    "games, the alphabet, sunflowers, hiking boots, dolphins, rice"
+)
+TOPICS = TOPIC_TEXT.split(", ")
+"""The topics the templates are filled with (one string, so that 80 topics take 10 lines)."""
 SPLITS = {"train": 160, "validation": 64, "test": 128}
 """Pairs per split (train is the labeling pool)."""
 MAX_NEW_TOKENS = 64
