@@ -171,7 +171,7 @@ def run(job: tuple[str, dict]) -> dict:
     }
     if "active" in raw:
         result |= query_trace(method)
-    if raw["labeler"].get("kind") == "judge":
+    if raw.get("labeler", {}).get("kind") == "judge":
         result |= label_agreement(method)
     print(f"{run_id:>28}: {result['labels']:>6} labels, {result['accuracy']:.2f}%", flush=True)
     return result
