@@ -52,7 +52,7 @@ from feedlearn.data.jsonl import read_jsonl, write_json_atomic, write_jsonl_atom
 from feedlearn.data.records import LabelRecord
 from feedlearn.data.store import open_run
 from feedlearn.errors import FeedlearnError
-from feedlearn.methods.dpo import ActiveDPOConfig, DPOConfig, PreferenceLearning
+from feedlearn.methods.dpo import ActiveDPOConfig, DPOConfig, PairMargin, PreferenceLearning
 
 FULL = {
     "pool": 6400,
@@ -163,11 +163,15 @@ def run(job: tuple[str, dict]) -> dict:
         print(f"{run_id:>28}: stopped: {error}", flush=True)
         return {"run": run_id, "stopped": str(error), **label_agreement(method)}
     metrics = method.evaluate()
+    margins = sorted(
+        read_jsonl(method.store.stage("evaluate") / "margins.jsonl", PairMargin), key=lambda m: m.id
+    )
     result = {
         "run": run_id,
         "labels": metrics["queries_used"],
         "accuracy": metrics["preference_accuracy"],
         "seconds": round(time.perf_counter() - started, 1),
+        "right": [1.0 if m.margin > 0 else 0.5 if m.margin == 0 else 0.0 for m in margins],
     }
     if "active" in raw:
         result |= query_trace(method)
@@ -275,6 +279,16 @@ def mean_se(values: list[float]) -> dict:
     return {"mean": round(mean, 3), "se": round(se, 3), "n": len(values), "values": values}
 
 
+def paired(right: list[float], base: list[float]) -> dict:
+    """One run's accuracy minus another's on the same held-out pairs, in points, with the standard error of
+    the per-pair differences (n - 1 in the variance)."""
+    diffs = [100 * (a - b) for a, b in zip(right, base, strict=True)]
+    return {
+        "points": round(statistics.fmean(diffs), 2),
+        "se": round(statistics.stdev(diffs) / math.sqrt(len(diffs)), 2),
+    }
+
+
 def summarize(runs: dict[int, dict[str, dict]], settings: dict) -> dict:
     """Per arm over seeds: labels and accuracy (mean, SE); for Active DPO also the random curve's accuracy
     at its labels and the paired difference."""
@@ -314,6 +328,10 @@ def summarize(runs: dict[int, dict[str, dict]], settings: dict) -> dict:
                     "random_at_same_labels": mean_se([c for c in curve if c is not None]) if diffs else None,
                     "difference": mean_se(diffs) if diffs else None,
                     "pseudo_label_agreement": round(statistics.fmean(agreement), 4) if agreement else None,
+                    "versus_all_labels_per_seed": [
+                        paired(r["right"], runs[s][random_arms[-1]]["right"])
+                        for s, r in zip(seeds, rows, strict=True)
+                    ],
                 }
             )
     if settings["control"]:
@@ -387,7 +405,10 @@ def main() -> None:
 
     result = {
         "summary": summarize(runs, settings),
-        "runs": {str(seed): arms for seed, arms in runs.items()},
+        "runs": {  # each run's per-pair scores (`right`) are summarized in the paired differences
+            str(seed): {arm: {k: v for k, v in r.items() if k != "right"} for arm, r in arms.items()}
+            for seed, arms in runs.items()
+        },
         "settings": {**settings, "split": args.split, "jobs": args.jobs},
         "seconds": round(time.perf_counter() - started, 1),
     }
@@ -432,6 +453,12 @@ def table(summary: dict) -> str:
             f"{cell(judge['labels_undecided'])}% undecided) | | {cell(judge.get('accuracy'))} | "
             f"(against the dataset's labels:) | {cell(judge.get('difference_to_dataset_labels'), '+')} |"
         )
+    for a in summary["active"]:
+        per_seed = " / ".join(f"{d['points']:+.2f} ± {d['se']:.2f}" for d in a["versus_all_labels_per_seed"])
+        lines.append(
+            f"\nActive DPO, {a['pseudo_label']}, gamma {a['gamma']} against DPO on all labels, paired on"
+        )
+        lines.append(f"the held-out pairs, per seed: {per_seed}")
     return "\n".join(lines)
 
 

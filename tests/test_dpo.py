@@ -17,7 +17,13 @@ from feedlearn.data.store import open_run
 from feedlearn.errors import ConfigError, DataError, FeedlearnError
 from feedlearn.losses import IGNORE, active_targets, dpo_loss, implicit_reward_margin, select_queries
 from feedlearn.methods import dpo
-from feedlearn.methods.dpo import ActiveDPOConfig, DPOConfig, PreferenceLearning, preference_metrics
+from feedlearn.methods.dpo import (
+    ActiveDPOConfig,
+    DPOConfig,
+    PreferenceLearning,
+    gold_margins,
+    preference_metrics,
+)
 from feedlearn.models.tiny import TinyModelConfig, build_tiny_model
 from feedlearn.training.batches import collate_pairs, completion_row, tokenize_pairs
 
@@ -90,7 +96,9 @@ def test_preference_metrics_counts_ties_half():
     gold = [1, -1, 1]
     policy = [(-1.0, -2.0), (-1.0, -2.0), (-3.0, -3.0)]
     reference = [(-1.0, -1.0)] * 3
-    m = preference_metrics(gold, policy, reference, beta=1.0)
+    margins = gold_margins(gold, policy, reference, beta=1.0)
+    assert margins == pytest.approx([1.0, -1.0, 0.0])
+    m = preference_metrics(margins)
     assert m["preference_accuracy"] == pytest.approx(100 * 1.5 / 3)
     assert m["reward_margin"] == pytest.approx((1 - 1 + 0) / 3)
 
@@ -269,6 +277,10 @@ def test_dpo_trains_and_beats_chance_on_held_out_pairs(tmp_path, tiny_path):
     # the untrained policy equals its reference, so it scores exactly 50; one accuracy over 200 pairs has
     # a standard error of 3.5 points, so 75 is 7 of them above chance (measured: 89.0)
     assert result["preference_accuracy"] > 75
+    margins = [json.loads(line) for line in (method.store.stage("evaluate") / "margins.jsonl").open()]
+    assert len({m["id"] for m in margins}) == 200  # one per held-out pair, to compare runs pair by pair
+    right = sum(1.0 if m["margin"] > 0 else 0.5 if m["margin"] == 0 else 0.0 for m in margins)
+    assert 100 * right / 200 == pytest.approx(result["preference_accuracy"], abs=0.01)
     steps = train_metrics(method)
     assert steps[0]["losses/loss"] == pytest.approx(math.log(2), abs=1e-5)  # policy == reference at step 0
     assert steps[-1]["losses/loss"] < steps[0]["losses/loss"]

@@ -22,7 +22,7 @@ from accelerate.utils import extract_model_from_parallel, reduce
 from pydantic import Field
 
 from feedlearn.data.hub import DatasetSource, export_rows
-from feedlearn.data.jsonl import JsonlAppender, read_jsonl, write_json_atomic
+from feedlearn.data.jsonl import JsonlAppender, read_jsonl, write_json_atomic, write_jsonl_atomic
 from feedlearn.data.preferences import load_pairs
 from feedlearn.data.records import LabelRecord, PreferencePair, Record
 from feedlearn.errors import DataError
@@ -161,6 +161,14 @@ STAGES = {
 """Each stage, with what it does (shown by `feedlearn dpo --help`)."""
 
 
+class PairMargin(Record):
+    """One held-out pair's gold-signed implicit reward margin (`evaluate/margins.jsonl`): runs scored on the
+    same pairs compare pair by pair."""
+
+    id: str
+    margin: float
+
+
 class ReferenceLogprobs(Record):
     """The frozen reference's summed log-probs of a pair's two responses."""
 
@@ -292,15 +300,20 @@ class PreferenceLearning(Method):
         scored = pair_logprobs(
             policy, rows, tokenizer.pad_token_id, cfg.score_batch_size, self.progress, "eval"
         )
-        metrics = preference_metrics(
+        margins = gold_margins(
             [pairs[r["index"]].label for r in rows],
             [scored[r["index"]] for r in rows],
             [reference[r["index"]] for r in rows],
             cfg.dpo.beta,
         )
+        metrics = preference_metrics(margins)
         labels = self.store.stage("train") / "labels.jsonl"
         metrics["queries_used"] = len(read_jsonl(labels, LabelRecord)) if labels.exists() else 0
         if process_state().is_main_process:
+            write_jsonl_atomic(
+                folder / "margins.jsonl",
+                [PairMargin(id=pairs[r["index"]].id, margin=m) for r, m in zip(rows, margins, strict=True)],
+            )
             write_json_atomic(folder / "metrics.json", metrics)
             self.store.log_metrics("evaluate", metrics)
         return metrics
@@ -432,14 +445,18 @@ def disable_dropout(model: torch.nn.Module) -> None:
             module.p = 0.0
 
 
-def preference_metrics(
+def gold_margins(
     gold: list[int], policy: list[tuple[float, float]], reference: list[tuple[float, float]], beta: float
-) -> dict[str, float]:
-    """Preference accuracy (%, a zero margin counts half) and the mean gold-signed reward margin."""
-    margins = [
+) -> list[float]:
+    """Each pair's implicit reward margin signed by its gold label (> 0: the policy prefers the gold side)."""
+    return [
         label * beta * ((pa - ra) - (pb - rb))
         for label, (pa, pb), (ra, rb) in zip(gold, policy, reference, strict=True)
     ]
+
+
+def preference_metrics(margins: list[float]) -> dict[str, float]:
+    """Preference accuracy (%, a zero margin counts half) and the mean of the gold-signed margins."""
     right = sum(1.0 if m > 0 else 0.5 if m == 0 else 0.0 for m in margins)
     return {
         "preference_accuracy": round(100.0 * right / len(margins), 2),
