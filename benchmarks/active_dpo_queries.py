@@ -531,7 +531,7 @@ def plot(result: dict, path: Path) -> None:
     ax.set_ylabel(f"held-out preference accuracy (%), {settings['split']}")
     seeds = len(settings["seeds"])
     task = (
-        "SmolLM2-135M-Instruct, the shorter of its own answers"
+        "SmolLM2-135M-Instruct"
         if "recipe" in settings
         else f"{settings['topics']} topics x {settings['words']} words"
     )
