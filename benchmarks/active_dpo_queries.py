@@ -157,9 +157,12 @@ def run(job: tuple[str, dict]) -> dict:
     method = PreferenceLearning(
         config, open_run(config.run_dir, run_id, config.model_dump(mode="json")), False
     )
+    judged = raw.get("labeler", {}).get("kind") == "judge"
     try:
         method.train()
-    except FeedlearnError as error:  # a labeler with no usable label stops the run: reported as such
+    except FeedlearnError as error:  # a judge with no usable label stops the run: reported as such
+        if not judged:
+            raise
         print(f"{run_id:>28}: stopped: {error}", flush=True)
         return {"run": run_id, "stopped": str(error), **label_agreement(method)}
     metrics = method.evaluate()
@@ -175,7 +178,7 @@ def run(job: tuple[str, dict]) -> dict:
     }
     if "active" in raw:
         result |= query_trace(method)
-    if raw.get("labeler", {}).get("kind") == "judge":
+    if judged:
         result |= label_agreement(method)
     print(f"{run_id:>28}: {result['labels']:>6} labels, {result['accuracy']:.2f}%", flush=True)
     return result
@@ -192,8 +195,8 @@ def query_trace(method: PreferenceLearning) -> dict:
 
 
 def label_agreement(method: PreferenceLearning) -> dict:
-    """How the run's paid labels compare with the pool's own (the user's preference): the share that agree,
-    that disagree, and that the labeler left undecided (0)."""
+    """How the run's paid labels compare with the pool's own (the user's preference): how many were paid
+    for, the share (%) that agree and the share the labeler left undecided (0); the rest disagree."""
     gold = {p.id: p.label for p in method.config.train_data.load("train")}
     path = method.store.stage("train") / "labels.jsonl"
     records = read_jsonl(path, LabelRecord) if path.exists() else []
