@@ -20,7 +20,7 @@ seed, then the mean and its standard error over seeds.
 
 The `smollm2` arm runs the same comparison on a real model (`recipes/active-dpo/smollm2.yaml`):
 SmolLM2-135M-Instruct with the reference's LoRA adapter, on pairs of its own answers labeled by a
-preference a user holds (the shorter answer; `benchmarks/make_smollm2_pairs.py` wrote the shipped pairs),
+preference a user holds (the shorter answer; `scripts/make_smollm2_pairs.py` wrote the shipped pairs),
 a pool of 160, 20 optimizer steps per run. It adds a run labeled by the model itself as a local pairwise
 judge (`judge`): the labels' agreement with the user's preference, and what DPO learns from them.
 

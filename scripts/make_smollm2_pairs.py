@@ -9,7 +9,7 @@ both cut: left out. The requests are drawn from templates x topics in a fixed or
 splits. The files ship in `recipes/active-dpo/smollm2/` so the recipe runs on a fresh clone without this
 script (sampling depends on the CPU's float order: a rerun elsewhere may write other answers).
 
-    OMP_NUM_THREADS=2 python benchmarks/make_smollm2_pairs.py     # about 10 minutes on 2 cores
+    OMP_NUM_THREADS=2 python scripts/make_smollm2_pairs.py     # about 10 minutes on 2 cores
 """
 
 from __future__ import annotations
