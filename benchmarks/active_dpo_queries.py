@@ -52,7 +52,13 @@ from feedlearn.data.jsonl import read_jsonl, write_json_atomic, write_jsonl_atom
 from feedlearn.data.records import LabelRecord
 from feedlearn.data.store import open_run
 from feedlearn.errors import FeedlearnError
-from feedlearn.methods.dpo import ActiveDPOConfig, DPOConfig, PairMargin, PreferenceLearning
+from feedlearn.methods.dpo import (
+    ActiveDPOConfig,
+    DPOConfig,
+    PairMargin,
+    PreferenceLearning,
+    pair_credit,
+)
 
 FULL = {
     "pool": 6400,
@@ -174,7 +180,7 @@ def run(job: tuple[str, dict]) -> dict:
         "labels": metrics["queries_used"],
         "accuracy": metrics["preference_accuracy"],
         "seconds": round(time.perf_counter() - started, 1),
-        "right": [1.0 if m.margin > 0 else 0.5 if m.margin == 0 else 0.0 for m in margins],
+        "right": [pair_credit(m.margin) for m in margins],
     }
     if "active" in raw:
         result |= query_trace(method)

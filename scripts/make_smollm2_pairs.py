@@ -85,14 +85,8 @@ def main() -> None:
             short, long_ = sorted(ids, key=length)
             if length(short) >= MAX_NEW_TOKENS or length(long_) < MIN_RATIO * length(short):
                 continue
-            first, second = (
-                (short, long_)
-                if random.Random(f"{args.seed}-{start + i}").random() < 0.5
-                else (
-                    long_,
-                    short,
-                )
-            )
+            short_first = random.Random(f"{args.seed}-{start + i}").random() < 0.5
+            first, second = (short, long_) if short_first else (long_, short)
             pairs.append(
                 PreferencePair(
                     id=f"brevity-{start + i}",

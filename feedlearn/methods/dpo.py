@@ -455,9 +455,14 @@ def gold_margins(
     ]
 
 
+def pair_credit(margin: float) -> float:
+    """One pair's share of the accuracy from its gold-signed margin: 1 right, 0 wrong, a tie counts half."""
+    return 1.0 if margin > 0 else 0.5 if margin == 0 else 0.0
+
+
 def preference_metrics(margins: list[float]) -> dict[str, float]:
     """Preference accuracy (%, a zero margin counts half) and the mean of the gold-signed margins."""
-    right = sum(1.0 if m > 0 else 0.5 if m == 0 else 0.0 for m in margins)
+    right = sum(pair_credit(m) for m in margins)
     return {
         "preference_accuracy": round(100.0 * right / len(margins), 2),
         "reward_margin": sum(margins) / len(margins),
