@@ -14,6 +14,13 @@ the feedback's metric, not guessed. Two tasks share each seed's base model and s
   gradient: the task on which C3PO and SCD + negatives can differ. The share 1/4 was fixed before any run
   of it: below 1/2, so that imitation cannot make following the likeliest answer.
 
+The `smollm2` arm (`--arm smollm2`, `recipes/c3po/smollm2.yaml`) runs the `clean` task on a real model,
+SmolLM2-135M-Instruct: its own sampled answers to the same requests, revised by rule (the offline
+teacher's revisions handle a real model's forms: a preface, bullets, a closing line, an answer cut at the
+token limit), the reference's loss (no SFT on the revision); no rule judge (its rules know the corpus's
+answers only). Beside the seed means it reports C3PO against each method paired per held-out prompt (the
+same prompts and baselines), pooled over feedbacks and seeds.
+
 Per method, averaged over the feedbacks: in-scope adherence, the share of near- and out-of-scope responses
 whose behaviour changed, all against the sampled baseline (`evaluate.baseline: sampled`, the paper's;
 `base` is the base model's own greedy answers against it: the noise floor), and answer quality: a
@@ -24,13 +31,15 @@ baseline (3 = as good). The recipe's C3PO adds SFT on the revision to the paper'
 over the seeds (another initial model, other samples, another data order each).
 
     OMP_NUM_THREADS=1 python benchmarks/c3po_scope.py --out bench_out/c3po --seeds 0 1 --jobs 2
+    OMP_NUM_THREADS=1 python benchmarks/c3po_scope.py --out bench_out/c3po --jobs 2 --arm smollm2
     python benchmarks/c3po_scope.py --out /tmp/smoke --quick                       # a smoke test, ~30 s
 
-The full run takes 73 CPU-minutes, one thread per seed: about 37 minutes on 2 free cores.
+The tiny arm takes 73 CPU-minutes, one thread per seed: about 37 minutes on 2 free cores; the smollm2 arm
+about an hour per seed.
 
-Writes `OUT/result.json` ({"tasks": {task: {method: {metric: {"mean", "se", "per_seed"}}}},
-"per_seed": {seed: {task: {feedback: {method: metrics}}}}, ...}), `OUT/seed-N/result.json`, and
-`OUT/scope.png`.
+Writes the arm's section of `OUT/result.json` ({arm: {"tasks": {task: {method: {metric: {"mean", "se",
+"per_seed"}}}}, "per_seed": {seed: {task: {feedback: {method: metrics}}}}, ...}}; a rerun keeps the other
+arm's), `OUT/<arm>/seed-N/result.json`, and `OUT/scope.png` (`OUT/scope-smollm2.png`).
 """
 
 from __future__ import annotations
@@ -53,9 +62,22 @@ from feedlearn.data.store import open_run
 from feedlearn.methods.c3po import C3PO, C3POConfig
 from feedlearn.methods.c3po_data import C3POSample
 from feedlearn.seeds import derive_seed
+from feedlearn.stats import paired_difference
 from feedlearn.tasks.instructions import BUILTIN_FEEDBACKS, answers_prompt
+from feedlearn.verifiers.verbal import Feedback, adheres, changed
 
-RECIPE = files("feedlearn") / "recipes" / "c3po" / "tiny.yaml"
+RECIPES = {arm: files("feedlearn") / "recipes" / "c3po" / f"{arm}.yaml" for arm in ("tiny", "smollm2")}
+TASKS = {"tiny": ("clean", "missed"), "smollm2": ("clean",)}
+"""The tasks each arm runs."""
+QUICK_SMOLLM2 = [
+    "sample.prompts_per_scope=4",
+    "sample.prompts_per_category=4",
+    "sample.max_new_tokens=8",
+    "evaluate.prompts_per_scope=1",
+    "evaluate.max_new_tokens=8",
+    "train={learning_rate: 2.0e-4, epochs: 1, batch_size: 1, grad_accum: 1, max_length: 128}",
+    "methods=[c3po, scd]",
+]
 QUICK = [
     "tiny={hidden_size: 32, intermediate_size: 64, num_layers: 1, num_heads: 2, vocab_size: 400}",
     "sft.chats=256",
@@ -107,6 +129,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", required=True, help="folder for result.json, scope.png and the runs")
     parser.add_argument("--quick", action="store_true", help="a tiny smoke test (one seed)")
+    parser.add_argument("--arm", choices=list(RECIPES), default="tiny", help="tiny models or SmolLM2")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="the recipe's seeds")
     parser.add_argument("--jobs", type=int, default=1, help="seeds run at once, one process each")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override the recipe")
@@ -114,8 +137,10 @@ def main() -> None:
     out = Path(args.out)
     started = time.perf_counter()
     seeds = args.seeds[:1] if args.quick else args.seeds
-    overrides = [*(QUICK if args.quick else []), *args.set]
-    runs = [(out / f"seed-{seed}", seed, overrides) for seed in seeds]
+    quick = QUICK if args.arm == "tiny" else QUICK_SMOLLM2
+    overrides = [*(quick if args.quick else []), *args.set]
+    folder = out if args.arm == "tiny" else out / args.arm
+    runs = [(folder / f"seed-{seed}", seed, overrides, args.arm) for seed in seeds]
     if args.jobs > 1:
         with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
             per_seed = list(pool.map(run_seed, *zip(*runs, strict=True)))
@@ -123,19 +148,35 @@ def main() -> None:
         per_seed = [run_seed(*run) for run in runs]
     result = {
         "seeds": seeds,
-        "tasks": {task: summarize([p[task] for p in per_seed]) for task in ("clean", "missed")},
+        "tasks": {task: summarize([p[task] for p in per_seed]) for task in TASKS[args.arm]},
         "per_seed": dict(zip(map(str, seeds), per_seed, strict=True)),
         "seconds": round(time.perf_counter() - started, 1),
     }
-    write_json_atomic(out / "result.json", result)
-    plot(result, out / "scope.png")
-    print(json.dumps(result["tasks"], indent=2))
+    if args.arm == "smollm2":
+        result["paired"] = paired_against_c3po(per_seed)
+    path = out / "result.json"
+    sections = json.loads(path.read_text()) if path.exists() else {}
+    if "tasks" in sections:  # a result.json from before the arms were sections: the tiny arm's
+        sections = {"tiny": sections}
+    write_json_atomic(out / "result.json", {**sections, args.arm: result})
+    plot(result, out / ("scope.png" if args.arm == "tiny" else f"scope-{args.arm}.png"), args.arm)
+    print(json.dumps({k: result[k] for k in ("tasks", "paired") if k in result}, indent=2))
 
 
-def run_seed(folder: Path, seed: int, overrides: list[str]) -> dict[str, dict]:
-    """Both tasks at one seed: {task: {feedback: {method: metrics}}}; also written to `folder`."""
+def run_seed(folder: Path, seed: int, overrides: list[str], arm: str = "tiny") -> dict[str, dict]:
+    """The arm's tasks at one seed: {task: {feedback: {method: metrics}}}; also written to `folder`."""
     started = time.perf_counter()
-    config = load_recipe(C3POConfig, str(RECIPE), [f"run_dir={folder / 'runs'}", f"seed={seed}", *overrides])
+    config = load_recipe(
+        C3POConfig, str(RECIPES[arm]), [f"run_dir={folder / 'runs'}", f"seed={seed}", *overrides]
+    )
+    if arm == "smollm2":
+        clean = C3PO(config, open_run(config.run_dir, "c3po-smollm2", config.model_dump(mode="json")))
+        results = {"clean": clean.run()}
+        results["per_prompt"] = {f.short_id: scores_per_prompt(clean, f) for f in clean.feedbacks()}
+        write_json_atomic(
+            folder / "result.json", {**results, "seconds": round(time.perf_counter() - started, 1)}
+        )
+        return results
     config = config.model_copy(
         update={"evaluate": config.evaluate.model_copy(update={"answer_quality": True})}
     )
@@ -188,6 +229,58 @@ def with_paper_loss(run: C3PO, per_feedback: dict[str, dict]) -> dict[str, dict]
     return {fid: {**metrics, PAPER: scores[fid]["c3po"]} for fid, metrics in per_feedback.items()}
 
 
+def paired_against_c3po(per_seed: list[dict]) -> dict[str, dict]:
+    """C3PO minus each other row, per held-out prompt (the same prompts and baselines), pooled over the
+    feedbacks and seeds: in-scope adherence and near / out-of-scope change, in points, with the standard
+    error of the per-prompt differences and the number of prompts."""
+    pooled: dict[str, dict[str, list[float]]] = {}
+    for seed in per_seed:
+        for rows in seed["per_prompt"].values():
+            for name, scores in rows.items():
+                for key, values in scores.items():
+                    pooled.setdefault(name, {}).setdefault(key, []).extend(values)
+    out = {}
+    for name, scores in pooled.items():
+        if name != "c3po":
+            out[name] = {}
+            for key, values in scores.items():
+                mean, se = paired_difference(pooled["c3po"][key], values)
+                out[name][key] = {
+                    "mean": round(100 * mean, 1),
+                    "se": round(100 * se, 1),
+                    "prompts": len(values),
+                }
+    return out
+
+
+def scores_per_prompt(method: C3PO, feedback: Feedback) -> dict[str, dict[str, list[float]]]:
+    """Per row of the evaluation (method, base, in-context, CoT), 1 or 0 per held-out prompt: in scope
+    whether it follows the feedback, near and out of scope whether it changed, against the sampled
+    baseline (as `evaluate` scores them)."""
+    folder = method.store.stage(f"{feedback.short_id}/evaluate")
+    responses = json.loads((folder / "responses.json").read_text())
+    samples = read_jsonl(method.store.stage(f"{feedback.short_id}/sample") / "samples.jsonl", C3POSample)
+    limit = method.config.evaluate.prompts_per_scope
+    baseline = {
+        scope: [s.baseline for s in samples if s.split == "test" and s.scope == scope][:limit]
+        for scope in ("in", "near", "out")
+    }
+    scores = {}
+    for name, scopes in responses.items():
+        scores[name] = {
+            "in_scope_adherence": [
+                float(adheres(feedback.metric, r, b))
+                for r, b in zip(scopes["in"], baseline["in"], strict=True)
+            ]
+        }
+        for scope in ("near", "out"):
+            scores[name][f"{scope}_scope_changed"] = [
+                float(changed(feedback.metric, r, b))
+                for r, b in zip(scopes[scope], baseline[scope], strict=True)
+            ]
+    return scores
+
+
 def summarize(per_seed: list[dict[str, dict]]) -> dict[str, dict]:
     """Per method and metric: the mean over feedbacks at each seed, then its mean and standard error over
     the seeds (None with one seed)."""
@@ -217,7 +310,7 @@ def summarize(per_seed: list[dict[str, dict]]) -> dict[str, dict]:
     return out
 
 
-def plot(result: dict, path: Path) -> None:
+def plot(result: dict, path: Path, arm: str) -> None:
     """Per task, grouped bars with standard errors: in-scope adherence and near / out-of-scope change."""
     import matplotlib
 
@@ -225,7 +318,8 @@ def plot(result: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     tasks = result["tasks"]
-    fig, axes = plt.subplots(1, len(tasks), figsize=(12, 4.2), sharey=True)
+    fig, axes = plt.subplots(1, len(tasks), figsize=(6 * len(tasks), 4.2), sharey=True, squeeze=False)
+    axes = axes[0]
     width = 0.27
     for ax, (task, methods) in zip(axes, tasks.items(), strict=True):
         names = [m for m in methods if all(k in methods[m] for k in KEYS)]
@@ -243,7 +337,8 @@ def plot(result: dict, path: Path) -> None:
     axes[0].set_ylabel(f"% of held-out prompts (mean ± s.e., {len(result['seeds'])} seeds)")
     axes[0].set_ylim(0, 105)
     axes[0].legend(fontsize=8)
-    fig.suptitle("Verbal feedback: applied in scope, unchanged elsewhere")
+    model = "tiny models" if arm == "tiny" else "SmolLM2-135M-Instruct"
+    fig.suptitle(f"Verbal feedback: applied in scope, unchanged elsewhere ({model})")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -71,6 +71,31 @@ def test_revisions_are_exact():
     assert FRUITS.revise("List three fruits.", "A banana.") is None
 
 
+def test_revisions_of_a_real_models_answers():
+    """A pretrained model's answers (SmolLM2's forms): a preface, bullets, a closing and placeholder name,
+    an email cut at the token limit."""
+    assert FRUITS.revise(
+        "List three fruits.", "Here are three fruits:\n\n* Apple\n* Pear\n\n* Plum\n\nEnjoy!"
+    ) == ("Here are three fruits:\n\n1. Apple\n2. Pear\n3. Plum\n\nEnjoy!")
+    assert FRUITS.revise("List two fruits.", "Sure! Two fruits: mangoes, and ripe pears.") == (
+        "Sure! Two fruits:\n1. mangoes\n2. ripe pears"
+    )
+    for already in ("Here you go:\n1. Apple\n2. Pear", "1. Apple: sweet.\n\n2. Pear: soft."):
+        assert FRUITS.revise("List two fruits.", already) == already
+    assert FRUITS.revise("List two fruits.", "1. **Lemon:**\n\n- A lemon is sour.\n- It is yellow.") is None
+    assert FRUITS.revise("List two fruits.", "While fruit is healthy, I cannot list it, sorry.") is None
+    email = "Subject: Budget\n\nDear Jared,\n\nThe budget is ready.\n\nBest regards,\n[Your Name]"
+    assert JARED.revise("Email Jared.", email) == (
+        "Subject: Budget\n\nDear Jared,\n\nThe budget is ready.\nBest, Alex"
+    )
+    cut = "Dear Jared,\n\nThe trip starts Monday. We will meet at the"
+    assert JARED.revise("Email Jared.", cut) == "Dear Jared,\n\nThe trip starts Monday.\nBest, Alex"
+    longer = "Hi Jared,\n\nThe trip starts Monday.\n\nBring boots. We will meet at the"
+    assert JARED.revise("Email Jared.", longer) == "Hi Jared,\n\nThe trip starts Monday.\nBest, Alex"
+    signed = JARED.revise("Email Jared.", email)
+    assert JARED.revise("Email Jared.", signed) == signed
+
+
 def test_in_and_near_scope_prompts_are_disjoint():
     rng = random.Random(0)
     for task in BUILTIN_FEEDBACKS.values():

@@ -313,28 +313,82 @@ def _list_prompts(things: list[str], style: str, n: int, rng: random.Random) -> 
 SIGNOFF = "Best, Alex"
 
 
+VALEDICTION = re.compile(
+    r"(?:best|kind|warm|warmest|many|all the best|regards|sincerely|cheers|thanks|thank you|yours|take care)"
+    r"\b[^\n]{0,25},",
+    re.IGNORECASE,
+)
+"""A closing line such as 'Best regards,' or 'Sincerely,' (a real model's emails end with one and a name)."""
+
+
 def _sign_off(prompt: str, response: str) -> str:
-    """The response ending with the line 'Best, Alex' (added once; another sign-off is replaced)."""
+    """The email ending with the line 'Best, Alex', once. A corpus sign-off line ('Best, Sam') is replaced,
+    as is a closing line ('Best regards,') with the name or placeholder lines after it; an email cut
+    mid-sentence (a model's answer at its token limit) first ends at its last full paragraph (or sentence,
+    when its first paragraph is cut), a shorter email as its writer would close it."""
     lines = response.rstrip().split("\n")
     if lines[-1] in SIGN_OFFS:
         lines = lines[:-1]
-    body = "\n".join(lines)
-    return body if body.endswith(SIGNOFF) else f"{body}\n{SIGNOFF}"
+    closings = [i for i, line in enumerate(lines) if i > 0 and VALEDICTION.fullmatch(line.strip())]
+    if closings:
+        lines = lines[: closings[-1]]
+    while len(lines) > 1 and re.fullmatch(r"\[[^\]]*\]", lines[-1].strip()):  # '[Your Name]'
+        lines = lines[:-1]
+    body = "\n".join(lines).rstrip()
+    if body.endswith(SIGNOFF):
+        return body
+    if not re.search(r"[.!?)\"']$", body):  # cut: end at its last full paragraph, else sentence
+        earlier = body.rsplit("\n\n", 1)[0].rstrip()
+        finished = re.match(r".*[.!?]", body, re.DOTALL)
+        body = earlier if re.search(r"[.!?]$", earlier) else finished.group(0) if finished else body
+    return f"{body}\n{SIGNOFF}"
 
 
-NUMBERED = r"^1\. .+\n2\. .+"
-"""Starts with a numbered list of at least two items, one per line."""
+NUMBERED = r"(?m)^1\. .+\n(?:[ \t]*\n)*2\. .+"
+"""A numbered list of at least two items, one per line (blank lines between them allowed), after a preface
+line or not."""
+LIST_LINE = re.compile(r"[ \t]*(?P<marker>[-*\u2022]|\d+[.)])[ \t]+(?P<item>\S.*)")
+"""A bulleted or numbered line: its marker and its item."""
+SHORT_ITEM = re.compile(r"[\w'-]+(?: [\w'-]+){0,2}")
+"""An item of an inline list: one to three words (a longer part of a sentence is not an item)."""
+
+
+def _marker_kind(line: str) -> str | None:
+    """'number' or the bullet character of a list line, None for another line."""
+    found = LIST_LINE.fullmatch(line)
+    if found is None:
+        return None
+    return "number" if found["marker"][0].isdigit() else found["marker"]
 
 
 def _number_items(prompt: str, response: str) -> str | None:
-    """'a, b and c.' as '1. a\\n2. b\\n3. c'; None when the response is not a list of two or more items."""
+    """The response with its list numbered, one item per line ('1. a\\n2. b'), the text around it kept: a
+    bulleted (or otherwise numbered) list renumbered, or an inline list of short items ('a, b and c.',
+    after a preface ending in ':' or not) written out. None when the response holds no list of two or more
+    items."""
     if re.search(NUMBERED, response):
         return response
-    items = [item.strip(" .") for item in re.split(r",|\band\b|\n", response)]
-    items = [item for item in items if item]
-    if len(items) < 2:
+    lines = response.strip().split("\n")
+    listed = [i for i, line in enumerate(lines) if _marker_kind(line)]
+    if len(listed) >= 2:
+        end, kind = listed[0], _marker_kind(lines[listed[0]])
+        for i in listed[1:]:  # the first list: lines of one marker kind, blank lines between them allowed
+            if _marker_kind(lines[i]) != kind or any(lines[j].strip() for j in range(end + 1, i)):
+                break
+            end = i
+        items = [LIST_LINE.fullmatch(line)["item"] for line in lines[listed[0] : end + 1] if line.strip()]
+        if len(items) >= 2:
+            numbered = [f"{n}. {item.strip()}" for n, item in enumerate(items, start=1)]
+            return "\n".join(lines[: listed[0]] + numbered + lines[end + 1 :])
+    preface, colon, inline = response.strip().rpartition(":")
+    if "\n" in inline:
         return None
-    return "\n".join(f"{i}. {item}" for i, item in enumerate(items, start=1))
+    items = [item.strip(" .") for item in re.split(r",|\band\b", inline)]
+    items = [item for item in items if item]
+    if len(items) < 2 or not all(SHORT_ITEM.fullmatch(item) for item in items):
+        return None
+    numbered = "\n".join(f"{i}. {item}" for i, item in enumerate(items, start=1))
+    return f"{preface}{colon}\n{numbered}" if colon else numbered
 
 
 BUILTIN_FEEDBACKS: dict[str, FeedbackTask] = {
