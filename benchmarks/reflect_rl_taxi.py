@@ -7,11 +7,17 @@ reference code's rules (docs/deviations.md). Every configuration of a seed plays
 episodes, greedy and sampled (the reference's evaluation), so each effect (RL over SFT, reflection over
 none) is a paired difference per episode; its standard error is over the episodes of every seed.
 
+`--env taxi_smollm2` runs the same four arms on Taxi with a real model, SmolLM2-135M-Instruct, as both the
+policy and the reflection model (`recipes/reflect-rl/smollm2.yaml`: a CPU's scale, greedy evaluation only).
+
     python benchmarks/reflect_rl_taxi.py --out bench_out/reflect_rl                # about 35 min on 2 cores
     python benchmarks/reflect_rl_taxi.py --out /tmp/smoke --quick                  # a smoke test
     python benchmarks/reflect_rl_taxi.py --out bench_out/rl_lr --env taxi --set rl.learning_rate=1e-3
+    OMP_NUM_THREADS=1 python benchmarks/reflect_rl_taxi.py --out bench_out/reflect_rl --env taxi_smollm2 \
+        --seeds 0 --jobs 2                                                         # about an hour
 
-Writes `OUT/result.json`: per environment ("taxi", "autoexplore"), per arm ("sft", "sft_rl",
+Writes `OUT/result.json` (a rerun keeps the sections of the environments it did not run): per environment
+("taxi", "autoexplore", "taxi_smollm2") its seeds and overrides, per arm ("sft", "sft_rl",
 "reflect_sft", "reflect_rl") and evaluation ("greedy", "sampled"), the success per seed and its mean;
 the effects ("rl": sft_rl - sft, "reflect_rl": reflect_rl - reflect_sft, "reflection": reflect_rl -
 sft_rl) as paired differences in points with standard errors; on Taxi, per arm and seed, the share of
@@ -22,7 +28,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import time
+from concurrent.futures import ProcessPoolExecutor
 from importlib.resources import files
 from pathlib import Path
 
@@ -35,7 +43,10 @@ from feedlearn.stats import mean_se, paired_difference
 RECIPES = {
     "taxi": files("feedlearn") / "recipes" / "reflect-rl" / "tiny.yaml",
     "autoexplore": files("feedlearn") / "recipes" / "reflect-rl" / "tiny_autoexplore.yaml",
+    "taxi_smollm2": files("feedlearn") / "recipes" / "reflect-rl" / "smollm2.yaml",
 }
+TINY = ["taxi", "autoexplore"]
+"""The environments `--env both` runs (the tiny models')."""
 QUICK = [
     "tiny={hidden_size: 32, intermediate_size: 64, num_layers: 1, num_heads: 2, vocab_size: 400}",
     "teacher={episodes: 8, p_oracle: 0.9, negatives: 2}",
@@ -76,6 +87,11 @@ def run(out: Path, env: str, reflection: bool, overrides: list[str]) -> ReflectR
     return method
 
 
+def run_only(out: Path, env: str, reflection: bool, overrides: list[str]) -> None:
+    """`run` in a worker process; the main process then reads the finished run (every stage skipped)."""
+    run(out, env, reflection, overrides)
+
+
 def successes(method: ReflectRL, stage: str, evaluation: str) -> list[float]:
     """1 or 0 per held-out episode of `stage`'s evaluation, in the episodes' order."""
     prefix = EVALUATIONS[evaluation]
@@ -110,13 +126,14 @@ def oracle_agreement(method: ReflectRL, stage: str, evaluation: str) -> float:
 def seed_run(out: Path, env: str, seed: int, common: list[str]) -> tuple[dict, list[dict]]:
     """Per arm and evaluation, each held-out episode's success at one seed; the training curve."""
     methods = {r: run(out / f"seed{seed}", env, r, [f"seed={seed}", *common]) for r in (False, True)}
+    evaluations = [ev for ev in EVALUATIONS if ev == "greedy" or methods[False].config.evaluate.sampled]
     episodes = {
-        arm: {ev: successes(methods[r], stage, ev) for ev in EVALUATIONS} for arm, (r, stage) in ARMS.items()
+        arm: {ev: successes(methods[r], stage, ev) for ev in evaluations} for arm, (r, stage) in ARMS.items()
     }
-    if env == "taxi":
+    if methods[False].config.env.name == "taxi":
         for arm, (r, stage) in ARMS.items():
             episodes[arm]["oracle_agreement"] = {
-                ev: oracle_agreement(methods[r], stage, ev) for ev in EVALUATIONS
+                ev: oracle_agreement(methods[r], stage, ev) for ev in evaluations
             }
     curves = {}
     for r, method in methods.items():
@@ -140,16 +157,18 @@ def _success(per_seed: dict[int, dict], arm: str, evaluation: str) -> dict:
 def summarize(per_seed: dict[int, dict], curves: dict[int, list]) -> dict:
     """Success per arm, evaluation and seed with its mean, and each effect as a paired difference (points)
     with its standard error over every seed's episodes."""
-    arms = {arm: {ev: _success(per_seed, arm, ev) for ev in EVALUATIONS} for arm in ARMS}
+    first = per_seed[next(iter(per_seed))]
+    evaluations = [ev for ev in EVALUATIONS if ev in first["sft"]]  # greedy, and sampled where played
+    arms = {arm: {ev: _success(per_seed, arm, ev) for ev in evaluations} for arm in ARMS}
     for arm in ARMS:
-        if "oracle_agreement" in per_seed[next(iter(per_seed))][arm]:  # Taxi: % of steps on the oracle's move
+        if "oracle_agreement" in first[arm]:  # Taxi: % of steps on the oracle's move
             arms[arm]["oracle_agreement"] = {
-                ev: {str(s): per_seed[s][arm]["oracle_agreement"][ev] for s in per_seed} for ev in EVALUATIONS
+                ev: {str(s): per_seed[s][arm]["oracle_agreement"][ev] for s in per_seed} for ev in evaluations
             }
     effects = {}
     for effect, (arm, base) in EFFECTS.items():
         effects[effect] = {}
-        for ev in EVALUATIONS:
+        for ev in evaluations:
             a = [x for s in per_seed for x in per_seed[s][arm][ev]]
             b = [x for s in per_seed for x in per_seed[s][base][ev]]
             diff, se = paired_difference(a, b)
@@ -162,22 +181,41 @@ def main() -> None:
     parser.add_argument("--out", required=True, help="folder for result.json, curve.png and the runs")
     parser.add_argument("--quick", action="store_true", help="a tiny smoke test")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="the recipes' seeds")
-    parser.add_argument("--env", choices=["both", *RECIPES], default="both", help="which environments")
+    parser.add_argument(
+        "--env",
+        choices=["both", *RECIPES],
+        default="both",
+        help="which environments (both: the tiny models' two; taxi_smollm2: Taxi with SmolLM2)",
+    )
     parser.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="override the recipes"
     )
+    parser.add_argument("--jobs", type=int, default=1, help="configurations run at once, one process each")
     args = parser.parse_args()
     out = Path(args.out)
     started = time.perf_counter()
     common = [*(QUICK if args.quick else []), *args.set]
-    result = {"seeds": args.seeds, "overrides": args.set}
-    for env in RECIPES if args.env == "both" else [args.env]:
+    path = out / "result.json"
+    earlier = json.loads(path.read_text()) if path.exists() else {}  # seeds were once a top-level key
+    result = {env: {"seeds": earlier.get("seeds"), **r} for env, r in earlier.items() if env in RECIPES}
+    for env in TINY if args.env == "both" else [args.env]:
+        if args.jobs > 1:
+            jobs = [
+                (out / f"seed{seed}", env, r, [f"seed={seed}", *common])
+                for seed in args.seeds
+                for r in (False, True)
+            ]
+            with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+                list(pool.map(run_only, *zip(*jobs, strict=True)))
         runs = {seed: seed_run(out, env, seed, common) for seed in args.seeds}
-        result[env] = summarize({s: r[0] for s, r in runs.items()}, {s: r[1] for s, r in runs.items()})
-    result["seconds"] = round(time.perf_counter() - started, 1)
-    write_json_atomic(out / "result.json", result)
+        result[env] = {
+            "seeds": args.seeds,
+            "overrides": args.set,
+            **summarize({s: r[0] for s, r in runs.items()}, {s: r[1] for s, r in runs.items()}),
+            "seconds": round(time.perf_counter() - started, 1),
+        }
+    write_json_atomic(path, result)  # every environment's section, those of an earlier run kept
     plot(result, out / "curve.png")
-    print(json.dumps({k: v for k, v in result.items() if k not in RECIPES}, indent=2))
     for env in RECIPES:
         if env in result:
             print(env, json.dumps({k: v for k, v in result[env].items() if k != "curves"}, indent=2))
@@ -193,12 +231,18 @@ def plot(result: dict, path: Path) -> None:
 
     envs = [env for env in RECIPES if env in result]
     fig, axes = plt.subplots(len(envs), 2, figsize=(11, 3.8 * len(envs)), squeeze=False)
-    titles = {"taxi": "DangerousTaxi (dropoff)", "autoexplore": "AutoExplore (held-out questions)"}
+    titles = {
+        "taxi": "DangerousTaxi (dropoff)",
+        "autoexplore": "AutoExplore (held-out questions)",
+        "taxi_smollm2": "DangerousTaxi (dropoff), SmolLM2-135M-Instruct",
+    }
     for row, env in zip(axes, envs, strict=True):
         r = result[env]
         bars, curve = row
         width = 0.38
         for k, (ev, color) in enumerate([("greedy", "C0"), ("sampled", "C1")]):
+            if ev not in r["arms"]["sft"]:
+                continue
             xs = [i + (k - 0.5) * width for i in range(len(ARMS))]
             values = [r["arms"][a][ev] for a in ARMS]
             errors = [v["se"] for v in values]
@@ -206,7 +250,7 @@ def plot(result: dict, path: Path) -> None:
         bars.set_xticks(range(len(ARMS)), ["SFT", "SFT + RL", "SFT\nreflection", "SFT + RL\nreflection"])
         bars.set_ylabel("held-out success (%)")
         bars.set_ylim(0, 105)
-        bars.set_title(f"{titles[env]}, seeds {', '.join(map(str, result['seeds']))}")
+        bars.set_title(f"{titles[env]}, seeds {', '.join(map(str, r['seeds']))}")
         bars.legend(fontsize=8)
         seeds = list(r["curves"])
         its = [c["iteration"] for c in r["curves"][seeds[0]]]
