@@ -38,8 +38,10 @@ The tiny arm takes 73 CPU-minutes, one thread per seed: about 37 minutes on 2 fr
 about an hour per seed.
 
 Writes the arm's section of `OUT/result.json` ({arm: {"tasks": {task: {method: {metric: {"mean", "se",
-"per_seed"}}}}, "per_seed": {seed: {task: {feedback: {method: metrics}}}}, ...}}; a rerun keeps the other
-arm's), `OUT/<arm>/seed-N/result.json`, and `OUT/scope.png` (`OUT/scope-smollm2.png`).
+"per_seed"}}}}, "per_seed": {seed: {task: {feedback: {method: metrics}}}}, ...}}, and for smollm2
+"feedbacks" (the summary per feedback) and "paired" ({method: {metric: {"mean", "se", "prompts"}}}); a
+rerun keeps the other arm's), `OUT/<arm>/seed-N/result.json`, and `OUT/scope.png` (`OUT/scope-smollm2.png`,
+a panel per feedback).
 """
 
 from __future__ import annotations
@@ -153,6 +155,7 @@ def main() -> None:
         "seconds": round(time.perf_counter() - started, 1),
     }
     if args.arm == "smollm2":
+        result["feedbacks"] = per_feedback(per_seed)
         result["paired"] = paired_against_c3po(per_seed)
     path = out / "result.json"
     sections = json.loads(path.read_text()) if path.exists() else {}
@@ -227,6 +230,15 @@ def with_paper_loss(run: C3PO, per_feedback: dict[str, dict]) -> dict[str, dict]
     paper.train()
     scores = paper.evaluate()
     return {fid: {**metrics, PAPER: scores[fid]["c3po"]} for fid, metrics in per_feedback.items()}
+
+
+def per_feedback(per_seed: list[dict]) -> dict[str, dict]:
+    """The `clean` task's summary for each feedback apart, by its built-in name."""
+    names = {task.feedback.short_id: name for name, task in BUILTIN_FEEDBACKS.items()}
+    return {
+        names[fid]: summarize([{fid: seed["clean"][fid]} for seed in per_seed])
+        for fid in per_seed[0]["clean"]
+    }
 
 
 def paired_against_c3po(per_seed: list[dict]) -> dict[str, dict]:
@@ -311,13 +323,14 @@ def summarize(per_seed: list[dict[str, dict]]) -> dict[str, dict]:
 
 
 def plot(result: dict, path: Path, arm: str) -> None:
-    """Per task, grouped bars with standard errors: in-scope adherence and near / out-of-scope change."""
+    """Per task (the smollm2 arm: per feedback), grouped bars with standard errors: in-scope adherence and
+    near / out-of-scope change."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    tasks = result["tasks"]
+    tasks = result["tasks"] if arm == "tiny" else result["feedbacks"]
     fig, axes = plt.subplots(1, len(tasks), figsize=(6 * len(tasks), 4.2), sharey=True, squeeze=False)
     axes = axes[0]
     width = 0.27
@@ -331,14 +344,17 @@ def plot(result: dict, path: Path, arm: str) -> None:
             errors = [methods[m][key]["se"] or 0 for m in names]
             ax.bar(xs, means, width, yerr=errors, capsize=2, label=label, color=f"C{i}")
         ax.set_xticks(range(len(names)), names, rotation=30, ha="right")
-        share = "all" if task == "clean" else f"{MISSED_SHARE:.0%}"
-        ax.set_title(f"{task}: {share} of the revisions apply the feedback")
+        if arm == "tiny":
+            share = "all" if task == "clean" else f"{MISSED_SHARE:.0%}"
+            ax.set_title(f"{task}: {share} of the revisions apply the feedback")
+        else:
+            ax.set_title(f"{task} (every revision applies it)")
         ax.grid(axis="y", alpha=0.3)
     axes[0].set_ylabel(f"% of held-out prompts (mean ± s.e., {len(result['seeds'])} seeds)")
     axes[0].set_ylim(0, 105)
     axes[0].legend(fontsize=8)
     model = "tiny models" if arm == "tiny" else "SmolLM2-135M-Instruct"
-    fig.suptitle(f"Verbal feedback: applied in scope, unchanged elsewhere ({model})")
+    fig.suptitle(f"Verbal feedback: applied in scope, unchanged elsewhere?\n{model}")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
