@@ -35,7 +35,7 @@ over the seeds (another initial model, other samples, another data order each).
     python benchmarks/c3po_scope.py --out /tmp/smoke --quick                       # a smoke test, ~30 s
 
 The tiny arm takes 73 CPU-minutes, one thread per seed: about 37 minutes on 2 free cores; the smollm2 arm
-about an hour per seed.
+about 35 minutes per seed.
 
 Writes the arm's section of `OUT/result.json` ({arm: {"tasks": {task: {method: {metric: {"mean", "se",
 "per_seed"}}}}, "per_seed": {seed: {task: {feedback: {method: metrics}}}}, ...}}, and for smollm2

@@ -14,7 +14,7 @@ policy and the reflection model (`recipes/reflect-rl/smollm2.yaml`: a CPU's scal
     python benchmarks/reflect_rl_taxi.py --out /tmp/smoke --quick                  # a smoke test
     python benchmarks/reflect_rl_taxi.py --out bench_out/rl_lr --env taxi --set rl.learning_rate=1e-3
     OMP_NUM_THREADS=1 python benchmarks/reflect_rl_taxi.py --out bench_out/reflect_rl --env taxi_smollm2 \
-        --seeds 0 --jobs 2                                                         # about an hour
+        --seeds 0 --jobs 2                                                         # about 30 minutes
 
 Writes `OUT/result.json` (a rerun keeps the sections of the environments it did not run): per environment
 ("taxi", "autoexplore", "taxi_smollm2") its seeds and overrides, per arm ("sft", "sft_rl",
