@@ -16,6 +16,8 @@ import torch
 from safetensors.torch import load_file
 from test_resume_everywhere import assert_resumes_to_the_uninterrupted_run
 
+from feedlearn.tasks.instructions import BUILTIN_FEEDBACKS
+
 pytestmark = pytest.mark.slow
 
 RECIPES = Path(__file__).resolve().parents[1] / "feedlearn" / "recipes"
@@ -177,7 +179,11 @@ def test_two_processes_collect_and_evaluate_what_one_does(tmp_path):
     assert text(one, "iter1/collect/episodes.jsonl").count("\n") == 48
 
 
+SIGN_OFF = BUILTIN_FEEDBACKS["jared-signoff"].feedback.short_id
 C3PO = [
+    # the sign-off feedback: its revision applies to any answer, while a model warmed up on 400 chats writes
+    # no list for the numbered-list feedback's revision to number
+    f"feedback_ids=[{SIGN_OFF}]",
     "sft.chats=400",
     "sample.prompts_per_scope=48",
     "sample.prompts_per_category=12",
@@ -201,7 +207,7 @@ def test_two_processes_sample_and_evaluate_c3po_as_one_does(tmp_path):
     stage_run(2, "c3po", "sample", two_processes, tmp_path, "two")
     one, two = tmp_path / "runs" / "one", tmp_path / "runs" / "two"
     samples = sorted(one.glob("*/sample/samples.jsonl"))
-    assert len(samples) == 2 and all(path.stat().st_size > 0 for path in samples)
+    assert len(samples) == 1 and all(path.stat().st_size > 0 for path in samples)
     for path in samples:
         name = str(path.relative_to(one))
         assert text(one, name) == text(two, name), name
@@ -220,7 +226,7 @@ def test_two_processes_sample_and_evaluate_c3po_as_one_does(tmp_path):
         stage_run(processes, "c3po", "evaluate", C3PO, tmp_path, run_id)
     three = tmp_path / "runs" / "three"
     results = sorted(one.glob("*/evaluate/*.json"))
-    assert len(results) == 4  # metrics and responses of both feedbacks
+    assert len(results) == 2  # the feedback's metrics and responses
     for path in results:
         name = str(path.relative_to(one))
         assert json.loads(text(one, name)) == json.loads(text(three, name)), name
