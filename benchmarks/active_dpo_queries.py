@@ -59,6 +59,7 @@ from feedlearn.methods.dpo import (
     PreferenceLearning,
     pair_credit,
 )
+from feedlearn.stats import paired_difference
 
 FULL = {
     "pool": 6400,
@@ -291,11 +292,8 @@ def mean_se(values: list[float]) -> dict:
 def paired(right: list[float], base: list[float]) -> dict:
     """One run's accuracy minus another's on the same held-out pairs, in points, with the standard error of
     the per-pair differences (n - 1 in the variance)."""
-    diffs = [100 * (a - b) for a, b in zip(right, base, strict=True)]
-    return {
-        "points": round(statistics.fmean(diffs), 2),
-        "se": round(statistics.stdev(diffs) / math.sqrt(len(diffs)), 2),
-    }
+    mean, se = paired_difference(right, base)
+    return {"points": round(100 * mean, 2), "se": round(100 * se, 2)}
 
 
 def summarize(runs: dict[int, dict[str, dict]], settings: dict) -> dict:

@@ -66,7 +66,7 @@ from feedlearn.methods.c3po_data import C3POSample
 from feedlearn.seeds import derive_seed
 from feedlearn.stats import paired_difference
 from feedlearn.tasks.instructions import BUILTIN_FEEDBACKS, answers_prompt
-from feedlearn.verifiers.verbal import Feedback, adheres, changed
+from feedlearn.verifiers.verbal import Feedback, scope_scores
 
 RECIPES = {arm: files("feedlearn") / "recipes" / "c3po" / f"{arm}.yaml" for arm in ("tiny", "smollm2")}
 TASKS = {"tiny": ("clean", "missed"), "smollm2": ("clean",)}
@@ -176,10 +176,14 @@ def run_seed(folder: Path, seed: int, overrides: list[str], arm: str = "tiny") -
         clean = C3PO(config, open_run(config.run_dir, "c3po-smollm2", config.model_dump(mode="json")))
         results = {"clean": clean.run()}
         results["per_prompt"] = {f.short_id: scores_per_prompt(clean, f) for f in clean.feedbacks()}
-        write_json_atomic(
-            folder / "result.json", {**results, "seconds": round(time.perf_counter() - started, 1)}
-        )
-        return results
+    else:
+        results = tiny_tasks(config, seed)
+    write_json_atomic(folder / "result.json", {**results, "seconds": round(time.perf_counter() - started, 1)})
+    return results
+
+
+def tiny_tasks(config: C3POConfig, seed: int) -> dict[str, dict]:
+    """The tiny arm's `clean` and `missed` tasks, judged by rule, with C3PO's paper-loss variant."""
     config = config.model_copy(
         update={"evaluate": config.evaluate.model_copy(update={"answer_quality": True})}
     )
@@ -191,7 +195,6 @@ def run_seed(folder: Path, seed: int, overrides: list[str], arm: str = "tiny") -
         write_jsonl_atomic(path, miss_revisions(read_jsonl(path, C3POSample), seed, feedback.id))
     missed.train()
     results["missed"] = with_paper_loss(missed, missed.evaluate())
-    write_json_atomic(folder / "result.json", {**results, "seconds": round(time.perf_counter() - started, 1)})
     return results
 
 
@@ -269,27 +272,12 @@ def scores_per_prompt(method: C3PO, feedback: Feedback) -> dict[str, dict[str, l
     """Per row of the evaluation (method, base, in-context, CoT), 1 or 0 per held-out prompt: in scope
     whether it follows the feedback, near and out of scope whether it changed, against the sampled
     baseline (as `evaluate` scores them)."""
-    folder = method.store.stage(f"{feedback.short_id}/evaluate")
-    responses = json.loads((folder / "responses.json").read_text())
-    samples = read_jsonl(method.store.stage(f"{feedback.short_id}/sample") / "samples.jsonl", C3POSample)
-    limit = method.config.evaluate.prompts_per_scope
-    baseline = {
-        scope: [s.baseline for s in samples if s.split == "test" and s.scope == scope][:limit]
-        for scope in ("in", "near", "out")
-    }
+    path = method.store.stage(f"{feedback.short_id}/evaluate") / "responses.json"
+    baseline = {scope: [s.baseline for s in rows] for scope, rows in method.test_samples(feedback).items()}
     scores = {}
-    for name, scopes in responses.items():
-        scores[name] = {
-            "in_scope_adherence": [
-                float(adheres(feedback.metric, r, b))
-                for r, b in zip(scopes["in"], baseline["in"], strict=True)
-            ]
-        }
-        for scope in ("near", "out"):
-            scores[name][f"{scope}_scope_changed"] = [
-                float(changed(feedback.metric, r, b))
-                for r, b in zip(scopes[scope], baseline[scope], strict=True)
-            ]
+    for name, responses in json.loads(path.read_text()).items():
+        per_prompt = scope_scores(feedback, responses, baseline)
+        scores[name] = {key: per_prompt[key] for key in KEYS}
     return scores
 
 

@@ -442,16 +442,20 @@ class C3PO(Method):
         """Per feedback and method, adherence in scope and change near and out of scope (%)."""
         return {f.short_id: self._evaluate(f) for f in self.feedbacks()}
 
-    def _evaluate(self, feedback: Feedback) -> dict[str, dict[str, float]]:
-        cfg = self.config
-        folder = self.store.stage(f"{feedback.short_id}/evaluate")
+    def test_samples(self, feedback: Feedback) -> dict[str, list[C3POSample]]:
+        """The held-out samples `evaluate` answers, by scope: the first `evaluate.prompts_per_scope`."""
         samples = read_jsonl(self.store.stage(f"{feedback.short_id}/sample") / "samples.jsonl", C3POSample)
-        tests = {
+        return {
             scope: [s for s in samples if s.split == "test" and s.scope == scope][
-                : cfg.evaluate.prompts_per_scope
+                : self.config.evaluate.prompts_per_scope
             ]
             for scope in ("in", "near", "out")
         }
+
+    def _evaluate(self, feedback: Feedback) -> dict[str, dict[str, float]]:
+        cfg = self.config
+        folder = self.store.stage(f"{feedback.short_id}/evaluate")
+        tests = self.test_samples(feedback)
         sampling = SamplingParams(temperature=0.0, max_new_tokens=cfg.evaluate.max_new_tokens)
         adapters = {m: self.store.stage(f"{feedback.short_id}/train/{m}") / "model" for m in cfg.methods}
         if (self.combined_path() / "done.json").exists():

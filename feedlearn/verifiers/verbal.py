@@ -280,18 +280,27 @@ def changed(metric: Metric, response: str, baseline: str) -> bool:
     return metric_value(metric, response) != metric_value(metric, baseline)
 
 
+def scope_scores(
+    feedback: Feedback, responses: dict[str, list[str]], baseline: dict[str, list[str]]
+) -> dict[str, list[float]]:
+    """Per scope, 1 or 0 per response: whether it follows the feedback (`<scope>_scope_adherence`) and
+    whether it changed versus its baseline (`<scope>_scope_changed`), by the feedback's metric; a tie with
+    the baseline is not adherence. A scope without responses is left out."""
+    out = {}
+    for scope in responses:
+        pairs = list(zip(responses[scope], baseline[scope], strict=True))
+        if pairs:
+            out[f"{scope}_scope_adherence"] = [float(adheres(feedback.metric, r, b)) for r, b in pairs]
+            out[f"{scope}_scope_changed"] = [float(changed(feedback.metric, r, b)) for r, b in pairs]
+    return out
+
+
 def scope_metrics(
     feedback: Feedback, responses: dict[str, list[str]], baseline: dict[str, list[str]]
 ) -> dict[str, float]:
     """Per scope, the share (%) of responses that follow the feedback and that changed versus the
-    baseline, by the feedback's metric; a tie with the baseline is not adherence."""
-    out = {}
-    for scope in responses:
-        pairs = list(zip(responses[scope], baseline[scope], strict=True))
-        if not pairs:
-            continue
-        follow = sum(adheres(feedback.metric, r, b) for r, b in pairs)
-        moved = sum(changed(feedback.metric, r, b) for r, b in pairs)
-        out[f"{scope}_scope_adherence"] = round(100.0 * follow / len(pairs), 2)
-        out[f"{scope}_scope_changed"] = round(100.0 * moved / len(pairs), 2)
-    return out
+    baseline (`scope_scores`, averaged)."""
+    return {
+        key: round(100.0 * sum(values) / len(values), 2)
+        for key, values in scope_scores(feedback, responses, baseline).items()
+    }
