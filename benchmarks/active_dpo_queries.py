@@ -38,7 +38,6 @@ reused by a rerun with the same `--out` (start from an empty folder after a chan
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import multiprocessing
 import statistics
@@ -48,7 +47,7 @@ from pathlib import Path
 
 import yaml
 
-from feedlearn.data.jsonl import read_jsonl, write_json_atomic, write_jsonl_atomic
+from feedlearn.data.jsonl import read_jsonl, update_json_sections, write_jsonl_atomic
 from feedlearn.data.records import LabelRecord
 from feedlearn.data.store import open_run
 from feedlearn.errors import FeedlearnError
@@ -419,10 +418,7 @@ def main() -> None:
         "settings": {**settings, "split": args.split, "jobs": args.jobs},
         "seconds": round(time.perf_counter() - started, 1),
     }
-    sections = json.loads((out / "result.json").read_text()) if (out / "result.json").exists() else {}
-    if "summary" in sections:  # a result.json from before the arms were sections: the tiny arm's
-        sections = {"tiny": sections}
-    write_json_atomic(out / "result.json", {**sections, args.arm: result})
+    update_json_sections(out / "result.json", {args.arm: result}, legacy="summary")
     plot(result, out / ("queries.png" if args.arm == "tiny" else f"queries-{args.arm}.png"))
     print(table(result["summary"]))
     print(f"{result['seconds'] / 60:.1f} minutes")

@@ -59,7 +59,7 @@ from pathlib import Path
 
 from feedlearn.backends.base import ParsedAsker, SamplingParams
 from feedlearn.config import load_recipe
-from feedlearn.data.jsonl import read_jsonl, write_json_atomic, write_jsonl_atomic
+from feedlearn.data.jsonl import read_jsonl, update_json_sections, write_json_atomic, write_jsonl_atomic
 from feedlearn.data.store import open_run
 from feedlearn.methods.c3po import C3PO, C3POConfig
 from feedlearn.methods.c3po_data import C3POSample
@@ -157,11 +157,7 @@ def main() -> None:
     if args.arm == "smollm2":
         result["feedbacks"] = per_feedback(per_seed)
         result["paired"] = paired_against_c3po(per_seed)
-    path = out / "result.json"
-    sections = json.loads(path.read_text()) if path.exists() else {}
-    if "tasks" in sections:  # a result.json from before the arms were sections: the tiny arm's
-        sections = {"tiny": sections}
-    write_json_atomic(out / "result.json", {**sections, args.arm: result})
+    update_json_sections(out / "result.json", {args.arm: result}, legacy="tasks")
     plot(result, out / ("scope.png" if args.arm == "tiny" else f"scope-{args.arm}.png"), args.arm)
     print(json.dumps({k: result[k] for k in ("tasks", "paired") if k in result}, indent=2))
 

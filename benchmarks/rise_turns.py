@@ -35,7 +35,7 @@ import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from feedlearn.data.jsonl import write_json_atomic
+from feedlearn.data.jsonl import update_json_sections
 
 RECIPES = Path(__file__).resolve().parent.parent / "recipes" / "rise"
 
@@ -114,12 +114,11 @@ def main() -> None:
     out = Path(args.out)
     seeds = args.seeds[:1] if args.quick else args.seeds
     threads = 1 if args.jobs > 1 else None
-    result = json.loads((out / "result.json").read_text()) if (out / "result.json").exists() else {}
     with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
         for arm in args.arms:
             futures = {s: pool.submit(run_seed, arm, s, out, args.quick, threads) for s in seeds}
-            result[arm] = arm_result({s: f.result() for s, f in futures.items()})
-            write_json_atomic(out / "result.json", result)
+            summary = arm_result({s: f.result() for s, f in futures.items()})
+            result = update_json_sections(out / "result.json", {arm: summary})
     for arm in args.arms:
         print(arm)
         for name, target in result[arm]["targets"].items():

@@ -179,6 +179,19 @@ def write_json_atomic(path: str | Path, obj: Any) -> None:
     write_text_atomic(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
 
 
+def update_json_sections(path: str | Path, sections: dict, legacy: str | None = None) -> dict:
+    """Merge `sections` into the JSON object at `path` (written atomically) and return the whole: a
+    benchmark's rerun of one arm keeps the other arms' sections. `legacy`: a top-level key that marks a
+    file from before the arms were sections; such a file becomes the `tiny` section."""
+    path = Path(path)
+    earlier = json.loads(path.read_text()) if path.exists() else {}
+    if legacy is not None and legacy in earlier:
+        earlier = {"tiny": earlier}
+    merged = {**earlier, **sections}
+    write_json_atomic(path, merged)
+    return merged
+
+
 def write_jsonl_atomic(path: str | Path, records: Iterable[BaseModel]) -> None:
     """Write a whole JSONL file of records, atomically."""
     write_text_atomic(path, "".join(r.model_dump_json() + "\n" for r in records))
