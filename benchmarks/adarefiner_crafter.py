@@ -14,10 +14,19 @@
    no adapter (`guided`), and AdaRefiner (`adarefiner`), at equal environment steps, each trained, saved,
    reloaded and evaluated on test worlds.
 
+The `smollm2` arm (`--arm smollm2`, recipes/adarefiner/smollm2.yaml; seeds 0 and 1) runs the mechanism
+with SmolLM2-135M-Instruct as the adapter, one stage: `base` (the model as it is, never refined),
+`frozen` (warmed up on template analyses, never refined) and `feedback` (the warmed-up adapter refined
+on the stage's records), each on the same 24 test episodes; the per-stage metrics above plus the share
+of analyses that name an allowed sub-goal, and differences paired per test episode (the same worlds).
+
     OMP_NUM_THREADS=1 python benchmarks/adarefiner_crafter.py --out bench_out/adarefiner
+    OMP_NUM_THREADS=1 python benchmarks/adarefiner_crafter.py --out bench_out/adarefiner --arm smollm2
     python benchmarks/adarefiner_crafter.py --quick --out /tmp/smoke     # CI smoke test, about 1 minute
 
-Writes DIR/result.json and DIR/adarefiner_crafter.png. Runs in two worker processes, one torch thread each.
+Writes DIR/result.json (the tiny arm's keys, and a `smollm2` section; a rerun of one arm keeps the
+other's) and DIR/adarefiner_crafter.png (DIR/adarefiner_smollm2.png). Runs in two worker processes, one
+torch thread each.
 """
 
 from __future__ import annotations
@@ -30,7 +39,12 @@ import os
 import time
 from pathlib import Path
 
+from feedlearn.data.jsonl import update_json_sections
+
 MECHANISM_ARMS = ("none", "frozen", "self", "feedback", "self_previous", "feedback_previous")
+SMOLLM2_ARMS = ("base", "frozen", "feedback")
+PAIRS = (("feedback", "frozen"), ("frozen", "base"), ("feedback", "base"))
+"""The smollm2 arm's differences, paired per test episode."""
 REFERENCE_SCHEDULE = ["refine.start=previous", "refine.holdout=0.1"]
 """The reference code's SFT schedule (sft.py): from the previous stage's adapter, the newest 10% held out."""
 END_TO_END_ARMS = ("ppo", "guided", "adarefiner")
@@ -53,6 +67,14 @@ QUICK_MECHANISM = [
     "evaluate.episodes=4",
     "agent.envs=4",
     "refine.sft={learning_rate: 1.0e-3, epochs: 1, batch_size: 4, grad_accum: 1, max_length: 512}",
+]
+QUICK_SMOLLM2 = [
+    "adapter.warmup_steps=120",
+    "adapter.warmup.epochs=1",
+    "steps_per_stage=120",
+    "env.length=60",
+    "agent.envs=2",
+    "evaluate.episodes=2",
 ]
 QUICK_END_TO_END = [
     "adapter.warmup_steps=400",
@@ -85,28 +107,51 @@ def _worker_setup() -> None:
 
 
 def warm(task: tuple) -> tuple:
-    """The warmed-up adapter of one seed (shared by the frozen, self and feedback arms)."""
+    """The warmed-up adapter of one seed (shared by the arms that start from it)."""
     _worker_setup()
-    seed, run_dir, extra = task
-    method = _method("mechanism.yaml", run_dir, f"warm-seed{seed}", [f"seed={seed}", *extra])
+    seed, run_dir, extra, recipe = task
+    method = _method(recipe, run_dir, f"warm-seed{seed}", [f"seed={seed}", *extra])
     return seed, method.initial_adapter()
 
 
 def mechanism_arm(task: tuple) -> tuple:
-    """Per-stage test metrics of one arm at one seed."""
+    """Per-stage test metrics of one arm at one seed, and the last stage's test episodes (`episodes`)."""
     _worker_setup()
-    seed, arm, adapter, run_dir, extra = task
-    overrides = [f"seed={seed}", *extra]
+    seed, arm, adapter, run_dir, extra, recipe = task
+    overrides = [f"seed={seed}", *extra, "adapter.warmup_steps=0"]
     if arm == "none":
-        overrides += ["guidance=decision", "adapter.warmup_steps=0"]
+        overrides += ["guidance=decision"]
+    elif arm == "base":  # the recipe's pretrained adapter as it is
+        overrides += ["refine.mode=frozen"]
     else:
         mode, _, schedule = arm.partition("_")
-        overrides += [f"model.path={adapter}", "adapter.warmup_steps=0", f"refine.mode={mode}"]
+        overrides += [f"model.path={adapter}", f"refine.mode={mode}"]
         overrides += REFERENCE_SCHEDULE if schedule == "previous" else []
-    method = _method("mechanism.yaml", run_dir, f"{arm}-seed{seed}", overrides)
+    method = _method(recipe, run_dir, f"{arm}-seed{seed}", overrides)
     # none and frozen do not change between stages: their stages differ only by the adapter's samples and
     # the player's draws, which shows how far apart two evaluations of one adapter fall
-    return seed, arm, [method.evaluate(stage) for stage in range(1, method.config.stages + 1)]
+    stages = [method.evaluate(stage) for stage in range(1, method.config.stages + 1)]
+    return seed, arm, stages, test_episodes(method.store.stage(f"evaluate/stage{method.config.stages}"))
+
+
+def test_episodes(folder: Path) -> dict[str, dict]:
+    """Per evaluated test episode ("env-episode": the same world in every arm), its achievements and the
+    mean comprehension score of its queries (None: no query of it was scored)."""
+    from feedlearn.data.jsonl import read_jsonl
+    from feedlearn.methods.adarefiner_loop import CrafterEpisode, QueryRecord
+
+    scores: dict[str, list[float]] = {}
+    for q in read_jsonl(folder / "queries.jsonl", QueryRecord):
+        if q.score_after is not None:
+            scores.setdefault(f"{q.env}-{q.episode}", []).append(q.score_after)
+    evaluated = json.loads((folder / "metrics.json").read_text())["episodes"]
+    episodes = sorted(read_jsonl(folder / "episodes.jsonl", CrafterEpisode), key=lambda e: (e.episode, e.env))
+    out = {}
+    for e in episodes[:evaluated]:
+        key = f"{e.env}-{e.episode}"
+        s = scores.get(key)
+        out[key] = {"achievements": len(e.achievements), "comprehension": sum(s) / len(s) if s else None}
+    return out
 
 
 def end_to_end_arm(task: tuple) -> tuple:
@@ -140,11 +185,15 @@ def _se(values: list[float]) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="bench_out/adarefiner_crafter", help="output folder")
+    parser.add_argument("--arm", choices=["tiny", "smollm2"], default="tiny", help="tiny adapters or SmolLM2")
     parser.add_argument("--quick", action="store_true", help="one seed, one stage, tiny budgets (CI)")
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("FEEDLEARN_CACHE", str(out / "cache"))
+    if args.arm == "smollm2":
+        smollm2_main(out, args.quick)
+        return
     seeds = [0] if args.quick else [0, 1, 2]
     e2e_seeds = [0] if args.quick else [0, 1]
     mech_extra = QUICK_MECHANISM if args.quick else []
@@ -153,9 +202,9 @@ def main() -> None:
     runs = out / "runs"
 
     with multiprocessing.get_context("spawn").Pool(2) as pool:
-        adapters = dict(pool.map(warm, [(s, runs, mech_extra) for s in seeds], chunksize=1))
+        adapters = dict(pool.map(warm, [(s, runs, mech_extra, "mechanism.yaml") for s in seeds], chunksize=1))
         tasks = [
-            (s, arm, adapters[s], runs, mech_extra)
+            (s, arm, adapters[s], runs, mech_extra, "mechanism.yaml")
             for arm in ("feedback", "self", "feedback_previous", "self_previous", "frozen", "none")
             for s in seeds
         ]
@@ -166,7 +215,7 @@ def main() -> None:
 
     mechanism = {}
     for arm in MECHANISM_ARMS:
-        by_seed = {seed: rows for seed, a, rows in mech_rows if a == arm}
+        by_seed = {seed: rows for seed, a, rows, _ in mech_rows if a == arm}
         mechanism[arm] = {"seeds": seeds}
         for key in ("comprehension", "achievements_per_episode", "score", "subgoals_completed"):
             mechanism[arm][key] = [[row[key] for row in by_seed[s]] for s in seeds]
@@ -201,7 +250,7 @@ def main() -> None:
         "quick": args.quick,
         "seconds": round(time.perf_counter() - started, 1),
     }
-    (out / "result.json").write_text(json.dumps(result, indent=2) + "\n")
+    update_json_sections(out / "result.json", result)
     plot(result, out / "adarefiner_crafter.png")
     print(json.dumps({"target_feedback_beats_frozen": target, "seconds": result["seconds"]}))
     for arm in MECHANISM_ARMS:
@@ -215,6 +264,100 @@ def main() -> None:
             print(f"{'':17s} {key} per stage, mean +- se over seeds: {pairs}")
     for arm, e in end_to_end.items():
         print(f"{arm:10s} steps {e['steps']}  score {e['score']} {e['score_per_seed']}  reward {e['reward']}")
+
+
+def smollm2_main(out: Path, quick: bool) -> None:
+    """The smollm2 arm: warm-up per seed, then base, frozen and feedback; its section of result.json."""
+    seeds = [0] if quick else [0, 1]
+    extra = QUICK_SMOLLM2 if quick else []
+    started = time.perf_counter()
+    runs = out / "smollm2"
+    with multiprocessing.get_context("spawn").Pool(2) as pool:
+        adapters = dict(pool.map(warm, [(s, runs, extra, "smollm2.yaml") for s in seeds], chunksize=1))
+        tasks = [
+            (s, arm, adapters[s], runs, extra, "smollm2.yaml") for arm in SMOLLM2_ARMS[::-1] for s in seeds
+        ]
+        rows = pool.map(mechanism_arm, tasks, chunksize=1)
+    result = smollm2_summary(rows, seeds)
+    result.update(quick=quick, seconds=round(time.perf_counter() - started, 1))
+    update_json_sections(out / "result.json", {"smollm2": result})
+    plot_smollm2(result, out / "adarefiner_smollm2.png")
+    for arm, m in result["arms"].items():
+        print(f"{arm:9s} " + "  ".join(f"{k} {v['mean']} +- {v['se']} {v['per_seed']}" for k, v in m.items()))
+    for pair, d in result["paired"].items():
+        print(f"{pair:18s} " + "  ".join(f"{k} {v['mean']} +- {v['se']} (n {v['n']})" for k, v in d.items()))
+    print(f"{result['seconds']} s -> {out / 'result.json'}")
+
+
+SMOLLM2_METRICS = ("comprehension", "achievements_per_episode", "subgoals_completed", "score", "named")
+"""Per arm: the tiny arm's test metrics, and `named`: the % of queries whose analysis named an allowed
+sub-goal (the rest fell back to the decision maker's rule)."""
+
+
+def smollm2_summary(rows: list[tuple], seeds: list[int]) -> dict:
+    """Per arm and metric, mean and standard error over the seeds; per pair of arms, the difference of
+    each test episode's achievements and comprehension, paired over seeds and episodes."""
+    from feedlearn.stats import mean_se, paired_difference
+
+    metrics = {(seed, arm): dict(stages[-1]) for seed, arm, stages, _ in rows}
+    for m in metrics.values():
+        m["named"] = 100 * (1 - m["fallbacks"] / m["queries"])
+    episodes = {(seed, arm): e for seed, arm, _, e in rows}
+    arms = {}
+    for arm in SMOLLM2_ARMS:
+        arms[arm] = {}
+        for key in SMOLLM2_METRICS:
+            values = [metrics[s, arm][key] for s in seeds]
+            mean, se = mean_se(values)
+            arms[arm][key] = {"mean": round(mean, 4), "se": _rounded(se), "per_seed": values}
+    paired = {}
+    for a, b in PAIRS:
+        paired[f"{a}-{b}"] = {}
+        for key in ("achievements", "comprehension"):
+            both = [
+                (episodes[s, a][k][key], episodes[s, b][k][key])
+                for s in seeds
+                for k in episodes[s, a]
+                if episodes[s, a][k][key] is not None and episodes[s, b][k][key] is not None
+            ]
+            mean, se = paired_difference(*zip(*both, strict=True))
+            paired[f"{a}-{b}"][key] = {"mean": round(mean, 4), "se": _rounded(se), "n": len(both)}
+    return {
+        "seeds": seeds,
+        "arms": arms,
+        "paired": paired,
+        "per_seed": {f"{s}-{a}": m for (s, a), m in metrics.items()},
+    }
+
+
+def _rounded(value: float) -> float | None:
+    """`value` to 4 places; None for NaN (one seed: no standard error; JSON has no NaN)."""
+    return None if value != value else round(value, 4)
+
+
+def plot_smollm2(result: dict, path: Path) -> None:
+    """The smollm2 arm's metrics per arm, mean over seeds with standard-error bars."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = ("named", "comprehension", "achievements_per_episode", "subgoals_completed")
+    fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.8))
+    for ax, key in zip(axes, keys, strict=True):
+        arms = result["arms"]
+        ax.bar(
+            list(arms),
+            [m[key]["mean"] for m in arms.values()],
+            yerr=[m[key]["se"] or 0 for m in arms.values()],
+            capsize=4,
+            color=["tab:gray", "tab:blue", "tab:orange"],
+        )
+        ax.set_title(key.replace("_", " "))
+    fig.suptitle(f"AdaRefiner mechanism, SmolLM2-135M-Instruct adapter (seeds {result['seeds']})")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def plot(result: dict, path: Path) -> None:

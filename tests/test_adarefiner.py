@@ -364,6 +364,34 @@ def test_scripted_mechanism_arms_run_and_frozen_keeps_the_adapter(tmp_path):
     assert method.adapter_path(1) == method.initial_adapter()
 
 
+def test_a_pretrained_adapter_warms_up_a_lora_that_feedback_refinement_trains_on(tmp_path):
+    """The offline real-model recipe (smollm2.yaml): the warm-up fine-tunes a fresh LoRA on the model at
+    `model.path` (not a tiny model built for it), the frozen arm generates with it, and refinement trains
+    that same LoRA on, on its base (not a LoRA on a LoRA)."""
+    from safetensors.torch import load_file
+
+    pretrained = _method(tmp_path / "base", "adapter.warmup_steps=0").initial_adapter()
+    method = _method(
+        tmp_path / "run",
+        f"model.path={pretrained}",
+        "model.lora={r: 4, alpha: 8, dropout: 0.0}",
+        "agent.kind=scripted",
+        "refine.mode=feedback",
+        "stages=1",
+        recipe="mechanism.yaml",
+    )
+    warm = method.store.path / "warmup/model"
+    assert method.initial_adapter() == str(warm) == method.adapter_path(0)
+    assert json.loads((warm / "adapter_config.json").read_text())["base_model_name_or_path"] == pretrained
+    warm_lora = load_file(warm / "adapter_model.safetensors")
+    assert any("lora_B" in k and v.abs().sum() > 0 for k, v in warm_lora.items())  # B starts at zero
+    refined = Path(method.sft(1))
+    assert json.loads((refined / "adapter_config.json").read_text())["base_model_name_or_path"] == pretrained
+    refined_lora = load_file(refined / "adapter_model.safetensors")
+    assert refined_lora.keys() == warm_lora.keys()
+    assert any(not torch.equal(warm_lora[k], refined_lora[k]) for k in warm_lora)
+
+
 def test_no_guidance_means_no_queries_and_a_zero_instruction(tmp_path):
     method = _method(tmp_path, "guidance=none", "adapter.warmup_steps=0", "stages=1", "env.length=10")
     folder = method.train(1)

@@ -13,8 +13,9 @@ Stages, for stage i = 1..N:
   reward-weighted variant), `frozen` not at all (a baseline);
 - `evaluate`: the saved agent and adapter on test worlds, querying every `evaluate.query_interval` steps:
   Crafter score, success per achievement, episode reward, mean comprehension score.
-Stage i+1 starts from the agent of stage i and the adapter of `sft` i. `warmup` (tiny adapters only)
-trains the starting adapter on template analyses of states the scripted player meets.
+Stage i+1 starts from the agent of stage i and the adapter of `sft` i. `warmup` (optional; the offline
+recipes') trains the starting adapter on template analyses of states the scripted player meets: a tiny
+adapter from scratch, a pretrained one fine-tuned (a fresh LoRA where the recipe has one).
 """
 
 from __future__ import annotations
@@ -78,7 +79,7 @@ from feedlearn.training.trainer import TrainSettings, is_trained, sft_loss
 
 log = logging.getLogger(__name__)
 STAGES = {
-    "warmup": "warm up a tiny adapter LM on template analyses (offline recipes)",
+    "warmup": "warm the adapter LM up on template analyses (offline recipes)",
     "train": "train the agent (PPO) with the adapter's guidance, recording every query",
     "sft": "refine the adapter on the recorded queries (by `refine.mode`)",
     "evaluate": "Crafter score and success per achievement of the saved agent and adapter",
@@ -166,8 +167,9 @@ class AdapterSettings(Settings):
     warmup_steps: int = Field(
         default=0,
         ge=0,
-        description="Tiny adapters: scripted-play steps (over all worlds) whose template analyses warm the "
-        "adapter up before stage 1; 0: start from the model as it is.",
+        description="Scripted-play steps (over all worlds) whose template analyses warm the adapter up "
+        "before stage 1 (a tiny one trained from scratch, a pretrained one fine-tuned); 0: start from the "
+        "model as it is (the paper's).",
     )
     warmup: TrainSettings = Field(
         default_factory=lambda: TrainSettings(learning_rate=1e-3, batch_size=16, grad_accum=1, epochs=2),
@@ -284,8 +286,6 @@ class AdaRefinerConfig(GeneratingRecipe):
             wanted = "symbolic" if self.agent.network == "mlp" else "image"
             if self.env.observation != wanted:
                 raise ValueError(f"agent.network {self.agent.network} needs env.observation: {wanted}")
-        if self.adapter.warmup_steps and self.model.path != "tiny":
-            raise ValueError("adapter.warmup_steps warms up tiny adapters only (model.path: tiny)")
         if self.agent.instruction == "reinitialized" and self.embedder.kind != "sentence-transformers":
             raise ValueError("agent.instruction reinitialized needs embedder.kind: sentence-transformers")
         return self
@@ -355,12 +355,13 @@ class AdaRefiner(Method):
     # ---- the adapter ----------------------------------------------------------------------------------
 
     def initial_adapter(self) -> str:
-        """The starting adapter: the recipe's model, or a tiny one (warmed up when the recipe asks)."""
-        if self.config.model.path != "tiny":
-            return self.config.model.path
+        """The starting adapter: the recipe's model (a tiny one built for it), warmed up when the recipe
+        asks."""
         if self.config.adapter.warmup_steps:
             return str(self.warmup())
-        return str(self._tiny_base([]))
+        if self.config.model.path == "tiny":
+            return str(self._tiny_base([]))
+        return self.config.model.path
 
     def _tiny_base(self, texts: list[str]) -> Path:
         """A tiny model whose tokenizer is trained on the prompts' vocabulary and the given texts."""
@@ -397,7 +398,7 @@ class AdaRefiner(Method):
         from_main(merge)
 
     def warmup(self) -> Path:
-        """Warm a tiny adapter up on template analyses of the states the scripted player meets."""
+        """Warm the adapter up on template analyses of the states the scripted player meets."""
         folder = self.store.stage("warmup")
         if is_trained(folder):
             return folder / "model"
@@ -415,8 +416,10 @@ class AdaRefiner(Method):
             play_scripted(venv, players, steps, reset=True)
             records.append(*collected)
         examples = self._examples(records.records(), weighted=False)
-        model_path = self._tiny_base([m.content for e in examples for m in e.messages][:2000])
-        return self._fit(str(model_path), examples, self.config.adapter.warmup, "warmup")
+        model_path = self.config.model.path
+        if model_path == "tiny":
+            model_path = str(self._tiny_base([m.content for e in examples for m in e.messages][:2000]))
+        return self._fit(model_path, examples, self.config.adapter.warmup, "warmup")
 
     def _fit(
         self,
