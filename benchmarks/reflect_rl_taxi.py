@@ -9,16 +9,20 @@ none) is a paired difference per episode; its standard error is over the episode
 
 `--env taxi_smollm2` runs the same four arms on Taxi with a real model, SmolLM2-135M-Instruct, as both the
 policy and the reflection model (`recipes/reflect-rl/smollm2.yaml`: a CPU's scale, greedy evaluation only).
+`--env textworld` runs them on TextWorld coin collector games at three difficulty levels
+(`recipes/reflect-rl/tiny_textworld.yaml`; the textworld extra), reported per level as well.
 
     python benchmarks/reflect_rl_taxi.py --out bench_out/reflect_rl                # about 35 min on 2 cores
     python benchmarks/reflect_rl_taxi.py --out /tmp/smoke --quick                  # a smoke test
     python benchmarks/reflect_rl_taxi.py --out bench_out/rl_lr --env taxi --set rl.learning_rate=1e-3
     OMP_NUM_THREADS=1 python benchmarks/reflect_rl_taxi.py --out bench_out/reflect_rl --env taxi_smollm2 \
         --seeds 0 --jobs 2                                                         # about 30 minutes
+    OMP_NUM_THREADS=1 python benchmarks/reflect_rl_taxi.py --out bench_out/reflect_rl --env textworld --jobs 2
 
 Writes `OUT/result.json` (a rerun keeps the sections of the environments it did not run): per environment
-("taxi", "autoexplore", "taxi_smollm2") its seeds and overrides, per arm ("sft", "sft_rl",
-"reflect_sft", "reflect_rl") and evaluation ("greedy", "sampled"), the success per seed and its mean;
+("taxi", "autoexplore", "taxi_smollm2", "textworld") its seeds and overrides, per arm ("sft", "sft_rl",
+"reflect_sft", "reflect_rl") and evaluation ("greedy", "sampled"), the success per seed and its mean
+(with several evaluated levels, also per level: success and steps per episode);
 the effects ("rl": sft_rl - sft, "reflect_rl": reflect_rl - reflect_sft, "reflection": reflect_rl -
 sft_rl) as paired differences in points with standard errors; on Taxi, per arm and seed, the share of
 held-out moves that were the BFS oracle's; the training curves; and `OUT/curve.png`.
@@ -37,6 +41,7 @@ from pathlib import Path
 from feedlearn.config import load_recipe
 from feedlearn.data.jsonl import write_json_atomic
 from feedlearn.data.store import open_run
+from feedlearn.envs.catalog import EnvFactory
 from feedlearn.methods.reflect_rl import ReflectRL, ReflectRLConfig
 from feedlearn.stats import mean_se, paired_difference
 
@@ -44,6 +49,7 @@ RECIPES = {
     "taxi": files("feedlearn") / "recipes" / "reflect-rl" / "tiny.yaml",
     "autoexplore": files("feedlearn") / "recipes" / "reflect-rl" / "tiny_autoexplore.yaml",
     "taxi_smollm2": files("feedlearn") / "recipes" / "reflect-rl" / "smollm2.yaml",
+    "textworld": files("feedlearn") / "recipes" / "reflect-rl" / "tiny_textworld.yaml",
 }
 TINY = ["taxi", "autoexplore"]
 """The environments `--env both` runs (the tiny models')."""
@@ -87,33 +93,54 @@ def run(out: Path, env: str, reflection: bool, overrides: list[str]) -> ReflectR
     return method
 
 
+def prepare(out: Path, env: str, common: list[str]) -> None:
+    """Generate the environment's games once, before the configurations run (TextWorld: every game of
+    every curriculum and test level; the runs then read them from the cache)."""
+    config = load_recipe(ReflectRLConfig, str(RECIPES[env]), [f"run_dir={out / 'runs'}", *common])
+    if config.env.name == "textworld":
+        factory = EnvFactory(config.env)
+        for level in {*(config.rl.curriculum or [config.env.level]), *(config.evaluate.levels or [])}:
+            factory.make("train", level), factory.make("test", level)
+
+
 def run_only(out: Path, env: str, reflection: bool, overrides: list[str]) -> None:
     """`run` in a worker process; the main process then reads the finished run (every stage skipped)."""
     run(out, env, reflection, overrides)
 
 
-def successes(method: ReflectRL, stage: str, evaluation: str) -> list[float]:
-    """1 or 0 per held-out episode of `stage`'s evaluation, in the episodes' order."""
+def _records(method: ReflectRL, stage: str, evaluation: str) -> list[dict]:
+    """The held-out episodes of `stage`'s evaluation (greedy or sampled, with reflection where it ran)."""
     prefix = EVALUATIONS[evaluation]
     path = method.store.path / "evaluate" / stage / "episodes.jsonl"
     records = [json.loads(line) for line in path.read_text().splitlines()]
     others = tuple(p for p in ("without-reflection-", *EVALUATIONS.values()) if p and p != prefix)
-    return [
-        float(r["success"]) for r in records if r["id"].startswith(prefix) and not r["id"].startswith(others)
-    ]
+    return [r for r in records if r["id"].startswith(prefix) and not r["id"].startswith(others)]
+
+
+def successes(method: ReflectRL, stage: str, evaluation: str) -> list[float]:
+    """1 or 0 per held-out episode of `stage`'s evaluation, in the episodes' order."""
+    return [float(r["success"]) for r in _records(method, stage, evaluation)]
+
+
+def by_level(method: ReflectRL, stage: str, evaluation: str) -> dict[str, dict]:
+    """Per evaluated level: held-out success (%) and mean steps per episode."""
+    levels: dict[str, list[dict]] = {}
+    for r in _records(method, stage, evaluation):
+        levels.setdefault(r["level"], []).append(r)
+    return {
+        level: {
+            "success": round(100 * sum(r["success"] for r in rs) / len(rs), 2),
+            "steps": round(sum(len(r["actions"]) for r in rs) / len(rs), 2),
+        }
+        for level, rs in levels.items()
+    }
 
 
 def oracle_agreement(method: ReflectRL, stage: str, evaluation: str) -> float:
     """Taxi: the share (%) of held-out steps whose move was the BFS oracle's, replayed from the logged
     episodes (how sharp and how right the policy is, beyond success)."""
-    prefix = EVALUATIONS[evaluation]
-    path = method.store.path / "evaluate" / stage / "episodes.jsonl"
-    records = [json.loads(line) for line in path.read_text().splitlines()]
-    others = tuple(p for p in ("without-reflection-", *EVALUATIONS.values()) if p and p != prefix)
     agree = steps = 0
-    for record in records:
-        if not record["id"].startswith(prefix) or record["id"].startswith(others):
-            continue
+    for record in _records(method, stage, evaluation):
         env = method.envs.make("test", method.config.env.level)
         env.reset(seed=record["seed"])
         for action in record["actions"]:
@@ -130,6 +157,9 @@ def seed_run(out: Path, env: str, seed: int, common: list[str]) -> tuple[dict, l
     episodes = {
         arm: {ev: successes(methods[r], stage, ev) for ev in evaluations} for arm, (r, stage) in ARMS.items()
     }
+    if len(methods[False].config.evaluate.levels or []) > 1:
+        for arm, (r, stage) in ARMS.items():
+            episodes[arm]["levels"] = {ev: by_level(methods[r], stage, ev) for ev in evaluations}
     if methods[False].config.env.name == "taxi":
         for arm, (r, stage) in ARMS.items():
             episodes[arm]["oracle_agreement"] = {
@@ -154,6 +184,19 @@ def _success(per_seed: dict[int, dict], arm: str, evaluation: str) -> dict:
     return {"success": round(100 * mean, 2), "se": round(100 * se, 2), "per_seed": per}
 
 
+def _level_means(per_seed: dict[int, dict], arm: str, evaluation: str) -> dict:
+    """Per level, the success and steps of `arm` averaged over the seeds, and per seed."""
+    levels = per_seed[next(iter(per_seed))][arm]["levels"][evaluation]
+    out = {}
+    for level in levels:
+        rows = {str(s): per_seed[s][arm]["levels"][evaluation][level] for s in per_seed}
+        out[level] = {
+            key: round(sum(r[key] for r in rows.values()) / len(rows), 2) for key in ("success", "steps")
+        }
+        out[level]["per_seed"] = rows
+    return out
+
+
 def summarize(per_seed: dict[int, dict], curves: dict[int, list]) -> dict:
     """Success per arm, evaluation and seed with its mean, and each effect as a paired difference (points)
     with its standard error over every seed's episodes."""
@@ -165,6 +208,8 @@ def summarize(per_seed: dict[int, dict], curves: dict[int, list]) -> dict:
             arms[arm]["oracle_agreement"] = {
                 ev: {str(s): per_seed[s][arm]["oracle_agreement"][ev] for s in per_seed} for ev in evaluations
             }
+        if "levels" in first[arm]:  # per curriculum level: success (%) and steps, mean over seeds
+            arms[arm]["levels"] = {ev: _level_means(per_seed, arm, ev) for ev in evaluations}
     effects = {}
     for effect, (arm, base) in EFFECTS.items():
         effects[effect] = {}
@@ -199,6 +244,7 @@ def main() -> None:
     earlier = json.loads(path.read_text()) if path.exists() else {}  # seeds were once a top-level key
     result = {env: {"seeds": earlier.get("seeds"), **r} for env, r in earlier.items() if env in RECIPES}
     for env in TINY if args.env == "both" else [args.env]:
+        prepare(out, env, common)
         if args.jobs > 1:
             jobs = [
                 (out / f"seed{seed}", env, r, [f"seed={seed}", *common])
@@ -235,6 +281,7 @@ def plot(result: dict, path: Path) -> None:
         "taxi": "DangerousTaxi (dropoff)",
         "autoexplore": "AutoExplore (held-out questions)",
         "taxi_smollm2": "DangerousTaxi (dropoff), SmolLM2-135M-Instruct",
+        "textworld": "TextWorld coin collector (levels 5, 10, 15)",
     }
     for row, env in zip(axes, envs, strict=True):
         r = result[env]

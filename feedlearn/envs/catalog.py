@@ -2,16 +2,17 @@
 curriculum levels.
 
 A level is what a curriculum steps through: DangerousTaxi's `pickup` / `dropoff` / `full`, AutoExplore's
-target depth (0, 1, 2, ...) or several depths merged into one level ([0, 1]). ALFWorld has no levels.
+target depth (0, 1, 2, ...) or several depths merged into one level ([0, 1]), TextWorld's difficulty (coin
+collector and treasure hunter games). ALFWorld and gymnasium environments have no levels.
 """
 
 from __future__ import annotations
 
 from functools import cached_property
 from pathlib import Path
-from typing import Annotated, Literal, get_args
+from typing import Annotated, Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from feedlearn.data.jsonl import read_jsonl
 from feedlearn.envs.alfworld_env import ALFWorldEnv
@@ -22,8 +23,10 @@ from feedlearn.envs.autoexplore import (
     generate_tasks,
     select_depth,
 )
+from feedlearn.envs.gymnasium_env import GymnasiumTextEnv, make_gymnasium
 from feedlearn.envs.taxi import DangerousTaxi, TaxiLevel, TaxiSettings
 from feedlearn.envs.text_env import TextEnv
+from feedlearn.envs.textworld_env import LEVELS, TextWorldEnv, TextWorldSettings, check_level, game_files
 from feedlearn.errors import ConfigError
 from feedlearn.seeds import held_out
 
@@ -72,31 +75,73 @@ class ALFWorldEnvSettings(BaseModel):
     max_steps: int = Field(default=50, ge=1, description="Horizon: the episode is truncated after it.")
 
 
+class TextWorldEnvSettings(TextWorldSettings):
+    """TextWorld games generated offline (the textworld extra); train and test games never coincide."""
+
+    name: Literal["textworld"] = Field(description="TextWorld games of one family.")
+
+
+class GymnasiumEnvSettings(BaseModel):
+    """Any gymnasium environment with text observations and `info["choices"]` (see
+    `feedlearn.envs.gymnasium_env` for the contract). Train and test episodes start from seeds of
+    different purposes; `test_kwargs` can also point test episodes at other tasks."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: Literal["gymnasium"] = Field(description="A gymnasium text environment.")
+    id: str | None = Field(default=None, description="A registered environment id (gymnasium.make).")
+    entry_point: str | None = Field(
+        default=None, description="Or the environment's class or factory, as 'module:Class'."
+    )
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments of every episode.")
+    test_kwargs: dict[str, Any] = Field(
+        default_factory=dict, description="Keyword arguments of test episodes, over `kwargs`."
+    )
+    max_steps: int = Field(default=20, ge=1, description="Horizon: the episode is truncated after it.")
+
+    @model_validator(mode="after")
+    def _one_source(self):
+        if (self.id is None) == (self.entry_point is None):
+            raise ValueError("give exactly one of env.id and env.entry_point")
+        return self
+
+
 EnvSettings = Annotated[
-    TaxiEnvSettings | AutoExploreEnvSettings | ALFWorldEnvSettings, Field(discriminator="name")
+    TaxiEnvSettings
+    | AutoExploreEnvSettings
+    | ALFWorldEnvSettings
+    | TextWorldEnvSettings
+    | GymnasiumEnvSettings,
+    Field(discriminator="name"),
 ]
+AnyEnvSettings = (
+    TaxiEnvSettings
+    | AutoExploreEnvSettings
+    | ALFWorldEnvSettings
+    | TextWorldEnvSettings
+    | GymnasiumEnvSettings
+)
 
 
 class EnvFactory:
     """Builds environments of one recipe: `make(split, level)`; validates levels."""
 
-    def __init__(
-        self,
-        settings: TaxiEnvSettings | AutoExploreEnvSettings | ALFWorldEnvSettings,
-        extra_tasks: list[ExploreTask] = (),
-    ):
+    def __init__(self, settings: AnyEnvSettings, extra_tasks: list[ExploreTask] = ()):
         """`extra_tasks`: AutoExplore tasks added to the settings' own (those a teacher wrote)."""
         self.settings = settings
         self.extra_tasks = list(extra_tasks)
+        self._game_lists: dict[tuple[Split, int], list[Path]] = {}
 
     @property
     def default_level(self) -> Level | None:
-        """The level the settings name (None: AutoExplore's every depth, or ALFWorld)."""
+        """The level the settings name (None: AutoExplore's every depth, or an environment without levels)."""
         s = self.settings
         if isinstance(s, TaxiEnvSettings):
             return s.level
         if isinstance(s, AutoExploreEnvSettings):
             return s.depth
+        if isinstance(s, TextWorldEnvSettings) and s.family in LEVELS:
+            return s.level
         return None
 
     def check_level(self, level: Level | None) -> None:
@@ -114,8 +159,10 @@ class EnvFactory:
                 )
             if not self.task_count(level):
                 raise ConfigError(f"AutoExplore: no training task at depth {level} under {s.root}")
-        if isinstance(s, ALFWorldEnvSettings):
-            raise ConfigError("ALFWorld has no curriculum levels")
+        if isinstance(s, TextWorldEnvSettings):
+            check_level(s.family, level)
+        if isinstance(s, ALFWorldEnvSettings | GymnasiumEnvSettings):
+            raise ConfigError(f"env {s.name} has no curriculum levels")
 
     def make(self, split: Split, level: Level | None = None) -> TextEnv:
         """A fresh environment for `split` episodes at `level` (None: the settings' own)."""
@@ -129,7 +176,19 @@ class EnvFactory:
                 own["hide_unrelated"] = 0.0
             settings = AutoExploreSettings(**{**own, **_level(level, "depth")})
             return AutoExplore(s.root, self.tasks(split), settings)
+        if isinstance(s, TextWorldEnvSettings):
+            return TextWorldEnv(self._games(split, s.level if level is None else level), s.max_steps)
+        if isinstance(s, GymnasiumEnvSettings):
+            kwargs = {**s.kwargs, **(s.test_kwargs if split == "test" else {})}
+            return GymnasiumTextEnv(make_gymnasium(s.id, s.entry_point, kwargs), s.max_steps)
         return ALFWorldEnv(s.config, s.train_split if split == "train" else s.test_split, s.max_steps)
+
+    def _games(self, split: Split, level: int) -> list[Path]:
+        """TextWorld's games of `split` at `level` (generated once, kept for the factory's life)."""
+        key = (split, level)
+        if key not in self._game_lists:
+            self._game_lists[key] = game_files(self.settings, split, level)
+        return self._game_lists[key]
 
     def task_count(self, level: Level | None) -> int | None:
         """How many training tasks `level` has (AutoExplore); None where levels have no tasks."""

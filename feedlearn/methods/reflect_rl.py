@@ -1,6 +1,7 @@
 """Reflect-RL: a reflection model writes a short analysis of each state; a policy model reads it and
 picks one of the labelled actions; the policy is then trained online with RL
-(spec: shared/methods/reflect-rl.md). Environments: DangerousTaxi, AutoExplore, ALFWorld (`env.name`).
+(spec: shared/methods/reflect-rl.md). Environments (`env.name`): DangerousTaxi, AutoExplore, ALFWorld,
+TextWorld, any gymnasium text environment.
 
 Stages:
 - `sft`: teacher trajectories (oracle actions, random steps and recovery steps, with template reflections
@@ -199,7 +200,8 @@ class ReflectRLConfig(GeneratingRecipe):
     method: Literal["reflect-rl"] = "reflect-rl"
     env: EnvSettings = Field(
         default_factory=lambda: TaxiEnvSettings(name="taxi"),
-        description="The environment: {name: taxi | autoexplore | alfworld, ...its settings}.",
+        description="The environment: {name: taxi | autoexplore | alfworld | textworld | gymnasium, ...its "
+        "settings}.",
     )
     reflection: bool = Field(default=True, description="Use a reflection model before each action.")
     shuffle_labels: bool = Field(

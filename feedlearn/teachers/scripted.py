@@ -19,12 +19,14 @@ from pydantic import Field, model_validator
 from feedlearn.data.records import Record
 from feedlearn.envs.alfworld_env import ALFWorldEnv
 from feedlearn.envs.autoexplore import AutoExplore
+from feedlearn.envs.gymnasium_env import GymnasiumTextEnv
 from feedlearn.envs.taxi import ACTIONS, IN_TAXI, DangerousTaxi
 from feedlearn.envs.text_env import TextEnv, TextObservation
+from feedlearn.envs.textworld_env import TextWorldEnv
 from feedlearn.errors import FeedlearnError
 from feedlearn.seeds import derive_seed
 
-P_ORACLE = {DangerousTaxi: 0.9, AutoExplore: 1.0, ALFWorldEnv: 0.7}
+P_ORACLE = {DangerousTaxi: 0.9, AutoExplore: 1.0, ALFWorldEnv: 0.7, TextWorldEnv: 0.9, GymnasiumTextEnv: 0.9}
 """The default chance of taking the oracle's move, per environment type."""
 TAXI_MOVES = ("south", "north", "east", "west")
 
@@ -67,6 +69,11 @@ def reflect(env: TextEnv, mistake: str | None = None) -> str:
         return _taxi_reflection(env, mistake)
     if isinstance(env, AutoExplore):
         return _explore_reflection(env, mistake)
+    if isinstance(env, TextWorldEnv):
+        return _textworld_reflection(env, mistake)
+    if isinstance(env, GymnasiumTextEnv):
+        move = env.oracle_action()
+        return f"{_lesson(mistake, 'the goal')}The best move here is {move}."
     raise FeedlearnError(_unsupported(env))
 
 
@@ -236,11 +243,21 @@ def _explore_reflection(env: AutoExplore, mistake: str | None) -> str:
     return f"{_lesson(mistake, 'the answer')}{situation} {plan}"
 
 
+def _textworld_reflection(env: TextWorldEnv, mistake: str | None) -> str:
+    plan = env.walkthrough()
+    where = f"I am in the {env.room}" if env.room else "I am here"
+    left = f"{len(plan)} command{'s' if len(plan) > 1 else ''}"
+    return (
+        f"{_lesson(mistake, 'the goal')}{where}, {left} from the goal. "
+        f"The walkthrough goes on with {plan[0]}, so {plan[0]} is the best move."
+    )
+
+
 def _lesson(mistake: str | None, target: str) -> str:
     """The sentence on a wrong last move ('' without one): it took me away from `target`, or was wasted."""
     if mistake is None:
         return ""
-    if mistake in TAXI_MOVES or mistake.startswith("cd "):
+    if mistake in TAXI_MOVES or mistake.startswith(("cd ", "go ")):
         return f"My last move {mistake} took me away from {target}. "
     return f"My last move {mistake} was a wasted step. "
 
