@@ -180,7 +180,7 @@ def test_missing_nested_required_key(recipe):
 def test_model_validator_error_names_section(recipe):
     msg = error_of(recipe, ["train_problems.path=problems.jsonl"])
     assert msg.startswith(f"{recipe}: key 'train_problems': ")
-    assert "exactly one of 'path', 'dataset' or 'synthetic'" in msg
+    assert "exactly one of 'path', 'dataset', 'synthetic' or 'reasoning_gym'" in msg
 
 
 def test_malformed_yaml_names_file_and_line(tmp_path):

@@ -89,7 +89,7 @@ def test_a_split_a_single_dataset_folder_lacks_and_a_missing_folder_or_a_file_ar
 
 
 def test_exactly_one_source():
-    with pytest.raises(ValueError, match="exactly one of 'path', 'dataset' or 'synthetic'"):
+    with pytest.raises(ValueError, match="exactly one of 'path', 'dataset', 'synthetic' or 'reasoning_gym'"):
         ProblemSet(path="a.jsonl", dataset={"name": "x"})
 
 

@@ -8,7 +8,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from feedlearn.data.records import Message
 from feedlearn.tasks.math_data import MathProblem
-from feedlearn.verifiers.math_answers import score_answer
+from feedlearn.verifiers.math_answers import extract_boxed, score_answer
+from feedlearn.verifiers.reasoning_gym_check import score_entry
 
 WORKED_EXAMPLE = (
     "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. "
@@ -92,17 +93,18 @@ class MathPrompt(BaseModel):
 
 def no_answer_reward(problem: MathProblem) -> float:
     """The reward of an output without a `\\boxed{}` answer: 0 on a MATH problem, -1 on any other (GSM8K,
-    synthetic), as the reference's two environments score it (its environments/math.py, gsm8k.py)."""
+    synthetic, reasoning-gym), as the reference's two environments score it (its environments/math.py,
+    gsm8k.py)."""
     return 0.0 if problem.source == "math" else -1.0
 
 
 class MathEnv:
     """One problem as an episode: `reset()` gives the opening user message, `step(answer)` scores it.
 
-    Reward is 1 for a correct final answer, 0 for a wrong one; an output without a `\\boxed{}` answer
-    scores -1, or 0 on a MATH problem (`no_answer_reward`). The next observation is the retry message.
-    With `stop_on_success` (data collection) a correct answer ends the episode; without it (evaluation, no
-    oracle) the model is asked to retry whatever it answered.
+    Reward is 1 for a correct final answer (a reasoning-gym problem: by its own check), 0 for a wrong one;
+    an output without a `\\boxed{}` answer scores -1, or 0 on a MATH problem (`no_answer_reward`). The next
+    observation is the retry message. With `stop_on_success` (data collection) a correct answer ends the
+    episode; without it (evaluation, no oracle) the model is asked to retry whatever it answered.
     """
 
     def __init__(
@@ -126,7 +128,12 @@ class MathEnv:
 
     def score(self, action: str) -> tuple[float, str | None]:
         """Reward and parsed answer of an action, without advancing the episode."""
-        reward, answer = score_answer(action, self.problem.answer)
+        entry = self.problem.reasoning_gym
+        if entry is None:
+            reward, answer = score_answer(action, self.problem.answer)
+        else:  # reasoning-gym's own check of the boxed answer
+            answer = extract_boxed(action)
+            reward = 0.0 if answer is None else score_entry(answer, entry)
         return (no_answer_reward(self.problem) if answer is None else reward), answer
 
     def step(self, action: str) -> tuple[str, float, bool, bool, dict]:

@@ -28,12 +28,16 @@ class Settings(BaseModel):
 
 class OneSource(Settings):
     """A data section that takes exactly one of `path`, `dataset` or `synthetic` (each subclass declares
-    the three with its own types)."""
+    the three with its own types), or of its `reasoning_gym` too where it declares one."""
 
     @model_validator(mode="after")
     def _one_source(self):
-        if sum(getattr(self, x) is not None for x in ("path", "dataset", "synthetic")) != 1:
-            raise ValueError("give exactly one of 'path', 'dataset' or 'synthetic'")
+        sources = [
+            x for x in ("path", "dataset", "synthetic", "reasoning_gym") if x in type(self).model_fields
+        ]
+        if sum(getattr(self, x) is not None for x in sources) != 1:
+            named = [repr(x) for x in sources]
+            raise ValueError(f"give exactly one of {', '.join(named[:-1])} or {named[-1]}")
         return self
 
 

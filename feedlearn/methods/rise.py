@@ -46,6 +46,7 @@ from feedlearn.models.tiny import build_tiny_model
 from feedlearn.processes import from_main, process_state, shared_map, total
 from feedlearn.seeds import derive_seed
 from feedlearn.tasks.math_data import MathProblem, ProblemFormat, load_problems
+from feedlearn.tasks.reasoning_gym_data import ReasoningGymSettings, load_reasoning_gym
 from feedlearn.tasks.synthetic_math import generate_problems
 from feedlearn.training.batches import tokenize_sft
 from feedlearn.training.trainer import TrainSettings, is_trained, sft_loss
@@ -63,7 +64,7 @@ class SyntheticSettings(Settings):
 
 
 class ProblemSet(OneSource):
-    """Where problems come from: a file, or the synthetic generator."""
+    """Where problems come from: a file, a data set, the synthetic generator or reasoning-gym."""
 
     path: str | None = Field(default=None, description="A JSONL file of problems.")
     dataset: DatasetSource | None = Field(
@@ -71,6 +72,10 @@ class ProblemSet(OneSource):
     )
     format: ProblemFormat = Field(default="gsm8k", description="Row format of `path` or `dataset`.")
     synthetic: SyntheticSettings | None = Field(default=None, description="Generate problems instead.")
+    reasoning_gym: ReasoningGymSettings | None = Field(
+        default=None,
+        description="Or a reasoning-gym task's problems, scored by its own check (the reasoning extra).",
+    )
     limit: int | None = Field(default=None, gt=0, description="Use only the first `limit` problems.")
 
     def load(self, prefix: str, split: Literal["train", "test"] = "train") -> list[MathProblem]:
@@ -80,6 +85,8 @@ class ProblemSet(OneSource):
             problems = load_problems(export_rows(self.dataset), self.format)
         elif self.path is not None:
             problems = load_problems(self.path, self.format)
+        elif self.reasoning_gym is not None:
+            problems = load_reasoning_gym(self.reasoning_gym, split)
         else:
             s = self.synthetic
             problems = generate_problems(s.n, s.seed, s.levels, prefix, split)

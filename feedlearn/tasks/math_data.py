@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -25,6 +25,10 @@ class MathProblem(Record):
     solution: str | None = Field(default=None, description="A worked solution, if the source has one.")
     level: int | None = Field(default=None, description="Difficulty level (MATH: 1 to 5), if known.")
     source: str = Field(description="Where the problem comes from: 'gsm8k', 'math', 'synthetic', ...")
+    reasoning_gym: dict[str, Any] | None = Field(
+        default=None,
+        description="reasoning-gym's entry (question, answer, metadata): its own check scores the answer.",
+    )
 
 
 class _RawRow(BaseModel):
