@@ -169,6 +169,10 @@ def _world_key(game) -> str:
     return hashlib.sha256(json.dumps([facts, names, game.walkthrough]).encode()).hexdigest()
 
 
+_REGISTERED: dict[Path, str] = {}
+"""Each game's `textworld.gym` id in this process."""
+
+
 class TextWorldEnv:
     """One of `games` per episode, chosen by the reset seed."""
 
@@ -197,10 +201,13 @@ class TextWorldEnv:
 
         if self._env is not None:
             self._env.close()
-        wanted = EnvInfos(admissible_commands=True, policy_commands=True, objective=True, won=True, lost=True)
-        wanted.description, wanted.score = True, True
-        env_id = textworld.gym.register_game(str(self.game), wanted, max_episode_steps=10**6)
-        self._env = textworld.gym.make(env_id)
+        if self.game not in _REGISTERED:  # once per game and process: the registry keeps every id
+            wanted = EnvInfos(admissible_commands=True, policy_commands=True, objective=True, won=True)
+            wanted.description, wanted.score = True, True
+            _REGISTERED[self.game] = textworld.gym.register_game(
+                str(self.game), wanted, max_episode_steps=10**6
+            )
+        self._env = textworld.gym.make(_REGISTERED[self.game])
         with warnings.catch_warnings():  # the same warning; textworld keeps the score itself
             warnings.simplefilter("ignore", UserWarning)
             _, info = self._env.reset()
