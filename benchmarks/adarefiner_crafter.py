@@ -301,7 +301,7 @@ def smollm2_summary(rows: list[tuple], seeds: list[int]) -> dict:
 
     metrics = {(seed, arm): dict(stages[-1]) for seed, arm, stages, _ in rows}
     for m in metrics.values():
-        m["named"] = 100 * (1 - m["fallbacks"] / m["queries"])
+        m["named"] = round(100 * (1 - m["fallbacks"] / m["queries"]), 2)
     episodes = {(seed, arm): e for seed, arm, _, e in rows}
     arms = {}
     for arm in SMOLLM2_ARMS:
@@ -342,9 +342,14 @@ def plot_smollm2(result: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    keys = ("named", "comprehension", "achievements_per_episode", "subgoals_completed")
-    fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.8))
-    for ax, key in zip(axes, keys, strict=True):
+    titles = {
+        "named": "analyses naming an allowed sub-goal (%)",
+        "comprehension": "mean comprehension score",
+        "achievements_per_episode": "achievements per episode",
+        "subgoals_completed": "sub-goals carried out per episode",
+    }
+    fig, axes = plt.subplots(1, len(titles), figsize=(4 * len(titles), 3.8))
+    for ax, (key, title) in zip(axes, titles.items(), strict=True):
         arms = result["arms"]
         ax.bar(
             list(arms),
@@ -353,7 +358,7 @@ def plot_smollm2(result: dict, path: Path) -> None:
             capsize=4,
             color=["tab:gray", "tab:blue", "tab:orange"],
         )
-        ax.set_title(key.replace("_", " "))
+        ax.set_title(title, fontsize=10)
     fig.suptitle(f"AdaRefiner mechanism, SmolLM2-135M-Instruct adapter (seeds {result['seeds']})")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
