@@ -77,7 +77,9 @@ def test_the_walkthrough_wins_and_a_copy_replays_the_state():
     assert first in obs.choices
     with pytest.raises(FeedlearnError, match="not an admissible command"):
         env.step("fly to the moon")
+    assert "\nLast command: none\n" in obs.state
     obs, reward, terminated, truncated, info = env.step(first)
+    assert f"\nLast command: {first}\n" in obs.state  # which exit leads back
     twin = copy.deepcopy(env)
     assert twin.commands == [first] and twin.oracle_action() == env.oracle_action() and twin.room == env.room
     total, done = reward, terminated

@@ -4,7 +4,8 @@ Games of one family are generated with TextWorld's own challenges (`textworld.ch
 and compiled into feedlearn's cache (the Linux wheel bundles the Inform 7 compiler). Training and test
 games come from seeds of different purposes (`feedlearn.seeds`), and a training game whose world equals a
 test game's is dropped, so no test game is trained on. An episode plays one game through `textworld.gym`:
-the state is the objective and the last thing the game said (the room's description at the start); the
+the state is the objective, the last command and what the game said to it (the room's description at the
+start: without the last command a room with two exits does not say which one leads back); the
 choices are the admissible commands; the oracle is the walkthrough from the current state
 (`policy_commands`); the reward is the change in score; success is a win. Actions are the game's own
 commands, run by its interpreter: none reaches a file or a shell.
@@ -255,7 +256,8 @@ class TextWorldEnv:
         said = re.sub(r"\n\s*\n+", "\n", text).strip()
         room = re.search(r"-= (.+?) =-", said)
         self.room = room.group(1) if room else self.room
-        state = f"Goal: {self._info['objective'].strip()}\n{said}"
+        last = self.commands[-1] if self.commands else "none"
+        state = f"Goal: {self._info['objective'].strip()}\nLast command: {last}\n{said}"
         plan = self.walkthrough()[:1]
         choices = [c for c in self._info["admissible_commands"] if c not in IDLE or c in plan]
         return TextObservation(state=state, choices=choices)

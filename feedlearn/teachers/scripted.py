@@ -244,12 +244,12 @@ def _explore_reflection(env: AutoExplore, mistake: str | None) -> str:
 
 
 def _textworld_reflection(env: TextWorldEnv, mistake: str | None) -> str:
-    plan = env.walkthrough()
-    where = f"I am in the {env.room}" if env.room else "I am here"
-    left = f"{len(plan)} command{'s' if len(plan) > 1 else ''}"
+    move = env.oracle_action()
+    came = f" after {env.commands[-1]}" if env.commands and mistake is None else ""
+    where = f"I am in the {env.room}{came}" if env.room else "I am here"
     return (
-        f"{_lesson(mistake, 'the goal')}{where}, {left} from the goal. "
-        f"The walkthrough goes on with {plan[0]}, so {plan[0]} is the best move."
+        f"{_lesson(mistake, 'the goal')}{where}. "
+        f"The goal's route goes on with {move}, so {move} is the best move."
     )
 
 
