@@ -106,14 +106,6 @@ class GymnasiumEnvSettings(BaseModel):
         return self
 
 
-EnvSettings = Annotated[
-    TaxiEnvSettings
-    | AutoExploreEnvSettings
-    | ALFWorldEnvSettings
-    | TextWorldEnvSettings
-    | GymnasiumEnvSettings,
-    Field(discriminator="name"),
-]
 AnyEnvSettings = (
     TaxiEnvSettings
     | AutoExploreEnvSettings
@@ -121,6 +113,8 @@ AnyEnvSettings = (
     | TextWorldEnvSettings
     | GymnasiumEnvSettings
 )
+EnvSettings = Annotated[AnyEnvSettings, Field(discriminator="name")]
+"""A recipe's `env`: one of the settings above, chosen by its `name`."""
 
 
 class EnvFactory:
