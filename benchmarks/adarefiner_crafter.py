@@ -131,23 +131,22 @@ def mechanism_arm(task: tuple) -> tuple:
     # none and frozen do not change between stages: their stages differ only by the adapter's samples and
     # the player's draws, which shows how far apart two evaluations of one adapter fall
     stages = [method.evaluate(stage) for stage in range(1, method.config.stages + 1)]
-    return seed, arm, stages, test_episodes(method.store.stage(f"evaluate/stage{method.config.stages}"))
+    return seed, arm, stages, test_episodes(method)
 
 
-def test_episodes(folder: Path) -> dict[str, dict]:
-    """Per evaluated test episode ("env-episode": the same world in every arm), its achievements and the
-    mean comprehension score of its queries (None: no query of it was scored)."""
+def test_episodes(method) -> dict[str, dict]:
+    """Per test episode the last stage's evaluation counted ("env-episode": the same world in every arm),
+    its achievements and the mean comprehension score of its queries (None: no query of it was scored)."""
     from feedlearn.data.jsonl import read_jsonl
     from feedlearn.methods.adarefiner_loop import CrafterEpisode, QueryRecord
 
+    folder = method.store.stage(f"evaluate/stage{method.config.stages}")
     scores: dict[str, list[float]] = {}
     for q in read_jsonl(folder / "queries.jsonl", QueryRecord):
         if q.score_after is not None:
             scores.setdefault(f"{q.env}-{q.episode}", []).append(q.score_after)
-    evaluated = json.loads((folder / "metrics.json").read_text())["episodes"]
-    episodes = sorted(read_jsonl(folder / "episodes.jsonl", CrafterEpisode), key=lambda e: (e.episode, e.env))
     out = {}
-    for e in episodes[:evaluated]:
+    for e in method.evaluated_episodes(read_jsonl(folder / "episodes.jsonl", CrafterEpisode)):
         key = f"{e.env}-{e.episode}"
         s = scores.get(key)
         out[key] = {"achievements": len(e.achievements), "comprehension": sum(s) / len(s) if s else None}

@@ -646,8 +646,7 @@ class AdaRefiner(Method):
         self.sft(stage)
         per_env = -(-cfg.evaluate.episodes // cfg.agent.envs)
         worlds = shared_map(partial(self._play_test, stage, per_env), list(range(cfg.agent.envs)))
-        played = sorted((e for episodes, _, _ in worlds for e in episodes), key=lambda e: (e.episode, e.env))
-        played = [e for e in played if e.episode < per_env][: cfg.evaluate.episodes]
+        played = self.evaluated_episodes([e for episodes, _, _ in worlds for e in episodes])
         kept = {(e.env, e.episode) for e in played}
         everything = sorted(
             (e for episodes, _, _ in worlds for e in episodes), key=lambda e: (e.env, e.episode)
@@ -663,6 +662,13 @@ class AdaRefiner(Method):
             write_json_atomic(folder / "metrics.json", metrics)
         self.store.log_metrics(f"evaluate/stage{stage}", metrics)
         return metrics
+
+    def evaluated_episodes(self, episodes: list[CrafterEpisode]) -> list[CrafterEpisode]:
+        """The test episodes an evaluation counts among those played: the first `evaluate.episodes` in
+        order of (episode, world), each world's first ones (the rest were cut off when play stopped)."""
+        per_env = -(-self.config.evaluate.episodes // self.config.agent.envs)
+        played = sorted(episodes, key=lambda e: (e.episode, e.env))
+        return [e for e in played if e.episode < per_env][: self.config.evaluate.episodes]
 
     def _play_test(self, stage: int, per_env: int, worlds: list[int]) -> list[tuple[list, list, dict]]:
         """Test worlds `worlds` played until each has finished `per_env` episodes: per world, its episodes,
