@@ -173,12 +173,10 @@ def _mean(values: list[float]) -> float:
 
 
 def _se(values: list[float]) -> float:
-    """The standard error of the mean (sample standard deviation / sqrt n; 0 for one value)."""
-    n = len(values)
-    if n < 2:
-        return 0.0
-    mean = sum(values) / n
-    return round((sum((v - mean) ** 2 for v in values) / (n - 1) / n) ** 0.5, 4)
+    """The standard error of the mean (`feedlearn.stats.mean_se`), 0 for one value."""
+    from feedlearn.stats import mean_se
+
+    return 0.0 if len(values) < 2 else round(mean_se(values)[1], 4)
 
 
 def main() -> None:
