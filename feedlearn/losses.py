@@ -86,18 +86,30 @@ def reward_sums(
     ref_b: torch.Tensor,
     targets: torch.Tensor,
     beta: float,
-) -> torch.Tensor:
-    """[5]: over the pairs with a preference (target 1: a is chosen, -1: b is), the sums of the chosen
-    and the rejected response's implicit reward r(y) = beta (log pi(y) - log ref(y)), of their margin,
-    of the margins above 0, and the number of such pairs: TRL's `rewards/*` once divided by the count."""
+) -> dict[str, torch.Tensor]:
+    """Over the pairs with a preference (target 1: a is chosen, -1: b is), the sums of the chosen and the
+    rejected response's implicit reward r(y) = beta (log pi(y) - log ref(y)) (`rewards/chosen`,
+    `rewards/rejected`), of their margin, of the margins above 0 (`rewards/accuracies`), and the number of
+    such pairs (`rewards/pairs`): `reward_metrics` turns them into TRL's means."""
     r_a, r_b = beta * (policy_a - ref_a), beta * (policy_b - ref_b)
     used = targets != 0
     chosen = torch.where(targets > 0, r_a, r_b)[used]
     rejected = torch.where(targets > 0, r_b, r_a)[used]
     margins = chosen - rejected
-    return torch.stack(
-        [chosen.sum(), rejected.sum(), margins.sum(), (margins > 0).sum().to(margins.dtype), used.sum()]
-    ).float()
+    sums = [chosen.sum(), rejected.sum(), margins.sum(), (margins > 0).sum(), used.sum()]
+    return dict(zip(REWARD_SUMS, [v.float() for v in sums], strict=True))
+
+
+REWARD_SUMS = ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies", "rewards/pairs")
+"""The names of `reward_sums`."""
+
+
+def reward_metrics(sums: dict[str, float]) -> dict[str, float]:
+    """TRL's `rewards/*` metrics (means over the pairs with a preference) from summed `reward_sums`, which
+    it removes from `sums`; none when no pair had a preference."""
+    pairs = sums.pop("rewards/pairs")
+    totals = {name: sums.pop(name) for name in REWARD_SUMS[:-1]}
+    return {name: value / pairs for name, value in totals.items()} if pairs else {}
 
 
 def active_targets(

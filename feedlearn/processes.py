@@ -18,7 +18,7 @@ from typing import TypeVar
 
 import torch
 from accelerate import PartialState
-from accelerate.utils import broadcast_object_list, gather_object
+from accelerate.utils import broadcast_object_list, gather_object, reduce
 
 from feedlearn.errors import FeedlearnError
 
@@ -84,6 +84,31 @@ def _raise_any(own: Exception | None, messages: list[tuple[int, str | None]]) ->
 def total(value: float) -> float:
     """The sum of every process's `value` (a count or sum each process kept of its own share)."""
     return value if process_state().num_processes == 1 else sum(gather_object([value]))
+
+
+class StepSums:
+    """Named sums that a training step adds to on each process (counts, sums of per-row values), summed over
+    the processes in one all-reduce when the step's metrics are read. Every process adds the same names."""
+
+    def __init__(self) -> None:
+        self._sums: dict[str, torch.Tensor] = {}
+
+    def add(self, sums: dict[str, torch.Tensor | float]) -> None:
+        """Add each value (a number or a 0-d tensor) to its name's sum."""
+        for name, value in sums.items():
+            value = torch.as_tensor(value, dtype=torch.float32).detach().cpu()
+            self._sums[name] = self._sums[name] + value if name in self._sums else value
+
+    def pop(self) -> dict[str, float]:
+        """Each name's sum over every process since the last `pop`; empties the sums."""
+        names = sorted(self._sums)
+        if not names:
+            return {}
+        flat = torch.stack([self._sums[name] for name in names]).to(process_state().device)
+        if process_state().num_processes > 1:
+            flat = reduce(flat, "sum")
+        self._sums = {}
+        return dict(zip(names, flat.tolist(), strict=True))
 
 
 def gathered(items: list[T]) -> list[T]:

@@ -83,7 +83,7 @@ def test_a_confident_pair_follows_the_rule_even_with_a_label_bought_earlier(tmp_
 
     def target_and_weight(**reuse):
         active = dpo.ActiveSettings(gamma=1.0, pseudo_label=mode, **reuse)
-        objective = dpo.PreferenceObjective(dpo.DPOSettings(), active, [pair], book, {})
+        objective = dpo.PreferenceObjective(dpo.DPOSettings(), active, [pair], book, {}, pad_id=0)
         targets, weights = active_targets(margins, objective._labels([pair], margins), mode)
         return targets.item(), weights.item()
 

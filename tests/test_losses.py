@@ -183,15 +183,27 @@ def test_reward_sums_are_trls_rewards_of_known_log_probs():
     """Two labeled pairs and one without a preference; beta 0.5. Pair 1 (a chosen): r(a) = 0.5 (-1 + 2) =
     0.5, r(b) = 0.5 (-3 + 2.5) = -0.25. Pair 2 (b chosen): r(a) = 0.5 (-2 + 1) = -0.5, r(b) = 0.5 (-4 + 3)
     = -0.5, margin 0 (not above 0). Pair 3 (target 0) is left out."""
-    from feedlearn.losses import reward_sums
+    from feedlearn.losses import REWARD_SUMS, reward_metrics, reward_sums
 
     policy_a, policy_b = torch.tensor([-1.0, -2.0, -9.0]), torch.tensor([-3.0, -4.0, -9.0])
     ref_a, ref_b = torch.tensor([-2.0, -1.0, 0.0]), torch.tensor([-2.5, -3.0, 0.0])
     sums = reward_sums(policy_a, policy_b, ref_a, ref_b, torch.tensor([1.0, -1.0, 0.0]), beta=0.5)
-    chosen, rejected, margins, right, used = sums.tolist()
-    assert used == 2 and right == 1
-    assert chosen == pytest.approx(0.5 + -0.5) and rejected == pytest.approx(-0.25 + -0.5)
-    assert margins == pytest.approx(0.75 + 0.0)
+    sums = {name: v.item() for name, v in sums.items()}
+    assert sums["rewards/pairs"] == 2 and sums["rewards/accuracies"] == 1
+    assert sums["rewards/chosen"] == pytest.approx(0.5 + -0.5)
+    assert sums["rewards/rejected"] == pytest.approx(-0.25 + -0.5)
+    assert sums["rewards/margins"] == pytest.approx(0.75 + 0.0)
+    summed = sums | {"other": 1.0}
+    assert reward_metrics(summed) == pytest.approx(
+        {
+            "rewards/chosen": 0.0,
+            "rewards/rejected": -0.375,
+            "rewards/margins": 0.375,
+            "rewards/accuracies": 0.5,
+        }
+    )
+    assert summed == {"other": 1.0}  # the reward sums are taken out; no pair with a preference, no metric
+    assert reward_metrics(dict.fromkeys(REWARD_SUMS, 0.0)) == {}
 
 
 def test_ppo_diagnostics_of_known_ratios():

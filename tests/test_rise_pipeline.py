@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -604,14 +605,21 @@ def test_rollout_and_evaluation_in_the_dialogue_layout(tmp_path):
     assert parallel == [(0.0, "0"), (0.0, "0")]
 
 
-def test_sft_chats_in_the_dialogue_layout_open_once(tmp_path, monkeypatch):
+def no_sft_training(monkeypatch):
+    """The sft stage builds its chats but loads no model and trains nothing."""
     from feedlearn.methods import rise as rise_module
 
-    chats = []
+    tokenizer = SimpleNamespace(pad_token_id=0)
     monkeypatch.setattr(Rise, "base_model_path", lambda self: "unused-base-model")
-    monkeypatch.setattr(rise_module, "load_policy", lambda *args, **kwargs: (None, None))
-    monkeypatch.setattr(rise_module, "tokenize_sft", lambda examples, *args, **kwargs: chats.extend(examples))
+    monkeypatch.setattr(rise_module, "load_policy", lambda *args, **kwargs: (None, tokenizer))
     monkeypatch.setattr(Rise, "fit", lambda self, *args: None)
+    return rise_module
+
+
+def test_sft_chats_in_the_dialogue_layout_open_once(tmp_path, monkeypatch):
+    rise_module = no_sft_training(monkeypatch)
+    chats = []
+    monkeypatch.setattr(rise_module, "tokenize_sft", lambda examples, *args, **kwargs: chats.extend(examples))
     sft = {"problems": {"synthetic": {"n": 3, "seed": 3, "levels": [1]}}, "chat_turns": 3}
     cfg = rise_config(tmp_path, prompt=DIALOGUE, sft=sft, seed=1)
     Rise(cfg, RunStore(tmp_path / "runs", "r"), progress=False).sft()
@@ -623,11 +631,7 @@ def test_sft_chats_in_the_dialogue_layout_open_once(tmp_path, monkeypatch):
 
 
 def test_sft_retries_ask_a_share_of_problems_again_and_solve_them_again(tmp_path, monkeypatch):
-    from feedlearn.methods import rise as rise_module
-
-    monkeypatch.setattr(Rise, "base_model_path", lambda self: "unused-base-model")
-    monkeypatch.setattr(rise_module, "load_policy", lambda *args, **kwargs: (None, None))
-    monkeypatch.setattr(Rise, "fit", lambda self, *args: None)
+    rise_module = no_sft_training(monkeypatch)
 
     def chats(retries: float) -> list:
         made = []

@@ -19,7 +19,7 @@ from feedlearn.models.chat import completion_spans, prompt_ids
 from feedlearn.models.loading import LoraSettings, ModelSettings, load_policy
 from feedlearn.models.tiny import TinyModelConfig, build_tiny_model
 from feedlearn.training.batches import collate, tokenize_sft
-from feedlearn.training.trainer import TrainSettings, train
+from feedlearn.training.trainer import SFTObjective, TrainSettings, train
 
 CORPUS = [f"What is {a} plus {b}? The answer is {a + b}." for a in range(12) for b in range(10)] + [
     "Try again, please. You are a careful solver."
@@ -60,6 +60,13 @@ def examples(n: int = 8, weights=None) -> list[SFTExample]:
 def sft_loss(model, batch):
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     return weighted_sft_loss(logits, batch["labels"], batch["weight"])
+
+
+def sft(tok, loss=sft_loss) -> SFTObjective:
+    """SFT on `tok`'s padding with `loss` in place of its own (a recording or a crashing one)."""
+    objective = SFTObjective(tok.pad_token_id)
+    objective.loss = loss
+    return objective
 
 
 def saved_weights(model_dir: Path) -> dict[str, torch.Tensor]:
@@ -236,7 +243,7 @@ def test_training_changes_parameters_and_lowers_loss(tiny_folder, tmp_path):
     settings = TrainSettings(
         learning_rate=1e-2, lr_schedule="constant", warmup_ratio=0, epochs=6, batch_size=4, grad_accum=1
     )
-    out = train(model, tok, rows, sft_loss, settings, tmp_path / "stage", store=store, stage="sft")
+    out = train(model, tok, rows, sft(tok), settings, tmp_path / "stage", store=store, stage="sft")
     assert out == tmp_path / "stage" / "model"
     assert json.loads((out / "done.json").read_text()) == {"steps": 12, "examples": 8}
     assert not (tmp_path / "stage" / "checkpoints").exists()
@@ -268,7 +275,7 @@ def test_finished_run_is_not_retrained(tiny_folder, tmp_path):
     model, tok = load(tiny_folder)
     rows = tokenize_sft(examples(4), tok, 256)
     settings = TrainSettings(learning_rate=1e-3, batch_size=2, grad_accum=1)
-    out = train(model, tok, rows, sft_loss, settings, tmp_path)
+    out = train(model, tok, rows, sft(tok), settings, tmp_path)
     done = (out / "done.json").read_bytes()
 
     def must_not_run(model, batch):
@@ -276,7 +283,7 @@ def test_finished_run_is_not_retrained(tiny_folder, tmp_path):
 
     fresh, _ = load(tiny_folder)
     before = snapshot(fresh)
-    assert train(fresh, tok, rows, must_not_run, settings, tmp_path) == out
+    assert train(fresh, tok, rows, sft(tok, must_not_run), settings, tmp_path) == out
     assert (out / "done.json").read_bytes() == done
     assert all(torch.equal(v, snapshot(fresh)[k]) for k, v in before.items())
 
@@ -308,7 +315,7 @@ def uninterrupted_and_crashed(tiny_folder, tmp_path, lora):
     model, tok = load(tiny_folder, lora)
     rows = tokenize_sft(examples(8, WEIGHTS), tok, 256)
     store_a = RunStore(tmp_path, "a")
-    out_a = train(model, tok, rows, sft_loss, RESUMED, tmp_path / "A", store=store_a, seed=3)
+    out_a = train(model, tok, rows, sft(tok), RESUMED, tmp_path / "A", store=store_a, seed=3)
     calls = 0
 
     def crashing_loss(model, batch):
@@ -322,7 +329,7 @@ def uninterrupted_and_crashed(tiny_folder, tmp_path, lora):
     torch.manual_seed(0)
     model, _ = load(tiny_folder, lora)
     with pytest.raises(Crash):
-        train(model, tok, rows, crashing_loss, RESUMED, tmp_path / "B", store=store_b, seed=3)
+        train(model, tok, rows, sft(tok, crashing_loss), RESUMED, tmp_path / "B", store=store_b, seed=3)
     return out_a, store_a, store_b, tmp_path / "B", rows, tok
 
 
@@ -332,7 +339,7 @@ def resume_and_compare(tiny_folder, lora, out_a, store_a, store_b, folder_b, row
     assert [r["step"] for r in metrics(store_b)] == resumed_steps
     torch.manual_seed(12345)  # the resumed run must not depend on the state the process happens to be in
     model, _ = load(tiny_folder, lora)
-    out_b = train(model, tok, rows, sft_loss, RESUMED, folder_b, store=store_b, seed=3)
+    out_b = train(model, tok, rows, sft(tok), RESUMED, folder_b, store=store_b, seed=3)
     a, b = saved_weights(out_a), saved_weights(out_b)
     assert a.keys() == b.keys()
     for k in a:
@@ -413,7 +420,7 @@ def test_gradient_accumulation_invariance(tiny_folder, tmp_path):
         assert len({len(r["input_ids"]) for r in rows}) == 1  # equal lengths: no padding anywhere
         store = RunStore(tmp_path, name)
         settings = TrainSettings(batch_size=bs, grad_accum=ga, **common)
-        train(model, tok, rows, sft_loss, settings, tmp_path / name, store=store)
+        train(model, tok, rows, sft(tok), settings, tmp_path / name, store=store)
         results.append({k: v - base[k] for k, v in snapshot(model).items()})
         [row] = metrics(store)
         assert row["step"] == 1
@@ -435,7 +442,7 @@ def test_gradient_accumulation_is_not_last_microbatch_only(tiny_folder, tmp_path
         base = snapshot(model)
         rows = tokenize_sft(examples(n), tok, 256)
         settings = TrainSettings(batch_size=n, grad_accum=1, **common)
-        train(model, tok, rows, sft_loss, settings, tmp_path / name)
+        train(model, tok, rows, sft(tok), settings, tmp_path / name)
         deltas.append(torch.cat([(v - base[k]).flatten() for k, v in snapshot(model).items()]))
     assert not torch.allclose(deltas[0], deltas[1], atol=1e-6)
 
@@ -455,7 +462,7 @@ def test_each_epoch_visits_every_row_once_in_a_seeded_order(tiny_folder, tmp_pat
 
         model, _ = load(tiny_folder)
         settings = TrainSettings(batch_size=2, grad_accum=2, epochs=3, learning_rate=1e-3)
-        train(model, tok, rows, recording_loss, settings, tmp_path / name, seed=seed)
+        train(model, tok, rows, sft(tok, recording_loss), settings, tmp_path / name, seed=seed)
         return [seen[i : i + 8] for i in range(0, len(seen), 8)]
 
     epochs = visits(0, "a")
@@ -471,7 +478,7 @@ def test_fewer_rows_than_one_step(tiny_folder, tmp_path):
     rows = tokenize_sft(examples(3), tok, 256)
     settings = TrainSettings(batch_size=2, grad_accum=4, learning_rate=1e-3)
     try:
-        out = train(model, tok, rows, sft_loss, settings, tmp_path)
+        out = train(model, tok, rows, sft(tok), settings, tmp_path)
     except FeedlearnError as e:  # a clear one-line refusal, and nothing half-written
         assert "\n" not in str(e)
         assert not (tmp_path / "model").exists()
@@ -483,7 +490,7 @@ def test_no_rows_is_a_clear_error(tiny_folder, tmp_path):
     # e.g. every example was dropped as longer than max_length
     model, tok = load(tiny_folder)
     with pytest.raises(FeedlearnError):
-        train(model, tok, [], sft_loss, TrainSettings(batch_size=1, grad_accum=1), tmp_path)
+        train(model, tok, [], sft(tok), TrainSettings(batch_size=1, grad_accum=1), tmp_path)
     assert not (tmp_path / "model").exists()
 
 
@@ -505,7 +512,7 @@ def test_lora_trains_only_the_adapter_and_reloads(tiny_folder, tmp_path):
     settings = TrainSettings(
         learning_rate=1e-2, lr_schedule="constant", warmup_ratio=0, epochs=2, batch_size=4, grad_accum=1
     )
-    out = train(model, tok, rows, sft_loss, settings, tmp_path)
+    out = train(model, tok, rows, sft(tok), settings, tmp_path)
     names = {p.name for p in out.iterdir()}
     assert {"adapter_config.json", "adapter_model.safetensors", "done.json", "tokenizer.json"} <= names
     assert "model.safetensors" not in names  # only the adapter is saved
@@ -564,7 +571,7 @@ def test_gradient_checkpointing_gives_the_same_training(tiny_folder, tmp_path):
         rows = tokenize_sft(examples(4), tok, 256)
         store = RunStore(tmp_path, name)
         settings = TrainSettings(batch_size=4, grad_accum=1, gradient_checkpointing=checkpointing, **common)
-        train(model, tok, rows, sft_loss, settings, tmp_path / name, store=store)
+        train(model, tok, rows, sft(tok), settings, tmp_path / name, store=store)
         assert model.is_gradient_checkpointing == checkpointing
         results.append({k: v - base[k] for k, v in snapshot(model).items()})
         losses.append(metrics(store)[0]["losses/loss"])
@@ -586,7 +593,7 @@ def test_bf16_mixed_precision_trains_on_cpu_and_fp16_needs_a_gpu(tiny_folder, tm
         warmup_ratio=0,
         lr_schedule="constant",
     )
-    train(model, tok, rows, sft_loss, settings, tmp_path / "bf16", store=RunStore(tmp_path, "bf16"))
+    train(model, tok, rows, sft(tok), settings, tmp_path / "bf16", store=RunStore(tmp_path, "bf16"))
     assert any(not torch.equal(v, base[k]) for k, v in snapshot(model).items())
     assert next(model.parameters()).dtype == torch.float32  # autocast: the weights stay in float32
     if not torch.cuda.is_available():

@@ -74,8 +74,8 @@ from feedlearn.models.loading import load_policy
 from feedlearn.models.tiny import build_tiny_model
 from feedlearn.processes import from_main, process_state, shared_map
 from feedlearn.seeds import derive_seed
-from feedlearn.training.batches import collate, tokenize_sft
-from feedlearn.training.trainer import TrainSettings, is_trained, sft_loss
+from feedlearn.training.batches import tokenize_sft
+from feedlearn.training.trainer import SFTObjective, TrainSettings, is_trained
 
 log = logging.getLogger(__name__)
 STAGES = {
@@ -295,32 +295,31 @@ EVAL_EVERY = 5
 """Optimizer steps between two losses on the held-out records (the reference's eval_steps)."""
 
 
-def held_out_loss(model, rows: list[dict], tokenizer, settings: TrainSettings):
-    """A trainer's `step_metrics` hook: at every `EVAL_EVERY`-th step (counted from this process's start
-    of the training), eval/loss, the mean over the held-out `rows` of each one's token-mean NLL on its
-    completion, under the model as trained so far (dropout off, no random draws: training is unchanged)."""
-    calls = 0
+class HeldOutSFT(SFTObjective):
+    """SFT that logs eval/loss at every `EVAL_EVERY`-th step (counted from this process's start of the
+    training): the mean over the held-out `rows` of each one's token-mean NLL on its completion, under the
+    model as trained so far (dropout off, no random draws: training is unchanged)."""
 
-    def metrics() -> dict[str, float]:
-        nonlocal calls
-        calls += 1
-        if calls % EVAL_EVERY:
+    def __init__(self, model, rows: list[dict], pad_id: int, batch_size: int):
+        super().__init__(pad_id)
+        self.model, self.rows, self.batch_size, self.steps = model, rows, batch_size, 0
+
+    def step_metrics(self) -> dict[str, float]:
+        """eval/loss, every `EVAL_EVERY` steps."""
+        self.steps += 1
+        if self.steps % EVAL_EVERY:
             return {}
+        model, rows = self.model, self.rows
         training, device = model.training, next(model.parameters()).device
         model.eval()
         total = 0.0
         with torch.no_grad():
-            for i in range(0, len(rows), settings.batch_size):
-                batch = {
-                    k: v.to(device)
-                    for k, v in collate(rows[i : i + settings.batch_size], tokenizer.pad_token_id).items()
-                }
+            for i in range(0, len(rows), self.batch_size):
+                batch = {k: v.to(device) for k, v in self.collate(rows[i : i + self.batch_size]).items()}
                 logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
                 total += float(token_mean_nll(logits.float(), batch["labels"]).sum())
         model.train(training)
         return {"eval/loss": total / len(rows)}
-
-    return metrics
 
 
 class AdaRefiner(Method):
@@ -433,10 +432,11 @@ class AdaRefiner(Method):
         loss on `held` (held-out examples) logged as eval/loss every `EVAL_EVERY` steps."""
         model, tok = load_policy(self._settings(path), trainable=True, seed=self.config.seed)
         rows = tokenize_sft(examples, tok, settings.max_length)
-        metrics = None
+        objective = SFTObjective(tok.pad_token_id)
         if held:
-            metrics = held_out_loss(model, tokenize_sft(held, tok, settings.max_length), tok, settings)
-        return self.fit(stage, model, tok, rows, sft_loss, settings, step_metrics=metrics)
+            held_rows = tokenize_sft(held, tok, settings.max_length)
+            objective = HeldOutSFT(model, held_rows, tok.pad_token_id, settings.batch_size)
+        return self.fit(stage, model, tok, rows, objective, settings)
 
     def _analyst(self, path: str) -> LMAnalyst | None:
         if self.config.guidance != "adapter":

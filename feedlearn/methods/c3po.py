@@ -67,7 +67,7 @@ from feedlearn.teachers.verbal import (
     revision_question,
 )
 from feedlearn.training.batches import tokenize_sft
-from feedlearn.training.trainer import TrainSettings, is_trained, sft_loss
+from feedlearn.training.trainer import SFTObjective, TrainSettings, is_trained
 from feedlearn.verifiers.verbal import Feedback, load_feedbacks, scope_metrics, select_feedbacks
 
 log = logging.getLogger(__name__)
@@ -268,7 +268,7 @@ class C3PO(Method):
             for i, (p, r) in enumerate(chats)
         ]
         rows = tokenize_sft(examples, tokenizer, cfg.sft.train.max_length)
-        return self.fit("sft", model, tokenizer, rows, sft_loss, cfg.sft.train)
+        return self.fit("sft", model, tokenizer, rows, SFTObjective(tokenizer.pad_token_id), cfg.sft.train)
 
     def sample(self) -> list[Path]:
         """Prompts, baselines, revisions, in-context and CoT responses, for every selected feedback."""
@@ -427,16 +427,7 @@ class C3PO(Method):
                 "(sample.reviser: policy) must write 'REVISED RESPONSE:', else set sample.reviser: teacher"
             )
         objective = ScopeObjective(method, cfg.loss, tokenizer.pad_token_id)
-        return self.fit(
-            stage,
-            model,
-            tokenizer,
-            rows,
-            objective.loss,
-            cfg.train,
-            collate_fn=objective.collate,
-            step_metrics=objective.step_metrics,
-        )
+        return self.fit(stage, model, tokenizer, rows, objective, cfg.train)
 
     def evaluate(self) -> dict[str, dict]:
         """Per feedback and method, adherence in scope and change near and out of scope (%)."""

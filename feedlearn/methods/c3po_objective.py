@@ -9,14 +9,21 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-from accelerate.utils import extract_model_from_parallel, reduce
+from accelerate.utils import extract_model_from_parallel
 from pydantic import Field
 
 from feedlearn.data.records import Message
-from feedlearn.losses import anchor_loss, dpo_loss, reward_sums, sequence_logprobs, token_mean_nll
+from feedlearn.losses import (
+    anchor_loss,
+    dpo_loss,
+    reward_metrics,
+    reward_sums,
+    sequence_logprobs,
+    token_mean_nll,
+)
 from feedlearn.methods.c3po_data import C3POSample
 from feedlearn.methods.common import Settings
-from feedlearn.processes import process_state
+from feedlearn.processes import StepSums
 from feedlearn.training.batches import collate, completion_row, report_dropped
 
 TrainMethod = Literal["c3po", "scd", "scd_negatives", "dpo"]
@@ -58,7 +65,7 @@ class ScopeObjective:
     def __init__(self, method: TrainMethod, loss: LossSettings, pad_id: int):
         self.method, self.settings, self.pad_id = method, loss, pad_id
         self.parts = PARTS[method]
-        self.logged: dict[str, torch.Tensor] = {}  # this step's sums of the loss parts and `reward_sums`
+        self.sums = StepSums()  # this step's sums of the loss parts and `reward_sums`
 
     def collate(self, rows: list[dict]) -> dict[str, torch.Tensor]:
         """The method's parts of every row, as one padded batch: part by part, B rows each."""
@@ -86,9 +93,7 @@ class ScopeObjective:
         ref_neg = sequence_logprobs(refs["in_neg"], labels["in_neg"])
         preference = dpo_loss(pos, neg, ref_pos, ref_neg, torch.ones_like(pos), s.beta)
         total, parts = preference, {"dpo": preference}
-        self._add(
-            "rewards", reward_sums(pos.detach(), neg.detach(), ref_pos, ref_neg, torch.ones_like(pos), s.beta)
-        )
+        self.sums.add(reward_sums(pos.detach(), neg.detach(), ref_pos, ref_neg, torch.ones_like(pos), s.beta))
         if self.method == "c3po":
             parts["chosen_sft"] = token_mean_nll(chunks["in_pos"], labels["in_pos"])
             total = total + s.chosen_sft * parts["chosen_sft"]
@@ -98,33 +103,18 @@ class ScopeObjective:
                 )
                 total = total + weight * parts[f"anchor_{part}"]
         for name, values in parts.items():  # each part unweighted, as a sum over rows with their count
-            self._add(name, torch.stack([values.detach().sum(), values.new_tensor(float(len(values)))]))
+            self.sums.add({f"losses/{name}": values.sum(), f"rows/{name}": len(values)})
         return total.mean()
-
-    def _add(self, name: str, sums: torch.Tensor) -> None:
-        self.logged[name] = self.logged.get(name, 0) + sums.detach().float().cpu()
 
     def step_metrics(self) -> dict[str, float]:
         """This step's mean of each loss part (`losses/<part>`, unweighted) and TRL's `rewards/*`, over
         every process's rows; the preference methods (dpo, c3po) only."""
-        names = sorted(self.logged)
-        if not names:
+        sums = self.sums.pop()
+        if not sums:
             return {}
-        flat = torch.cat([self.logged[n] for n in names]).to(process_state().device)
-        if process_state().num_processes > 1:
-            flat = reduce(flat, "sum")
-        self.logged, sums, at = {}, {}, 0
-        for name in names:
-            size = 5 if name == "rewards" else 2
-            sums[name], at = flat[at : at + size].tolist(), at + size
-        chosen, rejected, margins, right, used = sums.pop("rewards")
-        metrics = {f"losses/{name}": total / count for name, (total, count) in sums.items()}
-        return metrics | {
-            "rewards/chosen": chosen / used,
-            "rewards/rejected": rejected / used,
-            "rewards/margins": margins / used,
-            "rewards/accuracies": right / used,
-        }
+        rewards = reward_metrics(sums)
+        parts = [name.removeprefix("rows/") for name in sums if name.startswith("rows/")]
+        return {f"losses/{part}": sums[f"losses/{part}"] / sums[f"rows/{part}"] for part in parts} | rewards
 
     @torch.no_grad()
     def _reference(self, model, batch, rows: int) -> dict[str, torch.Tensor]:

@@ -3,7 +3,6 @@ of a method's stages."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
@@ -17,7 +16,7 @@ from feedlearn.data.store import RunStore
 from feedlearn.errors import FeedlearnError
 from feedlearn.models.loading import ModelSettings, load_policy
 from feedlearn.models.tiny import TinyModelConfig
-from feedlearn.training.trainer import Collate, LossFn, TrainSettings, train
+from feedlearn.training.trainer import Objective, TrainSettings, train
 
 
 class Settings(BaseModel):
@@ -132,26 +131,22 @@ class Method:
         model,
         tokenizer,
         rows: list[dict],
-        loss: LossFn,
+        objective: Objective,
         settings: TrainSettings,
-        collate_fn: Collate | None = None,
-        step_metrics: Callable[[], dict[str, float]] | None = None,
     ) -> Path:
-        """Train `model` on tokenized `rows` with `loss` and `settings` as the stage `stage`: saved in the
-        stage's folder (`<run>/<stage>/model`, returned), checkpointed and resumed there, its metrics logged
-        under the stage's name, seeded with the recipe's seed (see `training.trainer.train`)."""
+        """Train `model` on tokenized `rows` for `objective` with `settings` as the stage `stage`: saved in
+        the stage's folder (`<run>/<stage>/model`, returned), checkpointed and resumed there, its metrics
+        logged under the stage's name, seeded with the recipe's seed (see `training.trainer.train`)."""
         return train(
             model,
             tokenizer,
             rows,
-            loss,
+            objective,
             settings,
             self.store.stage(stage),
             self.store,
             stage,
             self.progress,
-            collate_fn=collate_fn,
-            step_metrics=step_metrics,
             seed=self.config.seed,
         )
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from accelerate.utils import extract_model_from_parallel, reduce
+from accelerate.utils import extract_model_from_parallel
 from pydantic import Field
 
 from feedlearn.data.hub import DatasetSource, export_rows
@@ -33,6 +33,7 @@ from feedlearn.losses import (
     active_targets,
     dpo_loss,
     implicit_reward_margin,
+    reward_metrics,
     reward_sums,
     select_queries,
     sequence_logprobs,
@@ -40,7 +41,7 @@ from feedlearn.losses import (
 from feedlearn.methods.common import Method, OneSource, RecipeConfig, Settings
 from feedlearn.models.loading import load_policy
 from feedlearn.models.tiny import build_tiny_model
-from feedlearn.processes import process_state, zero3
+from feedlearn.processes import StepSums, process_state, zero3
 from feedlearn.tasks.word_preferences import WordPreferenceTask
 from feedlearn.training.batches import collate_pairs, tokenize_pairs
 from feedlearn.training.scoring import pair_logprobs
@@ -238,17 +239,8 @@ class PreferenceLearning(Method):
         book = LabelBook(
             build_labeler(cfg.labeler, cfg.seed, self.replies("labeler")), labels, cfg.query_budget
         )
-        objective = PreferenceObjective(cfg.dpo, self.active, pairs, book, reference)
-        final = self.fit(
-            "train",
-            model,
-            tokenizer,
-            rows,
-            objective.loss,
-            cfg.train,
-            collate_fn=lambda micro: objective.collate(micro, tokenizer.pad_token_id),
-            step_metrics=objective.step_metrics,
-        )
+        objective = PreferenceObjective(cfg.dpo, self.active, pairs, book, reference, tokenizer.pad_token_id)
+        final = self.fit("train", model, tokenizer, rows, objective, cfg.train)
         if process_state().is_main_process:
             book.check()  # a run in which no label was usable fails, even one too short for the early check
         return final
@@ -354,14 +346,15 @@ class PreferenceObjective:
         pairs: list[PreferencePair],
         book: LabelBook,
         reference: dict[int, tuple[float, float]] | LiveReference,
+        pad_id: int,
     ):
         self.dpo, self.active, self.pairs, self.book, self.reference = dpo, active, pairs, book, reference
-        self.counts = torch.zeros(3)  # pseudo-labels, of them with a gold label, of them agreeing with it
-        self.rewards = torch.zeros(5)  # this step's `reward_sums`
+        self.pad_id = pad_id
+        self.sums = StepSums()  # this step's `reward_sums` and pseudo-label counts
 
-    def collate(self, rows: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
+    def collate(self, rows: list[dict]) -> dict[str, torch.Tensor]:
         """A pair batch, with the precomputed reference log-probs as `reference` [2B] when there are some."""
-        batch = collate_pairs(rows, pad_id)
+        batch = collate_pairs(rows, self.pad_id)
         if isinstance(self.reference, dict):
             ab = [self.reference[r["index"]] for r in rows]
             batch["reference"] = torch.tensor([a for a, _ in ab] + [b for _, b in ab], dtype=torch.float32)
@@ -379,8 +372,7 @@ class PreferenceObjective:
         mode = self.active.pseudo_label if self.active is not None else "drop"
         targets, weights = active_targets(margins, labels.to(margins.device), mode)
         self._count(batch["index"].tolist(), labels, targets)
-        sums = reward_sums(policy_a.detach(), policy_b.detach(), ref_a, ref_b, targets, beta)
-        self.rewards += sums.cpu()
+        self.sums.add(reward_sums(policy_a.detach(), policy_b.detach(), ref_a, ref_b, targets, beta))
         losses = dpo_loss(policy_a, policy_b, ref_a, ref_b, targets, beta, self.dpo.loss)
         return (weights * losses).sum() / len(losses)
 
@@ -412,27 +404,17 @@ class PreferenceObjective:
         gold = torch.tensor([float("nan") if (g := self.pairs[i].label) is None else g for i in indices])
         has_gold = pseudo & ~torch.isnan(gold)
         agree = has_gold & (gold == targets.cpu())
-        self.counts += torch.tensor([pseudo.sum(), has_gold.sum(), agree.sum()], dtype=torch.float32)
+        self.sums.add({"pseudo": pseudo.sum(), "with_gold": has_gold.sum(), "agree": agree.sum()})
 
     def step_metrics(self) -> dict[str, float]:
         """Labels paid for so far, this step's pseudo-labels (summed over processes) and how many of them
         agree with the gold labels where the data has some, and TRL's `rewards/*` of the step."""
-        counts = torch.cat([self.counts, self.rewards]).to(process_state().device)
-        if process_state().num_processes > 1:
-            counts = reduce(counts, "sum")
-        self.counts, self.rewards = torch.zeros(3), torch.zeros(5)
-        pseudo, with_gold, agree, chosen, rejected, margins, right, used = counts.tolist()
-        metrics = {"queries_used": float(self.book.queries_used), "pseudo_labels": pseudo}
-        if used:  # TRL's names, over the step's pairs with a preference
-            metrics |= {
-                "rewards/chosen": chosen / used,
-                "rewards/rejected": rejected / used,
-                "rewards/margins": margins / used,
-                "rewards/accuracies": right / used,
-            }
+        sums = self.sums.pop()
+        metrics = {"queries_used": float(self.book.queries_used), "pseudo_labels": sums.get("pseudo", 0.0)}
+        metrics |= reward_metrics(sums)  # TRL's names, over the step's pairs with a preference
         metrics.update(getattr(self.book.labeler, "stats", {}))  # a judge's garbage / bias counters
-        if with_gold:
-            metrics["pseudo_label_agreement"] = agree / with_gold
+        if sums.get("with_gold"):
+            metrics["pseudo_label_agreement"] = sums["agree"] / sums["with_gold"]
         return metrics
 
 

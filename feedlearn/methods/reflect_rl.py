@@ -67,7 +67,7 @@ from feedlearn.tasks.mini_repo import write_mini_repo
 from feedlearn.teachers.reflections import propose_tasks, with_llm_reflections
 from feedlearn.teachers.scripted import ReflectStep, teacher_episodes
 from feedlearn.training.batches import tokenize_sft
-from feedlearn.training.trainer import TrainSettings, is_trained, sft_loss
+from feedlearn.training.trainer import SFTObjective, TrainSettings, is_trained
 
 log = logging.getLogger(__name__)
 
@@ -355,7 +355,7 @@ class ReflectRL(Method):
                 )
                 settings = self.config.reflector_sft or self.config.sft
                 rows = tokenize_sft(examples, tok, settings.max_length)
-                self.fit("sft/reflector", model, tok, rows, sft_loss, settings)
+                self.fit("sft/reflector", model, tok, rows, SFTObjective(tok.pad_token_id), settings)
             out["reflector"] = folder / "model"
         folder = self.store.stage("sft/policy")
         if not is_trained(folder):
@@ -375,8 +375,7 @@ class ReflectRL(Method):
                     rows.append({"input_ids": ids, "n": len(s.choices), "label": label, "length": len(ids)})
             if not rows:
                 raise ConfigError(f"no policy example fits in sft.max_length {self.config.sft.max_length}")
-            objective = ChoiceObjective(tok)
-            self.fit("sft/policy", model, tok, rows, objective.sft_loss, self.config.sft, objective.collate)
+            self.fit("sft/policy", model, tok, rows, ChoiceObjective(tok), self.config.sft)
         out["policy"] = folder / "model"
         return out
 

@@ -44,7 +44,8 @@ def label_ids(tokenizer, n: int) -> torch.Tensor:
 
 
 class ChoiceObjective:
-    """The policy as a softmax over the offered labels ("shrink head"): log-probs at the last prompt token."""
+    """The policy as a softmax over the offered labels ("shrink head"): log-probs at the last prompt token;
+    as a training `Objective`, SFT on the teacher's labels."""
 
     def __init__(self, tokenizer):
         self.pad_id = tokenizer.pad_token_id
@@ -87,9 +88,13 @@ class ChoiceObjective:
         """[batch, labels] log-probabilities over the labels offered in each row."""
         return self.forward(model, batch)[0]
 
-    def sft_loss(self, model, batch) -> torch.Tensor:
-        """Cross-entropy of the teacher's label over the offered labels."""
+    def loss(self, model, batch) -> torch.Tensor:
+        """The SFT loss: cross-entropy of the teacher's label over the offered labels."""
         return -chosen_logprobs(self.logprobs(model, batch), batch).mean()
+
+    def step_metrics(self) -> dict[str, float]:
+        """None beyond the trainer's."""
+        return {}
 
 
 class Critic(torch.nn.Module):

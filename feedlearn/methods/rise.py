@@ -49,7 +49,7 @@ from feedlearn.tasks.math_data import MathProblem, ProblemFormat, load_problems
 from feedlearn.tasks.reasoning_gym_data import ReasoningGymSettings, load_reasoning_gym
 from feedlearn.tasks.synthetic_math import generate_problems
 from feedlearn.training.batches import tokenize_sft
-from feedlearn.training.trainer import TrainSettings, is_trained, sft_loss
+from feedlearn.training.trainer import SFTObjective, TrainSettings, is_trained
 from feedlearn.verifiers.math_answers import grader_failures
 
 log = logging.getLogger(__name__)
@@ -282,7 +282,7 @@ class Rise(Method):
                     messages.append(Message(role="assistant", content=solution_text(p)))
             examples.append(SFTExample(id=chat[0].id, messages=messages))
         rows = tokenize_sft(examples, tokenizer, sft.train.max_length, all_turns=True)
-        return self.fit("sft", model, tokenizer, rows, sft_loss, sft.train)
+        return self.fit("sft", model, tokenizer, rows, SFTObjective(tokenizer.pad_token_id), sft.train)
 
     def collect(self, iteration: int = 1) -> Path:
         """Roll out the policy (and teachers) on the training problems; resumable by problem id.
@@ -441,7 +441,8 @@ class Rise(Method):
         )
         rows = tokenize_sft(examples, tokenizer, self.config.train.max_length)
         stage = f"iter{iteration}/train"
-        return self.fit(stage, model, tokenizer, rows, sft_loss, self.config.train)
+        objective = SFTObjective(tokenizer.pad_token_id)
+        return self.fit(stage, model, tokenizer, rows, objective, self.config.train)
 
     def run(self) -> None:
         """Every stage in order; finished stages are skipped, an interrupted one resumes."""

@@ -11,10 +11,9 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Protocol
 
 import torch
 from accelerate import Accelerator
@@ -72,17 +71,42 @@ class TrainSettings(BaseModel):
         return self
 
 
-LossFn = Callable[[torch.nn.Module, dict[str, torch.Tensor]], torch.Tensor]
+class Objective(Protocol):
+    """What a training stage optimizes: how its tokenized rows become a batch, the batch's loss, and the
+    method's own values logged after each optimizer step."""
+
+    def collate(self, rows: list[dict]) -> dict[str, torch.Tensor]:
+        """One micro-batch of rows, padded into tensors."""
+        ...
+
+    def loss(self, model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The micro-batch's mean loss (the trainer divides it by the accumulation steps)."""
+        ...
+
+    def step_metrics(self) -> dict[str, float]:
+        """Values logged with the step's loss, called on every process after each optimizer step."""
+        ...
 
 
-def sft_loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """The loss of rows from `tokenize_sft`: each row's token-mean NLL times its weight, averaged (plain
-    SFT when every weight is 1, reward-weighted regression otherwise)."""
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    return weighted_sft_loss(logits, batch["labels"], batch["weight"])
+class SFTObjective:
+    """Rows from `tokenize_sft`: each row's token-mean NLL times its weight, averaged (plain SFT when every
+    weight is 1, reward-weighted regression otherwise); no values of its own to log."""
 
+    def __init__(self, pad_id: int):
+        self.pad_id = pad_id
 
-Collate = Callable[[list[dict]], dict[str, torch.Tensor]]
+    def collate(self, rows: list[dict]) -> dict[str, torch.Tensor]:
+        """Right-padded completions, their labels and weights (`training.batches.collate`)."""
+        return collate(rows, self.pad_id)
+
+    def loss(self, model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The weighted mean of the rows' token-mean NLLs."""
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        return weighted_sft_loss(logits, batch["labels"], batch["weight"])
+
+    def step_metrics(self) -> dict[str, float]:
+        """None."""
+        return {}
 
 
 def is_trained(out_dir: Path) -> bool:
@@ -94,21 +118,19 @@ def train(
     model,
     tokenizer,
     rows: list[dict],
-    loss_fn: LossFn,
+    objective: Objective,
     settings: TrainSettings,
     out_dir: Path,
     store: RunStore | None = None,
     stage: str = "train",
     progress: bool = True,
-    collate_fn: Collate | None = None,
-    step_metrics: Callable[[], dict[str, float]] | None = None,
     seed: int = 0,
 ) -> Path:
-    """Train `model` on tokenized `rows` with `loss_fn`; save it to `out_dir/model` and return that path.
+    """Train `model` on tokenized `rows` for `objective`; save it to `out_dir/model` and return that path.
 
-    Rows carry a `length` (used to batch similar lengths together) and are padded into batches by
-    `collate_fn` (default: `collate`). `step_metrics`, called on every process after each step, adds
-    method-specific values to the logged metrics. `seed` (the recipe's) fixes the data order and dropout.
+    Rows carry a `length` (used to batch similar lengths together) and are padded into batches by the
+    objective, whose step metrics join the logged ones. `seed` (the recipe's) fixes the data order and
+    dropout.
 
     Each epoch uses `len(rows) // (batch_size x grad_accum x processes)` full steps (the remainder waits
     for the next epoch's shuffle). Checkpoints go to `out_dir/checkpoints`; if one exists, training resumes
@@ -143,11 +165,10 @@ def train(
         total=total_steps, initial=start, desc=stage, disable=not (progress and accelerator.is_main_process)
     )
     started, samples = time.perf_counter(), 0
-    collate_fn = collate_fn or (lambda micro: collate(micro, tokenizer.pad_token_id))
     plan = _planned_steps([r["length"] for r in rows], per_step, settings, seed, stage, start, total_steps)
     for step, indices in enumerate(plan, start=start + 1):
         micros = [rows[i] for i in indices[rank::world]]
-        step_loss = _accumulate(accelerator, model, loss_fn, micros, collate_fn, settings)
+        step_loss = _accumulate(accelerator, model, objective, micros, settings)
         samples += len(micros)
         grad_norm = accelerator.clip_grad_norm_(params, settings.max_grad_norm)
         optimizer.step()
@@ -155,7 +176,7 @@ def train(
         optimizer.zero_grad(set_to_none=True)
         bar.update(1)
         bar.set_postfix(loss=f"{step_loss:.4f}")
-        extra = step_metrics() if step_metrics is not None else {}
+        extra = objective.step_metrics()
         if store is not None and accelerator.is_main_process:
             store.log_metrics(
                 stage,
@@ -241,16 +262,16 @@ def _optimizer(params: list, settings: TrainSettings, total_steps: int):
     return optimizer, scheduler
 
 
-def _accumulate(accelerator, model, loss_fn: LossFn, rows: list[dict], collate_fn, settings) -> float:
+def _accumulate(accelerator, model, objective: Objective, rows: list[dict], settings) -> float:
     """The gradients of one optimizer step on this process's `rows`, micro-batch by micro-batch (synced
     once, on the last); returns the step's loss (the global batch's, under several processes)."""
     step_loss = 0.0
     for m in range(settings.grad_accum):
         micro = rows[m * settings.batch_size : (m + 1) * settings.batch_size]
-        batch = {k: v.to(accelerator.device) for k, v in collate_fn(micro).items()}
+        batch = {k: v.to(accelerator.device) for k, v in objective.collate(micro).items()}
         last = m == settings.grad_accum - 1
         with nullcontext() if last else accelerator.no_sync(model):
-            loss = loss_fn(model, batch) / settings.grad_accum
+            loss = objective.loss(model, batch) / settings.grad_accum
             accelerator.backward(loss)
         step_loss += loss.item()
     if accelerator.num_processes > 1:
