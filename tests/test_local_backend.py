@@ -175,3 +175,45 @@ def test_the_static_kv_cache_samples_the_tokens_the_dynamic_one_does(policy):
         dynamic = backend(policy, batch_size=8, kv_cache="dynamic").generate_ids(CONVERSATIONS, 4, sampling)
         assert static == dynamic
         assert any(len(ids) > 0 for rows in static for ids in rows)
+
+
+def test_a_prompt_prefilled_once_for_its_samples_gives_what_each_sample_alone_does(policy):
+    """Each conversation's prompt is prefilled once and its KV cache shared by its n samples: every sample
+    equals a plain `generate` of the prompt alone (its own full prefill) with the row's seeded draws, in
+    a batch of prompts of different lengths (left padding), with either cache."""
+    from transformers import LogitsProcessorList
+
+    from feedlearn.backends.base import conversation_key
+    from feedlearn.backends.local import RowSampler, row_uniforms
+    from feedlearn.seeds import derive_seed
+
+    model, tok = policy
+    sampling = SamplingParams(temperature=0.9, top_p=0.95, max_new_tokens=12)
+
+    def alone(chat, k: int) -> list[int]:
+        ids = torch.tensor([prompt_ids(tok, chat)])
+        uniforms = row_uniforms(
+            [derive_seed(0, "sampling", conversation_key(chat), k)], sampling.max_new_tokens
+        )
+        with torch.no_grad():
+            out = model.generate(
+                ids,
+                attention_mask=torch.ones_like(ids),
+                max_new_tokens=sampling.max_new_tokens,
+                do_sample=False,
+                temperature=None,
+                top_p=None,
+                top_k=None,
+                logits_processor=LogitsProcessorList([RowSampler(uniforms, sampling)]),
+                pad_token_id=tok.pad_token_id,
+                eos_token_id=tok.eos_token_id,
+            )[0, ids.shape[1] :].tolist()
+        return out[: out.index(tok.eos_token_id)] if tok.eos_token_id in out else out
+
+    expected = [[alone(chat, k) for k in range(3)] for chat in CONVERSATIONS]
+    assert len({tuple(ids) for rows in expected for ids in rows}) > 4  # the samples differ
+    for kv_cache in ("static", "dynamic"):
+        assert (
+            backend(policy, batch_size=12, kv_cache=kv_cache).generate_ids(CONVERSATIONS, 3, sampling)
+            == expected
+        )
