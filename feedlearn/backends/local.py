@@ -198,5 +198,6 @@ def repeat_rows(cache, times: int) -> None:
     for layer in cache.layers:
         layer.keys = layer.keys.repeat_interleave(times, 0)
         layer.values = layer.values.repeat_interleave(times, 0)
-        if hasattr(layer, "batch_size"):
-            layer.batch_size *= times
+        for size in ("batch_size", "max_batch_size"):  # a static layer's, by its name in each version
+            if hasattr(layer, size):
+                setattr(layer, size, getattr(layer, size) * times)
