@@ -1,4 +1,4 @@
-"""feedlearn DPO against TRL's DPOTrainer: same tiny model on disk, same data, batch, steps, seed, CPU.
+"""feedlearn DPO against TRL's DPOTrainer: same model on disk, same data, batch, steps, seed, CPU.
 
 Two measurements, in one process, one after the other:
 1. First-step loss from the same weights and batch (one batch is the whole data set, so the sampling order
@@ -10,10 +10,16 @@ Two measurements, in one process, one after the other:
    live. TRL with `precompute_ref_log_probs=True` is timed too, so the gain from that one switch can be
    told apart, and TRL with its default bf16 autocast (different math, shown for information).
 
-    python benchmarks/dpo_vs_trl.py --out bench_out/dpo_vs_trl           # a few minutes on 2 cores
-    python benchmarks/dpo_vs_trl.py --out /tmp/smoke --quick             # a smoke test
+Two shapes (`--model`): `tiny` (a tiny model trained in full) and `smollm2` (SmolLM2-135M-Instruct, the
+real offline model, with a LoRA adapter on every linear layer in both trainers: the setting users run;
+the bf16 arm is left out there).
 
-Writes `OUT/result.json` and `OUT/throughput.png`. TRL is a benchmark dependency only (`pip install trl`).
+    python benchmarks/dpo_vs_trl.py --out bench_out/dpo_vs_trl                   # a few minutes on 2 cores
+    python benchmarks/dpo_vs_trl.py --out bench_out/dpo_vs_trl --model smollm2   # about 10 minutes
+    python benchmarks/dpo_vs_trl.py --out /tmp/smoke --quick                     # a smoke test
+
+Writes `OUT/result.json` ({model: {...}}, a rerun keeps the other model's section; the process's peak
+resident memory included) and `OUT/throughput.png`. TRL is a benchmark dependency only (`pip install trl`).
 """
 
 from __future__ import annotations
@@ -21,15 +27,18 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import resource
+import shutil
 import time
 from pathlib import Path
 
 import torch
 
-from feedlearn.data.jsonl import write_json_atomic, write_text_atomic
+from feedlearn.data.jsonl import update_json_sections, write_text_atomic
 from feedlearn.data.store import open_run
 from feedlearn.methods.dpo import DPOConfig, PreferenceLearning
-from feedlearn.models.loading import ModelSettings, load_policy
+from feedlearn.models.gguf import converted_folder, named_gguf
+from feedlearn.models.loading import LoraSettings, ModelSettings, load_policy
 from feedlearn.models.tiny import TinyModelConfig, build_tiny_model
 from feedlearn.tasks.word_preferences import TOPICS, WORDS
 
@@ -49,6 +58,9 @@ QUICK = {
     "max_words": 12,
     "tiny": TinyModelConfig(hidden_size=32, intermediate_size=64, num_layers=1, num_heads=2, vocab_size=300),
 }
+SMOLLM2 = {"repeats": 2, "steps": 10, "batch_size": 4, "max_words": 24}
+"""SmolLM2 with LoRA: a step is about a thousand times the tiny model's work, so fewer and smaller steps."""
+LORA = LoraSettings()  # r 16, alpha 32, every linear layer; both trainers turn its dropout off
 LEARNING_RATE, BETA, SEED = 1e-4, 0.1, 0
 
 
@@ -82,13 +94,15 @@ def perturbed_copy(model_path: str, out: Path) -> str:
     return str(out)
 
 
-def feedlearn_run(out: Path, run_id: str, model: str, data: Path, batch: int, reference: str | None) -> dict:
+def feedlearn_run(
+    out: Path, run_id: str, model: str, data: Path, batch: int, reference: str | None, lora: bool
+) -> dict:
     """Train with feedlearn; wall time, samples and the logged first-step loss."""
     config = DPOConfig.model_validate(
         {
             "seed": SEED,
             "run_dir": str(out / "runs"),
-            "model": {"path": model},
+            "model": {"path": model, "lora": LORA.model_dump() if lora else None},
             "train_data": {"path": str(data)},
             "dpo": {"beta": BETA, "reference_model": reference},
             "train": {
@@ -113,10 +127,18 @@ def feedlearn_run(out: Path, run_id: str, model: str, data: Path, batch: int, re
 
 
 def trl_run(
-    out: Path, model: str, data: Path, batch: int, reference: str | None, precompute: bool, bf16: bool = False
+    out: Path,
+    model: str,
+    data: Path,
+    batch: int,
+    reference: str | None,
+    precompute: bool,
+    lora: bool,
+    bf16: bool = False,
 ) -> dict:
     """Train with TRL's DPOTrainer; wall time (trainer set-up included), samples and first-step loss."""
     from datasets import Dataset
+    from peft import LoraConfig
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import DPOConfig as TRLConfig
     from trl import DPOTrainer
@@ -152,6 +174,15 @@ def trl_run(
         args=args,
         train_dataset=Dataset.from_list(rows),
         processing_class=tokenizer,
+        peft_config=LoraConfig(
+            r=LORA.r,
+            lora_alpha=LORA.alpha,
+            lora_dropout=LORA.dropout,
+            target_modules=LORA.target_modules,
+            task_type="CAUSAL_LM",
+        )
+        if lora
+        else None,
     )
     trainer.train()
     seconds = time.perf_counter() - started
@@ -162,58 +193,95 @@ def trl_run(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", required=True, help="folder for result.json, throughput.png and the runs")
-    parser.add_argument("--quick", action="store_true", help="a tiny smoke test")
+    parser.add_argument("--model", choices=["tiny", "smollm2"], default="tiny", help="the shape (see above)")
+    parser.add_argument("--quick", action="store_true", help="a smoke test on the tiny shape")
+    parser.add_argument(
+        "--profile", action="store_true", help="also profile one more feedlearn run (OUT/MODEL/profile.txt)"
+    )
     args = parser.parse_args()
     out = Path(args.out)
-    s = QUICK if args.quick else FULL
+    if args.quick:
+        args.model = "tiny"
+    s = QUICK if args.quick else FULL if args.model == "tiny" else SMOLLM2
+    lora = args.model == "smollm2"
     torch.manual_seed(SEED)
 
     pairs = make_pairs(s["steps"] * s["batch_size"], s["max_words"], SEED)
     texts = [p["prompt"] + p[side] for p in pairs for side in ("chosen", "rejected")]
-    model = str(build_tiny_model(s["tiny"], texts))
+    if lora:
+        model = str(converted_folder(*named_gguf("smollm2-135m-instruct")))
+    else:
+        model = str(build_tiny_model(s["tiny"], texts))
+    out = out / args.model
+    shutil.rmtree(out / "runs", ignore_errors=True)  # a finished feedlearn run is not trained again
     reference = perturbed_copy(model, out / "reference")
 
     one_batch = write_pairs(out / "data" / "one_batch.jsonl", pairs[: s["batch_size"]])
-    fl_first = feedlearn_run(out, "first-loss", model, one_batch, s["batch_size"], reference)["first_loss"]
-    trl_first = trl_run(out, model, one_batch, s["batch_size"], reference, precompute=False)["first_loss"]
+    fl_first = feedlearn_run(out, "first-loss", model, one_batch, s["batch_size"], reference, lora)[
+        "first_loss"
+    ]
+    trl_first = trl_run(out, model, one_batch, s["batch_size"], reference, False, lora)["first_loss"]
 
     data = write_pairs(out / "data" / "train.jsonl", pairs)
-    runs = {"feedlearn": [], "trl": [], "trl_precompute": [], "trl_bf16": []}
+    trainers = ["feedlearn", "trl", "trl_precompute", *([] if lora else ["trl_bf16"])]
+    runs: dict[str, list[dict]] = {name: [] for name in trainers}
     for repeat in range(s["repeats"]):  # interleaved, so a slow spell of the machine hits every trainer
-        runs["trl"].append(trl_run(out, model, data, s["batch_size"], None, precompute=False))
-        runs["trl_precompute"].append(trl_run(out, model, data, s["batch_size"], None, precompute=True))
-        runs["trl_bf16"].append(trl_run(out, model, data, s["batch_size"], None, precompute=False, bf16=True))
+        runs["trl"].append(trl_run(out, model, data, s["batch_size"], None, False, lora))
+        runs["trl_precompute"].append(trl_run(out, model, data, s["batch_size"], None, True, lora))
+        if "trl_bf16" in runs:
+            runs["trl_bf16"].append(trl_run(out, model, data, s["batch_size"], None, False, lora, bf16=True))
         runs["feedlearn"].append(
-            feedlearn_run(out, f"throughput-{repeat}", model, data, s["batch_size"], None)
+            feedlearn_run(out, f"throughput-{repeat}", model, data, s["batch_size"], None, lora)
         )
 
     def rate(name: str) -> float:
         """Median samples per second over the repeats."""
         rates = sorted(r["samples"] / r["seconds"] for r in runs[name])
-        return round(rates[len(rates) // 2], 2)
+        return rates[len(rates) // 2]
 
     result = {
-        "feedlearn_samples_per_s": rate("feedlearn"),
-        "trl_samples_per_s": rate("trl"),
+        "feedlearn_samples_per_s": round(rate("feedlearn"), 3),
+        "trl_samples_per_s": round(rate("trl"), 3),
         "ratio": round(rate("feedlearn") / rate("trl"), 3),
         "first_loss_feedlearn": fl_first,
         "first_loss_trl": trl_first,
         "first_loss_abs_diff": abs(fl_first - trl_first),
-        "trl_precompute_samples_per_s": rate("trl_precompute"),
+        "trl_precompute_samples_per_s": round(rate("trl_precompute"), 3),
         "ratio_vs_trl_precompute": round(rate("feedlearn") / rate("trl_precompute"), 3),
-        "trl_bf16_autocast_samples_per_s": rate("trl_bf16"),
+        **({"trl_bf16_autocast_samples_per_s": round(rate("trl_bf16"), 3)} if "trl_bf16" in runs else {}),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
         "settings": {
+            "model": "SmolLM2-135M-Instruct with LoRA" if lora else "tiny, full weights",
             "steps": s["steps"],
             "batch_size": s["batch_size"],
             "repeats": s["repeats"],
             "precision": "float32 for both (TRL's bf16 autocast default turned off); trl_bf16 keeps it on",
-            "tiny": s["tiny"].model_dump(),
+            **({"lora": LORA.model_dump()} if lora else {"tiny": s["tiny"].model_dump()}),
             "torch_threads": torch.get_num_threads(),
         },
     }
-    write_json_atomic(out / "result.json", result)
+    update_json_sections(Path(args.out) / "result.json", {args.model: result})
+    if args.profile:
+        profile(
+            lambda: feedlearn_run(out, "profile", model, data, s["batch_size"], None, lora),
+            out / "profile.txt",
+        )
     plot(result, out / "throughput.png")
     print(json.dumps(result, indent=2))
+
+
+def profile(run, path: Path) -> None:
+    """Where `run`'s time goes: torch's profiler, operators by their own CPU time, and Python's own time
+    (the rest of the wall time) written to `path`."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    started = time.perf_counter()
+    with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+        run()
+    wall = time.perf_counter() - started
+    table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25)
+    write_text_atomic(path, f"feedlearn DPO run, {wall:.1f} s wall under the profiler\n{table}\n")
 
 
 def plot(result: dict, path: Path) -> None:
@@ -225,14 +293,15 @@ def plot(result: dict, path: Path) -> None:
 
     names = ["feedlearn", "TRL", "TRL\nprecompute", "TRL bf16\n(other math)"]
     keys = ["feedlearn", "trl", "trl_precompute", "trl_bf16_autocast"]
-    values = [result[f"{k}_samples_per_s"] for k in keys]
+    names = [n for n, k in zip(names, keys, strict=True) if f"{k}_samples_per_s" in result]
+    values = [result[f"{k}_samples_per_s"] for k in keys if f"{k}_samples_per_s" in result]
     fig, ax = plt.subplots(figsize=(6, 3.5))
-    bars = ax.bar(names, values, color=["C1", "C0", "C0", "C7"])
+    bars = ax.bar(names, values, color=["C1", "C0", "C0", "C7"][: len(values)])
     bars[2].set_alpha(0.6)
     for bar, v in zip(bars, values, strict=True):
         ax.annotate(f"{v:.1f}", (bar.get_x() + bar.get_width() / 2, v), ha="center", va="bottom")
     ax.set_ylabel("training samples / s (end to end)")
-    ax.set_title(f"DPO on a tiny model, CPU: feedlearn / TRL = {result['ratio']:.2f}x")
+    ax.set_title(f"DPO, {result['settings']['model']}, CPU: feedlearn / TRL = {result['ratio']:.2f}x")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
