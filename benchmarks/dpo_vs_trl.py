@@ -271,8 +271,8 @@ def main() -> None:
 
 
 def profile(run, path: Path) -> None:
-    """Where `run`'s time goes: torch's profiler, operators by their own CPU time, and Python's own time
-    (the rest of the wall time) written to `path`."""
+    """Where `run`'s time goes: its wall time and torch's profiler table of operators by their own CPU
+    time, written to `path`."""
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
@@ -299,9 +299,9 @@ def plot(result: dict, path: Path) -> None:
     bars = ax.bar(names, values, color=["C1", "C0", "C0", "C7"][: len(values)])
     bars[2].set_alpha(0.6)
     for bar, v in zip(bars, values, strict=True):
-        ax.annotate(f"{v:.1f}", (bar.get_x() + bar.get_width() / 2, v), ha="center", va="bottom")
+        ax.annotate(f"{v:.3g}", (bar.get_x() + bar.get_width() / 2, v), ha="center", va="bottom")
     ax.set_ylabel("training samples / s (end to end)")
-    ax.set_title(f"DPO, {result['settings']['model']}, CPU: feedlearn / TRL = {result['ratio']:.2f}x")
+    ax.set_title(f"DPO, {result['settings']['model']}, CPU\nfeedlearn / TRL = {result['ratio']:.2f}x")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

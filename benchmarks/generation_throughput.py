@@ -71,12 +71,10 @@ def load_shape(name: str, cache: Path, dtype: torch.dtype):
         model, tokenizer = load_policy(ModelSettings(path="smollm2-135m-instruct", dtype="float32"))
         device = "cuda" if torch.cuda.is_available() else "cpu"
         return model.to(device, dtype).eval(), tokenizer
-    texts = [c[0]["content"] for c in conversations(64)]
-    tiny = build_tiny_model(TINY, texts, cache=cache)
     folder = Path(name)
-    if name == "tiny":
-        folder = tiny
-    elif name == "qwen2-0.5b":  # Qwen2-0.5B's shape; its vocabulary is the tiny tokenizer's
+    if name in ("tiny", "qwen2-0.5b"):
+        folder = tiny = build_tiny_model(TINY, [c[0]["content"] for c in conversations(64)], cache=cache)
+    if name == "qwen2-0.5b":  # Qwen2-0.5B's shape; its vocabulary is the tiny tokenizer's
         folder = cache / "qwen2-0.5b"
         config = Qwen2Config(
             vocab_size=TINY.vocab_size, hidden_size=896, intermediate_size=4864, num_hidden_layers=24,

@@ -170,6 +170,7 @@ class LocalBackend:
             input_ids=ids[:, :-1],
             attention_mask=mask[:, :-1],
             position_ids=positions[:, :-1],
+            logits_to_keep=1,  # only the cache is used: no LM head over every prompt position
             **{CACHE: cache},
         )
         repeat_rows(cache, draws)
