@@ -33,6 +33,14 @@ def sequence_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tenso
     return logps.sum(-1)
 
 
+def segment_logprobs(logits: torch.Tensor, labels: torch.Tensor, sequence: torch.Tensor) -> torch.Tensor:
+    """Summed log-probability of each sequence's completion tokens [n] for rows that may hold several
+    sequences: `sequence` [batch, seq] numbers the sequence each token belongs to (0..n-1; -1 filler)."""
+    logps, mask = token_logprobs(logits, labels)
+    owner = sequence[:, 1:][mask]
+    return logps.new_zeros(int(sequence.max()) + 1).index_add(0, owner, logps[mask])
+
+
 def token_mean_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Mean negative log-likelihood over each sequence's completion tokens [batch]."""
     logps, mask = token_logprobs(logits, labels)

@@ -83,7 +83,9 @@ def test_a_confident_pair_follows_the_rule_even_with_a_label_bought_earlier(tmp_
 
     def target_and_weight(**reuse):
         active = dpo.ActiveSettings(gamma=1.0, pseudo_label=mode, **reuse)
-        objective = dpo.PreferenceObjective(dpo.DPOSettings(), active, [pair], book, {}, pad_id=0)
+        objective = dpo.PreferenceObjective(
+            dpo.DPOSettings(), active, [pair], book, {}, pad_id=0, packed=True
+        )
         targets, weights = active_targets(margins, objective._labels([pair], margins), mode)
         return targets.item(), weights.item()
 
@@ -157,16 +159,64 @@ def test_conversational_completion_trains_the_assistant_reply(tiny_path):
     assert tok.decode(trained) == "salt wave<|end|>"
 
 
-def test_collate_pairs_puts_all_a_sides_then_b_sides(tiny_path):
+@pytest.mark.parametrize("packed", [True, False])
+def test_collate_pairs_lays_out_all_a_sides_then_b_sides(tiny_path, packed):
     tok = tokenizer(tiny_path)
-    pairs = dpo.WordPreferenceTask().pairs(3, seed=5)
+    pairs = [  # sides of different lengths, so short ones share a row with another
+        PreferencePair(id=str(i), prompt="Topic: ocean. Words:", a=" salt" * a, b=" wave" * b, label=1)
+        for i, (a, b) in enumerate([(12, 1), (2, 3), (1, 11)])
+    ]
     rows = tokenize_pairs(pairs, tok, 64)
-    batch = collate_pairs(rows, tok.pad_token_id)
-    assert batch["input_ids"].shape[0] == 6
+    batch = collate_pairs(rows, tok.pad_token_id, packed)
     assert batch["index"].tolist() == [0, 1, 2]
-    n = len(rows[1]["b"]["input_ids"])
-    assert batch["input_ids"][4, :n].tolist() == rows[1]["b"]["input_ids"]
-    assert batch["attention_mask"][4].sum().item() == n
+    sides = [r["a"] for r in rows] + [r["b"] for r in rows]
+    for i, side in enumerate(sides):  # sequence i is the a side of pair i, then the b sides
+        where = batch["sequence"] == i
+        assert batch["input_ids"][where].tolist() == side["input_ids"]
+        assert batch["labels"][where].tolist() == [IGNORE, *side["labels"][1:]]
+    if packed:
+        assert batch["input_ids"].shape[0] < 6 and "attention_mask" not in batch
+        assert batch["position_ids"][batch["sequence"] == 4].tolist() == list(
+            range(len(sides[4]["input_ids"]))
+        )
+    else:
+        assert batch["input_ids"].shape[0] == 6
+        assert torch.equal(batch["attention_mask"].bool(), batch["sequence"] >= 0)
+
+
+def test_packed_pairs_score_and_train_as_padded_ones(tiny_path):
+    """Several sequences in one row, kept apart by their position ids, give the log-probs and gradients
+    that one sequence per row with padding gives."""
+    from transformers import AutoModelForCausalLM
+
+    from feedlearn.training.scoring import packs_sequences, sequence_scores
+
+    tok = tokenizer(tiny_path)
+    model = AutoModelForCausalLM.from_pretrained(tiny_path, dtype=torch.float32)
+    rows = tokenize_pairs(dpo.WordPreferenceTask().pairs(4, seed=1), tok, 64)
+    assert packs_sequences(model)
+    scores, grads = [], []
+    for packed in (True, False):
+        model.zero_grad()
+        batch = collate_pairs(rows, tok.pad_token_id, packed)
+        score = sequence_scores(model, batch)
+        score.sum().backward()
+        scores.append(score.detach())
+        grads.append(model.model.embed_tokens.weight.grad.clone())
+    assert torch.allclose(*scores, atol=1e-4) and scores[0].abs().min() > 1
+    assert torch.allclose(*grads, atol=1e-5)
+
+
+def test_a_model_that_mixes_packed_sequences_gets_padded_rows(tiny_path, caplog):
+    from transformers import AutoModelForCausalLM
+
+    from feedlearn.training.scoring import packs_sequences
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_path, dtype=torch.float32)
+    forward = model.forward
+    model.forward = lambda position_ids=None, **kw: forward(**kw)  # attention over the whole row
+    assert not packs_sequences(model)
+    assert "mixes sequences packed in one row" in caplog.text
 
 
 def test_tokenize_pairs_drops_pairs_longer_than_max_length_when_asked(tiny_path):

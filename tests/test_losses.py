@@ -7,7 +7,14 @@ import math
 import pytest
 import torch
 
-from feedlearn.losses import IGNORE, sequence_logprobs, token_logprobs, token_mean_nll, weighted_sft_loss
+from feedlearn.losses import (
+    IGNORE,
+    segment_logprobs,
+    sequence_logprobs,
+    token_logprobs,
+    token_mean_nll,
+    weighted_sft_loss,
+)
 
 
 def lse(xs):
@@ -68,6 +75,15 @@ def test_last_position_logits_are_unused():
 def test_sequence_logprobs():
     logits, labels = tensors()
     assert sequence_logprobs(logits, labels).tolist() == pytest.approx([LP_A + LP_B, LP_C, 0.0], abs=1e-6)
+
+
+def test_segment_logprobs_sums_each_sequence_of_a_packed_row():
+    logits, labels = tensors()
+    # Row 0 read as two sequences: tokens 0-1 are sequence 1 (token 1 trained: LP_A), token 2 is sequence 0,
+    # whose first token is never a target; row 1 holds sequence 2 (LP_C) and a filler token.
+    labels[0, 2] = IGNORE
+    sequence = torch.tensor([[1, 1, 0], [2, 2, -1], [-1, -1, -1]])
+    assert segment_logprobs(logits, labels, sequence).tolist() == pytest.approx([0.0, LP_A, LP_C], abs=1e-6)
 
 
 def test_token_mean_nll_ignores_padding():

@@ -36,7 +36,6 @@ from feedlearn.losses import (
     reward_metrics,
     reward_sums,
     select_queries,
-    sequence_logprobs,
 )
 from feedlearn.methods.common import Method, OneSource, RecipeConfig, Settings
 from feedlearn.models.loading import load_policy
@@ -44,7 +43,7 @@ from feedlearn.models.tiny import build_tiny_model
 from feedlearn.processes import StepSums, process_state, zero3
 from feedlearn.tasks.word_preferences import WordPreferenceTask
 from feedlearn.training.batches import collate_pairs, tokenize_pairs
-from feedlearn.training.scoring import pair_logprobs
+from feedlearn.training.scoring import packs_sequences, pair_logprobs, sequence_scores
 from feedlearn.training.trainer import TrainSettings, is_trained
 
 log = logging.getLogger(__name__)
@@ -239,7 +238,9 @@ class PreferenceLearning(Method):
         book = LabelBook(
             build_labeler(cfg.labeler, cfg.seed, self.replies("labeler")), labels, cfg.query_budget
         )
-        objective = PreferenceObjective(cfg.dpo, self.active, pairs, book, reference, tokenizer.pad_token_id)
+        objective = PreferenceObjective(
+            cfg.dpo, self.active, pairs, book, reference, tokenizer.pad_token_id, packs_sequences(model)
+        )
         final = self.fit("train", model, tokenizer, rows, objective, cfg.train)
         if process_state().is_main_process:
             book.check()  # a run in which no label was usable fails, even one too short for the early check
@@ -332,8 +333,7 @@ class LiveReference:
             model = extract_model_from_parallel(policy)  # DDP / FSDP / DeepSpeed wrap the peft model
             context = model.disable_adapter()
         with context:
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        return sequence_logprobs(logits, batch["labels"])
+            return sequence_scores(model, batch)
 
 
 class PreferenceObjective:
@@ -347,14 +347,15 @@ class PreferenceObjective:
         book: LabelBook,
         reference: dict[int, tuple[float, float]] | LiveReference,
         pad_id: int,
+        packed: bool,
     ):
         self.dpo, self.active, self.pairs, self.book, self.reference = dpo, active, pairs, book, reference
-        self.pad_id = pad_id
+        self.pad_id, self.packed = pad_id, packed  # `packed`: see `scoring.packs_sequences`
         self.sums = StepSums()  # this step's `reward_sums` and pseudo-label counts
 
     def collate(self, rows: list[dict]) -> dict[str, torch.Tensor]:
         """A pair batch, with the precomputed reference log-probs as `reference` [2B] when there are some."""
-        batch = collate_pairs(rows, self.pad_id)
+        batch = collate_pairs(rows, self.pad_id, self.packed)
         if isinstance(self.reference, dict):
             ab = [self.reference[r["index"]] for r in rows]
             batch["reference"] = torch.tensor([a for a, _ in ab] + [b for _, b in ab], dtype=torch.float32)
@@ -362,8 +363,7 @@ class PreferenceObjective:
 
     def loss(self, model, batch) -> torch.Tensor:
         """Mean preference loss over the batch's pairs (a skipped pair adds 0, so accumulation is exact)."""
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        policy_a, policy_b = sequence_logprobs(logits, batch["labels"]).chunk(2)
+        policy_a, policy_b = sequence_scores(model, batch).chunk(2)
         reference = batch["reference"] if "reference" in batch else self.reference(model, batch)
         ref_a, ref_b = reference.chunk(2)
         beta = self.dpo.beta

@@ -154,9 +154,52 @@ def tokenize_pairs(
     return rows
 
 
-def collate_pairs(rows: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
-    """A batch of B pairs as one padded batch of 2B sequences (the a sides, then the b sides), so both
+def collate_pairs(rows: list[dict], pad_id: int, packed: bool = True) -> dict[str, torch.Tensor]:
+    """A batch of B pairs as 2B sequences (the a sides, then the b sides) in one `lay_out` batch, so both
     go through the model in a single forward, and `index` [B], the pairs' positions."""
-    batch = collate([r["a"] for r in rows] + [r["b"] for r in rows], pad_id)
+    batch = lay_out([r["a"] for r in rows] + [r["b"] for r in rows], pad_id, packed)
     batch["index"] = torch.tensor([r["index"] for r in rows], dtype=torch.long)
+    return batch
+
+
+def lay_out(sequences: list[dict], pad_id: int, packed: bool) -> dict[str, torch.Tensor]:
+    """Sequences laid into rows as wide as the longest, with `sequence` [rows, width]: which one each token
+    belongs to (-1: filler).
+
+    `packed`: several to a row (first fit, longest first), each with its own `position_ids` from 0 and no
+    attention mask, so transformers' attention keeps them apart (no compute spent on padding; see
+    `scoring.packs_sequences`). Otherwise one to a row, right-padded, with an `attention_mask`. The first
+    token of each sequence is never a target (nothing before it in its sequence predicts it).
+    """
+    width = max(len(s["input_ids"]) for s in sequences)
+    rows: list[list[int]] = []
+    room: list[int] = []
+    for i in sorted(range(len(sequences)), key=lambda i: -len(sequences[i]["input_ids"])):
+        n = len(sequences[i]["input_ids"])
+        fits = next((r for r, free in enumerate(room) if free >= n), None) if packed else None
+        if fits is None:
+            rows.append([i])
+            room.append(width - n)
+        else:
+            rows[fits].append(i)
+            room[fits] -= n
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)
+    positions = torch.zeros((len(rows), width), dtype=torch.long)
+    sequence = torch.full((len(rows), width), -1, dtype=torch.long)
+    for r, members in enumerate(rows):
+        start = 0
+        for i in members:
+            n = len(sequences[i]["input_ids"])
+            ids[r, start : start + n] = torch.tensor(sequences[i]["input_ids"])
+            labels[r, start + 1 : start + n] = torch.tensor(sequences[i]["labels"][1:])
+            positions[r, start : start + n] = torch.arange(n)
+            sequence[r, start : start + n] = i
+            start += n
+        positions[r, start:] = torch.arange(width - start)  # filler: a segment of its own
+    batch = {"input_ids": ids, "labels": labels, "sequence": sequence}
+    if packed:
+        batch["position_ids"] = positions
+    else:
+        batch["attention_mask"] = (sequence >= 0).long()
     return batch
