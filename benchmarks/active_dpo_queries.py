@@ -51,13 +51,8 @@ from feedlearn.data.jsonl import read_jsonl, update_json_sections, write_jsonl_a
 from feedlearn.data.records import LabelRecord
 from feedlearn.data.store import open_run
 from feedlearn.errors import FeedlearnError
-from feedlearn.methods.dpo import (
-    ActiveDPOConfig,
-    DPOConfig,
-    PairMargin,
-    PreferenceLearning,
-    pair_credit,
-)
+from feedlearn.methods.dpo.config import ActiveDPOConfig, DPOConfig
+from feedlearn.methods.dpo.stages import PairMargin, PreferenceLearning, pair_credit
 from feedlearn.stats import paired_difference
 
 FULL = {
@@ -172,9 +167,7 @@ def run(job: tuple[str, dict]) -> dict:
         print(f"{run_id:>28}: stopped: {error}", flush=True)
         return {"run": run_id, "stopped": str(error), **label_agreement(method)}
     metrics = method.evaluate()
-    margins = sorted(
-        read_jsonl(method.store.stage("evaluate") / "margins.jsonl", PairMargin), key=lambda m: m.id
-    )
+    margins = sorted(read_jsonl(method.layout.evaluation() / "margins.jsonl", PairMargin), key=lambda m: m.id)
     result = {
         "run": run_id,
         "labels": metrics["queries_used"],
@@ -204,7 +197,7 @@ def label_agreement(method: PreferenceLearning) -> dict:
     """How the run's paid labels compare with the pool's own (the user's preference): how many were paid
     for, the share (%) that agree and the share the labeler left undecided (0); the rest disagree."""
     gold = {p.id: p.label for p in method.config.train_data.load("train")}
-    path = method.store.stage("train") / "labels.jsonl"
+    path = method.layout.labels()
     records = read_jsonl(path, LabelRecord) if path.exists() else []
     n = len(records) or 1
     return {
@@ -218,7 +211,9 @@ def jobs_of_seed(out: Path, settings: dict, seed: int, split: str) -> list[tuple
     """Every run of one seed, from one tiny model built here (once per seed)."""
     config = base_config(out, settings, seed, split)
     if config["model"]["path"] == "tiny":
-        model_path = PreferenceLearning(DPOConfig.model_validate(config), None, False).base_model_path()
+        base = DPOConfig.model_validate(config)
+        store = open_run(base.run_dir, f"tiny-base-seed{seed}", base.model_dump(mode="json"))
+        model_path = PreferenceLearning(base, store, False).base_model_path()
         config["model"] = {"path": model_path}
     pool = DPOConfig.model_validate(config).train_data.load("train")
     order = subset_order(len(pool), seed)

@@ -93,7 +93,8 @@ QUICK_END_TO_END = [
 def _method(recipe: str, run_dir: Path, run_id: str, overrides: list[str]):
     from feedlearn.config import load_recipe
     from feedlearn.data.store import open_run
-    from feedlearn.methods.adarefiner import AdaRefiner, AdaRefinerConfig
+    from feedlearn.methods.adarefiner.config import AdaRefinerConfig
+    from feedlearn.methods.adarefiner.stages import AdaRefiner
 
     config = load_recipe(AdaRefinerConfig, RECIPES / recipe, [f"run_dir={run_dir}", *overrides])
     return AdaRefiner(config, open_run(run_dir, run_id, config.model_dump(mode="json")), progress=False)
@@ -111,6 +112,7 @@ def warm(task: tuple) -> tuple:
     _worker_setup()
     seed, run_dir, extra, recipe = task
     method = _method(recipe, run_dir, f"warm-seed{seed}", [f"seed={seed}", *extra])
+    method.warmup()
     return seed, method.initial_adapter()
 
 
@@ -129,8 +131,15 @@ def mechanism_arm(task: tuple) -> tuple:
         overrides += REFERENCE_SCHEDULE if schedule == "previous" else []
     method = _method(recipe, run_dir, f"{arm}-seed{seed}", overrides)
     # none and frozen do not change between stages: their stages differ only by the adapter's samples and
-    # the player's draws, which shows how far apart two evaluations of one adapter fall
-    stages = [method.evaluate(stage) for stage in range(1, method.config.stages + 1)]
+    # the player's draws, which shows how far apart two evaluations of one adapter fall; they play no
+    # training stage (the scripted player learns nothing, their adapter is not refined)
+    refines = method.config.guidance == "adapter" and method.config.refine.mode != "frozen"
+    stages = []
+    for stage in range(1, method.config.stages + 1):
+        if refines:
+            method.train(stage)
+            method.sft(stage)
+        stages.append(method.evaluate(stage))
     return seed, arm, stages, test_episodes(method)
 
 
@@ -138,9 +147,9 @@ def test_episodes(method) -> dict[str, dict]:
     """Per test episode the last stage's evaluation counted ("env-episode": the same world in every arm),
     its achievements and the mean comprehension score of its queries (None: no query of it was scored)."""
     from feedlearn.data.jsonl import read_jsonl
-    from feedlearn.methods.adarefiner_loop import CrafterEpisode, QueryRecord
+    from feedlearn.methods.adarefiner.loop import CrafterEpisode, QueryRecord
 
-    folder = method.store.stage(f"evaluate/stage{method.config.stages}")
+    folder = method.layout.evaluation(method.config.stages)
     scores: dict[str, list[float]] = {}
     for q in read_jsonl(folder / "queries.jsonl", QueryRecord):
         if q.score_after is not None:
@@ -370,7 +379,7 @@ def plot(result: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from feedlearn.report import grouped_bars
+    from feedlearn.methods.plots import grouped_bars
 
     fig, axes = plt.subplots(1, 3, figsize=(17, 4.5))
     for ax, key, title in (

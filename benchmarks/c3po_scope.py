@@ -61,8 +61,9 @@ from feedlearn.backends.base import ParsedAsker, SamplingParams
 from feedlearn.config import load_recipe
 from feedlearn.data.jsonl import read_jsonl, update_json_sections, write_json_atomic, write_jsonl_atomic
 from feedlearn.data.store import open_run
-from feedlearn.methods.c3po import C3PO, C3POConfig
-from feedlearn.methods.c3po_data import C3POSample
+from feedlearn.methods.c3po.config import C3POConfig
+from feedlearn.methods.c3po.data import C3POSample
+from feedlearn.methods.c3po.stages import C3PO
 from feedlearn.seeds import derive_seed
 from feedlearn.stats import paired_difference
 from feedlearn.tasks.instructions import BUILTIN_FEEDBACKS, answers_prompt
@@ -187,7 +188,7 @@ def tiny_tasks(config: C3POConfig, seed: int) -> dict[str, dict]:
     results = {"clean": with_paper_loss(clean, clean.run())}
     missed = derived_run(clean, "missed", config)
     for feedback in missed.feedbacks():
-        path = missed.store.stage(f"{feedback.short_id}/sample") / "samples.jsonl"
+        path = missed.layout.samples(feedback.short_id)
         write_jsonl_atomic(path, miss_revisions(read_jsonl(path, C3POSample), seed, feedback.id))
     missed.train()
     results["missed"] = with_paper_loss(missed, missed.evaluate())
@@ -211,8 +212,9 @@ def derived_run(run: C3PO, name: str, config: C3POConfig) -> C3PO:
     derived = RuleJudged(
         config, open_run(config.run_dir, f"{run.store.path.name}-{name}", config.model_dump(mode="json"))
     )
-    for stage in ["sft", *(f"{f.short_id}/sample" for f in run.feedbacks())]:
-        shutil.copytree(run.store.stage(stage), derived.store.stage(stage), dirs_exist_ok=True)
+    for folder in [run.layout.sft(), *(run.layout.sample(f.short_id) for f in run.feedbacks())]:
+        name = run.layout.name(folder)
+        shutil.copytree(folder, derived.layout.folder(name), dirs_exist_ok=True)
     return derived
 
 
@@ -268,7 +270,7 @@ def scores_per_prompt(method: C3PO, feedback: Feedback) -> dict[str, dict[str, l
     """Per row of the evaluation (method, base, in-context, CoT), 1 or 0 per held-out prompt: in scope
     whether it follows the feedback, near and out of scope whether it changed, against the sampled
     baseline (as `evaluate` scores them)."""
-    path = method.store.stage(f"{feedback.short_id}/evaluate") / "responses.json"
+    path = method.layout.evaluation(feedback.short_id) / "responses.json"
     baseline = {scope: [s.baseline for s in rows] for scope, rows in method.test_samples(feedback).items()}
     scores = {}
     for name, responses in json.loads(path.read_text()).items():

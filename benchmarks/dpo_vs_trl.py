@@ -36,7 +36,8 @@ import torch
 
 from feedlearn.data.jsonl import update_json_sections, write_text_atomic
 from feedlearn.data.store import open_run
-from feedlearn.methods.dpo import DPOConfig, PreferenceLearning
+from feedlearn.methods.dpo.config import DPOConfig
+from feedlearn.methods.dpo.stages import PreferenceLearning
 from feedlearn.models.gguf import converted_folder, named_gguf
 from feedlearn.models.loading import LoraSettings, ModelSettings, load_policy
 from feedlearn.models.tiny import TinyModelConfig, build_tiny_model

@@ -38,10 +38,10 @@ from transformers import AutoConfig, AutoModelForCausalLM, Qwen2Config
 from feedlearn.backends.base import SamplingParams
 from feedlearn.backends.local import LocalBackend
 from feedlearn.envs.math_env import MathPrompt
+from feedlearn.methods.plots import grouped_bars
 from feedlearn.models.chat import prompt_ids
 from feedlearn.models.loading import ModelSettings, load_policy, load_tokenizer
 from feedlearn.models.tiny import TinyModelConfig, build_tiny_model
-from feedlearn.report import grouped_bars
 from feedlearn.tasks.synthetic_math import generate_problems
 
 SAMPLES = 16

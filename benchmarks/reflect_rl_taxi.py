@@ -42,7 +42,8 @@ from feedlearn.config import load_recipe
 from feedlearn.data.jsonl import write_json_atomic
 from feedlearn.data.store import open_run
 from feedlearn.envs.catalog import EnvFactory
-from feedlearn.methods.reflect_rl import ReflectRL, ReflectRLConfig
+from feedlearn.methods.reflect_rl.config import ReflectRLConfig
+from feedlearn.methods.reflect_rl.stages import ReflectRL
 from feedlearn.stats import mean_se, paired_difference
 
 RECIPES = {
@@ -111,7 +112,7 @@ def run_only(out: Path, env: str, reflection: bool, overrides: list[str]) -> Non
 def _records(method: ReflectRL, stage: str, evaluation: str) -> list[dict]:
     """The held-out episodes of `stage`'s evaluation (greedy or sampled, with reflection where it ran)."""
     prefix = EVALUATIONS[evaluation]
-    path = method.store.path / "evaluate" / stage / "episodes.jsonl"
+    path = method.layout.evaluation(stage) / "episodes.jsonl"
     records = [json.loads(line) for line in path.read_text().splitlines()]
     others = tuple(p for p in ("without-reflection-", *EVALUATIONS.values()) if p and p != prefix)
     return [r for r in records if r["id"].startswith(prefix) and not r["id"].startswith(others)]

@@ -108,7 +108,7 @@ def plot(result: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from feedlearn.report import grouped_bars
+    from feedlearn.methods.plots import grouped_bars
 
     stages = [k for k, v in result.items() if isinstance(v, dict)]
     fig, ax = plt.subplots(figsize=(6, 4))

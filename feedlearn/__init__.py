@@ -18,7 +18,7 @@ from its own package, never from a higher layer or from another package of its o
     layer 9: teachers judges                       who writes training data; who compares or grades responses
     layer 10: feedback                             signals to learn from: preference labels, comprehension
     layer 11: training                             the optimization loop, batches, scoring
-    layer 12: methods                              one module per method: its config and stages
+    layer 12: methods                              one folder per method: config, stages, layout; the registry
     layer 13: report report_page recipe_docs serve presentation: tables, plots, recipe docs, serving
     layer 14: demo                                 the offline RISE demo
     layer 15: cli                                  the `feedlearn` command

@@ -13,29 +13,15 @@ from feedlearn.config import load_recipe, read_yaml, validate
 from feedlearn.data.jsonl import write_text_atomic
 from feedlearn.data.store import open_run, write_problem, writing
 from feedlearn.errors import ConfigError, FeedlearnError
-from feedlearn.methods import adarefiner, c3po, dpo, reflect_rl, rise
+from feedlearn.methods.registry import METHODS, method_info
 from feedlearn.processes import end_processes, process_state
 from feedlearn.serve import ServeSettings, serve
 
-METHODS = {
-    "rise": (rise.RiseConfig, rise.Rise, rise.STAGES),
-    "dpo": (dpo.DPOConfig, dpo.PreferenceLearning, dpo.STAGES),
-    "active-dpo": (dpo.ActiveDPOConfig, dpo.PreferenceLearning, dpo.STAGES),
-    "c3po": (c3po.C3POConfig, c3po.C3PO, c3po.STAGES),
-    "reflect-rl": (reflect_rl.ReflectRLConfig, reflect_rl.ReflectRL, reflect_rl.STAGES),
-    "adarefiner": (adarefiner.AdaRefinerConfig, adarefiner.AdaRefiner, adarefiner.STAGES),
-}
-ITERATED = {"rise": ("collect", "convert", "train", "evaluate"), "adarefiner": ("train", "sft", "evaluate")}
-"""Stages that take `--iteration` (RISE's round, AdaRefiner's stage)."""
-
 
 def load_method(recipe: str, overrides: list[str]):
-    """(config, method class, stages) of a recipe, chosen by its `method` key."""
-    name = read_yaml(recipe).get("method")
-    if name not in METHODS:
-        raise ConfigError(f"{recipe}: key 'method' must be one of {', '.join(METHODS)} (got {name!r})")
-    config_cls, method_cls, stages = METHODS[name]
-    return load_recipe(config_cls, recipe, overrides), method_cls, stages
+    """(config, method info) of a recipe, chosen by its `method` key."""
+    info = method_info(read_yaml(recipe).get("method"), recipe)
+    return load_recipe(info.config, recipe, overrides), info
 
 
 def open_recipe_run(args, config):
@@ -46,22 +32,22 @@ def open_recipe_run(args, config):
 
 
 def cmd_run(args) -> None:
-    config, method_cls, _ = load_method(args.recipe, args.set)
+    config, info = load_method(args.recipe, args.set)
     store = open_recipe_run(args, config)
     with writing(store.path):
-        method_cls(config, store).run()
+        info.method(config, store).run()
     if process_state().is_main_process:
         print(f"run folder: {store.path}")
 
 
 def cmd_stage(args) -> None:
-    config, method_cls, stages = load_method(args.recipe, args.set)
-    if args.stage not in stages:
-        raise ConfigError(f"unknown stage '{args.stage}' (choose from {', '.join(stages)})")
+    config, info = load_method(args.recipe, args.set)
+    if args.stage not in info.stages:
+        raise ConfigError(f"unknown stage '{args.stage}' (choose from {', '.join(info.stages)})")
     store = open_recipe_run(args, config)
-    method = method_cls(config, store)
+    method = info.method(config, store)
     stage = getattr(method, args.stage.replace("-", "_"))
-    iterated = args.stage in ITERATED.get(config.method, ())
+    iterated = args.stage in info.iterated
     with writing(store.path):
         result = stage(args.iteration) if iterated else stage()
     if not process_state().is_main_process:  # the main process reports, as it alone writes
@@ -83,14 +69,14 @@ def cmd_recipe(args) -> None:
     from feedlearn.recipe_docs import annotated_yaml
 
     if args.action == "show":
-        config, _, _ = load_method(args.target, args.set)
+        config, _ = load_method(args.target, args.set)
         print(f"# {args.target}, resolved; '# *' marks what the recipe or --set gave", end="\n\n")
         print(annotated_yaml(config, mark_changes=True), end="")
         return
     if args.target not in METHODS:
         raise ConfigError(f"unknown method '{args.target}' (choose from {', '.join(METHODS)})")
     starter = files("feedlearn") / "recipes" / args.target / "tiny.yaml"
-    config, _, _ = load_method(str(starter), args.set)
+    config, _ = load_method(str(starter), args.set)
     text = (
         f"# A {args.target} recipe: every setting, with what it does and its default (the values are those\n"
         f"# of recipes/{args.target}/tiny.yaml, which runs offline on a CPU). Run it with:\n"
@@ -123,7 +109,7 @@ def cmd_demo(args) -> None:
 
 def cmd_report(args) -> None:
     from feedlearn.data.store import flatten
-    from feedlearn.report import plot_adarefiner, plot_method, plot_turns, print_results
+    from feedlearn.report import print_results
     from feedlearn.report_page import write_comparison, write_report
 
     runs = [Path(r) for r in args.run]
@@ -133,22 +119,11 @@ def cmd_report(args) -> None:
         prefix = f"{run.name}/" if len(runs) > 1 else ""
         flat.update({prefix + column: values for column, values in results[run].items()})
     print_results(f"run {', '.join(r.name for r in runs)}", runs[0].name, flat)
-    figures = []
-    crafter = {r.name: r for r in runs if _method_of(r) == "adarefiner"}
-    if crafter:
-        plot = Path(args.plot) if args.plot else runs[0] / "report.png"
-        plot_adarefiner(crafter, plot)
-        print(f"plot: {plot}")
-        figures.append(plot)
     for run in runs:
         columns = {column: flatten(values) for column, values in results[run].items()}
-        own = [f for f in figures if f.parent == run]
-        if _method_of(run) == "rise":
-            plot_turns(columns, run / "report" / "accuracy_per_turn.png")
-            own.append(run / "report" / "accuracy_per_turn.png")
-        elif figure := plot_method(_method_of(run), columns, run / "report" / "results.png"):
-            own.append(figure)
-        print(f"report: {write_report(run, columns, own)}")
+        info = method_info(_method_of(run), str(run / "config.yaml"))
+        figure = info.figure(columns, run, run / "report")
+        print(f"report: {write_report(run, columns, [figure])}")
     if len(runs) > 1:
         print(f"comparison: {write_comparison(runs, {k: flatten(v) for k, v in flat.items()})}")
 
@@ -214,20 +189,18 @@ def build_parser() -> argparse.ArgumentParser:
     recipe_args(run)
     run.set_defaults(func=cmd_run)
 
-    for name, (_, _, stages) in METHODS.items():
-        listing = "\n".join(f"  {stage:<16} {does}" for stage, does in stages.items())
+    for name, info in METHODS.items():
+        listing = "\n".join(f"  {stage:<16} {does}" for stage, does in info.stages.items())
         p = sub.add_parser(
             name,
             help=f"run one stage of {name}",
             description=f"Run one stage of {name}; `feedlearn run` runs them in order.\n\nstages:\n{listing}",
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
-        p.add_argument("stage", choices=stages, help="the stage to run (listed above)")
+        p.add_argument("stage", choices=info.stages, help="the stage to run (listed above)")
         recipe_args(p)
-        if name == "rise":
-            p.add_argument("--iteration", type=int, default=1, help="which round (evaluate: 0 = the base)")
-        if name == "adarefiner":
-            p.add_argument("--iteration", type=int, default=1, help="which stage (1 .. the recipe's stages)")
+        if info.iterated:
+            p.add_argument("--iteration", type=int, default=1, help=info.iteration_help)
         p.set_defaults(func=cmd_stage)
 
     demo = sub.add_parser("demo", help="RISE end to end on a tiny offline model (7-10 minutes on a CPU)")
@@ -237,9 +210,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     report = sub.add_parser("report", help="print the evaluation table of run folders (side by side)")
     report.add_argument("run", nargs="+", help="run folders, e.g. runs/rise-tiny")
-    report.add_argument(
-        "--plot", help="AdaRefiner runs: where the per-stage and per-achievement plot goes (RUN/report.png)"
-    )
     report.set_defaults(func=cmd_report)
 
     recipe = sub.add_parser("recipe", help="explain a recipe (show), or write a commented one (new)")

@@ -12,9 +12,11 @@ from rich.table import Table
 from feedlearn.config import load_recipe
 from feedlearn.data.jsonl import write_json_atomic
 from feedlearn.data.store import open_run
-from feedlearn.methods.rise import Rise, RiseConfig
-from feedlearn.methods.rise_data import paired_comparison
-from feedlearn.report import metrics_table, plot_turns, print_table
+from feedlearn.methods.rise.config import RiseConfig
+from feedlearn.methods.rise.data import paired_comparison
+from feedlearn.methods.rise.figure import plot_turns
+from feedlearn.methods.rise.stages import Rise
+from feedlearn.report import metrics_table, print_table
 
 DEMO_RECIPE = files("feedlearn") / "recipes" / "rise" / "tiny.yaml"
 

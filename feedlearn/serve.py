@@ -30,7 +30,9 @@ from feedlearn.backends.base import SamplingParams
 from feedlearn.backends.local import LocalBackend
 from feedlearn.backends.vllm_backend import adapter_base
 from feedlearn.config import read_yaml
+from feedlearn.data.store import is_done
 from feedlearn.errors import ConfigError
+from feedlearn.methods.registry import method_info
 from feedlearn.models.chat import prompt_ids
 from feedlearn.models.loading import ModelSettings, load_policy
 
@@ -67,7 +69,7 @@ class ServeSettings(BaseModel):
 
 def trained_model(target: Path) -> tuple[Path, str | None]:
     """The model folder to serve and its chat template: a run folder's last finished policy (per its
-    method; a policy is finished once its `done.json` is written, as resume decides) with the run's
+    method's layout; a policy is finished once its `done.json` is written, as resume decides) with the run's
     template, `target` itself when it holds a model or an adapter, or the folder of a bundled or named
     model (`rise-tiny-base`, `smollm2-135m-instruct`)."""
     if not target.exists() and (named := Path(ModelSettings(path=str(target)).path)).is_dir():
@@ -78,42 +80,14 @@ def trained_model(target: Path) -> tuple[Path, str | None]:
     if not config.exists():
         raise ConfigError(f"{target} is neither a run folder (no config.yaml) nor a model folder")
     recipe = read_yaml(config)
-    candidates = _policies(target, recipe.get("method"))
-    for folder in candidates:
-        if (folder / "done.json").exists():
+    method = recipe.get("method")
+    for folder in method_info(method, str(config)).layout(target, method).policies():
+        if is_done(folder):
             return folder, (recipe.get("model") or {}).get("chat_template")
     raise ConfigError(
         f"run {target} ({recipe.get('method')}) has no trained policy yet: run its train stages, or pass a "
         "model folder"
     )
-
-
-def _policies(run: Path, method: str | None) -> list[Path]:
-    """Where a method keeps its trained policies, the one to serve first."""
-
-    def newest_first(prefix: str, rest: str) -> list[Path]:  # iter3/train/model, iter2/train/model, ...
-        numbered = [(d.name[len(prefix) :], d) for d in run.glob(f"{prefix}*")]
-        return [
-            d / rest for n, d in sorted((x for x in numbered if x[0].isdigit()), key=lambda x: -int(x[0]))
-        ]
-
-    if method == "rise":
-        return [*newest_first("iter", "train/model"), run / "sft" / "model"]
-    if method in ("dpo", "active-dpo"):
-        return [run / "train" / "model"]
-    if method == "c3po":
-        adapters = sorted(a.parent for a in run.glob("*/train/c3po/model/done.json"))
-        if len(adapters) > 1 and not (run / "combined" / "combined" / "done.json").exists():
-            raise ConfigError(
-                f"run {run} trained {len(adapters)} C3PO adapters: run `feedlearn c3po combine` to serve "
-                "them as one, or pass one adapter folder"
-            )
-        return [run / "combined" / "combined", *adapters]
-    if method == "reflect-rl":
-        return [run / "rl" / "model", run / "sft" / "policy" / "model"]
-    if method == "adarefiner":
-        return [*newest_first("stage", "sft/model"), run / "warmup" / "model"]
-    raise ConfigError(f"run {run}: unknown method {method!r}")
 
 
 def api_key(settings: ServeSettings) -> str | None:

@@ -27,7 +27,8 @@ import transformers
 from feedlearn.config import load_recipe
 from feedlearn.data.jsonl import write_json_atomic
 from feedlearn.data.store import open_run
-from feedlearn.methods.rise import Rise, RiseConfig
+from feedlearn.methods.rise.config import RiseConfig
+from feedlearn.methods.rise.stages import Rise
 from feedlearn.models.loading import BUNDLED
 
 RECIPE = "rise/tiny-from-scratch.yaml"

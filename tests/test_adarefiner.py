@@ -22,10 +22,12 @@ from feedlearn.envs.crafter_player import SkilledPlayer
 from feedlearn.errors import ConfigError
 from feedlearn.feedback.comprehension import ConceptEmbedder, comprehension_scores, step_text
 from feedlearn.feedback.subgoals import SUBGOALS, parse_subgoals, rule_subgoals
-from feedlearn.methods import adarefiner as ada
-from feedlearn.methods.adarefiner_agent import ReinitializedEncoder
-from feedlearn.methods.adarefiner_loop import (
+from feedlearn.methods.adarefiner import stages as adarefiner_stages
+from feedlearn.methods.adarefiner.agent import ReinitializedEncoder
+from feedlearn.methods.adarefiner.config import AdaRefinerConfig
+from feedlearn.methods.adarefiner.loop import (
     TOOLS_AND_BLOCKS,
+    CrafterEpisode,
     Guide,
     ModelDecider,
     QueryRecord,
@@ -34,6 +36,7 @@ from feedlearn.methods.adarefiner_loop import (
     adapter_prompt,
     decision_prompt,
 )
+from feedlearn.methods.adarefiner.stages import AdaRefiner
 from feedlearn.models.chat import prompt_ids
 from feedlearn.models.loading import ModelSettings, load_policy
 from feedlearn.seeds import derive_seed
@@ -202,9 +205,18 @@ def test_a_follower_scores_clearly_higher_than_a_random_agent_on_the_same_states
 
 
 def _method(tmp_path, *overrides, recipe="tiny.yaml"):
-    config = load_recipe(ada.AdaRefinerConfig, RECIPES / recipe, [f"run_dir={tmp_path}", *TINY, *overrides])
+    config = load_recipe(AdaRefinerConfig, RECIPES / recipe, [f"run_dir={tmp_path}", *TINY, *overrides])
     store = open_run(config.run_dir, "run", config.model_dump(mode="json"))
-    return ada.AdaRefiner(config, store, progress=False)
+    return AdaRefiner(config, store, progress=False)
+
+
+def run_through(method: AdaRefiner, stage: int) -> None:
+    """What `run` does up to stage `stage`'s sft: the warm-up, then each stage's train and sft."""
+    if method.config.adapter.warmup_steps:
+        method.warmup()
+    for s in range(1, stage + 1):
+        method.train(s)
+        method.sft(s)
 
 
 @pytest.fixture(autouse=True)
@@ -224,16 +236,16 @@ def test_the_stored_instruction_is_the_one_that_chose_the_action(tmp_path, monke
         "env.length=100",
     )
     venv_holder = {}
-    original = ada.AdaRefiner._agent
+    original = AdaRefiner._agent
 
     def keep(self, stage, venv):
         agent = original(self, stage, venv)
         venv_holder["agent"] = agent
         return agent
 
-    monkeypatch.setattr(ada.AdaRefiner, "_agent", keep)
+    monkeypatch.setattr(AdaRefiner, "_agent", keep)
     # template analyses name random plausible sub-goals: the instruction changes from query to query
-    monkeypatch.setattr(ada.AdaRefiner, "_analyst", lambda self, path: TemplateAnalyst(seed=3))
+    monkeypatch.setattr(AdaRefiner, "_analyst", lambda self, path: TemplateAnalyst(seed=3))
     folder = method.train(1)
     # after the update the buffer is flattened to (steps x worlds, dim); with one world, row t is step t
     buffer = venv_holder["agent"].rollout_buffer.observations["instruction"]
@@ -253,6 +265,7 @@ def test_the_stored_instruction_is_the_one_that_chose_the_action(tmp_path, monke
 
 def test_adapter_sft_text_is_the_inference_prompt_plus_the_reply_template_applied_once(tmp_path):
     method = _method(tmp_path)
+    method.warmup()
     path = method.initial_adapter()
     from feedlearn.models.loading import load_tokenizer
 
@@ -317,8 +330,8 @@ def test_two_stages_end_to_end_train_refine_save_reload_evaluate(tmp_path):
     assert 0 <= metrics["score"] <= 100 and metrics["queries"] > 0
     from safetensors.torch import load_file
 
-    assert main(["report", str(run), str(run), "--plot", str(tmp_path / "plot.png")]) == 0
-    assert (tmp_path / "plot.png").stat().st_size > 10_000
+    assert main(["report", str(run)]) == 0
+    assert (run / "report" / "results.png").stat().st_size > 10_000
     warm = load_file(run / "warmup/model/model.safetensors")
     refined = load_file(run / "stage1/sft/model/model.safetensors")
     assert any(not torch.equal(warm[k], refined[k]) for k in warm)
@@ -327,8 +340,10 @@ def test_two_stages_end_to_end_train_refine_save_reload_evaluate(tmp_path):
 def test_resume_after_a_kill_inside_a_stage_equals_an_uninterrupted_run(tmp_path, monkeypatch):
     steps = ["agent.n_steps=8", "steps_per_stage=48", "stages=1", "env.length=10"]
     whole = _method(tmp_path / "whole", *steps)
+    whole.warmup()
     whole.train(1)
     killed = _method(tmp_path / "killed", *steps)
+    killed.warmup()
     original = Checkpoints.commit
 
     def commit_then_die(self, step):
@@ -358,6 +373,7 @@ def test_scripted_mechanism_arms_run_and_frozen_keeps_the_adapter(tmp_path):
     method = _method(
         tmp_path, "agent.kind=scripted", "refine.mode=frozen", "stages=1", recipe="mechanism.yaml"
     )
+    method.run()
     metrics = method.evaluate(1)
     assert metrics["episodes"] == 2 and metrics["comprehension"] is not None
     assert not (method.store.path / "stage1/sft").exists()
@@ -381,10 +397,12 @@ def test_a_pretrained_adapter_warms_up_a_lora_that_feedback_refinement_trains_on
         recipe="mechanism.yaml",
     )
     warm = method.store.path / "warmup/model"
+    method.warmup()
     assert method.initial_adapter() == str(warm) == method.adapter_path(0)
     assert json.loads((warm / "adapter_config.json").read_text())["base_model_name_or_path"] == pretrained
     warm_lora = load_file(warm / "adapter_model.safetensors")
     assert any("lora_B" in k and v.abs().sum() > 0 for k, v in warm_lora.items())  # B starts at zero
+    method.train(1)
     refined = Path(method.sft(1))
     assert json.loads((refined / "adapter_config.json").read_text())["base_model_name_or_path"] == pretrained
     refined_lora = load_file(refined / "adapter_model.safetensors")
@@ -424,6 +442,7 @@ def test_a_sentence_transformers_embedder_from_a_local_folder_runs_the_loop(tmp_
     )
     assert method.embedder.dim == 32
     assert np.allclose(np.linalg.norm(method.embedder.encode(["chop tree", "sleep"]), axis=1), 1.0)
+    method.warmup()
     queries = read_jsonl(method.train(1) / "queries.jsonl", QueryRecord)
     assert queries and all(0 < q.score_after < 1 for q in queries if q.score_after is not None)
 
@@ -446,11 +465,11 @@ def test_a_missing_embedder_folder_is_a_clear_error(tmp_path, monkeypatch):
 )
 def test_bad_recipes_fail_with_the_key(tmp_path, override, message):
     with pytest.raises(ConfigError, match=message):
-        load_recipe(ada.AdaRefinerConfig, RECIPES / "tiny.yaml", [override])
+        load_recipe(AdaRefinerConfig, RECIPES / "tiny.yaml", [override])
 
 
 def test_the_paper_recipe_validates_with_the_papers_settings():
-    config = load_recipe(ada.AdaRefinerConfig, RECIPES / "llama2_gpt4_paper.yaml")
+    config = load_recipe(AdaRefinerConfig, RECIPES / "llama2_gpt4_paper.yaml")
     assert config.model.lora.r == 64 and config.model.lora.alpha == 16
     assert config.model.quantization == "4bit"
     assert config.agent.network == "reference" and config.agent.n_steps == 4096 and config.stages == 5
@@ -474,6 +493,12 @@ def test_cli_runs_one_stage(tmp_path, capsys):
     recipe.write_text((RECIPES / "mechanism.yaml").read_text())
     args = ["adarefiner", "train", str(recipe), "--iteration", "1", "--set", f"run_dir={tmp_path}"]
     args += [x for o in [*TINY, "agent.kind=scripted", "stages=1"] for x in ("--set", o)]
+    assert main(args) == 2  # the adapter it plays with is not warmed up yet
+    assert (
+        "warmup/model/done.json is missing: run `feedlearn adarefiner warmup` first"
+        in capsys.readouterr().err
+    )
+    assert main(["adarefiner", "warmup", *args[2:3], *args[5:]]) == 0
     assert main(args) == 0
     assert (tmp_path / "adarefiner-r/stage1/train/done.json").exists()
     assert main(["adarefiner", "train", str(recipe), "--iteration", "7", *args[5:]]) == 2
@@ -506,10 +531,10 @@ def test_paper_recipe_smoke_run_on_cpu_with_the_reference_network(tmp_path):
         "evaluate.query_interval=10",
     ]
     overrides.append(f"embedder.model={_tiny_sentence_transformer(tmp_path)}")  # MiniLM's stand-in
-    config = load_recipe(ada.AdaRefinerConfig, RECIPES / "llama2_gpt4_paper.yaml", overrides)
+    config = load_recipe(AdaRefinerConfig, RECIPES / "llama2_gpt4_paper.yaml", overrides)
     assert config.agent.instruction == "reinitialized" and config.query_clock == "world"
     store = open_run(config.run_dir, "paper", config.model_dump(mode="json"))
-    method = ada.AdaRefiner(config, store, progress=False)
+    method = AdaRefiner(config, store, progress=False)
     method.run()
     assert json.loads((store.path / "evaluate/stage1/metrics.json").read_text())["episodes"] == 1
     params = _params(store.path / "stage1/train/agent.zip")
@@ -591,15 +616,15 @@ def test_the_reference_schedule_starts_stage_2_from_stage_1_on_all_records_but_t
 ):
     """sft.py: stage i fine-tunes stage i-1's model on every record so far (data.jsonl is appended to),
     the newest 10% held out (train_ratio 0.9) and only evaluated; here its loss is logged as eval/loss."""
-    monkeypatch.setattr(ada, "EVAL_EVERY", 1)
+    monkeypatch.setattr(adarefiner_stages, "EVAL_EVERY", 1)
     calls = {}
-    original = ada.AdaRefiner._fit
+    original = AdaRefiner._fit
 
-    def spy(self, path, examples, settings, stage, held=None):
-        calls[stage] = (path, [e.id for e in examples], [e.id for e in held or []])
-        return original(self, path, examples, settings, stage, held)
+    def spy(self, path, examples, settings, folder, held=None):
+        calls[self.layout.name(folder)] = (path, [e.id for e in examples], [e.id for e in held or []])
+        return original(self, path, examples, settings, folder, held)
 
-    monkeypatch.setattr(ada.AdaRefiner, "_fit", spy)
+    monkeypatch.setattr(AdaRefiner, "_fit", spy)
     method = _method(
         tmp_path,
         "agent.kind=scripted",
@@ -608,7 +633,7 @@ def test_the_reference_schedule_starts_stage_2_from_stage_1_on_all_records_but_t
         "refine.holdout=0.1",
         recipe="mechanism.yaml",
     )
-    method.sft(2)
+    run_through(method, 2)
     run = method.store.path
     first = [r.id for r in read_jsonl(run / "stage1/train/queries.jsonl", QueryRecord)]
     both = first + [r.id for r in read_jsonl(run / "stage2/train/queries.jsonl", QueryRecord)]
@@ -639,7 +664,7 @@ def test_the_previous_start_merges_a_lora_adapter_and_trains_a_fresh_one_on_top(
         "adapter.warmup_steps=0",
         recipe="mechanism.yaml",
     )
-    method.sft(2)
+    run_through(method, 2)
     run = method.store.path
     merged = run / "stage1/sft/merged"
     assert method.adapter_path(1) == str(merged)
@@ -667,7 +692,7 @@ def test_the_world_clock_runs_queries_on_across_episodes(tmp_path):
     for clock in ("world", "episode"):
         method = _method(tmp_path / clock, *steps, f"query_clock={clock}", recipe="mechanism.yaml")
         folder = method.train(1)
-        assert [e.length for e in read_jsonl(folder / "episodes.jsonl", ada.CrafterEpisode)] == [10, 10, 10]
+        assert [e.length for e in read_jsonl(folder / "episodes.jsonl", CrafterEpisode)] == [10, 10, 10]
         played[clock] = read_jsonl(folder / "queries.jsonl", QueryRecord)
     world = played["world"]  # a query at world steps 0, 4, ..., 32: episode 1 begins at step 10
     assert [(q.episode, q.step) for q in world] == [
@@ -757,19 +782,19 @@ def test_the_reinitialized_encoder_is_the_embedder_with_orthogonal_linear_layers
         method.embedder.encode([track.text])[0], track.instruction
     )
     with pytest.raises(ConfigError, match="needs embedder.kind: sentence-transformers"):
-        load_recipe(ada.AdaRefinerConfig, RECIPES / "tiny.yaml", ["agent.instruction=reinitialized"])
+        load_recipe(AdaRefinerConfig, RECIPES / "tiny.yaml", ["agent.instruction=reinitialized"])
 
 
 def test_the_adapters_top_p_reaches_its_sampling(tmp_path):
     method = _method(tmp_path, "adapter.top_p=0.9", "adapter.temperature=0.6", "adapter.warmup_steps=0")
-    sampling = method._analyst(method.initial_adapter()).sampling
+    sampling = method._analyst(0).sampling
     assert (sampling.temperature, sampling.top_p, sampling.max_new_tokens) == (0.6, 0.9, 12)
 
 
 def test_the_paper_recipe_sets_the_reference_codes_values():
     """Each row of docs/deviations.md whose reference value is a setting (sft.py, utils.py, models/lm.py,
     peft 0.4's Llama defaults, Llama-2-7b-chat-hf's generation config)."""
-    c = load_recipe(ada.AdaRefinerConfig, RECIPES / "llama2_gpt4_paper.yaml")
+    c = load_recipe(AdaRefinerConfig, RECIPES / "llama2_gpt4_paper.yaml")
     assert (c.model.lora.dropout, c.model.lora.target_modules, c.model.dtype) == (
         0.1,
         ["q_proj", "v_proj"],

@@ -248,7 +248,7 @@ def test_a_full_disk_or_unwritable_place_is_one_line_through_the_cli(
     from collections import namedtuple
 
     from feedlearn import cli
-    from feedlearn.methods.dpo import PreferenceLearning
+    from feedlearn.methods.dpo.stages import PreferenceLearning
 
     def fails(self):
         raise error
@@ -265,7 +265,7 @@ def test_a_full_disk_or_unwritable_place_is_one_line_through_the_cli(
 
 def test_other_errors_keep_their_traceback_when_the_disk_has_room(tmp_path, monkeypatch):
     from feedlearn import cli
-    from feedlearn.methods.dpo import PreferenceLearning
+    from feedlearn.methods.dpo.stages import PreferenceLearning
 
     def fails(self):
         raise RuntimeError("a bug")

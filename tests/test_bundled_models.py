@@ -8,7 +8,7 @@ import json
 
 from feedlearn.config import load_recipe, read_yaml
 from feedlearn.demo import DEMO_RECIPE
-from feedlearn.methods.rise import RiseConfig
+from feedlearn.methods.rise.config import RiseConfig
 from feedlearn.models.loading import BUNDLED, ModelSettings, load_policy, resolve_model_path
 from feedlearn.recipe_docs import annotated_yaml
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,13 +14,14 @@ from safetensors.torch import load_file
 
 from feedlearn.backends.base import ParsedAsker, SamplingParams
 from feedlearn.data.jsonl import read_jsonl, write_jsonl_atomic
-from feedlearn.data.store import open_run
+from feedlearn.data.store import DONE, open_run
 from feedlearn.errors import ConfigError, DataError
 from feedlearn.judges.likert import LikertJudge, parse_likert
 from feedlearn.losses import IGNORE, anchor_loss
-from feedlearn.methods.c3po import C3PO, C3POConfig
-from feedlearn.methods.c3po_data import C3POSample, PromptRow
-from feedlearn.methods.c3po_objective import PARTS, LossSettings, ScopeObjective, zipped_rows
+from feedlearn.methods.c3po.config import C3POConfig
+from feedlearn.methods.c3po.data import C3POSample, PromptRow
+from feedlearn.methods.c3po.objective import PARTS, LossSettings, ScopeObjective, zipped_rows
+from feedlearn.methods.c3po.stages import C3PO
 from feedlearn.models.loading import LoraSettings, ModelSettings, load_policy
 from feedlearn.models.tiny import TinyModelConfig, build_tiny_model
 from feedlearn.tasks.instructions import BUILTIN_FEEDBACKS as BUILTIN
@@ -182,7 +184,7 @@ def tiny_recipe(tmp_path, **overrides) -> dict:
     return recipe
 
 
-def test_tiny_end_to_end_with_the_offline_teacher(tmp_path):
+def test_tiny_end_to_end_with_the_offline_teacher(tmp_path, monkeypatch):
     config = C3POConfig.model_validate(tiny_recipe(tmp_path))
     method = C3PO(config, open_run(config.run_dir, "t", config.model_dump(mode="json")), progress=False)
     method.run()
@@ -196,7 +198,7 @@ def test_tiny_end_to_end_with_the_offline_teacher(tmp_path):
     rows = [json.loads(line) for line in (method.store.path / "metrics.jsonl").read_text().splitlines()]
     (sampled,) = [r for r in rows if r["stage"] == f"{fid}/sample"]
     assert sampled["samples"] == len(samples) and sampled["charts/samples_per_s"] > 0
-    results = json.loads((method.store.path / fid / "evaluate" / "metrics.json").read_text())
+    results = json.loads((method.layout.evaluation(fid) / "metrics.json").read_text())
     assert set(results) == {"c3po", "scd", "scd_negatives", "dpo", "in_context", "cot", "base"}
     assert set(results["c3po"]) >= {"in_scope_adherence", "near_scope_changed", "out_scope_changed"}
     base = load_file(str(method.store.path / "sft" / "model" / "model.safetensors"))
@@ -210,13 +212,16 @@ def test_tiny_end_to_end_with_the_offline_teacher(tmp_path):
     combined = method.combine()
     model, _ = load_policy(ModelSettings(path=str(combined)))  # loads on its base, both feedbacks' ranks
     assert sum("lora_A" in n for n, _ in model.named_parameters()) > 0
-    assert "combined" not in results and "combined" in method.evaluate()[fid]
+    assert "combined" not in results and "combined" in (combined_results := method.evaluate()[fid])
+    # a finished evaluation is read back, not answered again
+    monkeypatch.setattr(C3PO, "_respond", lambda *a: pytest.fail("a finished evaluation ran again"))
+    assert method.evaluate()[fid] == combined_results
 
 
 def test_missing_samples_and_qualitative_feedback_without_judge_are_clear_errors(tmp_path):
     config = C3POConfig.model_validate(tiny_recipe(tmp_path))
     method = C3PO(config, open_run(config.run_dir, "t", config.model_dump(mode="json")), progress=False)
-    with pytest.raises(DataError):
+    with pytest.raises(DataError, match="samples.jsonl is missing: run `feedlearn c3po sample` first"):
         method.train()
     qualitative = method.feedbacks()[0].model_copy(update={"type": "qualitative", "metric": None})
     with pytest.raises(ConfigError, match="set evaluate.judge"):
@@ -353,6 +358,7 @@ def test_the_policy_revises_its_own_answers_and_the_teacher_only_when_asked(tmp_
     monkeypatch.setattr(C3PO, "generation_backend", lambda self, path: policy)
     monkeypatch.setattr(OfflineTeacher, "revise", lambda *a: pytest.fail("the teacher was asked to revise"))
     fid = method.feedbacks()[0].short_id
+    mark_trained(method.layout.sft())  # the scripted policy stands for the warm-started tiny model
     samples = read_jsonl(method._sample(method.feedbacks()[0]), C3POSample)
     prompts = read_jsonl(method.store.path / fid / "sample" / "prompts.jsonl", PromptRow)
     in_train = sorted(p.id for p in prompts if p.scope == "in" and p.split == "train")
@@ -364,6 +370,13 @@ def test_the_policy_revises_its_own_answers_and_the_teacher_only_when_asked(tmp_
     teacher_config = C3POConfig.model_validate(tiny_recipe(tmp_path / "t"))
     assert teacher_config.sample.reviser == "teacher"
     assert C3POConfig.model_validate({**tiny_recipe(tmp_path), "sample": {}}).sample.reviser == "policy"
+
+
+def mark_trained(*folders: Path) -> None:
+    """Write the done marker of each stage folder's model, for tests whose scripted models stand in."""
+    for folder in folders:
+        (folder / "model").mkdir(parents=True, exist_ok=True)
+        (folder / "model" / DONE).write_text("{}")
 
 
 def scripted_evaluation(tmp_path, monkeypatch, **evaluate) -> dict:
@@ -386,7 +399,8 @@ def scripted_evaluation(tmp_path, monkeypatch, **evaluate) -> dict:
         )
         for i, (scope, p, b, c) in enumerate(rows)
     ]
-    write_jsonl_atomic(method.store.stage(f"{fid}/sample") / "samples.jsonl", samples)
+    write_jsonl_atomic(method.layout.samples(fid), samples)
+    mark_trained(method.layout.sft(), method.layout.train(fid, "c3po"))
     greedy = {
         "base": {"in": ["Hi Jared,\nA."], "near": ["Hi Sam,\nA.", "Hi Tom,\nB."], "out": ["Blue."]},
         "c3po": {"in": ["Hi Jared,\nA.\nBest, Alex"], "near": ["Hi Sam,\nA.", "Hi Tom,\nB."], "out": [""]},

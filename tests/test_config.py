@@ -9,7 +9,7 @@ import pytest
 from feedlearn import cli
 from feedlearn.config import apply_override, load_recipe, read_yaml
 from feedlearn.errors import ConfigError
-from feedlearn.methods.rise import RiseConfig
+from feedlearn.methods.rise.config import RiseConfig
 from feedlearn.models import loading
 from feedlearn.models.gguf import NAMED_GGUF, named_gguf
 
@@ -340,7 +340,7 @@ def test_every_shipped_recipe_validates(recipe, monkeypatch):
     fast suite never dequantizes SmolLM2."""
     converted = []
     monkeypatch.setattr(loading, "converted_folder", lambda *args, **kw: converted.append(args) or args[0])
-    config, _, _ = cli.load_method(str(recipe), [])
+    config, _ = cli.load_method(str(recipe), [])
     assert config.method == recipe.parent.name
     named = read_yaml(recipe)["model"]["path"]
     assert converted == ([named_gguf(named)] if named in NAMED_GGUF else [])

@@ -15,16 +15,13 @@ from feedlearn.data.jsonl import read_jsonl
 from feedlearn.data.records import LabelRecord, Message, PreferencePair
 from feedlearn.data.store import open_run
 from feedlearn.errors import ConfigError, DataError, FeedlearnError
+from feedlearn.feedback.label_book import LabelBook
 from feedlearn.losses import IGNORE, active_targets, dpo_loss, implicit_reward_margin, select_queries
-from feedlearn.methods import dpo
-from feedlearn.methods.dpo import (
-    ActiveDPOConfig,
-    DPOConfig,
-    PreferenceLearning,
-    gold_margins,
-    preference_metrics,
-)
+from feedlearn.methods.dpo import objective, stages
+from feedlearn.methods.dpo.config import ActiveDPOConfig, ActiveSettings, DPOConfig, DPOSettings
+from feedlearn.methods.dpo.stages import PreferenceLearning, gold_margins, preference_metrics
 from feedlearn.models.tiny import TinyModelConfig, build_tiny_model
+from feedlearn.tasks.word_preferences import WordPreferenceTask
 from feedlearn.training.batches import collate_pairs, completion_row, tokenize_pairs
 
 NAN = float("nan")
@@ -82,11 +79,11 @@ def test_a_confident_pair_follows_the_rule_even_with_a_label_bought_earlier(tmp_
     margins = torch.tensor([-2.0])  # now sure (|m| > gamma) that b is better: the rule says sign(m) = -1
 
     def target_and_weight(**reuse):
-        active = dpo.ActiveSettings(gamma=1.0, pseudo_label=mode, **reuse)
-        objective = dpo.PreferenceObjective(
-            dpo.DPOSettings(), active, [pair], book, {}, pad_id=0, packed=True
+        active = ActiveSettings(gamma=1.0, pseudo_label=mode, **reuse)
+        preference = objective.PreferenceObjective(
+            DPOSettings(), active, [pair], book, {}, pad_id=0, packed=True
         )
-        targets, weights = active_targets(margins, objective._labels([pair], margins), mode)
+        targets, weights = active_targets(margins, preference._labels([pair], margins), mode)
         return targets.item(), weights.item()
 
     assert target_and_weight() == {"flip": (-1.0, 1.0), "drop": (-1.0, 0.0)}[mode]  # the rule decides
@@ -111,8 +108,8 @@ def test_preference_metrics_counts_ties_half():
 def test_word_task_with_more_words_adds_made_up_ones_and_keeps_its_rule():
     from feedlearn.tasks.word_preferences import WORDS
 
-    assert dpo.WordPreferenceTask(topics=2).vocabulary() == WORDS
-    task = dpo.WordPreferenceTask(topics=2, words=200)
+    assert WordPreferenceTask(topics=2).vocabulary() == WORDS
+    task = WordPreferenceTask(topics=2, words=200)
     vocabulary = task.vocabulary()
     assert len(set(vocabulary)) == 200 and vocabulary[:50] == WORDS
     assert len(task.values()) == 2 * 200
@@ -129,7 +126,7 @@ def test_word_task_with_more_words_adds_made_up_ones_and_keeps_its_rule():
 
 @pytest.fixture(scope="module")
 def tiny_path(tmp_path_factory):
-    task = dpo.WordPreferenceTask()
+    task = WordPreferenceTask()
     texts = [p.prompt + s for p in task.pairs(200, 0) for s in (p.a, p.b)] + ["user says hello assistant"]
     return str(build_tiny_model(TINY, texts, cache=tmp_path_factory.mktemp("tiny")))
 
@@ -193,7 +190,7 @@ def test_packed_pairs_score_and_train_as_padded_ones(tiny_path):
 
     tok = tokenizer(tiny_path)
     model = AutoModelForCausalLM.from_pretrained(tiny_path, dtype=torch.float32)
-    rows = tokenize_pairs(dpo.WordPreferenceTask().pairs(4, seed=1), tok, 64)
+    rows = tokenize_pairs(WordPreferenceTask().pairs(4, seed=1), tok, 64)
     assert packs_sequences(model)
     scores, grads = [], []
     for packed in (True, False):
@@ -258,7 +255,7 @@ def test_an_overlong_pair_is_truncated_as_trl_does_and_counted(tmp_path, tiny_pa
 
     # the train stage keeps it and counts it (before issue 23 it was dropped)
     path = tmp_path / "pairs.jsonl"
-    pairs = [*dpo.WordPreferenceTask().pairs(15, 0), long]
+    pairs = [*WordPreferenceTask().pairs(15, 0), long]
     path.write_text("".join(p.model_dump_json() + "\n" for p in pairs))
     method = run(recipe(tmp_path, tiny_path, train_data={"path": str(path)}, train={"epochs": 1}))
     method.train()
@@ -307,7 +304,7 @@ def train_metrics(method: PreferenceLearning) -> list[dict]:
     return [r for r in rows if r["stage"] == "train"]
 
 
-def test_dpo_trains_and_beats_chance_on_held_out_pairs(tmp_path, tiny_path):
+def test_dpo_trains_and_beats_chance_on_held_out_pairs(tmp_path, tiny_path, monkeypatch):
     one_topic = {"topics": 1}  # one hidden word-value table: learnable from 256 pairs in seconds
     config = recipe(
         tmp_path,
@@ -331,6 +328,11 @@ def test_dpo_trains_and_beats_chance_on_held_out_pairs(tmp_path, tiny_path):
     assert len({m["id"] for m in margins}) == 200  # one per held-out pair, to compare runs pair by pair
     right = sum(1.0 if m["margin"] > 0 else 0.5 if m["margin"] == 0 else 0.0 for m in margins)
     assert 100 * right / 200 == pytest.approx(result["preference_accuracy"], abs=0.01)
+    # a finished evaluation is read back, not scored again
+    monkeypatch.setattr(
+        stages, "pair_logprobs", lambda *a, **k: pytest.fail("a finished evaluation ran again")
+    )
+    assert run(config).evaluate() == result
     steps = train_metrics(method)
     assert steps[0]["losses/loss"] == pytest.approx(math.log(2), abs=1e-5)  # policy == reference at step 0
     assert steps[-1]["losses/loss"] < steps[0]["losses/loss"]
@@ -395,7 +397,7 @@ def test_a_judge_that_never_gives_a_usable_label_fails_the_run_at_its_first_answ
     from feedlearn.judges.pairwise import JudgeLabeler
 
     judge = JudgeLabeler(AlwaysA(), SamplingParams(temperature=0), SamplingParams(), max_attempts=1)
-    monkeypatch.setattr(dpo, "build_labeler", lambda settings, seed, replies: judge)
+    monkeypatch.setattr(stages, "build_labeler", lambda settings, seed, replies: judge)
     config = recipe(tmp_path, tiny_path, train_data={"synthetic": {"n": 160, "seed": 0}}, train={"epochs": 1})
     method = run(config)
     with pytest.raises(FeedlearnError, match="the judge labeler gave no usable label for any of the") as err:
@@ -434,7 +436,7 @@ def test_resume_keeps_the_label_cache_and_query_count(tmp_path, tiny_path, monke
     whole = run(config, "whole")
     whole.train()
 
-    calls, real_loss = 0, dpo.PreferenceObjective.loss
+    calls, real_loss = 0, objective.PreferenceObjective.loss
 
     def crashing(self, model, batch):
         nonlocal calls
@@ -443,22 +445,22 @@ def test_resume_keeps_the_label_cache_and_query_count(tmp_path, tiny_path, monke
             raise Crash
         return real_loss(self, model, batch)
 
-    monkeypatch.setattr(dpo.PreferenceObjective, "loss", crashing)
+    monkeypatch.setattr(objective.PreferenceObjective, "loss", crashing)
     broken = run(config, "broken")
     with pytest.raises(Crash):
         broken.train()
     labels_path = broken.store.stage("train") / "labels.jsonl"
     paid_before = len(read_jsonl(labels_path, LabelRecord))
-    monkeypatch.setattr(dpo.PreferenceObjective, "loss", real_loss)
+    monkeypatch.setattr(objective.PreferenceObjective, "loss", real_loss)
 
     asked = []
-    real_get = dpo.LabelBook.get
+    real_get = LabelBook.get
 
     def spying_get(self, pairs):
         asked.extend(p.id for p in pairs if p.id not in self.labels)
         return real_get(self, pairs)
 
-    monkeypatch.setattr(dpo.LabelBook, "get", spying_get)
+    monkeypatch.setattr(LabelBook, "get", spying_get)
     resumed = run(config, "broken")
     resumed.train()
     labels = read_jsonl(labels_path, LabelRecord)
@@ -489,7 +491,7 @@ def test_live_reference_matches_precomputed(tmp_path, tiny_path):
 def test_margins_are_computed_without_dropout(tmp_path, tiny_path, monkeypatch):
     """TRL's DPOTrainer disables dropout (the reference's too): the margins that decide Active DPO's queries
     are the same on two forwards of the same pairs, LoRA dropout or not."""
-    margins, real_loss, real_margin = [], dpo.PreferenceObjective.loss, dpo.implicit_reward_margin
+    margins, real_loss, real_margin = [], objective.PreferenceObjective.loss, objective.implicit_reward_margin
 
     def recording(*args):
         margins.append(real_margin(*args))
@@ -499,8 +501,8 @@ def test_margins_are_computed_without_dropout(tmp_path, tiny_path, monkeypatch):
         real_loss(self, model, batch)  # the same pairs, the same weights: the margins must agree
         return real_loss(self, model, batch)
 
-    monkeypatch.setattr(dpo, "implicit_reward_margin", recording)
-    monkeypatch.setattr(dpo.PreferenceObjective, "loss", twice)
+    monkeypatch.setattr(objective, "implicit_reward_margin", recording)
+    monkeypatch.setattr(objective.PreferenceObjective, "loss", twice)
     model = {"path": tiny_path, "lora": {"r": 4, "alpha": 8, "dropout": 0.5}}
     run(recipe(tmp_path, tiny_path, active={"gamma": 0.05}, model=model, train={"epochs": 1})).train()
     assert len(margins) == 2 * 12
@@ -511,7 +513,7 @@ def test_margins_are_computed_without_dropout(tmp_path, tiny_path, monkeypatch):
 
 def test_unlabeled_pairs_need_a_labeler_other_than_the_dataset(tmp_path, tiny_path):
     path = tmp_path / "pairs.jsonl"
-    pairs = dpo.WordPreferenceTask().pairs(16, 0)
+    pairs = WordPreferenceTask().pairs(16, 0)
     path.write_text("".join(p.model_copy(update={"label": None}).model_dump_json() + "\n" for p in pairs))
     method = run(recipe(tmp_path, tiny_path, train_data={"path": str(path)}, eval_data=None))
     with pytest.raises(DataError, match="has no label"):
@@ -572,7 +574,7 @@ def test_smollm2_pairs_ship_labeled_by_brevity_with_no_request_in_two_splits():
     label would agree at 10%), no request in two splits."""
     from feedlearn.data.preferences import load_pairs
 
-    folder = Path(dpo.__file__).resolve().parents[1] / "recipes" / "active-dpo" / "smollm2"
+    folder = Path(stages.__file__).resolve().parents[2] / "recipes" / "active-dpo" / "smollm2"
     requests = {}
     for split, size in (("train", 160), ("validation", 64), ("test", 128)):
         pairs = load_pairs(folder / f"{split}.jsonl")

@@ -7,7 +7,7 @@ from feedlearn.config import load_recipe
 from feedlearn.envs.catalog import EnvFactory, GymnasiumEnvSettings
 from feedlearn.envs.gymnasium_env import GymnasiumTextEnv
 from feedlearn.errors import ConfigError, FeedlearnError
-from feedlearn.methods.reflect_rl import ReflectRLConfig
+from feedlearn.methods.reflect_rl.config import ReflectRLConfig
 from feedlearn.teachers.scripted import teacher_episodes
 
 
@@ -111,7 +111,7 @@ def test_reflect_rl_runs_on_a_gymnasium_environment(tmp_path):
     from test_reflect_rl import recipe
 
     from feedlearn.data.store import open_run
-    from feedlearn.methods.reflect_rl import ReflectRL
+    from feedlearn.methods.reflect_rl.stages import ReflectRL
 
     env = {"name": "gymnasium", "id": "feedlearn-test/Corridor-v0", "kwargs": {"length": 2}, "max_steps": 6}
     config = recipe(tmp_path, env=env)

@@ -9,9 +9,10 @@ from datasets import Dataset, DatasetDict
 from feedlearn.data.hub import DatasetSource, export_rows
 from feedlearn.data.store import open_run
 from feedlearn.errors import DataError
-from feedlearn.methods.c3po import C3PO, C3POConfig
-from feedlearn.methods.dpo import PreferenceData
-from feedlearn.methods.rise import ProblemSet
+from feedlearn.methods.c3po.config import C3POConfig
+from feedlearn.methods.c3po.stages import C3PO
+from feedlearn.methods.dpo.config import PreferenceData
+from feedlearn.methods.rise.config import ProblemSet
 
 
 @pytest.fixture(autouse=True)

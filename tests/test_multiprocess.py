@@ -172,8 +172,8 @@ def test_two_processes_collect_and_evaluate_what_one_does(tmp_path):
     one, two = tmp_path / "runs" / "one", tmp_path / "runs" / "two"
     for path in (
         "iter1/collect/episodes.jsonl",
-        "base/evaluate/episodes.jsonl",
-        "base/evaluate/metrics.json",
+        "evaluate/base/episodes.jsonl",
+        "evaluate/base/metrics.json",
     ):
         assert text(one, path) == text(two, path), path
     assert text(one, "iter1/collect/episodes.jsonl").count("\n") == 48
@@ -225,7 +225,7 @@ def test_two_processes_sample_and_evaluate_c3po_as_one_does(tmp_path):
     for processes, run_id in ((1, "one"), (2, "three")):
         stage_run(processes, "c3po", "evaluate", C3PO, tmp_path, run_id)
     three = tmp_path / "runs" / "three"
-    results = sorted(one.glob("*/evaluate/*.json"))
+    results = sorted(one.glob("evaluate/*/*.json"))
     assert len(results) == 2  # the feedback's metrics and responses
     for path in results:
         name = str(path.relative_to(one))
@@ -328,7 +328,8 @@ def test_two_processes_evaluate_adarefiner_as_one_does(tmp_path):
     )
     assert refused.returncode != 0
     assert "error: adarefiner train runs in one process" in refused.stderr
-    stage_run(1, "adarefiner", "sft", ADAREFINER, tmp_path, "one")
+    for stage in ("warmup", "train", "sft"):  # what `run` does before the evaluation
+        stage_run(1, "adarefiner", stage, ADAREFINER, tmp_path, "one")
     copy_run(tmp_path, "one", "two")
     for processes, run_id in ((1, "one"), (2, "two")):
         stage_run(processes, "adarefiner", "evaluate --iteration 1", ADAREFINER, tmp_path, run_id)

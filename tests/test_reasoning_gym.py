@@ -8,7 +8,7 @@ import pytest
 from feedlearn.config import load_recipe
 from feedlearn.envs.math_env import MathEnv, MathPrompt
 from feedlearn.errors import ConfigError, DataError, FeedlearnError
-from feedlearn.methods.rise import RiseConfig
+from feedlearn.methods.rise.config import RiseConfig
 from feedlearn.tasks.reasoning_gym_data import ReasoningGymSettings, export_problems, load_reasoning_gym
 
 pytest.importorskip("reasoning_gym")

@@ -37,8 +37,8 @@ def test_values_read_back_as_themselves(value):
 def test_recipe_new_writes_a_commented_recipe_that_validates_as_the_tiny_one(method, tmp_path, capsys):
     out = tmp_path / "starter.yaml"
     assert main(["recipe", "new", method, "--out", str(out)]) == 0
-    written, _, _ = load_method(str(out), [])
-    tiny, _, _ = load_method(str(RECIPES / method / "tiny.yaml"), [])
+    written, _ = load_method(str(out), [])
+    tiny, _ = load_method(str(RECIPES / method / "tiny.yaml"), [])
     assert written == tiny
     text = out.read_text()
     described = [d for _, d in leaves(tiny) if d]
@@ -53,7 +53,7 @@ def test_recipe_show_marks_what_the_recipe_and_set_gave(capsys):
     assert "  learning_rate: 0.0002  # *" in shown
     assert "seed: 0  # *" in shown  # the recipe gives it, equal to the default: still the recipe's
     assert 'run_dir: "runs"' in shown  # left at its default: not marked
-    config, _, _ = load_method(recipe, [])
+    config, _ = load_method(recipe, [])
     for path, _ in leaves(config):
         assert any(line.strip().startswith(path.split(".")[-1] + ":") for line in shown), path
     assert main(["recipe", "new", "nosuch"]) == 2
@@ -73,12 +73,12 @@ def test_help_lists_every_command_and_shipped_recipe(capsys):
 
 @pytest.mark.parametrize("method", list(METHODS))
 def test_each_method_help_lists_its_stages_and_each_stage_exists(method, capsys):
-    _, method_cls, stages = METHODS[method]
+    info = METHODS[method]
     with pytest.raises(SystemExit):
         main([method, "--help"])
     text = capsys.readouterr().out
-    for stage, does in stages.items():
-        assert callable(getattr(method_cls, stage.replace("-", "_")))
+    for stage, does in info.stages.items():
+        assert callable(getattr(info.method, stage.replace("-", "_")))
         assert f"{stage} " in text and does[:40] in text
 
 

@@ -10,9 +10,10 @@ import torch
 from feedlearn.data.store import open_run
 from feedlearn.envs.text_env import TextObservation
 from feedlearn.errors import FeedlearnError
-from feedlearn.methods.reflect_rl import ReflectRL, ReflectRLConfig
-from feedlearn.methods.reflect_rl_objective import ChoiceObjective, label_ids
-from feedlearn.methods.reflect_rl_rollout import Player, policy_prompt
+from feedlearn.methods.reflect_rl.config import ReflectRLConfig
+from feedlearn.methods.reflect_rl.objective import ChoiceObjective, label_ids
+from feedlearn.methods.reflect_rl.rollout import Player, policy_prompt
+from feedlearn.methods.reflect_rl.stages import ReflectRL
 
 
 def test_policy_prompt_shows_the_analysis_and_the_choices_in_the_shuffled_order():
@@ -127,6 +128,7 @@ def test_rl_resumed_from_a_checkpoint_equals_an_uninterrupted_run(tmp_path, monk
         }
     }
     whole = ReflectRL(recipe(tmp_path / "a", **overrides), open_run(tmp_path / "a", "r", {}), progress=False)
+    whole.sft()
     whole.rl()
 
     calls, real = 0, Player.play
@@ -139,6 +141,7 @@ def test_rl_resumed_from_a_checkpoint_equals_an_uninterrupted_run(tmp_path, monk
         return real(self, *args, **kwargs)
 
     broken = ReflectRL(recipe(tmp_path / "b", **overrides), open_run(tmp_path / "b", "r", {}), progress=False)
+    broken.sft()
     monkeypatch.setattr(Player, "play", crashing)
     with pytest.raises(Crash):
         broken.rl()
@@ -180,7 +183,7 @@ def test_paper_shaped_run_gpt2_architecture_lora_ppo_and_the_recipes_chat_templa
 
     from feedlearn.cli import load_method
 
-    paper, _, _ = load_method("recipes/reflect-rl/gpt2xl_taxi.yaml", [])
+    paper, _ = load_method("recipes/reflect-rl/gpt2xl_taxi.yaml", [])
     tiny_dir = ReflectRL(
         recipe(tmp_path / "t"), open_run(tmp_path / "t", "r", {}), progress=False
     ).base_model_path()
@@ -229,7 +232,7 @@ def test_the_reflector_can_train_for_more_epochs_than_the_policy(tmp_path):
 
 
 def test_by_level_counts_success_cost_and_the_reflection_diagnoses():
-    from feedlearn.methods.reflect_rl_rollout import Episode, by_level
+    from feedlearn.methods.reflect_rl.rollout import Episode, by_level
 
     def episode(success, cost, diagnosis):
         return Episode(seed=0, success=success, cost=cost, diagnosis=diagnosis)
@@ -257,10 +260,10 @@ def test_the_replay_update_draws_replay_batch_episodes_with_replacement(monkeypa
     drawn with replacement from the buffer (the newest `replay_size`), not on the whole buffer."""
     import random
 
-    from feedlearn.methods import reflect_rl_objective
-    from feedlearn.methods.reflect_rl import RLSettings
-    from feedlearn.methods.reflect_rl_objective import Learner
-    from feedlearn.methods.reflect_rl_rollout import Episode, Step
+    from feedlearn.methods.reflect_rl import objective as reflect_rl_objective
+    from feedlearn.methods.reflect_rl.config import RLSettings
+    from feedlearn.methods.reflect_rl.objective import Learner
+    from feedlearn.methods.reflect_rl.rollout import Episode, Step
 
     updates = []
     monkeypatch.setattr(reflect_rl_objective, "update", lambda *args: updates.append(args[5]) or {})

@@ -15,7 +15,8 @@ from feedlearn.data.store import open_run
 from feedlearn.envs.catalog import AutoExploreEnvSettings, EnvFactory
 from feedlearn.envs.taxi import IN_TAXI, DangerousTaxi, TaxiSettings
 from feedlearn.errors import ConfigError
-from feedlearn.methods.reflect_rl import ReflectRL, ReflectRLConfig, RemoteAgentSettings, TeacherData
+from feedlearn.methods.reflect_rl.config import ReflectRLConfig, RemoteAgentSettings, TeacherData
+from feedlearn.methods.reflect_rl.stages import ReflectRL
 from feedlearn.teachers import reflections
 from feedlearn.teachers.reflections import named_move, parse_choice, parse_reflection, propose_tasks
 from feedlearn.teachers.scripted import ReflectStep
@@ -147,6 +148,7 @@ def test_a_taxi_curriculum_spreads_teacher_data_and_iterations_over_its_levels(t
         reflection=False,
     )
     method = method_for(config)
+    method.sft()
     method.rl()
     steps = lines(method.store.path / "teacher" / "steps.jsonl")
     aboard = ["Passenger: in the taxi" in s["state"] for s in steps if s["step"] == 0]
@@ -380,7 +382,7 @@ def test_levels_share_the_iterations_by_their_training_tasks_and_depths_can_merg
 
 
 def test_the_replay_buffer_is_emptied_when_the_curriculum_moves_on(tmp_path, monkeypatch):
-    from feedlearn.methods.reflect_rl_rollout import Step
+    from feedlearn.methods.reflect_rl.rollout import Step
 
     seen = []
 
@@ -391,5 +393,7 @@ def test_the_replay_buffer_is_emptied_when_the_curriculum_moves_on(tmp_path, mon
 
     monkeypatch.setattr(ReflectRL, "_rl_iteration", iteration)
     rl = {"iterations": 4, "episodes_per_iteration": 2, "curriculum": ["pickup", "dropoff"]}
-    method_for(recipe(tmp_path, {"name": "taxi"}, rl=rl, reflection=False)).rl()
+    method = method_for(recipe(tmp_path, {"name": "taxi"}, rl=rl, reflection=False))
+    method.sft()
+    method.rl()
     assert seen == [(1, "pickup", 0), (2, "pickup", 1), (3, "dropoff", 0), (4, "dropoff", 1)]

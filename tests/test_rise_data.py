@@ -7,7 +7,7 @@ import math
 import pytest
 
 from feedlearn.data.records import Episode, Message, Turn
-from feedlearn.methods.rise_data import (
+from feedlearn.methods.rise.data import (
     best_sample,
     episode_examples,
     is_degenerate,
@@ -240,7 +240,7 @@ def test_rise_metrics_hand_built():
 def test_paired_comparison_of_two_models_on_the_same_problems():
     import math
 
-    from feedlearn.methods.rise_data import paired_comparison
+    from feedlearn.methods.rise.data import paired_comparison
 
     base = {"acc@t1": [1, 0, 0, 1], "m1@t1": [1, 0, 0, 1], "acc@t3": [1, 0, 0, 0], "m1@t3": [1, 0, 0, 0]}
     new = {"acc@t1": [1, 1, 0, 1], "m1@t1": [1, 1, 0, 1], "acc@t3": [1, 1, 1, 0], "m1@t3": [1, 1, 1, 1]}

@@ -17,7 +17,8 @@ from feedlearn.data.jsonl import read_jsonl
 from feedlearn.data.records import Episode, SFTExample
 from feedlearn.data.store import RunStore, open_run
 from feedlearn.errors import FeedlearnError
-from feedlearn.methods.rise import Rise, RiseConfig
+from feedlearn.methods.rise.config import RiseConfig
+from feedlearn.methods.rise.stages import Rise
 from feedlearn.tasks.math_data import MathProblem
 
 TINY = {"hidden_size": 32, "intermediate_size": 64, "num_layers": 2, "num_heads": 2, "vocab_size": 300}
@@ -87,7 +88,7 @@ def rollout(tmp_path, problems=PROBLEMS, scripts=(TURN1, TURN2), collect=None, *
     rise = Rise(cfg, RunStore(tmp_path / "runs", "r"), progress=False)
     backends = [ScriptedBackend(s) for s in scripts]
     sampling = SamplingParams(temperature=0.7, max_new_tokens=16)
-    return rise, rise._rollout(problems, backends, sampling, "collect/iter1"), backends, sampling
+    return rise, rise._rollout(problems, backends, sampling, iteration=1), backends, sampling
 
 
 def test_rollout_episodes(tmp_path):
@@ -372,11 +373,11 @@ def test_tiny_end_to_end(tmp_path, monkeypatch):
     run = tmp_path / "e2e"
     files = [
         "sft/model/done.json",
-        "base/evaluate/metrics.json",
+        "evaluate/base/metrics.json",
         "iter1/collect/episodes.jsonl",
         "iter1/convert/examples.jsonl",
         "iter1/train/model/done.json",
-        "iter1/evaluate/metrics.json",
+        "evaluate/iter1/metrics.json",
     ]
     for name in files:
         assert (run / name).is_file(), name
@@ -389,14 +390,16 @@ def test_tiny_end_to_end(tmp_path, monkeypatch):
     assert len(examples) == sum(len(e.turns) for e in episodes)  # criterion 'all', no dedupe
     assert all(ex.messages[-1].role == "assistant" for ex in examples)
     for stage in ["base", "iter1"]:
-        metrics = json.loads((run / stage / "evaluate/metrics.json").read_text())
+        metrics = json.loads((run / "evaluate" / stage / "metrics.json").read_text())
         assert set(metrics) == METRIC_KEYS, stage
-        played = read_jsonl(run / stage / "evaluate/episodes.jsonl", Episode)  # the metrics are theirs
+        played = read_jsonl(run / "evaluate" / stage / "episodes.jsonl", Episode)  # the metrics are theirs
         assert len(played) == 8
         for k in (0, 1):
             assert metrics[f"acc@t{k + 1}"] == 100 * sum(e.turns[k].reward == 1 for e in played) / 8
         assert metrics["p1@t2"] == 100 * sum(any(t.reward == 1 for t in e.turns) for e in played) / 8
-        outcomes = json.loads((run / stage / "evaluate/outcomes.json").read_text())  # per problem, in order
+        outcomes = json.loads(
+            (run / "evaluate" / stage / "outcomes.json").read_text()
+        )  # per problem, in order
         assert outcomes["problems"] == [e.id for e in played]
         assert outcomes["acc@t2"] == [e.turns[1].reward == 1 for e in played]
         assert {k: 100 * sum(v) / 8 for k, v in outcomes.items() if k != "problems"} == metrics
@@ -407,7 +410,7 @@ def test_tiny_end_to_end(tmp_path, monkeypatch):
     assert any(not torch.equal(sft[k], trained[k]) for k in sft)
 
     # a second run finds every stage done: nothing is retrained, collected or evaluated again
-    watched = [*files, "iter1/evaluate/episodes.jsonl"]
+    watched = [*files, "evaluate/iter1/episodes.jsonl"]
     stamps = {name: ((run / name).stat().st_mtime_ns, (run / name).read_bytes()) for name in watched}
     Rise(config, open_run(tmp_path, "e2e", config.model_dump(mode="json")), progress=False).run()
     for name in watched:
@@ -548,7 +551,7 @@ def test_rollout_redraws_a_turn_whose_samples_are_all_degenerate(tmp_path):
     cfg = rise_config(tmp_path, collect={"turns": [{"n": 2}], "redraws": 3})
     rise = Rise(cfg, RunStore(tmp_path / "runs", "r"), progress=False)
     sampling = SamplingParams(temperature=1.0, max_new_tokens=16)
-    qa, qd = rise._rollout([PROBLEMS[0], PROBLEMS[3]], [backend], sampling, "collect/iter1")
+    qa, qd = rise._rollout([PROBLEMS[0], PROBLEMS[3]], [backend], sampling, iteration=1)
     assert [call[3] for call in backend.calls] == [
         ["collect/iter1/qa/turn1", "collect/iter1/qd/turn1"],
         ["collect/iter1/qa/turn1/redraw1"],  # only the turn with nothing left is drawn again
@@ -566,7 +569,7 @@ def test_rollout_turn_sets_its_own_sampling(tmp_path):
     cfg = rise_config(tmp_path, collect={"turns": turns})
     rise = Rise(cfg, RunStore(tmp_path / "runs", "r"), progress=False)
     sampling = SamplingParams(temperature=1.0, max_new_tokens=1000)
-    rise._rollout(PROBLEMS[:1], [first, second], sampling, "collect/iter1")
+    rise._rollout(PROBLEMS[:1], [first, second], sampling, iteration=1)
     assert first.calls[0][2] == sampling
     assert second.calls[0][2] == SamplingParams(temperature=0.7, max_new_tokens=512)
 
@@ -591,7 +594,7 @@ def test_rollout_and_evaluation_in_the_dialogue_layout(tmp_path):
         tmp_path, prompt=DIALOGUE, evaluate={"turns": 2, "parallel_samples": 2, "context_window": 2}
     )
     rise = Rise(cfg, RunStore(tmp_path / "runs", "r"), progress=False)
-    (ep,) = rise._rollout([PROBLEMS[1]], [wrong, wrong], SamplingParams(), "collect/iter1")
+    (ep,) = rise._rollout([PROBLEMS[1]], [wrong, wrong], SamplingParams(), iteration=1)
     assert [m.model_dump() for m in ep.prompt] == opening
     retry = {"role": "user", "content": "Incorrect. Again: What is qb?"}
     assert wrong.calls[1][0] == [[*opening, {"role": "assistant", "content": r"\boxed{0}"}, retry]]
@@ -607,7 +610,7 @@ def test_rollout_and_evaluation_in_the_dialogue_layout(tmp_path):
 
 def no_sft_training(monkeypatch):
     """The sft stage builds its chats but loads no model and trains nothing."""
-    from feedlearn.methods import rise as rise_module
+    from feedlearn.methods.rise import stages as rise_module
 
     tokenizer = SimpleNamespace(pad_token_id=0)
     monkeypatch.setattr(Rise, "base_model_path", lambda self: "unused-base-model")
@@ -672,7 +675,7 @@ RISE_RECIPES = Path(__file__).resolve().parents[1] / "feedlearn" / "recipes" / "
 def test_paper_recipes_take_the_references_settings():
     from feedlearn.cli import load_method
 
-    paper, _, _ = load_method(str(RISE_RECIPES / "mistral7b_gsm8k_self_distill.yaml"), [])
+    paper, _ = load_method(str(RISE_RECIPES / "mistral7b_gsm8k_self_distill.yaml"), [])
     # workflow_gen.py as the README runs it: 2 turns, 1 then 16 samples, 1000 new tokens, temperature 1
     assert [(t.n, t.teacher, t.fresh) for t in paper.collect.turns] == [(1, None, False), (16, None, False)]
     assert (paper.collect.max_new_tokens, paper.collect.temperature) == (1000, 1.0)
@@ -691,7 +694,7 @@ def test_paper_recipes_take_the_references_settings():
     assert paper.prompt.layout == "dialogue"
     assert paper.prompt.opening("Q?")[0].content.startswith("\nYou are an AI language model designed")
 
-    lora, _, _ = load_method(str(RISE_RECIPES / "mistral7b_gsm8k_self_distill_lora.yaml"), [])
+    lora, _ = load_method(str(RISE_RECIPES / "mistral7b_gsm8k_self_distill_lora.yaml"), [])
     assert lora.model.lora is not None and lora.train.learning_rate > paper.train.learning_rate
     # the LoRA variant differs in nothing else
     same = lora.model_copy(
@@ -702,7 +705,7 @@ def test_paper_recipes_take_the_references_settings():
     )
     assert same == paper
 
-    distill, _, _ = load_method(str(RISE_RECIPES / "gsm8k_teacher_distill.yaml"), [])
+    distill, _ = load_method(str(RISE_RECIPES / "gsm8k_teacher_distill.yaml"), [])
     policy, teacher = distill.collect.turns
     assert (policy.n, policy.teacher, teacher.n, teacher.teacher.model) == (1, None, 1, "gpt-3.5-turbo")
     assert (teacher.temperature, teacher.max_new_tokens) == (0.7, 512)

@@ -11,10 +11,12 @@ from feedlearn.config import load_recipe
 from feedlearn.data.store import RunStore
 from feedlearn.envs.autoexplore import AutoExplore
 from feedlearn.envs.taxi import DangerousTaxi
-from feedlearn.methods.c3po import C3PO, C3POConfig
-from feedlearn.methods.dpo import ActiveDPOConfig, DPOConfig
-from feedlearn.methods.reflect_rl import ReflectRL, ReflectRLConfig
-from feedlearn.methods.rise import ProblemSet, RiseConfig
+from feedlearn.methods.c3po.config import C3POConfig
+from feedlearn.methods.c3po.stages import C3PO
+from feedlearn.methods.dpo.config import ActiveDPOConfig, DPOConfig
+from feedlearn.methods.reflect_rl.config import ReflectRLConfig
+from feedlearn.methods.reflect_rl.stages import ReflectRL
+from feedlearn.methods.rise.config import ProblemSet, RiseConfig
 from feedlearn.seeds import KEY_BITS, PURPOSES, derive_seed, held_out, purpose_of
 
 RECIPES = files("feedlearn") / "recipes"
@@ -117,7 +119,7 @@ def test_c3po_test_prompts_are_never_training_prompts(tmp_path, seed):
 
 def test_rise_warns_when_test_files_share_questions_with_training_files(tmp_path, caplog):
     from feedlearn.data.jsonl import write_jsonl_atomic
-    from feedlearn.methods.rise import Rise
+    from feedlearn.methods.rise.stages import Rise
     from feedlearn.tasks.synthetic_math import generate_problems
 
     problems = generate_problems(10, 0, [1])

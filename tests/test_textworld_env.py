@@ -132,7 +132,7 @@ def test_reflect_rl_runs_on_textworld_games(tmp_path):
     from test_reflect_rl import recipe
 
     from feedlearn.data.store import open_run
-    from feedlearn.methods.reflect_rl import ReflectRL
+    from feedlearn.methods.reflect_rl.stages import ReflectRL
 
     env = {
         "name": "textworld",

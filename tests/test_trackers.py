@@ -8,7 +8,8 @@ import json
 import pytest
 
 from feedlearn.data.store import open_run
-from feedlearn.methods.dpo import DPOConfig, PreferenceLearning
+from feedlearn.methods.dpo.config import DPOConfig
+from feedlearn.methods.dpo.stages import PreferenceLearning
 from feedlearn.trackers import hyperparameters
 
 
@@ -226,12 +227,12 @@ def test_a_rise_report_has_its_accuracy_per_turn_figure(tmp_path, capsys):
     from feedlearn.cli import main
 
     run = tmp_path / "rise-run"
-    (run / "base" / "evaluate").mkdir(parents=True)
-    (run / "iter1" / "evaluate").mkdir(parents=True)
+    run.mkdir()
     (run / "config.yaml").write_text("method: rise\n")
     for folder, accuracy in (("base", 20.0), ("iter1", 30.0)):
         metrics = {"acc@t1": accuracy, "acc@t2": accuracy + 5, "p1@t2": accuracy + 10, "p2@t1": accuracy + 3}
-        (run / folder / "evaluate" / "metrics.json").write_text(json.dumps(metrics))
+        (run / "evaluate" / folder).mkdir(parents=True)
+        (run / "evaluate" / folder / "metrics.json").write_text(json.dumps(metrics))
     rows = [{"stage": "iter1/train", "step": s, "time": 0, "losses/loss": 1.0 / s} for s in (1, 2, 3)]
     (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     assert main(["report", str(run)]) == 0

@@ -180,7 +180,8 @@ def test_a_recipe_with_the_vllm_backend_generates_every_turn_through_it(fake_vll
     """RISE's evaluation of the base model with `generation.backend: vllm`: every turn and the parallel
     samples go to vLLM, keyed by the test problems' ids, and the episodes hold its replies."""
     from feedlearn.data.store import open_run
-    from feedlearn.methods.rise import Rise, RiseConfig
+    from feedlearn.methods.rise.config import RiseConfig
+    from feedlearn.methods.rise.stages import Rise
 
     config = RiseConfig.model_validate(
         {
@@ -198,5 +199,5 @@ def test_a_recipe_with_the_vllm_backend_generates_every_turn_through_it(fake_vll
     (llm,) = fake_vllm.started
     assert llm.kwargs["gpu_memory_utilization"] == 0.5
     assert [len(prompts) for prompts, _, _ in llm.requests] == [3, 3, 3]  # two turns, then the parallel pass
-    episodes = [json.loads(line) for line in (method.store.path / "base/evaluate/episodes.jsonl").open()]
+    episodes = [json.loads(line) for line in (method.layout.evaluation(0) / "episodes.jsonl").open()]
     assert all(turn["action"].startswith("t") for e in episodes for turn in e["turns"])

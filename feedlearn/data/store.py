@@ -47,6 +47,22 @@ def flatten(metrics: dict, prefix: str = "") -> dict:
     return out
 
 
+DONE = "done.json"
+"""The done rule: a stage's work is finished once the file it writes last is in its folder: `DONE` in a
+trained model's folder (or in the folder of a stage that trains no model), `EVALUATED` in an evaluation's."""
+EVALUATED = "metrics.json"
+
+
+def is_done(folder: Path) -> bool:
+    """Whether the stage writing `folder` (a model folder, or the folder of a stage without one) finished."""
+    return (folder / DONE).exists()
+
+
+def is_evaluated(folder: Path) -> bool:
+    """Whether the evaluation writing `folder` finished."""
+    return (folder / EVALUATED).exists()
+
+
 class RunStore:
     """One run's folder. Stages write into `stage(name)`; metrics go to `metrics.jsonl`."""
 

@@ -14,6 +14,7 @@ from feedlearn.backends.openai_compat import OpenAIBackend, OpenAIBackendConfig
 from feedlearn.backends.vllm_backend import VLLMBackend, VLLMSettings
 from feedlearn.data.store import RunStore
 from feedlearn.errors import FeedlearnError
+from feedlearn.methods.layout import Layout
 from feedlearn.models.loading import ModelSettings, load_policy
 from feedlearn.models.tiny import TinyModelConfig
 from feedlearn.training.trainer import Objective, TrainSettings, train
@@ -118,41 +119,43 @@ class GeneratingRecipe(RecipeConfig):
 
 
 class Method:
-    """Base of a method's stages: its recipe, its run folder, and the helpers every method uses."""
+    """Base of a method's stages: its recipe, its run folder (laid out by its `Layout`), and the helpers
+    every method uses."""
+
+    layout_class: type[Layout] = Layout
+    """The method's run layout."""
 
     def __init__(self, config: RecipeConfig, store: RunStore, progress: bool = True):
         self.config = config
         self.store = store
         self.progress = progress
+        self.layout = self.layout_class(store.path, config.method)
+        self.layout.check_moved()
 
     def fit(
         self,
-        stage: str,
+        folder: Path,
         model,
         tokenizer,
         rows: list[dict],
         objective: Objective,
         settings: TrainSettings,
     ) -> Path:
-        """Train `model` on tokenized `rows` for `objective` with `settings` as the stage `stage`: saved in
-        the stage's folder (`<run>/<stage>/model`, returned), checkpointed and resumed there, its metrics
-        logged under the stage's name, seeded with the recipe's seed (see `training.trainer.train`)."""
+        """Train `model` on tokenized `rows` for `objective` with `settings` in the stage folder `folder`:
+        saved in `folder/model` (returned), checkpointed and resumed there, its metrics logged under the
+        folder's name in the run, seeded with the recipe's seed (see `training.trainer.train`)."""
         return train(
             model,
             tokenizer,
             rows,
             objective,
             settings,
-            self.store.stage(stage),
+            folder,
             self.store,
-            stage,
+            self.layout.name(folder),
             self.progress,
             seed=self.config.seed,
         )
-
-    def replies(self, role: str) -> Path:
-        """Where the paid replies of a remote model in `role` (teacher, judge...) are kept in the run."""
-        return self.store.stage("replies") / f"{role}.jsonl"
 
     def _settings(self, path: str) -> ModelSettings:
         """The recipe's model settings (LoRA, dtype, template) for the model at `path`."""

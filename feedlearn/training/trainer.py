@@ -24,7 +24,7 @@ from transformers import get_scheduler
 
 from feedlearn.data.checkpoints import Checkpoints
 from feedlearn.data.jsonl import write_json_atomic
-from feedlearn.data.store import RunStore
+from feedlearn.data.store import DONE, RunStore, is_done
 from feedlearn.errors import FeedlearnError
 from feedlearn.losses import weighted_sft_loss
 from feedlearn.seeds import derive_seed
@@ -110,8 +110,8 @@ class SFTObjective:
 
 
 def is_trained(out_dir: Path) -> bool:
-    """Whether `train` already finished in `out_dir` (its model is saved)."""
-    return (out_dir / "model" / "done.json").exists()
+    """Whether `train` already finished in `out_dir` (its model is saved: the done rule of `data.store`)."""
+    return is_done(out_dir / "model")
 
 
 def train(
@@ -286,7 +286,7 @@ def _save_model(accelerator: Accelerator, model, tokenizer, final: Path, done: d
         unwrapped = accelerator.unwrap_model(model)
         unwrapped.save_pretrained(final, state_dict=accelerator.get_state_dict(model))
         tokenizer.save_pretrained(final)
-        write_json_atomic(final / "done.json", done)
+        write_json_atomic(final / DONE, done)
 
 
 def epoch_steps(lengths: list[int], per_step: int, seed: int, group_by_length: bool) -> list[list[int]]:

@@ -1,34 +1,14 @@
-"""C3PO: learn one sentence of verbal feedback where it applies, and change nothing elsewhere
-(spec: shared/methods/c3po.md).
-
-Stages, per selected feedback, in `<run>/<feedback short id>/`:
-- `sample`: a teacher proposes categories and in-scope / near-scope prompts; out-of-scope prompts come from
-  a general prompt file. The base policy answers every prompt (baseline), and in context of the feedback
-  (in-context, CoT) on the test split; the policy itself or the teacher (`sample.reviser`) revises the
-  in-scope training baselines (revised). Resumable.
-- `train`: one LoRA adapter per method: C3PO (DPO in scope + anchors near and out of scope), SCD,
-  SCD + negatives, DPO.
-- `combine`: one adapter from the C3PO adapters of all selected feedbacks (part of `run` when there are
-  several).
-- `evaluate`: per scope, the share of responses that follow the feedback (in scope) and that changed
-  versus the baseline (near and out of scope), with the feedback's metric, or a Likert judge for
-  qualitative feedback; every row (adapters, in-context and CoT from their samples, the base model as
-  `base`) against the same baseline (`evaluate.baseline`); optionally the judge's answer quality; the
-  combined adapter, once there, is scored on each feedback as `combined`.
-An optional `sft` stage first teaches a tiny model the synthetic instruction corpus (offline runs).
-"""
+"""C3PO's stages: `C3PO`, one method per stage, reading and writing the run folder."""
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import random
 import time
 from functools import cached_property, partial
 from pathlib import Path
-from typing import Literal
-
-from pydantic import Field, model_validator
 
 from feedlearn.backends.base import Backend, ParsedAsker, SamplingParams
 from feedlearn.data.hub import DatasetSource, export_rows
@@ -40,9 +20,11 @@ from feedlearn.data.jsonl import (
     write_jsonl_atomic,
 )
 from feedlearn.data.records import Message, SFTExample
+from feedlearn.data.store import DONE, EVALUATED, is_done, is_evaluated
 from feedlearn.errors import ConfigError, DataError
 from feedlearn.judges.likert import LikertJudge
-from feedlearn.methods.c3po_data import (
+from feedlearn.methods.c3po.config import C3POConfig
+from feedlearn.methods.c3po.data import (
     COT,
     IN_CONTEXT,
     C3POSample,
@@ -52,8 +34,9 @@ from feedlearn.methods.c3po_data import (
     answer_each,
     split_prompts,
 )
-from feedlearn.methods.c3po_objective import LossSettings, ScopeObjective, TrainMethod, zipped_rows
-from feedlearn.methods.common import AskSettings, GeneratingRecipe, Method, Settings
+from feedlearn.methods.c3po.layout import C3POLayout
+from feedlearn.methods.c3po.objective import ScopeObjective, TrainMethod, zipped_rows
+from feedlearn.methods.common import Method
 from feedlearn.models.loading import load_policy
 from feedlearn.models.tiny import build_tiny_model
 from feedlearn.processes import from_main, process_state, shared_map, total
@@ -67,119 +50,10 @@ from feedlearn.teachers.verbal import (
     revision_question,
 )
 from feedlearn.training.batches import tokenize_sft
-from feedlearn.training.trainer import SFTObjective, TrainSettings, is_trained
+from feedlearn.training.trainer import SFTObjective, is_trained
 from feedlearn.verifiers.verbal import Feedback, load_feedbacks, scope_metrics, select_feedbacks
 
 log = logging.getLogger(__name__)
-
-
-class TeacherSettings(AskSettings):
-    """Who proposes categories and prompts and revises responses."""
-
-    kind: Literal["offline", "llm"] = Field(
-        default="llm",
-        description="llm: a model through a backend (`openai` or `local`); offline: templates for "
-        "built-in feedbacks.",
-    )
-    max_new_tokens: int = Field(default=1024, gt=0, description="Longest teacher reply, in tokens.")
-
-    @model_validator(mode="after")
-    def _llm_has_a_backend(self):
-        if self.kind == "llm" and not self.configured:
-            raise ValueError("an llm teacher needs one of 'openai' or 'local'")
-        return self
-
-
-class SampleSettings(Settings):
-    """How many prompts, and how the policy answers them."""
-
-    prompts_per_scope: int = Field(default=960, gt=0, description="In-scope (and near-scope) prompts.")
-    prompts_per_category: int = Field(default=32, gt=0, description="Prompts asked per category.")
-    test_fraction: float = Field(default=0.1, gt=0, lt=1, description="Share of each scope held out.")
-    temperature: float = Field(default=0.7, ge=0, description="Policy sampling temperature.")
-    top_p: float = Field(default=0.7, gt=0, le=1, description="Policy nucleus sampling mass.")
-    max_new_tokens: int = Field(default=256, gt=0, description="Longest policy response, in tokens.")
-    chunk_size: int = Field(default=256, gt=0, description="Prompts answered, then saved, together.")
-    reviser: Literal["policy", "teacher"] = Field(
-        default="policy",
-        description="Who revises the in-scope training baselines: `policy`, the base policy itself, sampled "
-        "like its answers (the paper's self-revision); `teacher`, the teacher (for a policy that cannot "
-        "follow a revision request, such as a tiny model). A reply without the revised response is a "
-        "missing completion: its row is dropped.",
-    )
-
-
-class C3POEvaluateSettings(Settings):
-    """Held-out evaluation."""
-
-    prompts_per_scope: int = Field(default=75, gt=0, description="Test prompts per scope, at most.")
-    max_new_tokens: int = Field(default=256, gt=0, description="Longest response (greedy), in tokens.")
-    baseline: Literal["sampled", "greedy"] = Field(
-        default="sampled",
-        description="What every row (each adapter, in-context, CoT, and the base model as `base`) is "
-        "compared with: `sampled`, the base policy's sampled answer of the sample stage (the paper's); "
-        "`greedy`, the base model's greedy answer (an adapter's change then holds no sampling noise; "
-        "in-context and CoT are samples either way).",
-    )
-    judge: AskSettings | None = Field(
-        default=None,
-        description="Likert judge for qualitative feedback and for `answer_quality`: `openai` (any "
-        "OpenAI-compatible endpoint) or `local`; an unparseable judgment is asked again up to "
-        "`max_attempts`, then counted and dropped.",
-    )
-    answer_quality: bool = Field(
-        default=False,
-        description="Also ask `judge` whether each response answers its prompt as well as the baseline "
-        "(1-5, 3 = as well; `<scope>_scope_answer_quality`), whatever the feedback. Needs `judge`.",
-    )
-
-    @model_validator(mode="after")
-    def _judge_has_a_backend(self):
-        if self.judge is not None and not self.judge.configured:
-            raise ValueError("the judge needs one of 'openai' or 'local'")
-        if self.answer_quality and self.judge is None:
-            raise ValueError("answer_quality asks the judge: set evaluate.judge")
-        return self
-
-
-class SFTSettings(Settings):
-    """Warm start of a tiny model on the synthetic instruction corpus (offline runs)."""
-
-    chats: int = Field(default=20000, gt=0, description="Corpus size.")
-    train: TrainSettings = Field(default_factory=TrainSettings, description="Optimization.")
-
-
-class C3POConfig(GeneratingRecipe):
-    """A C3PO recipe."""
-
-    method: Literal["c3po"] = "c3po"
-    sft: SFTSettings | None = Field(default=None, description="Warm start on the synthetic corpus.")
-    feedback_file: str | DatasetSource = Field(
-        description="YAML/JSON/JSONL feedback file, a `datasets` split (hub id or save_to_disk folder) with "
-        "the feedbacks' fields as columns, or 'builtin' (the offline feedbacks)."
-    )
-    feedback_ids: list[str] | None = Field(default=None, description="Keep feedbacks whose id starts so.")
-    feedback_categories: list[str] | None = Field(default=None, description="Keep feedbacks so tagged.")
-    general_prompts: str | DatasetSource = Field(
-        description="Out-of-scope prompts: a .txt (one per line) or .jsonl ({'prompt'}) file, a `datasets` "
-        "split with a 'prompt' column (map another with `columns`), or 'builtin'."
-    )
-    teacher: TeacherSettings = Field(
-        description="The teacher (required: an llm teacher needs a backend, so there is no default)."
-    )
-    sample: SampleSettings = Field(default_factory=SampleSettings, description="Sampling.")
-    methods: list[TrainMethod] = Field(
-        default=["c3po", "scd", "scd_negatives", "dpo"], description="Methods trained and evaluated."
-    )
-    loss: LossSettings = Field(default_factory=LossSettings, description="C3PO's loss.")
-    train: TrainSettings = Field(default_factory=TrainSettings, description="Optimization of each adapter.")
-    evaluate: C3POEvaluateSettings = Field(default_factory=C3POEvaluateSettings, description="Evaluation.")
-
-    @model_validator(mode="after")
-    def _lora(self):
-        if self.model.lora is None:
-            raise ValueError("C3PO trains LoRA adapters: set model.lora")
-        return self
 
 
 STAGES = {
@@ -193,7 +67,11 @@ STAGES = {
 
 
 class C3PO(Method):
-    """The stages of one C3PO run, reading and writing `run_dir/<run_id>/`."""
+    """The stages of one C3PO run, reading and writing `run_dir/<run_id>/` (laid out by `C3POLayout`)."""
+
+    config: C3POConfig
+    layout: C3POLayout
+    layout_class = C3POLayout
 
     # ---- inputs ---------------------------------------------------------------------------------------
 
@@ -232,7 +110,7 @@ class C3PO(Method):
         if t.kind == "offline":
             return OfflineTeacher(self.config.seed)
         return LLMTeacher(
-            t.asker(self.config.generation_batch_size, self.config.seed, self.replies("teacher"))
+            t.asker(self.config.generation_batch_size, self.config.seed, self.layout.replies("teacher"))
         )
 
     # ---- policies -------------------------------------------------------------------------------------
@@ -241,13 +119,13 @@ class C3PO(Method):
         """The base policy: the configured model, or a tiny model after its warm start."""
         if self.config.model.path != "tiny":
             return self.config.model.path
-        return str(self.store.stage("sft") / "model")
+        return str(self.layout.require(self.layout.sft() / "model" / DONE, "sft").parent)
 
     # ---- stages ---------------------------------------------------------------------------------------
 
     def sft(self) -> Path:
         """Warm start of a tiny model on the synthetic instruction corpus (only for `model.path: tiny`)."""
-        cfg, folder = self.config, self.store.stage("sft")
+        cfg, folder = self.config, self.layout.sft()
         if cfg.model.path != "tiny":
             raise ConfigError("the sft stage warms up a tiny model: set model.path to 'tiny'")
         if cfg.sft is None:
@@ -268,7 +146,7 @@ class C3PO(Method):
             for i, (p, r) in enumerate(chats)
         ]
         rows = tokenize_sft(examples, tokenizer, cfg.sft.train.max_length)
-        return self.fit("sft", model, tokenizer, rows, SFTObjective(tokenizer.pad_token_id), cfg.sft.train)
+        return self.fit(folder, model, tokenizer, rows, SFTObjective(tokenizer.pad_token_id), cfg.sft.train)
 
     def sample(self) -> list[Path]:
         """Prompts, baselines, revisions, in-context and CoT responses, for every selected feedback."""
@@ -278,7 +156,7 @@ class C3PO(Method):
         """One feedback's samples, resumable by prompt id. Under several processes each samples its share
         of every chunk (seeded by the prompt ids) and the main process alone writes them."""
         s = self.config.sample
-        folder = self.store.stage(f"{feedback.short_id}/sample")
+        folder = self.layout.sample(feedback.short_id)
         out = JsonlAppender(folder / "samples.jsonl", C3POSample) if process_state().is_main_process else None
         done = from_main(lambda: set(out.ids))
         prompts = from_main(lambda: self._prompts(feedback, folder))
@@ -305,7 +183,7 @@ class C3PO(Method):
         garbage = total(getattr(self.teacher, "garbage_replies", 0))
         if out is not None:
             self.store.log_metrics(
-                f"{feedback.short_id}/sample",
+                self.layout.name(folder),
                 {
                     "samples": len(out.ids),
                     "dropped": len(prompts) - len(out.ids),
@@ -325,7 +203,7 @@ class C3PO(Method):
         sampling = SamplingParams(temperature=s.temperature, top_p=s.top_p, max_new_tokens=s.max_new_tokens)
 
         def keys(kind: str, rows: list[dict]) -> list[str]:
-            return [f"{feedback.short_id}/{p['id']}/{kind}" for p in rows]
+            return [self.layout.sample_key(feedback.short_id, p["id"], kind) for p in rows]
 
         baselines = answer_each(backend, sampling, [p["prompt"] for p in chunk], keys("baseline", chunk))
         tests = [i for i, p in enumerate(chunk) if p["split"] == "test"]
@@ -368,7 +246,7 @@ class C3PO(Method):
         questions = [
             revision_question(feedback, r["prompt"], b) for r, b in zip(rows, baselines, strict=True)
         ]
-        keys = [f"{feedback.short_id}/{r['id']}/revised" for r in rows]
+        keys = [self.layout.sample_key(feedback.short_id, r["id"], "revised") for r in rows]
         return [parse_revision(reply) for reply in answer_each(backend, sampling, questions, keys)]
 
     def _prompts(self, feedback: Feedback, folder: Path) -> list[dict]:
@@ -413,11 +291,12 @@ class C3PO(Method):
 
     def _train(self, feedback: Feedback, method: TrainMethod) -> Path:
         cfg = self.config
-        stage = f"{feedback.short_id}/train/{method}"
-        folder = self.store.stage(stage)
+        folder = self.layout.train(feedback.short_id, method)
         if is_trained(folder):
             return folder / "model"
-        samples = read_jsonl(self.store.stage(f"{feedback.short_id}/sample") / "samples.jsonl", C3POSample)
+        samples = read_jsonl(
+            self.layout.require(self.layout.samples(feedback.short_id), "sample"), C3POSample
+        )
         model, tokenizer = load_policy(self._settings(self.base_model_path()), trainable=True, seed=cfg.seed)
         rows = zipped_rows(samples, tokenizer, cfg.train.max_length)
         if not rows:
@@ -427,7 +306,7 @@ class C3PO(Method):
                 "(sample.reviser: policy) must write 'REVISED RESPONSE:', else set sample.reviser: teacher"
             )
         objective = ScopeObjective(method, cfg.loss, tokenizer.pad_token_id)
-        return self.fit(stage, model, tokenizer, rows, objective, cfg.train)
+        return self.fit(folder, model, tokenizer, rows, objective, cfg.train)
 
     def evaluate(self) -> dict[str, dict]:
         """Per feedback and method, adherence in scope and change near and out of scope (%)."""
@@ -435,7 +314,9 @@ class C3PO(Method):
 
     def test_samples(self, feedback: Feedback) -> dict[str, list[C3POSample]]:
         """The held-out samples `evaluate` answers, by scope: the first `evaluate.prompts_per_scope`."""
-        samples = read_jsonl(self.store.stage(f"{feedback.short_id}/sample") / "samples.jsonl", C3POSample)
+        samples = read_jsonl(
+            self.layout.require(self.layout.samples(feedback.short_id), "sample"), C3POSample
+        )
         return {
             scope: [s for s in samples if s.split == "test" and s.scope == scope][
                 : self.config.evaluate.prompts_per_scope
@@ -445,12 +326,19 @@ class C3PO(Method):
 
     def _evaluate(self, feedback: Feedback) -> dict[str, dict[str, float]]:
         cfg = self.config
-        folder = self.store.stage(f"{feedback.short_id}/evaluate")
+        folder = self.layout.evaluation(feedback.short_id)
         tests = self.test_samples(feedback)
         sampling = SamplingParams(temperature=0.0, max_new_tokens=cfg.evaluate.max_new_tokens)
-        adapters = {m: self.store.stage(f"{feedback.short_id}/train/{m}") / "model" for m in cfg.methods}
-        if (self.combined_path() / "done.json").exists():
-            adapters["combined"] = self.combined_path()
+        adapters = {
+            m: self.layout.require(self.layout.train(feedback.short_id, m) / "model" / DONE, "train").parent
+            for m in cfg.methods
+        }
+        if is_done(self.layout.combined()):
+            adapters["combined"] = self.layout.combined()
+        if is_evaluated(folder):  # finished, unless an adapter was combined since
+            results = json.loads((folder / EVALUATED).read_text())
+            if set(adapters) <= set(results):
+                return results
         responses = {name: self._respond(str(path), tests, sampling) for name, path in adapters.items()}
         for name in ("in_context", "cot"):  # scored from their samples
             responses[name] = {scope: [getattr(s, name) or "" for s in rows] for scope, rows in tests.items()}
@@ -461,9 +349,9 @@ class C3PO(Method):
             baseline = responses["base"]
         results = from_main(lambda: self._score(feedback, tests, responses, baseline))
         if process_state().is_main_process:
-            write_json_atomic(folder / "metrics.json", results)
+            write_json_atomic(folder / EVALUATED, results)
             write_json_atomic(folder / "responses.json", responses)
-            self.store.log_metrics(f"{feedback.short_id}/evaluate", results)
+            self.store.log_metrics(self.layout.name(folder), results)
         return results
 
     def _score(self, feedback: Feedback, tests, responses, baseline) -> dict[str, dict]:
@@ -501,7 +389,7 @@ class C3PO(Method):
         judge = self.config.evaluate.judge
         if judge is None:
             return None
-        return judge.asker(self.config.generation_batch_size, self.config.seed, self.replies("judge"))
+        return judge.asker(self.config.generation_batch_size, self.config.seed, self.layout.replies("judge"))
 
     def _respond(self, path: str, tests: dict[str, list[C3POSample]], sampling) -> dict[str, list[str]]:
         """The greedy responses of the model at `path` to every test prompt, by scope; under several
@@ -513,19 +401,15 @@ class C3PO(Method):
         )
         return {scope: [next(answers) for _ in scope_rows] for scope, scope_rows in tests.items()}
 
-    def combined_path(self) -> Path:
-        """Where `combine` saves its adapter; `evaluate` scores it (as `combined`) once it is there."""
-        return self.store.path / "combined" / "combined"
-
     def combine(self) -> Path:
         """One adapter holding the C3PO adapters of every selected feedback ('cat': ranks add up)."""
         from peft import PeftModel
 
         feedbacks = self.feedbacks()
-        paths = [self.store.stage(f"{f.short_id}/train/c3po") / "model" for f in feedbacks]
-        missing = [str(p) for p in paths if not (p / "adapter_config.json").exists()]
-        if missing:
-            raise DataError(f"combine needs the trained C3PO adapters; missing: {', '.join(missing)}")
+        paths = [
+            self.layout.require(self.layout.train(f.short_id, "c3po") / "model" / DONE, "train").parent
+            for f in feedbacks
+        ]
         base, tokenizer = load_policy(self._settings(self.base_model_path()))
         model = PeftModel.from_pretrained(base, str(paths[0]), adapter_name="f0")
         for i, p in enumerate(paths[1:], start=1):
@@ -535,10 +419,13 @@ class C3PO(Method):
         model.set_adapter("combined")
         for name in names:
             model.delete_adapter(name)
-        model.save_pretrained(str(self.store.stage("combined")))  # an adapter not named 'default' goes
-        tokenizer.save_pretrained(str(self.combined_path()))  # to <folder>/<its name>
-        write_json_atomic(self.combined_path() / "done.json", {"adapters": [str(p) for p in paths]})
-        return self.combined_path()
+        combined = self.layout.combined()
+        model.save_pretrained(
+            str(combined.parent)
+        )  # an adapter not named 'default' goes in a folder of its name
+        tokenizer.save_pretrained(str(combined))
+        write_json_atomic(combined / DONE, {"adapters": [str(p) for p in paths]})
+        return combined
 
     def run(self) -> dict[str, dict]:
         """Every stage in order; finished work is skipped. Returns `evaluate`'s results."""

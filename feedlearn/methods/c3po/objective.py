@@ -21,7 +21,7 @@ from feedlearn.losses import (
     sequence_logprobs,
     token_mean_nll,
 )
-from feedlearn.methods.c3po_data import C3POSample
+from feedlearn.methods.c3po.data import C3POSample
 from feedlearn.methods.common import Settings
 from feedlearn.processes import StepSums
 from feedlearn.training.batches import collate, completion_row, report_dropped

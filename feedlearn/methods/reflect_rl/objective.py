@@ -22,12 +22,12 @@ from feedlearn.losses import (
     ppo_ratio_stats,
     reinforce_loss,
 )
-from feedlearn.methods.reflect_rl_rollout import LABELS, Episode, Step
+from feedlearn.methods.reflect_rl.rollout import LABELS, Episode, Step
 from feedlearn.processes import gathered, process_state, sum_gradients, total
 from feedlearn.seeds import derive_seed
 
 if TYPE_CHECKING:
-    from feedlearn.methods.reflect_rl import RLSettings
+    from feedlearn.methods.reflect_rl.config import RLSettings
 
 
 def label_ids(tokenizer, n: int) -> torch.Tensor:

@@ -1,22 +1,4 @@
-"""AdaRefiner: an adapter LM, refined by the agent's feedback, writes the analysis that a decision model
-turns into sub-goals for an RL agent in Crafter (spec: shared/methods/adarefiner.md).
-
-Stages, for stage i = 1..N:
-- `train`: the agent plays (PPO learns; or the scripted player acts, to measure the mechanism), querying
-  every `query_interval` steps (`adarefiner_loop`); every query is recorded;
-- `sft`: the adapter is fine-tuned on the queries of stages 1..i but the newest `refine.holdout` share
-  (held out, their loss logged; completion-only: the reply is trained, the prompt is context), from the
-  starting adapter each time (`refine.start: initial`) or from stage i-1's refined adapter
-  (`previous`, the reference's; a LoRA adapter is merged into its base and a fresh one trained on top):
-  `self` on every record (the reference code's self-training), `feedback` on the records whose
-  instruction the agent then followed, weighted by that comprehension score (feedlearn's own,
-  reward-weighted variant), `frozen` not at all (a baseline);
-- `evaluate`: the saved agent and adapter on test worlds, querying every `evaluate.query_interval` steps:
-  Crafter score, success per achievement, episode reward, mean comprehension score.
-Stage i+1 starts from the agent of stage i and the adapter of `sft` i. `warmup` (optional; the offline
-recipes') trains the starting adapter on template analyses of states the scripted player meets: a tiny
-adapter from scratch, a pretrained one fine-tuned (a fresh LoRA where the recipe has one).
-"""
+"""AdaRefiner's stages: `AdaRefiner`, one method per stage, reading and writing the run folder."""
 
 from __future__ import annotations
 
@@ -25,30 +7,30 @@ import logging
 import time
 from functools import cached_property, partial
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import torch
-from pydantic import Field, model_validator
 
 from feedlearn.backends.base import SamplingParams
 from feedlearn.data.checkpoints import Checkpoints
 from feedlearn.data.jsonl import JsonlAppender, write_json_atomic, write_jsonl_atomic
 from feedlearn.data.records import Message, SFTExample
+from feedlearn.data.store import DONE, EVALUATED, is_done, is_evaluated
 from feedlearn.envs.crafter_env import make_vec_env
-from feedlearn.envs.crafter_player import SCRIPTED, SKILLED, SkilledPlayer
+from feedlearn.envs.crafter_player import SkilledPlayer
 from feedlearn.errors import ConfigError
-from feedlearn.feedback.comprehension import ActionText, ConceptEmbedder, SentenceTransformerEmbedder
+from feedlearn.feedback.comprehension import ConceptEmbedder, SentenceTransformerEmbedder
 from feedlearn.feedback.subgoals import SUBGOALS
 from feedlearn.losses import token_mean_nll
-from feedlearn.methods.adarefiner_agent import (
-    Network,
+from feedlearn.methods.adarefiner.agent import (
     ReinitializedEncoder,
     build_ppo,
     load_ppo,
     ppo_metrics,
 )
-from feedlearn.methods.adarefiner_loop import (
+from feedlearn.methods.adarefiner.config import AdaRefinerConfig
+from feedlearn.methods.adarefiner.layout import AdaRefinerLayout
+from feedlearn.methods.adarefiner.loop import (
     ADAPTER_SYSTEM,
     DECISION_SYSTEM,
     CrafterEpisode,
@@ -57,11 +39,10 @@ from feedlearn.methods.adarefiner_loop import (
     LMAnalyst,
     ModelDecider,
     NamedDecider,
-    QueryClock,
     QueryRecord,
     TemplateAnalyst,
 )
-from feedlearn.methods.adarefiner_play import (
+from feedlearn.methods.adarefiner.play import (
     appender,
     load_play,
     play_scripted,
@@ -69,7 +50,7 @@ from feedlearn.methods.adarefiner_play import (
     seed_all,
     stage_summary,
 )
-from feedlearn.methods.common import AskSettings, GeneratingRecipe, Method, Settings
+from feedlearn.methods.common import Method
 from feedlearn.models.loading import load_policy
 from feedlearn.models.tiny import build_tiny_model
 from feedlearn.processes import from_main, process_state, shared_map
@@ -85,210 +66,6 @@ STAGES = {
     "evaluate": "Crafter score and success per achievement of the saved agent and adapter",
 }
 """Each stage, with what it does (shown by `feedlearn adarefiner --help`)."""
-
-
-class CrafterSettings(Settings):
-    """The Crafter worlds."""
-
-    area: tuple[int, int] = Field(default=(64, 64), description="World size in cells (resets cost ~area).")
-    view: tuple[int, int] = Field(default=(9, 9), description="The image's view in cells (crafter's).")
-    size: tuple[int, int] = Field(default=(64, 64), description="The image's size in pixels.")
-    length: int = Field(default=10000, gt=0, description="Steps after which an episode is truncated.")
-    observation: Literal["image", "symbolic"] = Field(
-        default="image",
-        description="image: crafter's RGB frame; symbolic: one-hot 9x7 local view + inventory (no render).",
-    )
-
-
-class AgentSettings(Settings):
-    """The acting agent: PPO (SB3's names and the spec's defaults), or the scripted player."""
-
-    kind: Literal["ppo", "scripted"] = Field(
-        default="ppo", description="ppo: learns; scripted: a skill-limited scripted player (no learning)."
-    )
-    envs: int = Field(default=1, gt=0, description="Worlds stepped in parallel (queries are batched).")
-    network: Network = Field(default="reference", description="reference (GPU), cnn (image), mlp (symbolic).")
-    features: int = Field(default=512, gt=0, description="Width of the features the heads read.")
-    learning_rate: float = Field(default=1e-4, gt=0, description="Adam learning rate.")
-    n_steps: int = Field(
-        default=4096, gt=0, description="Steps per world per PPO update (and per iteration)."
-    )
-    batch_size: int = Field(default=128, gt=1, description="PPO minibatch size.")
-    n_epochs: int = Field(default=4, gt=0, description="PPO epochs per update.")
-    gamma: float = Field(default=0.95, gt=0, le=1, description="Discount.")
-    gae_lambda: float = Field(default=0.65, gt=0, le=1, description="GAE lambda.")
-    clip_range: float = Field(default=0.2, gt=0, description="PPO clip range.")
-    ent_coef: float = Field(default=0.0, ge=0, description="Entropy bonus coefficient.")
-    vf_coef: float = Field(default=0.5, ge=0, description="Value loss coefficient.")
-    max_grad_norm: float = Field(default=0.5, gt=0, description="Gradient clipping norm.")
-    device: str = Field(
-        default="auto", description="Torch device of the agent (auto: a GPU when there is one)."
-    )
-    skills: list[str] = Field(
-        default_factory=lambda: list(SKILLED),
-        description="scripted: the sub-goals the player carries out well; the rest it does at random.",
-    )
-    patience: int = Field(default=30, gt=0, description="scripted: steps on one sub-goal before the next.")
-    instruction: Literal["embedder", "reinitialized"] = Field(
-        default="embedder",
-        description="What embeds the instruction the agent reads. embedder: the comprehension score's "
-        "embedder (unit-norm rows); reinitialized: a copy of the sentence-transformers `embedder.model` "
-        "whose linear layers are orthogonally re-initialized (gain sqrt 2, biases 0), its raw output: the "
-        "reference's, whose policy holds its own copy of the embedder inside the features extractor, "
-        "where PPO's orthogonal initialization overwrites it.",
-    )
-
-    def ppo(self) -> dict:
-        """PPO's keyword arguments."""
-        names = ("learning_rate", "n_steps", "batch_size", "n_epochs", "gamma", "gae_lambda", "clip_range")
-        names += ("ent_coef", "vf_coef", "max_grad_norm")
-        return {name: getattr(self, name) for name in names}
-
-    @model_validator(mode="after")
-    def _known_skills(self):
-        unknown = sorted(set(self.skills) - set(SCRIPTED))
-        if unknown:
-            raise ValueError(f"unknown skills {unknown}: the scripted player knows {sorted(SCRIPTED)}")
-        return self
-
-
-class AdapterSettings(Settings):
-    """Generation by the adapter LM (the recipe's `model`)."""
-
-    temperature: float = Field(default=1.0, ge=0, description="Sampling temperature (0: greedy).")
-    top_p: float = Field(
-        default=1.0,
-        gt=0,
-        le=1,
-        description="Nucleus sampling mass (the reference samples with Llama-2-chat's generation config: "
-        "temperature 0.6, top_p 0.9).",
-    )
-    max_new_tokens: int = Field(default=100, gt=0, description="Longest analysis, in tokens.")
-    warmup_steps: int = Field(
-        default=0,
-        ge=0,
-        description="Scripted-play steps (over all worlds) whose template analyses warm the adapter up "
-        "before stage 1 (a tiny one trained from scratch, a pretrained one fine-tuned); 0: start from the "
-        "model as it is (the paper's).",
-    )
-    warmup: TrainSettings = Field(
-        default_factory=lambda: TrainSettings(learning_rate=1e-3, batch_size=16, grad_accum=1, epochs=2),
-        description="Training of the warm-up.",
-    )
-
-
-class DecisionSettings(AskSettings):
-    """The decision model: `openai` (the paper: GPT-4) or `local`; neither: the offline decision maker
-    (the first three sub-goals the analysis names, else a rule)."""
-
-    max_new_tokens: int = Field(default=64, gt=0, description="Longest reply, in tokens.")
-    instruction: Literal["subgoals", "reply"] = Field(
-        default="subgoals",
-        description="subgoals: the instruction is the allowed sub-goals the reply names (garbage asked "
-        "again, then the rule); reply: the reply itself, whatever it says, never asked again (the "
-        "reference's: the agent embeds it, the score compares with it, the next prompts show it).",
-    )
-
-
-class EmbedderSettings(Settings):
-    """The sentence embedder of the comprehension score and the instruction."""
-
-    kind: Literal["concepts", "sentence-transformers"] = Field(
-        default="concepts",
-        description="concepts: the offline bag of Crafter concepts; sentence-transformers: `model`.",
-    )
-    model: str = Field(
-        default="sentence-transformers/paraphrase-MiniLM-L6-v2",
-        description="sentence-transformers: a hub id or local folder (the paper's model by default).",
-    )
-    action_text: ActionText = Field(
-        default="effects",
-        description="names: the actions' names (the paper); effects: each `do` with what it was done to.",
-    )
-
-
-class RefineSettings(Settings):
-    """How the adapter is refined after each stage."""
-
-    mode: Literal["self", "feedback", "frozen"] = Field(
-        default="feedback",
-        description="self: every record (the reference's self-training); feedback: records weighted by the "
-        "comprehension score of the instruction that followed (feedlearn's); frozen: never refined.",
-    )
-    threshold: float = Field(
-        default=0.5, ge=0, le=1, description="feedback: records scored below this are not trained on."
-    )
-    start: Literal["initial", "previous"] = Field(
-        default="initial",
-        description="What stage i's SFT starts from. initial: the starting adapter, every stage (a refit "
-        "on all the records so far); previous: stage i-1's refined adapter (the reference's), a LoRA "
-        "adapter merged into its base first (saved in `stage<i-1>/sft/merged`, what stage i also "
-        "generates with) and a fresh LoRA trained on top.",
-    )
-    holdout: float = Field(
-        default=0.0,
-        ge=0,
-        lt=1,
-        description="Share of the records, the newest, held out of each SFT; their loss is logged as "
-        "eval/loss every 5 steps (the reference: 0.1, for logging only).",
-    )
-    sft: TrainSettings = Field(
-        default_factory=lambda: TrainSettings(learning_rate=2e-4, max_grad_norm=0.3, grad_accum=16),
-        description="The adapter's SFT (the paper: 1 epoch, lr 2e-4, grad-norm clip 0.3).",
-    )
-
-
-class AdaRefinerEvaluateSettings(Settings):
-    """Evaluation on test worlds."""
-
-    episodes: int = Field(default=10, gt=0, description="Test episodes (spread over agent.envs worlds).")
-    query_interval: int = Field(default=10, gt=0, description="Steps between queries at test time.")
-    seed: int = Field(default=0, description="Seeds the test worlds and the agent's sampled actions.")
-
-
-class AdaRefinerConfig(GeneratingRecipe):
-    """An AdaRefiner recipe. `model` is the adapter LM (paper: Llama-2-7b-chat with LoRA r 64, alpha 16)."""
-
-    method: Literal["adarefiner"]
-    env: CrafterSettings = Field(default_factory=CrafterSettings, description="The Crafter worlds.")
-    agent: AgentSettings = Field(default_factory=AgentSettings, description="The acting agent.")
-    guidance: Literal["adapter", "decision", "none"] = Field(
-        default="adapter",
-        description="adapter: AdaRefiner; decision: the decision model without an adapter's analysis; "
-        "none: the agent alone (its instruction input stays zero).",
-    )
-    adapter: AdapterSettings = Field(default_factory=AdapterSettings, description="The adapter's generation.")
-    decision: DecisionSettings = Field(default_factory=DecisionSettings, description="The decision model.")
-    embedder: EmbedderSettings = Field(default_factory=EmbedderSettings, description="The sentence embedder.")
-    refine: RefineSettings = Field(default_factory=RefineSettings, description="Refinement of the adapter.")
-    evaluate: AdaRefinerEvaluateSettings = Field(
-        default_factory=AdaRefinerEvaluateSettings, description="Evaluation."
-    )
-    stages: int = Field(default=5, gt=0, description="Stages of train -> sft.")
-    steps_per_stage: int = Field(
-        default=1_000_000,
-        gt=0,
-        description="Environment steps per stage, over all worlds (rounded up to whole PPO iterations).",
-    )
-    query_interval: int = Field(default=100, gt=0, description="Steps between queries in training.")
-    query_clock: QueryClock = Field(
-        default="episode",
-        description="episode: every episode starts afresh (a query at its first step; no instruction, "
-        "action history or score carried over); world: the instruction in force, its action history, its "
-        "score and the query clock run on across a world's episodes (the reference's, which restarts them "
-        "at every PPO rollout instead: a defect not reproduced).",
-    )
-    checkpoint_every: int = Field(default=1, gt=0, description="PPO iterations between checkpoints.")
-
-    @model_validator(mode="after")
-    def _consistent(self):
-        if self.agent.kind == "ppo":
-            wanted = "symbolic" if self.agent.network == "mlp" else "image"
-            if self.env.observation != wanted:
-                raise ValueError(f"agent.network {self.agent.network} needs env.observation: {wanted}")
-        if self.agent.instruction == "reinitialized" and self.embedder.kind != "sentence-transformers":
-            raise ValueError("agent.instruction reinitialized needs embedder.kind: sentence-transformers")
-        return self
 
 
 EVAL_EVERY = 5
@@ -323,9 +100,12 @@ class HeldOutSFT(SFTObjective):
 
 
 class AdaRefiner(Method):
-    """The stages of one AdaRefiner run, reading and writing `run_dir/<run_id>/`."""
+    """The stages of one AdaRefiner run, reading and writing `run_dir/<run_id>/` (laid out by
+    `AdaRefinerLayout`)."""
 
     config: AdaRefinerConfig
+    layout: AdaRefinerLayout
+    layout_class = AdaRefinerLayout
 
     @cached_property
     def embedder(self):
@@ -357,7 +137,7 @@ class AdaRefiner(Method):
         """The starting adapter: the recipe's model (a tiny one built for it), warmed up when the recipe
         asks."""
         if self.config.adapter.warmup_steps:
-            return str(self.warmup())
+            return str(self.layout.require(self.layout.warmup() / "model" / DONE, "warmup").parent)
         if self.config.model.path == "tiny":
             return str(self._tiny_base([]))
         return self.config.model.path
@@ -377,14 +157,15 @@ class AdaRefiner(Method):
         (merged into its base, where `_merges`)."""
         if stage == 0 or self.config.refine.mode == "frozen":
             return self.initial_adapter()
-        return str(self.store.stage(f"stage{stage}/sft") / ("merged" if self._merges else "model"))
+        adapter = self.layout.refine(stage) / ("merged" if self._merges else "model")
+        return str(self.layout.require(adapter / DONE, f"sft --iteration {stage}").parent)
 
     def _merge(self, stage: int) -> None:
         """Stage `stage`'s LoRA adapter merged into its base (unquantized, in `model.dtype`) and saved in
         `stage<stage>/sft/merged` (its done.json last), by the main process; the reference's sft.py does
         this at the end of every stage."""
-        folder = self.store.stage(f"stage{stage}/sft")
-        if not self._merges or (folder / "merged" / "done.json").exists():
+        folder = self.layout.refine(stage)
+        if not self._merges or is_done(folder / "merged"):
             return
 
         def merge() -> None:
@@ -392,25 +173,27 @@ class AdaRefiner(Method):
             model, tok = load_policy(settings)
             model.merge_and_unload().save_pretrained(folder / "merged")
             tok.save_pretrained(folder / "merged")
-            write_json_atomic(folder / "merged" / "done.json", {"adapter": str(folder / "model")})
+            write_json_atomic(folder / "merged" / DONE, {"adapter": str(folder / "model")})
 
         from_main(merge)
 
     def warmup(self) -> Path:
         """Warm the adapter up on template analyses of the states the scripted player meets."""
-        folder = self.store.stage("warmup")
+        folder = self.layout.warmup()
         if is_trained(folder):
             return folder / "model"
         records = JsonlAppender(folder / "queries.jsonl", QueryRecord)
         if not records.ids:
             collected = []
-            guide = self._guide(TemplateAnalyst(self.config.seed), "warmup", self.config.query_interval)
+            guide = self._guide(
+                TemplateAnalyst(self.config.seed), self.layout.WARMUP_KEY, self.config.query_interval
+            )
             guide.on_query = collected.append
             seeds = [
                 derive_seed(self.config.seed, "teacher", "crafter", i) for i in range(self.config.agent.envs)
             ]
             venv = GuidedVecEnv(make_vec_env(seeds, **self._env_kwargs()), guide)
-            players = self._players("warmup")
+            players = self._players(self.layout.WARMUP_KEY)
             steps = -(-self.config.adapter.warmup_steps // self.config.agent.envs)
             play_scripted(venv, players, steps, reset=True)
             records.append(*collected)
@@ -418,31 +201,32 @@ class AdaRefiner(Method):
         model_path = self.config.model.path
         if model_path == "tiny":
             model_path = str(self._tiny_base([m.content for e in examples for m in e.messages][:2000]))
-        return self._fit(model_path, examples, self.config.adapter.warmup, "warmup")
+        return self._fit(model_path, examples, self.config.adapter.warmup, folder)
 
     def _fit(
         self,
         path: str,
         examples: list[SFTExample],
         settings: TrainSettings,
-        stage: str,
+        folder: Path,
         held: list[SFTExample] | None = None,
     ) -> Path:
-        """SFT of the adapter at `path` on `examples` (completion-only), saved in the stage's folder; the
-        loss on `held` (held-out examples) logged as eval/loss every `EVAL_EVERY` steps."""
+        """SFT of the adapter at `path` on `examples` (completion-only), saved in the stage folder
+        `folder`; the loss on `held` (held-out examples) logged as eval/loss every `EVAL_EVERY` steps."""
         model, tok = load_policy(self._settings(path), trainable=True, seed=self.config.seed)
         rows = tokenize_sft(examples, tok, settings.max_length)
         objective = SFTObjective(tok.pad_token_id)
         if held:
             held_rows = tokenize_sft(held, tok, settings.max_length)
             objective = HeldOutSFT(model, held_rows, tok.pad_token_id, settings.batch_size)
-        return self.fit(stage, model, tok, rows, objective, settings)
+        return self.fit(folder, model, tok, rows, objective, settings)
 
-    def _analyst(self, path: str) -> LMAnalyst | None:
+    def _analyst(self, stage: int) -> LMAnalyst | None:
+        """The adapter of stage `stage` (see `adapter_path`) as the analyst; None without one."""
         if self.config.guidance != "adapter":
             return None
         a = self.config.adapter
-        backend = self.generation_backend(path)
+        backend = self.generation_backend(self.adapter_path(stage))
         sampling = SamplingParams(temperature=a.temperature, top_p=a.top_p, max_new_tokens=a.max_new_tokens)
         return LMAnalyst(backend, sampling)
 
@@ -454,7 +238,7 @@ class AdaRefiner(Method):
         if not self.config.decision.configured:
             return NamedDecider()
         asker = self.config.decision.asker(
-            self.config.generation_batch_size, self.config.seed, self.replies("decision")
+            self.config.generation_batch_size, self.config.seed, self.layout.replies("decision")
         )
         return ModelDecider(asker, reply=self.config.decision.instruction == "reply")
 
@@ -503,23 +287,22 @@ class AdaRefiner(Method):
                 "with plain `feedlearn`; sft and evaluate run across processes"
             )
         self._check_stage(stage)
-        cfg, folder = self.config, self.store.stage(f"stage{stage}/train")
-        done = folder / "done.json"
-        if done.exists():
+        cfg, folder = self.config, self.layout.play(stage)
+        if is_done(folder):
             Checkpoints(folder / "checkpoints").remove()  # left by a run stopped just after it finished
             return folder
         if stage > 1:
-            self.train(stage - 1)
-            self.sft(stage - 1)
-        queries = JsonlAppender(folder / "queries.jsonl", QueryRecord)
+            self.layout.require(self.layout.play(stage - 1) / DONE, f"train --iteration {stage - 1}")
+        queries = JsonlAppender(self.layout.queries(stage), QueryRecord)
         episodes = JsonlAppender(folder / "episodes.jsonl", CrafterEpisode)
-        guide = self._guide(self._analyst(self.adapter_path(stage - 1)), f"stage{stage}", cfg.query_interval)
+        analyst = self._analyst(stage - 1)
+        guide = self._guide(analyst, self.layout.play_key(stage), cfg.query_interval)
         finished: list[CrafterEpisode] = []
         guide.on_query = appender(queries)
         guide.on_episode = appender(episodes, finished)
         checkpoints = Checkpoints(folder / "checkpoints")
         start, agent, venv, players = self._play_state(stage, guide, checkpoints.latest(self.iterations))
-        self.store.drop_metrics(f"stage{stage}/train", after_step=start)
+        self.store.drop_metrics(self.layout.name(folder), after_step=start)
         for iteration in range(start + 1, self.iterations + 1):
             finished.clear()
             began = time.perf_counter()
@@ -536,17 +319,17 @@ class AdaRefiner(Method):
                 metrics["charts/episodic_length"] = float(np.mean([e.length for e in finished]))
             if agent is not None:
                 metrics.update(ppo_metrics(agent))
-            self.store.log_metrics(f"stage{stage}/train", metrics, step=iteration)
+            self.store.log_metrics(self.layout.name(folder), metrics, step=iteration)
             if iteration % cfg.checkpoint_every == 0 and iteration < self.iterations:
                 checkpoints.save(iteration, partial(save_play, agent, venv, players))
         for track in venv.tracks:  # the instructions still running end with the stage: score and record them
             guide.close_query(track)
         if agent is not None:
-            agent.save(folder / "agent.zip")
+            agent.save(self.layout.agent(stage))
         summary = stage_summary(episodes.records(), queries.records(), self.decider)
-        write_json_atomic(folder / "metrics.json", summary)
-        self.store.log_metrics(f"stage{stage}/train", summary)
-        write_json_atomic(done, {"iterations": self.iterations})
+        write_json_atomic(folder / EVALUATED, summary)
+        self.store.log_metrics(self.layout.name(folder), summary)
+        write_json_atomic(folder / DONE, {"iterations": self.iterations})
         checkpoints.remove()
         return folder
 
@@ -558,7 +341,7 @@ class AdaRefiner(Method):
             return start, *load_play(folder, guide, cfg.agent.kind == "ppo", cfg.agent.device)
         seeds = [derive_seed(cfg.seed, "train", "crafter", stage, i) for i in range(cfg.agent.envs)]
         venv = GuidedVecEnv(make_vec_env(seeds, **self._env_kwargs()), guide)
-        players = self._players(f"stage{stage}")
+        players = self._players(self.layout.play_key(stage))
         seed_all(derive_seed(cfg.seed, "sampling", "agent", stage))
         return 0, self._agent(stage, venv), venv, players
 
@@ -568,9 +351,7 @@ class AdaRefiner(Method):
         if a.kind == "scripted":
             return None
         if stage > 1:
-            return load_ppo(
-                self.store.stage(f"stage{stage - 1}/train") / "agent.zip", venv, a.device, reset=True
-            )
+            return load_ppo(self.layout.agent(stage - 1), venv, a.device, reset=True)
         torch.manual_seed(derive_seed(self.config.seed, "init", "agent"))
         return build_ppo(venv, a.network, a.features, a.ppo(), a.device)
 
@@ -581,17 +362,16 @@ class AdaRefiner(Method):
         refine = self.config.refine
         if refine.mode == "frozen" or self.config.guidance != "adapter":
             return None
-        folder = self.store.stage(f"stage{stage}/sft")
+        folder = self.layout.refine(stage)
         if is_trained(folder):
             self._merge(stage)  # a run stopped between the training and the merge
             return folder / "model"
-        self.train(stage)
+        for s in range(1, stage + 1):
+            self.layout.require(self.layout.play(s) / DONE, f"train --iteration {s}")
         records = [
             r
             for s in range(1, stage + 1)
-            for r in JsonlAppender(
-                self.store.stage(f"stage{s}/train") / "queries.jsonl", QueryRecord
-            ).records()
+            for r in JsonlAppender(self.layout.queries(s), QueryRecord).records()
         ]
         kept = int(len(records) * (1 - refine.holdout))  # as written: the newest records come last
         weighted = refine.mode == "feedback"
@@ -600,9 +380,9 @@ class AdaRefiner(Method):
         metrics = {"examples": len(examples), "records": len(records)}
         if refine.holdout:
             metrics["held_out"] = len(held)
-        self.store.log_metrics(f"stage{stage}/sft", metrics)
+        self.store.log_metrics(self.layout.name(folder), metrics)
         start = self.initial_adapter() if refine.start == "initial" else self.adapter_path(stage - 1)
-        model = self._fit(start, examples, refine.sft, f"stage{stage}/sft", held)
+        model = self._fit(start, examples, refine.sft, folder, held)
         self._merge(stage)
         return model
 
@@ -638,12 +418,11 @@ class AdaRefiner(Method):
         cfg = self.config
         stage = cfg.stages if stage is None else stage
         self._check_stage(stage)
-        folder = self.store.stage(f"evaluate/stage{stage}")
-        if (folder / "metrics.json").exists():
-            return json.loads((folder / "metrics.json").read_text())
-        if cfg.agent.kind == "ppo":
-            self.train(stage)  # the agent to reload (a scripted player has none)
-        self.sft(stage)
+        folder = self.layout.evaluation(stage)
+        if is_evaluated(folder):
+            return json.loads((folder / EVALUATED).read_text())
+        if cfg.agent.kind == "ppo":  # the agent to reload (a scripted player has none)
+            self.layout.require(self.layout.play(stage) / DONE, f"train --iteration {stage}")
         per_env = -(-cfg.evaluate.episodes // cfg.agent.envs)
         worlds = shared_map(partial(self._play_test, stage, per_env), list(range(cfg.agent.envs)))
         played = self.evaluated_episodes([e for episodes, _, _ in worlds for e in episodes])
@@ -659,8 +438,8 @@ class AdaRefiner(Method):
         if process_state().is_main_process:
             write_jsonl_atomic(folder / "episodes.jsonl", everything)
             write_jsonl_atomic(folder / "queries.jsonl", queries)
-            write_json_atomic(folder / "metrics.json", metrics)
-        self.store.log_metrics(f"evaluate/stage{stage}", metrics)
+            write_json_atomic(folder / EVALUATED, metrics)
+        self.store.log_metrics(self.layout.name(folder), metrics)
         return metrics
 
     def evaluated_episodes(self, episodes: list[CrafterEpisode]) -> list[CrafterEpisode]:
@@ -675,24 +454,20 @@ class AdaRefiner(Method):
         its queries and (scripted player) the sub-goals carried out in each episode."""
         cfg = self.config
         episodes, queries = [], []
-        guide = self._guide(
-            self._analyst(self.adapter_path(stage)), f"test{stage}", cfg.evaluate.query_interval
-        )
+        guide = self._guide(self._analyst(stage), self.layout.test_key(stage), cfg.evaluate.query_interval)
         guide.worlds, guide.on_query, guide.on_episode = worlds, queries.append, episodes.append
         seeds = [derive_seed(cfg.evaluate.seed, "test", "crafter", i) for i in worlds]
         venv = GuidedVecEnv(make_vec_env(seeds, **self._env_kwargs()), guide)
         seed_all(derive_seed(cfg.evaluate.seed, "test", "agent-actions"))
         completed = {}
         if cfg.agent.kind == "ppo":
-            agent = load_ppo(
-                self.store.stage(f"stage{stage}/train") / "agent.zip", None, cfg.agent.device, reset=True
-            )
+            agent = load_ppo(self.layout.agent(stage), None, cfg.agent.device, reset=True)
             obs = venv.reset()
             while min(t.episode for t in venv.tracks) < per_env:
                 actions, _ = agent.predict(obs, deterministic=False)
                 obs, _, _, _ = venv.step(actions)
         else:
-            players = [self._players(f"test{stage}")[i] for i in worlds]
+            players = [self._players(self.layout.test_key(stage))[i] for i in worlds]
             completed = play_scripted(venv, players, None, reset=True, episodes=per_env)
         if cfg.query_clock == "world":  # queries run on across episodes: score and record the last ones
             for track in venv.tracks:
@@ -708,6 +483,8 @@ class AdaRefiner(Method):
 
     def run(self) -> None:
         """Every stage's train and sft, and the evaluation of the last stage's agent and adapter."""
+        if self.config.guidance == "adapter" and self.config.adapter.warmup_steps:
+            self.warmup()
         for stage in range(1, self.config.stages + 1):
             self.train(stage)
             self.sft(stage)

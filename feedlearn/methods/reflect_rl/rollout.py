@@ -21,7 +21,7 @@ from feedlearn.seeds import derive_seed
 from feedlearn.teachers.reflections import agent_question, choice_parser, named_move
 
 if TYPE_CHECKING:
-    from feedlearn.methods.reflect_rl_objective import ChoiceObjective
+    from feedlearn.methods.reflect_rl.objective import ChoiceObjective
 
 ANALYZE = "\n# Analyze:"
 ACTION = "\n# Action:"

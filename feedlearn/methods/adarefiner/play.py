@@ -13,8 +13,8 @@ import torch
 
 from feedlearn.data.jsonl import JsonlAppender
 from feedlearn.envs.crafter_env import ACHIEVEMENTS, crafter_score, success_rates
-from feedlearn.methods.adarefiner_agent import load_ppo
-from feedlearn.methods.adarefiner_loop import CrafterEpisode, Guide, GuidedVecEnv, QueryRecord
+from feedlearn.methods.adarefiner.agent import load_ppo
+from feedlearn.methods.adarefiner.loop import CrafterEpisode, Guide, GuidedVecEnv, QueryRecord
 from feedlearn.processes import total
 
 
