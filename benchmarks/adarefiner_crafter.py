@@ -61,8 +61,8 @@ PAPER = {
 QUICK_MECHANISM = [
     "adapter.warmup_steps=800",
     "adapter.warmup.epochs=4",
-    "steps_per_stage=800",
-    "stages=1",
+    "steps_per_iteration=800",
+    "iterations=1",
     "env.length=100",
     "evaluate.episodes=4",
     "agent.envs=4",
@@ -71,7 +71,7 @@ QUICK_MECHANISM = [
 QUICK_SMOLLM2 = [
     "adapter.warmup_steps=120",
     "adapter.warmup.epochs=1",
-    "steps_per_stage=120",
+    "steps_per_iteration=120",
     "env.length=60",
     "agent.envs=2",
     "evaluate.episodes=2",
@@ -79,10 +79,10 @@ QUICK_SMOLLM2 = [
 QUICK_END_TO_END = [
     "adapter.warmup_steps=400",
     "adapter.warmup.epochs=2",
-    "steps_per_stage=512",
+    "steps_per_iteration=512",
     "agent.n_steps=64",
     "agent.batch_size=64",
-    "stages=1",
+    "iterations=1",
     "env.length=100",
     "evaluate.episodes=2",
     "refine.threshold=0.0",
@@ -135,7 +135,7 @@ def mechanism_arm(task: tuple) -> tuple:
     # training stage (the scripted player learns nothing, their adapter is not refined)
     refines = method.config.guidance == "adapter" and method.config.refine.mode != "frozen"
     stages = []
-    for stage in range(1, method.config.stages + 1):
+    for stage in range(1, method.config.iterations + 1):
         if refines:
             method.train(stage)
             method.sft(stage)
@@ -149,7 +149,7 @@ def test_episodes(method) -> dict[str, dict]:
     from feedlearn.data.jsonl import read_jsonl
     from feedlearn.methods.adarefiner.loop import CrafterEpisode, QueryRecord
 
-    folder = method.layout.evaluation(method.config.stages)
+    folder = method.layout.evaluation(method.config.iterations)
     scores: dict[str, list[float]] = {}
     for q in read_jsonl(folder / "queries.jsonl", QueryRecord):
         if q.score_after is not None:
@@ -173,8 +173,8 @@ def end_to_end_arm(task: tuple) -> tuple:
         overrides += ["guidance=decision", "adapter.warmup_steps=0"]
     method = _method("tiny.yaml", run_dir, f"{arm}-seed{seed}", overrides)
     method.run()
-    steps = method.config.stages * method.iterations * method.config.agent.n_steps * method.config.agent.envs
-    return seed, arm, steps, method.evaluate(method.config.stages)
+    steps = method.config.iterations * method.updates * method.config.agent.n_steps * method.config.agent.envs
+    return seed, arm, steps, method.evaluate(method.config.iterations)
 
 
 def _mean(values: list[float]) -> float:

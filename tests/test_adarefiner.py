@@ -61,11 +61,11 @@ TINY = [
     "refine.sft.batch_size=4",
     "refine.sft.epochs=1",
     "refine.threshold=0.0",
-    "steps_per_stage=64",
+    "steps_per_iteration=64",
     "query_interval=8",
     "evaluate.episodes=2",
     "evaluate.query_interval=8",
-    "stages=2",
+    "iterations=2",
 ]
 
 
@@ -210,11 +210,11 @@ def _method(tmp_path, *overrides, recipe="tiny.yaml"):
     return AdaRefiner(config, store, progress=False)
 
 
-def run_through(method: AdaRefiner, stage: int) -> None:
-    """What `run` does up to stage `stage`'s sft: the warm-up, then each stage's train and sft."""
+def run_through(method: AdaRefiner, iteration: int) -> None:
+    """What `run` does up to iteration `iteration`'s sft: the warm-up, then each iteration's train and sft."""
     if method.config.adapter.warmup_steps:
         method.warmup()
-    for s in range(1, stage + 1):
+    for s in range(1, iteration + 1):
         method.train(s)
         method.sft(s)
 
@@ -232,7 +232,7 @@ def test_the_stored_instruction_is_the_one_that_chose_the_action(tmp_path, monke
         "agent.envs=1",
         "agent.n_steps=40",
         "agent.batch_size=20",
-        "steps_per_stage=40",
+        "steps_per_iteration=40",
         "env.length=100",
     )
     venv_holder = {}
@@ -338,7 +338,7 @@ def test_two_stages_end_to_end_train_refine_save_reload_evaluate(tmp_path):
 
 
 def test_resume_after_a_kill_inside_a_stage_equals_an_uninterrupted_run(tmp_path, monkeypatch):
-    steps = ["agent.n_steps=8", "steps_per_stage=48", "stages=1", "env.length=10"]
+    steps = ["agent.n_steps=8", "steps_per_iteration=48", "iterations=1", "env.length=10"]
     whole = _method(tmp_path / "whole", *steps)
     whole.warmup()
     whole.train(1)
@@ -371,7 +371,7 @@ def test_resume_after_a_kill_inside_a_stage_equals_an_uninterrupted_run(tmp_path
 
 def test_scripted_mechanism_arms_run_and_frozen_keeps_the_adapter(tmp_path):
     method = _method(
-        tmp_path, "agent.kind=scripted", "refine.mode=frozen", "stages=1", recipe="mechanism.yaml"
+        tmp_path, "agent.kind=scripted", "refine.mode=frozen", "iterations=1", recipe="mechanism.yaml"
     )
     method.run()
     metrics = method.evaluate(1)
@@ -393,7 +393,7 @@ def test_a_pretrained_adapter_warms_up_a_lora_that_feedback_refinement_trains_on
         "model.lora={r: 4, alpha: 8, dropout: 0.0}",
         "agent.kind=scripted",
         "refine.mode=feedback",
-        "stages=1",
+        "iterations=1",
         recipe="mechanism.yaml",
     )
     warm = method.store.path / "warmup/model"
@@ -411,7 +411,7 @@ def test_a_pretrained_adapter_warms_up_a_lora_that_feedback_refinement_trains_on
 
 
 def test_no_guidance_means_no_queries_and_a_zero_instruction(tmp_path):
-    method = _method(tmp_path, "guidance=none", "adapter.warmup_steps=0", "stages=1", "env.length=10")
+    method = _method(tmp_path, "guidance=none", "adapter.warmup_steps=0", "iterations=1", "env.length=10")
     folder = method.train(1)
     assert not (folder / "queries.jsonl").exists() or not (folder / "queries.jsonl").read_text()
     assert json.loads((folder / "metrics.json").read_text())["queries"] == 0
@@ -438,7 +438,7 @@ def test_a_sentence_transformers_embedder_from_a_local_folder_runs_the_loop(tmp_
         "embedder.kind=sentence-transformers",
         f"embedder.model={_tiny_sentence_transformer(tmp_path)}",
         "embedder.action_text=names",
-        "stages=1",
+        "iterations=1",
     )
     assert method.embedder.dim == 32
     assert np.allclose(np.linalg.norm(method.embedder.encode(["chop tree", "sleep"]), axis=1), 1.0)
@@ -461,6 +461,8 @@ def test_a_missing_embedder_folder_is_a_clear_error(tmp_path, monkeypatch):
         ("agent.network=cnn", "needs env.observation: image"),
         ("agent.skills=[fly]", "unknown skills"),
         ("refine.mode=sometimes", "refine.mode"),
+        ("stages=2", "'stages' is now 'iterations'"),
+        ("steps_per_stage=64", "'steps_per_stage' is now 'steps_per_iteration'"),
     ],
 )
 def test_bad_recipes_fail_with_the_key(tmp_path, override, message):
@@ -472,7 +474,7 @@ def test_the_paper_recipe_validates_with_the_papers_settings():
     config = load_recipe(AdaRefinerConfig, RECIPES / "llama2_gpt4_paper.yaml")
     assert config.model.lora.r == 64 and config.model.lora.alpha == 16
     assert config.model.quantization == "4bit"
-    assert config.agent.network == "reference" and config.agent.n_steps == 4096 and config.stages == 5
+    assert config.agent.network == "reference" and config.agent.n_steps == 4096 and config.iterations == 5
     assert config.decision.openai.model == "gpt-4" and config.decision.openai.api_key_env == "OPENAI_API_KEY"
     assert config.embedder.model.endswith("paraphrase-MiniLM-L6-v2") and config.query_interval == 100
     dumped = json.dumps(config.model_dump(mode="json"))
@@ -492,7 +494,7 @@ def test_cli_runs_one_stage(tmp_path, capsys):
     recipe = tmp_path / "r.yaml"
     recipe.write_text((RECIPES / "mechanism.yaml").read_text())
     args = ["adarefiner", "train", str(recipe), "--iteration", "1", "--set", f"run_dir={tmp_path}"]
-    args += [x for o in [*TINY, "agent.kind=scripted", "stages=1"] for x in ("--set", o)]
+    args += [x for o in [*TINY, "agent.kind=scripted", "iterations=1"] for x in ("--set", o)]
     assert main(args) == 2  # the adapter it plays with is not warmed up yet
     assert (
         "warmup/model/done.json is missing: run `feedlearn adarefiner warmup` first"
@@ -502,7 +504,7 @@ def test_cli_runs_one_stage(tmp_path, capsys):
     assert main(args) == 0
     assert (tmp_path / "adarefiner-r/stage1/train/done.json").exists()
     assert main(["adarefiner", "train", str(recipe), "--iteration", "7", *args[5:]]) == 2
-    assert "not one of this recipe's stages" in capsys.readouterr().err
+    assert "not one of this recipe's iterations" in capsys.readouterr().err
 
 
 @pytest.mark.slow
@@ -520,9 +522,9 @@ def test_paper_recipe_smoke_run_on_cpu_with_the_reference_network(tmp_path):
         "agent.n_steps=8",
         "agent.batch_size=8",
         "agent.n_epochs=1",
-        "steps_per_stage=8",
+        "steps_per_iteration=8",
         "query_interval=4",  # three queries: two to train on, the newest held out
-        "stages=1",
+        "iterations=1",
         "adapter.max_new_tokens=8",
         "refine.threshold=0.0",
         "refine.sft.grad_accum=1",
@@ -687,7 +689,13 @@ def test_the_world_clock_runs_queries_on_across_episodes(tmp_path):
     """The reference queries every 100 steps of the world (num_timesteps), the instruction and its
     action history running on into the next episode; the episode clock starts every episode afresh."""
     steps = ["agent.kind=scripted", "guidance=decision", "adapter.warmup_steps=0", "agent.envs=1"]
-    steps += ["env.length=10", "query_interval=4", "steps_per_stage=32", "agent.n_steps=32", "stages=1"]
+    steps += [
+        "env.length=10",
+        "query_interval=4",
+        "steps_per_iteration=32",
+        "agent.n_steps=32",
+        "iterations=1",
+    ]
     played = {}
     for clock in ("world", "episode"):
         method = _method(tmp_path / clock, *steps, f"query_clock={clock}", recipe="mechanism.yaml")

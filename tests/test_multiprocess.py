@@ -306,8 +306,8 @@ ADAREFINER = [
     "adapter.warmup={learning_rate: 1.0e-3, batch_size: 4, grad_accum: 1, epochs: 1}",
     "refine.threshold=0.0",
     "refine.sft={learning_rate: 1.0e-3, batch_size: 4, grad_accum: 1, epochs: 1}",
-    "stages=1",
-    "steps_per_stage=96",
+    "iterations=1",
+    "steps_per_iteration=96",
     "query_interval=8",
     "evaluate={episodes: 3, query_interval: 8}",
 ]

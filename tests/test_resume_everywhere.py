@@ -152,7 +152,7 @@ CASES = {
             "refine.threshold=0.0",
             "refine.sft={learning_rate: 1.0e-3, batch_size: 4, grad_accum: 1, epochs: 1,"
             " checkpoint_every: 2}",
-            "steps_per_stage=128",
+            "steps_per_iteration=128",
             "query_interval=8",
             "evaluate.episodes=2",
             "evaluate.query_interval=8",

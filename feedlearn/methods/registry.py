@@ -71,7 +71,7 @@ METHODS: dict[str, MethodInfo] = {
         ADAREFINER_STAGES,
         adarefiner_figure.figure,
         ("train", "sft", "evaluate"),
-        "which stage of play and refinement (1 .. the recipe's stages)",
+        "which iteration of play and refinement (1 .. the recipe's iterations)",
     ),
 }
 

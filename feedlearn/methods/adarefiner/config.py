@@ -102,8 +102,8 @@ class AdapterSettings(Settings):
         default=0,
         ge=0,
         description="Scripted-play steps (over all worlds) whose template analyses warm the adapter up "
-        "before stage 1 (a tiny one trained from scratch, a pretrained one fine-tuned); 0: start from the "
-        "model as it is (the paper's).",
+        "before iteration 1 (a tiny one trained from scratch, a pretrained one fine-tuned); 0: start from "
+        "the model as it is (the paper's).",
     )
     warmup: TrainSettings = Field(
         default_factory=lambda: TrainSettings(learning_rate=1e-3, batch_size=16, grad_accum=1, epochs=2),
@@ -142,7 +142,7 @@ class EmbedderSettings(Settings):
 
 
 class RefineSettings(Settings):
-    """How the adapter is refined after each stage."""
+    """How the adapter is refined after each iteration's play."""
 
     mode: Literal["self", "feedback", "frozen"] = Field(
         default="feedback",
@@ -154,10 +154,10 @@ class RefineSettings(Settings):
     )
     start: Literal["initial", "previous"] = Field(
         default="initial",
-        description="What stage i's SFT starts from. initial: the starting adapter, every stage (a refit "
-        "on all the records so far); previous: stage i-1's refined adapter (the reference's), a LoRA "
-        "adapter merged into its base first (saved in `stage<i-1>/sft/merged`, what stage i also "
-        "generates with) and a fresh LoRA trained on top.",
+        description="What iteration i's SFT starts from. initial: the starting adapter, every iteration "
+        "(a refit on all the records so far); previous: iteration i-1's refined adapter (the reference's), "
+        "a LoRA adapter merged into its base first (saved in `stage<i-1>/sft/merged`, what iteration i "
+        "also generates with) and a fresh LoRA trained on top.",
     )
     holdout: float = Field(
         default=0.0,
@@ -198,11 +198,16 @@ class AdaRefinerConfig(GeneratingRecipe):
     evaluate: AdaRefinerEvaluateSettings = Field(
         default_factory=AdaRefinerEvaluateSettings, description="Evaluation."
     )
-    stages: int = Field(default=5, gt=0, description="Stages of train -> sft.")
-    steps_per_stage: int = Field(
+    iterations: int = Field(
+        default=5,
+        gt=0,
+        description="Iterations of play (`train`) then refinement (`sft`); the paper's stages.",
+    )
+    steps_per_iteration: int = Field(
         default=1_000_000,
         gt=0,
-        description="Environment steps per stage, over all worlds (rounded up to whole PPO iterations).",
+        description="Environment steps per iteration's play, over all worlds (rounded up to whole PPO "
+        "updates of `agent.n_steps` steps in each world).",
     )
     query_interval: int = Field(default=100, gt=0, description="Steps between queries in training.")
     query_clock: QueryClock = Field(
@@ -212,7 +217,16 @@ class AdaRefinerConfig(GeneratingRecipe):
         "score and the query clock run on across a world's episodes (the reference's, which restarts them "
         "at every PPO rollout instead: a defect not reproduced).",
     )
-    checkpoint_every: int = Field(default=1, gt=0, description="PPO iterations between checkpoints.")
+    checkpoint_every: int = Field(default=1, gt=0, description="PPO updates between checkpoints.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, data):
+        """The keys an older feedlearn had, refused with their new names."""
+        for old, new in (("stages", "iterations"), ("steps_per_stage", "steps_per_iteration")):
+            if isinstance(data, dict) and old in data:
+                raise ValueError(f"'{old}' is now '{new}' (AdaRefiner's numbered rounds are iterations)")
+        return data
 
     @model_validator(mode="after")
     def _consistent(self):

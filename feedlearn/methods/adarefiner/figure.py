@@ -1,4 +1,4 @@
-"""AdaRefiner's figure: Crafter score and comprehension per stage, success per achievement."""
+"""AdaRefiner's figure: Crafter score and comprehension per iteration, success per achievement."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ from feedlearn.methods.plots import grouped_bars, pyplot, save
 
 
 def figure(columns: dict[str, dict[str, float]], run: Path, folder: Path) -> Path:
-    """Crafter score and mean comprehension score per stage (lines: the training episodes; stars: test
+    """Crafter score and mean comprehension score per iteration (lines: the training episodes; stars: test
     episodes), and success per achievement in the run's last evaluation."""
     layout = AdaRefinerLayout(run, "adarefiner")
-    train, test = layout.stage_metrics("train"), layout.stage_metrics("evaluate")
+    train, test = layout.summaries("train"), layout.summaries("evaluate")
     fig, axes = pyplot().subplots(1, 3, figsize=(17, 4.5))
     for ax, key, title in (
         (axes[0], "score", "Crafter score"),
@@ -24,7 +24,7 @@ def figure(columns: dict[str, dict[str, float]], run: Path, folder: Path) -> Pat
         tested = {s: m[key] for s, m in test.items() if m.get(key) is not None}
         if tested:
             ax.plot(list(tested), list(tested.values()), "*", ms=12, color="C1", label="test")
-        ax.set_xlabel("stage")
+        ax.set_xlabel("iteration")
         ax.set_title(title)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)

@@ -54,7 +54,7 @@ def play_scripted(
     return completed
 
 
-def stage_summary(episodes: list[CrafterEpisode], queries: list[QueryRecord], decider) -> dict:
+def play_summary(episodes: list[CrafterEpisode], queries: list[QueryRecord], decider) -> dict:
     """Crafter score, success per achievement (%), episode reward and length, comprehension, fallbacks."""
     if not episodes:
         return {"episodes": 0, "queries": len(queries)}

@@ -46,9 +46,9 @@ from feedlearn.methods.adarefiner.play import (
     appender,
     load_play,
     play_scripted,
+    play_summary,
     save_play,
     seed_all,
-    stage_summary,
 )
 from feedlearn.methods.common import Method
 from feedlearn.models.loading import load_policy
@@ -122,14 +122,16 @@ class AdaRefiner(Method):
         )
 
     @property
-    def iterations(self) -> int:
-        """PPO iterations (of `n_steps` steps in each world) per stage."""
+    def updates(self) -> int:
+        """PPO updates (each after `n_steps` steps in each world) per iteration."""
         per_iteration = self.config.agent.n_steps * self.config.agent.envs
-        return -(-self.config.steps_per_stage // per_iteration)
+        return -(-self.config.steps_per_iteration // per_iteration)
 
-    def _check_stage(self, stage: int) -> None:
-        if not 1 <= stage <= self.config.stages:
-            raise ConfigError(f"stage {stage} is not one of this recipe's stages 1..{self.config.stages}")
+    def _check_iteration(self, iteration: int) -> None:
+        if not 1 <= iteration <= self.config.iterations:
+            raise ConfigError(
+                f"iteration {iteration} is not one of this recipe's iterations 1..{self.config.iterations}"
+            )
 
     # ---- the adapter ----------------------------------------------------------------------------------
 
@@ -152,19 +154,20 @@ class AdaRefiner(Method):
         """Whether each refined LoRA adapter is merged into its base (`refine.start: previous`)."""
         return self.config.refine.start == "previous" and self.config.model.lora is not None
 
-    def adapter_path(self, stage: int) -> str:
-        """The adapter used after stage `stage`: the starting one (stage 0, or frozen), else its `sft`'s
+    def adapter_path(self, iteration: int) -> str:
+        """The adapter used after iteration `iteration`: the starting one (iteration 0, or frozen), else its
+        `sft`'s
         (merged into its base, where `_merges`)."""
-        if stage == 0 or self.config.refine.mode == "frozen":
+        if iteration == 0 or self.config.refine.mode == "frozen":
             return self.initial_adapter()
-        adapter = self.layout.refine(stage) / ("merged" if self._merges else "model")
-        return str(self.layout.require(adapter / DONE, f"sft --iteration {stage}").parent)
+        adapter = self.layout.refine(iteration) / ("merged" if self._merges else "model")
+        return str(self.layout.require(adapter / DONE, f"sft --iteration {iteration}").parent)
 
-    def _merge(self, stage: int) -> None:
-        """Stage `stage`'s LoRA adapter merged into its base (unquantized, in `model.dtype`) and saved in
-        `stage<stage>/sft/merged` (its done.json last), by the main process; the reference's sft.py does
-        this at the end of every stage."""
-        folder = self.layout.refine(stage)
+    def _merge(self, iteration: int) -> None:
+        """Iteration `iteration`'s LoRA adapter merged into its base (unquantized, in `model.dtype`) and
+        saved in its sft folder's `merged/` (its done.json last), by the main process; the reference's sft.py
+        does this at the end of each of its stages (an iteration here)."""
+        folder = self.layout.refine(iteration)
         if not self._merges or is_done(folder / "merged"):
             return
 
@@ -221,12 +224,12 @@ class AdaRefiner(Method):
             objective = HeldOutSFT(model, held_rows, tok.pad_token_id, settings.batch_size)
         return self.fit(folder, model, tok, rows, objective, settings)
 
-    def _analyst(self, stage: int) -> LMAnalyst | None:
-        """The adapter of stage `stage` (see `adapter_path`) as the analyst; None without one."""
+    def _analyst(self, iteration: int) -> LMAnalyst | None:
+        """The adapter of iteration `iteration` (see `adapter_path`) as the analyst; None without one."""
         if self.config.guidance != "adapter":
             return None
         a = self.config.adapter
-        backend = self.generation_backend(self.adapter_path(stage))
+        backend = self.generation_backend(self.adapter_path(iteration))
         sampling = SamplingParams(temperature=a.temperature, top_p=a.top_p, max_new_tokens=a.max_new_tokens)
         return LMAnalyst(backend, sampling)
 
@@ -277,41 +280,41 @@ class AdaRefiner(Method):
 
     # ---- stages ---------------------------------------------------------------------------------------
 
-    def train(self, stage: int = 1) -> Path:
-        """Stage `stage`'s play with the query loop: PPO learns (or the scripted player acts); every query
-        and episode is recorded; checkpoints every `checkpoint_every` iterations make a killed stage
+    def train(self, iteration: int = 1) -> Path:
+        """Iteration `iteration`'s play with the query loop: PPO learns (or the scripted player acts); every
+        query and episode is recorded; checkpoints every `checkpoint_every` PPO updates make a killed play
         resume where it stopped, with the same result as an uninterrupted one."""
         if process_state().num_processes > 1:
             raise ConfigError(
                 "adarefiner train runs in one process (Stable-Baselines3's PPO learns in one): launch it "
                 "with plain `feedlearn`; sft and evaluate run across processes"
             )
-        self._check_stage(stage)
-        cfg, folder = self.config, self.layout.play(stage)
+        self._check_iteration(iteration)
+        cfg, folder = self.config, self.layout.play(iteration)
         if is_done(folder):
             Checkpoints(folder / "checkpoints").remove()  # left by a run stopped just after it finished
             return folder
-        if stage > 1:
-            self.layout.require(self.layout.play(stage - 1) / DONE, f"train --iteration {stage - 1}")
-        queries = JsonlAppender(self.layout.queries(stage), QueryRecord)
+        if iteration > 1:
+            self.layout.require(self.layout.play(iteration - 1) / DONE, f"train --iteration {iteration - 1}")
+        queries = JsonlAppender(self.layout.queries(iteration), QueryRecord)
         episodes = JsonlAppender(folder / "episodes.jsonl", CrafterEpisode)
-        analyst = self._analyst(stage - 1)
-        guide = self._guide(analyst, self.layout.play_key(stage), cfg.query_interval)
+        analyst = self._analyst(iteration - 1)
+        guide = self._guide(analyst, self.layout.play_key(iteration), cfg.query_interval)
         finished: list[CrafterEpisode] = []
         guide.on_query = appender(queries)
         guide.on_episode = appender(episodes, finished)
         checkpoints = Checkpoints(folder / "checkpoints")
-        start, agent, venv, players = self._play_state(stage, guide, checkpoints.latest(self.iterations))
+        start, agent, venv, players = self._play_state(iteration, guide, checkpoints.latest(self.updates))
         self.store.drop_metrics(self.layout.name(folder), after_step=start)
-        for iteration in range(start + 1, self.iterations + 1):
+        for update in range(start + 1, self.updates + 1):
             finished.clear()
             began = time.perf_counter()
             if agent is not None:
                 agent.learn(cfg.agent.n_steps * cfg.agent.envs, reset_num_timesteps=False)
             else:
-                play_scripted(venv, players, cfg.agent.n_steps, reset=iteration == 1)
+                play_scripted(venv, players, cfg.agent.n_steps, reset=update == 1)
             metrics = {
-                "charts/steps": iteration * cfg.agent.n_steps * cfg.agent.envs,
+                "charts/steps": update * cfg.agent.n_steps * cfg.agent.envs,
                 "charts/SPS": cfg.agent.n_steps * cfg.agent.envs / (time.perf_counter() - began),
             }
             if finished:
@@ -319,58 +322,59 @@ class AdaRefiner(Method):
                 metrics["charts/episodic_length"] = float(np.mean([e.length for e in finished]))
             if agent is not None:
                 metrics.update(ppo_metrics(agent))
-            self.store.log_metrics(self.layout.name(folder), metrics, step=iteration)
-            if iteration % cfg.checkpoint_every == 0 and iteration < self.iterations:
-                checkpoints.save(iteration, partial(save_play, agent, venv, players))
-        for track in venv.tracks:  # the instructions still running end with the stage: score and record them
+            self.store.log_metrics(self.layout.name(folder), metrics, step=update)
+            if update % cfg.checkpoint_every == 0 and update < self.updates:
+                checkpoints.save(update, partial(save_play, agent, venv, players))
+        for track in venv.tracks:  # the instructions still running end with the play: score and record them
             guide.close_query(track)
         if agent is not None:
-            agent.save(self.layout.agent(stage))
-        summary = stage_summary(episodes.records(), queries.records(), self.decider)
+            agent.save(self.layout.agent(iteration))
+        summary = play_summary(episodes.records(), queries.records(), self.decider)
         write_json_atomic(folder / EVALUATED, summary)
         self.store.log_metrics(self.layout.name(folder), summary)
-        write_json_atomic(folder / DONE, {"iterations": self.iterations})
+        write_json_atomic(folder / DONE, {"updates": self.updates})
         checkpoints.remove()
         return folder
 
-    def _play_state(self, stage: int, guide: Guide, checkpoint: tuple[int, Path] | None):
-        """(iterations done, agent, worlds, players) to play stage `stage` on: the checkpoint's, or new."""
+    def _play_state(self, iteration: int, guide: Guide, checkpoint: tuple[int, Path] | None):
+        """(updates done, agent, worlds, players) to play iteration `iteration` on: the checkpoint's, or
+        new ones."""
         cfg = self.config
         if checkpoint is not None:
             start, folder = checkpoint
             return start, *load_play(folder, guide, cfg.agent.kind == "ppo", cfg.agent.device)
-        seeds = [derive_seed(cfg.seed, "train", "crafter", stage, i) for i in range(cfg.agent.envs)]
+        seeds = [derive_seed(cfg.seed, "train", "crafter", iteration, i) for i in range(cfg.agent.envs)]
         venv = GuidedVecEnv(make_vec_env(seeds, **self._env_kwargs()), guide)
-        players = self._players(self.layout.play_key(stage))
-        seed_all(derive_seed(cfg.seed, "sampling", "agent", stage))
-        return 0, self._agent(stage, venv), venv, players
+        players = self._players(self.layout.play_key(iteration))
+        seed_all(derive_seed(cfg.seed, "sampling", "agent", iteration))
+        return 0, self._agent(iteration, venv), venv, players
 
-    def _agent(self, stage: int, venv: GuidedVecEnv):
-        """The PPO agent a stage starts from: the previous stage's, or a new one (None: scripted)."""
+    def _agent(self, iteration: int, venv: GuidedVecEnv):
+        """The PPO agent an iteration starts from: the previous iteration's, or a new one (None: scripted)."""
         a = self.config.agent
         if a.kind == "scripted":
             return None
-        if stage > 1:
-            return load_ppo(self.layout.agent(stage - 1), venv, a.device, reset=True)
+        if iteration > 1:
+            return load_ppo(self.layout.agent(iteration - 1), venv, a.device, reset=True)
         torch.manual_seed(derive_seed(self.config.seed, "init", "agent"))
         return build_ppo(venv, a.network, a.features, a.ppo(), a.device)
 
-    def sft(self, stage: int = 1) -> Path | None:
-        """Refine the adapter on the queries of stages 1..`stage` but the newest `refine.holdout` share
-        (see the module's text); None: frozen or no adapter."""
-        self._check_stage(stage)
+    def sft(self, iteration: int = 1) -> Path | None:
+        """Refine the adapter on the queries of iterations 1..`iteration` but the newest `refine.holdout`
+        share (see the module's text); None: frozen or no adapter."""
+        self._check_iteration(iteration)
         refine = self.config.refine
         if refine.mode == "frozen" or self.config.guidance != "adapter":
             return None
-        folder = self.layout.refine(stage)
+        folder = self.layout.refine(iteration)
         if is_trained(folder):
-            self._merge(stage)  # a run stopped between the training and the merge
+            self._merge(iteration)  # a run stopped between the training and the merge
             return folder / "model"
-        for s in range(1, stage + 1):
+        for s in range(1, iteration + 1):
             self.layout.require(self.layout.play(s) / DONE, f"train --iteration {s}")
         records = [
             r
-            for s in range(1, stage + 1)
+            for s in range(1, iteration + 1)
             for r in JsonlAppender(self.layout.queries(s), QueryRecord).records()
         ]
         kept = int(len(records) * (1 - refine.holdout))  # as written: the newest records come last
@@ -381,9 +385,9 @@ class AdaRefiner(Method):
         if refine.holdout:
             metrics["held_out"] = len(held)
         self.store.log_metrics(self.layout.name(folder), metrics)
-        start = self.initial_adapter() if refine.start == "initial" else self.adapter_path(stage - 1)
+        start = self.initial_adapter() if refine.start == "initial" else self.adapter_path(iteration - 1)
         model = self._fit(start, examples, refine.sft, folder, held)
-        self._merge(stage)
+        self._merge(iteration)
         return model
 
     def _examples(
@@ -410,28 +414,28 @@ class AdaRefiner(Method):
             )
         return out
 
-    def evaluate(self, stage: int | None = None) -> dict:
-        """The agent and adapter of stage `stage` (default: the last) on test worlds. Under several
+    def evaluate(self, iteration: int | None = None) -> dict:
+        """The agent and adapter of iteration `iteration` (default: the last) on test worlds. Under several
         processes each plays its share of the worlds and the main process writes them all: a scripted
         player's records do not depend on the number of processes; PPO's sampled actions do (SB3 draws
         every world's action from one generator)."""
         cfg = self.config
-        stage = cfg.stages if stage is None else stage
-        self._check_stage(stage)
-        folder = self.layout.evaluation(stage)
+        iteration = cfg.iterations if iteration is None else iteration
+        self._check_iteration(iteration)
+        folder = self.layout.evaluation(iteration)
         if is_evaluated(folder):
             return json.loads((folder / EVALUATED).read_text())
         if cfg.agent.kind == "ppo":  # the agent to reload (a scripted player has none)
-            self.layout.require(self.layout.play(stage) / DONE, f"train --iteration {stage}")
+            self.layout.require(self.layout.play(iteration) / DONE, f"train --iteration {iteration}")
         per_env = -(-cfg.evaluate.episodes // cfg.agent.envs)
-        worlds = shared_map(partial(self._play_test, stage, per_env), list(range(cfg.agent.envs)))
+        worlds = shared_map(partial(self._play_test, iteration, per_env), list(range(cfg.agent.envs)))
         played = self.evaluated_episodes([e for episodes, _, _ in worlds for e in episodes])
         kept = {(e.env, e.episode) for e in played}
         everything = sorted(
             (e for episodes, _, _ in worlds for e in episodes), key=lambda e: (e.env, e.episode)
         )
         queries = [q for _, world_queries, _ in worlds for q in world_queries]
-        metrics = stage_summary(played, [q for q in queries if (q.env, q.episode) in kept], self.decider)
+        metrics = play_summary(played, [q for q in queries if (q.env, q.episode) in kept], self.decider)
         if cfg.agent.kind == "scripted":
             completed = {(world, k): n for world, (_, _, done) in enumerate(worlds) for k, n in done.items()}
             metrics["subgoals_completed"] = round(float(np.mean([completed[k] for k in kept])), 4)
@@ -449,25 +453,27 @@ class AdaRefiner(Method):
         played = sorted(episodes, key=lambda e: (e.episode, e.env))
         return [e for e in played if e.episode < per_env][: self.config.evaluate.episodes]
 
-    def _play_test(self, stage: int, per_env: int, worlds: list[int]) -> list[tuple[list, list, dict]]:
+    def _play_test(self, iteration: int, per_env: int, worlds: list[int]) -> list[tuple[list, list, dict]]:
         """Test worlds `worlds` played until each has finished `per_env` episodes: per world, its episodes,
         its queries and (scripted player) the sub-goals carried out in each episode."""
         cfg = self.config
         episodes, queries = [], []
-        guide = self._guide(self._analyst(stage), self.layout.test_key(stage), cfg.evaluate.query_interval)
+        guide = self._guide(
+            self._analyst(iteration), self.layout.test_key(iteration), cfg.evaluate.query_interval
+        )
         guide.worlds, guide.on_query, guide.on_episode = worlds, queries.append, episodes.append
         seeds = [derive_seed(cfg.evaluate.seed, "test", "crafter", i) for i in worlds]
         venv = GuidedVecEnv(make_vec_env(seeds, **self._env_kwargs()), guide)
         seed_all(derive_seed(cfg.evaluate.seed, "test", "agent-actions"))
         completed = {}
         if cfg.agent.kind == "ppo":
-            agent = load_ppo(self.layout.agent(stage), None, cfg.agent.device, reset=True)
+            agent = load_ppo(self.layout.agent(iteration), None, cfg.agent.device, reset=True)
             obs = venv.reset()
             while min(t.episode for t in venv.tracks) < per_env:
                 actions, _ = agent.predict(obs, deterministic=False)
                 obs, _, _, _ = venv.step(actions)
         else:
-            players = [self._players(self.layout.test_key(stage))[i] for i in worlds]
+            players = [self._players(self.layout.test_key(iteration))[i] for i in worlds]
             completed = play_scripted(venv, players, None, reset=True, episodes=per_env)
         if cfg.query_clock == "world":  # queries run on across episodes: score and record the last ones
             for track in venv.tracks:
@@ -482,10 +488,10 @@ class AdaRefiner(Method):
         ]
 
     def run(self) -> None:
-        """Every stage's train and sft, and the evaluation of the last stage's agent and adapter."""
+        """Every iteration's train and sft, and the evaluation of the last iteration's agent and adapter."""
         if self.config.guidance == "adapter" and self.config.adapter.warmup_steps:
             self.warmup()
-        for stage in range(1, self.config.stages + 1):
-            self.train(stage)
-            self.sft(stage)
-        self.evaluate(self.config.stages)
+        for iteration in range(1, self.config.iterations + 1):
+            self.train(iteration)
+            self.sft(iteration)
+        self.evaluate(self.config.iterations)
