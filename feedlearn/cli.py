@@ -11,7 +11,7 @@ from pathlib import Path
 
 from feedlearn.config import load_recipe, read_yaml, validate
 from feedlearn.data.jsonl import write_text_atomic
-from feedlearn.data.store import open_run, write_problem, writing
+from feedlearn.data.store import EVALUATED, open_run, write_problem, writing
 from feedlearn.errors import ConfigError, FeedlearnError
 from feedlearn.methods.registry import METHODS, method_info
 from feedlearn.processes import end_processes, process_state
@@ -121,22 +121,25 @@ def cmd_report(args) -> None:
     print_results(f"run {', '.join(r.name for r in runs)}", runs[0].name, flat)
     for run in runs:
         columns = {column: flatten(values) for column, values in results[run].items()}
-        info = method_info(_method_of(run), str(run / "config.yaml"))
-        figure = info.figure(columns, run, run / "report")
+        figure = method_info(_method_of(run), str(run)).figure(columns, run, run / "report")
         print(f"report: {write_report(run, columns, [figure])}")
     if len(runs) > 1:
         print(f"comparison: {write_comparison(runs, {k: flatten(v) for k, v in flat.items()})}")
 
 
 def _evaluation_results(run: Path) -> dict[str, dict]:
-    """A run's evaluation results by column, from each `metrics.json` under an `evaluate` folder."""
-    found = sorted(p for p in run.glob("**/metrics.json") if "evaluate" in p.relative_to(run).parts)
+    """A run's evaluation results by column (its layout's `evaluations`)."""
+    method = _method_of(run)
+    layout = method_info(method, str(run / "config.yaml")).layout(run, method)
+    layout.check_moved()
+    found = layout.evaluations()
     if not found:
-        raise FeedlearnError(f"{run}: no evaluation results (metrics.json) found in this run folder")
+        raise FeedlearnError(f"{run}: no evaluation results (evaluate/**/metrics.json) in this run folder")
     results = {}
-    for path in found:
+    for column, folder in found.items():
+        path = folder / EVALUATED
         try:
-            results[_column(path.relative_to(run), run.name)] = json.loads(path.read_text(encoding="utf-8"))
+            results[column] = json.loads(path.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise FeedlearnError(
                 f"{path}: not valid JSON ({e}): delete it and run that evaluate stage again"
@@ -147,13 +150,9 @@ def _evaluation_results(run: Path) -> dict[str, dict]:
 def _method_of(run: Path) -> str | None:
     """The `method` of a run folder's saved config."""
     config = run / "config.yaml"
-    return read_yaml(config).get("method") if config.exists() else None
-
-
-def _column(path: Path, run_name: str) -> str:
-    """A results column's name: the path of its metrics.json without `evaluate` and the file name
-    (`base/evaluate/metrics.json` -> base, `evaluate/sft/metrics.json` -> sft), else the run's name."""
-    return "/".join(p for p in path.parts[:-1] if p != "evaluate") or run_name
+    if not config.exists():
+        raise FeedlearnError(f"{run} is not a run folder (it has no config.yaml)")
+    return read_yaml(config).get("method")
 
 
 def _recipes_listing() -> str:

@@ -168,3 +168,15 @@ def test_an_evaluation_in_its_old_place_is_refused_with_the_command_that_moves_i
     assert main(["rise", "evaluate", str(recipe), "--set", f"run_dir={tmp_path}"]) == 2
     err = capsys.readouterr().err
     assert f"mv {run / 'iter1' / 'evaluate'} {run / 'evaluate' / 'iter1'}" in err
+
+
+def test_evaluations_are_named_by_their_folder_under_evaluate(tmp_path):
+    run = tmp_path / "dpo-run"
+    (run / "evaluate").mkdir(parents=True)
+    (run / "evaluate" / "metrics.json").write_text("{}")
+    assert DPOLayout(run, "dpo").evaluations() == {"dpo-run": run / "evaluate"}
+    rise = RiseLayout(tmp_path / "rise-run", "rise")
+    for i in (0, 2):
+        (rise.evaluation(i) / "metrics.json").write_text("{}")
+    (rise.root / "evaluate" / "iter3").mkdir()  # unfinished: no metrics.json
+    assert rise.evaluations() == {"base": rise.evaluation(0), "iter2": rise.evaluation(2)}

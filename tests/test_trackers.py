@@ -247,7 +247,7 @@ def test_c3po_and_reflect_rl_reports_have_their_figures(tmp_path, capsys):
 
     scopes = {"in_scope_adherence": 80.0, "near_scope_changed": 10.0, "out_scope_changed": 5.0}
     layouts = {
-        "c3po": {"d1c27ec1/evaluate": {m: scopes for m in ("c3po", "scd", "in_context")}},
+        "c3po": {"evaluate/d1c27ec1": {m: scopes for m in ("c3po", "scd", "in_context")}},
         "reflect-rl": {
             f"evaluate/{stage}": {
                 "success": s,

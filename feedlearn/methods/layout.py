@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from feedlearn.data.store import is_done, is_evaluated
+from feedlearn.data.store import EVALUATED, is_done, is_evaluated
 from feedlearn.errors import DataError, FeedlearnError
 
 __all__ = ["Layout", "MissingInput", "is_done", "is_evaluated"]
@@ -45,6 +45,12 @@ class Layout:
     def policies(self) -> list[Path]:
         """The trained policies' model folders, the one to serve first; each counts once `is_done`."""
         raise NotImplementedError
+
+    def evaluations(self) -> dict[str, Path]:
+        """The finished evaluations, by name: the folder's path under `evaluate/` (`evaluate/iter1` ->
+        iter1), or the run's name for `evaluate/` itself. Only looks."""
+        found = sorted(p.parent for p in (self.root / "evaluate").glob(f"**/{EVALUATED}"))
+        return {"/".join(f.relative_to(self.root).parts[1:]) or self.root.name: f for f in found}
 
     def numbered(self, prefix: str, rest: str) -> list[Path]:
         """`<prefix><n>/<rest>` for every n there is, highest n first (iter3/train/model, iter2/...)."""
