@@ -64,7 +64,8 @@ def plot_curves(stage: str, curves: dict[str, list[tuple[int, float]]], path: Pa
 
 def write_report(run: Path, results: dict[str, dict], figures: list[Path] = ()) -> Path:
     """`run/report/`: a curves PNG per stage that logged steps and `index.html` with the evaluation
-    `results` ({column: flat {metric: value}}) as a table, then every figure (`figures` too)."""
+    `results` ({column: flat {metric: value}}) as a table, then every figure (`figures` too, written in
+    `run/report/` before)."""
     folder = run / "report"
     folder.mkdir(parents=True, exist_ok=True)
     images = []
@@ -73,11 +74,7 @@ def write_report(run: Path, results: dict[str, dict], figures: list[Path] = ()) 
         png = folder / f"curves_{stage.replace('/', '_')}.png"
         plot_curves(stage, curves, png)
         images.append((f"{stage}: training curves", png.name))
-    for figure in figures:
-        target = folder / figure.name
-        if figure.resolve() != target.resolve():
-            target.write_bytes(figure.read_bytes())
-        images.append((figure.stem, target.name))
+    images += [(figure.stem, figure.name) for figure in figures]
     page = folder / "index.html"
     page.write_text(_html(run.name, results, images), encoding="utf-8")
     return page

@@ -1,20 +1,18 @@
 """A run folder's layout: where each stage of a method reads and writes, and when it is finished.
 
 Each method declares one `Layout` subclass, the only place its run paths and its sampling keys are
-spelled out: its stages, `serve` (`policies`) and `report` read them from there. The done rule is the
-same for every stage: a stage's work is finished once the file it writes last is there (`DONE` in a
-trained model's folder, or in the folder of a stage that trains something else; `EVALUATED` in an
-evaluation's), and a finished stage is skipped when it runs again.
+spelled out: its stages, `serve` (`policies`) and `report` (`evaluations`) read them from there. The
+done rule (`data.store`) is the same for every stage: a stage's work is finished once the file it writes
+last is there (`DONE` in a trained model's folder, or in the folder of a stage that trains something
+else; `EVALUATED` in an evaluation's), and a finished stage is skipped when it runs again.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from feedlearn.data.store import EVALUATED, is_done, is_evaluated
+from feedlearn.data.store import EVALUATED
 from feedlearn.errors import DataError, FeedlearnError
-
-__all__ = ["Layout", "MissingInput", "is_done", "is_evaluated"]
 
 
 class MissingInput(DataError):
@@ -22,7 +20,8 @@ class MissingInput(DataError):
 
 
 class Layout:
-    """One run folder's paths. Stage folders are created on first use; `policies` only looks."""
+    """One run folder's paths. Stage folders are created on first use; `policies` and `evaluations` only
+    look."""
 
     def __init__(self, root: Path, method: str):
         self.root = Path(root)
