@@ -53,6 +53,7 @@ from feedlearn.data.store import open_run
 from feedlearn.errors import FeedlearnError
 from feedlearn.methods.dpo.config import ActiveDPOConfig, DPOConfig
 from feedlearn.methods.dpo.stages import PairMargin, PreferenceLearning, pair_credit
+from feedlearn.resources import peak_rss_mb
 from feedlearn.stats import paired_difference
 
 FULL = {
@@ -412,6 +413,7 @@ def main() -> None:
         },
         "settings": {**settings, "split": args.split, "jobs": args.jobs},
         "seconds": round(time.perf_counter() - started, 1),
+        "peak_rss_mb": peak_rss_mb(),
     }
     update_json_sections(out / "result.json", {args.arm: result}, legacy="summary")
     plot(result, out / ("queries.png" if args.arm == "tiny" else f"queries-{args.arm}.png"))

@@ -40,6 +40,7 @@ import time
 from pathlib import Path
 
 from feedlearn.data.jsonl import update_json_sections
+from feedlearn.resources import peak_rss_mb
 
 MECHANISM_ARMS = ("none", "frozen", "self", "feedback", "self_previous", "feedback_previous")
 SMOLLM2_ARMS = ("base", "frozen", "feedback")
@@ -255,6 +256,7 @@ def main() -> None:
         "paper_crafter_scores": PAPER,
         "quick": args.quick,
         "seconds": round(time.perf_counter() - started, 1),
+        "peak_rss_mb": peak_rss_mb(),
     }
     update_json_sections(out / "result.json", result)
     plot(result, out / "adarefiner_crafter.png")
@@ -285,7 +287,7 @@ def smollm2_main(out: Path, quick: bool) -> None:
         ]
         rows = pool.map(mechanism_arm, tasks, chunksize=1)
     result = smollm2_summary(rows, seeds)
-    result.update(quick=quick, seconds=round(time.perf_counter() - started, 1))
+    result.update(quick=quick, seconds=round(time.perf_counter() - started, 1), peak_rss_mb=peak_rss_mb())
     update_json_sections(out / "result.json", {"smollm2": result})
     plot_smollm2(result, out / "adarefiner_smollm2.png")
     for arm, m in result["arms"].items():

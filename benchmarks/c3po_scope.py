@@ -64,6 +64,7 @@ from feedlearn.data.store import open_run
 from feedlearn.methods.c3po.config import C3POConfig
 from feedlearn.methods.c3po.data import C3POSample
 from feedlearn.methods.c3po.stages import C3PO
+from feedlearn.resources import peak_rss_mb
 from feedlearn.seeds import derive_seed
 from feedlearn.stats import paired_difference
 from feedlearn.tasks.instructions import BUILTIN_FEEDBACKS, answers_prompt
@@ -154,6 +155,7 @@ def main() -> None:
         "tasks": {task: summarize([p[task] for p in per_seed]) for task in TASKS[args.arm]},
         "per_seed": dict(zip(map(str, seeds), per_seed, strict=True)),
         "seconds": round(time.perf_counter() - started, 1),
+        "peak_rss_mb": peak_rss_mb(),
     }
     if args.arm == "smollm2":
         result["feedbacks"] = per_feedback(per_seed)

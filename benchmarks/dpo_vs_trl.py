@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import resource
 import shutil
 import time
 from pathlib import Path
@@ -41,6 +40,7 @@ from feedlearn.methods.dpo.stages import PreferenceLearning
 from feedlearn.models.gguf import converted_folder, named_gguf
 from feedlearn.models.loading import LoraSettings, ModelSettings, load_policy
 from feedlearn.models.tiny import TinyModelConfig, build_tiny_model
+from feedlearn.resources import peak_rss_mb
 from feedlearn.tasks.word_preferences import TOPICS, WORDS
 
 FULL = {
@@ -250,7 +250,7 @@ def main() -> None:
         "trl_precompute_samples_per_s": round(rate("trl_precompute"), 3),
         "ratio_vs_trl_precompute": round(rate("feedlearn") / rate("trl_precompute"), 3),
         **({"trl_bf16_autocast_samples_per_s": round(rate("trl_bf16"), 3)} if "trl_bf16" in runs else {}),
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+        "peak_rss_mb": peak_rss_mb(),
         "settings": {
             "model": "SmolLM2-135M-Instruct with LoRA" if lora else "tiny, full weights",
             "steps": s["steps"],

@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import resource
 import tempfile
 import time
 from pathlib import Path
@@ -42,6 +41,7 @@ from feedlearn.methods.plots import grouped_bars
 from feedlearn.models.chat import prompt_ids
 from feedlearn.models.loading import ModelSettings, load_policy, load_tokenizer
 from feedlearn.models.tiny import TinyModelConfig, build_tiny_model
+from feedlearn.resources import peak_rss_mb
 from feedlearn.tasks.synthetic_math import generate_problems
 
 SAMPLES = 16
@@ -251,7 +251,7 @@ def main() -> None:
         "threads": torch.get_num_threads(),
         "matmul_flops_per_s": round(peak),
         **{name: run_shape(name, args.quick, args.batch_size, cache, dtype, peak) for name in shapes},
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+        "peak_rss_mb": peak_rss_mb(),
     }
     (out / "result.json").write_text(json.dumps(result, indent=2) + "\n")
     plot(result, shapes, out / "throughput.png")

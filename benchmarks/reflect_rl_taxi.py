@@ -44,6 +44,7 @@ from feedlearn.data.store import open_run
 from feedlearn.envs.catalog import EnvFactory
 from feedlearn.methods.reflect_rl.config import ReflectRLConfig
 from feedlearn.methods.reflect_rl.stages import ReflectRL
+from feedlearn.resources import peak_rss_mb
 from feedlearn.stats import mean_se, paired_difference
 
 RECIPES = {
@@ -260,6 +261,7 @@ def main() -> None:
             "overrides": args.set,
             **summarize({s: r[0] for s, r in runs.items()}, {s: r[1] for s, r in runs.items()}),
             "seconds": round(time.perf_counter() - started, 1),
+            "peak_rss_mb": peak_rss_mb(),
         }
     write_json_atomic(path, result)  # every environment's section, those of an earlier run kept
     plot(result, out / "curve.png")

@@ -40,6 +40,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 from feedlearn.data.jsonl import update_json_sections
+from feedlearn.resources import peak_rss_mb
 
 RECIPES = Path(__file__).resolve().parent.parent / "recipes" / "rise"
 
@@ -128,6 +129,10 @@ def main() -> None:
             futures = {s: pool.submit(run_seed, arm, s, out, args.quick, threads) for s in seeds}
             summary = arm_result({s: f.result() for s, f in futures.items()})
             result = update_json_sections(out / "result.json", {arm: summary})
+    peak = peak_rss_mb()  # the workers have exited, so their peak counts
+    result = update_json_sections(
+        out / "result.json", {arm: {**result[arm], "peak_rss_mb": peak} for arm in args.arms}
+    )
     for arm in args.arms:
         print(arm)
         for name, target in result[arm]["targets"].items():

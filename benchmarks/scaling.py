@@ -23,6 +23,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
+from feedlearn.resources import peak_rss_mb
+
 RECIPES = Path(__file__).resolve().parent.parent / "feedlearn" / "recipes"
 TINY = ["tiny.hidden_size=64", "tiny.intermediate_size=192", "tiny.num_layers=2", "tiny.num_heads=4"]
 
@@ -85,6 +87,7 @@ def main() -> None:
     result["dpo/train"] = _row(seconds, same, f"{pairs} pairs, global batch 16")
 
     result["seconds"] = round(time.perf_counter() - started, 1)
+    result["peak_rss_mb"] = peak_rss_mb()
     result["quick"] = args.quick
     (out / "result.json").write_text(json.dumps(result, indent=2) + "\n")
     plot(result, out / "scaling.png")

@@ -4,10 +4,10 @@ The packages and top-level modules stand in layers, lowest first. A module impor
 from its own package, never from a higher layer or from another package of its own layer
 (`tests/test_layers.py` checks it):
 
-    layer 1: errors seeds cache losses trackers stats
+    layer 1: errors seeds cache losses trackers stats resources
                                                    no feedlearn imports: errors, seeds by purpose, the cache
                                                    folder, loss functions, experiment trackers, standard
-                                                   errors
+                                                   errors, peak memory
     layer 2: processes                             the process group of a data-parallel run
     layer 3: data                                  records, JSONL files, the run folder, datasets exports
     layer 4: config models                         recipes from YAML; model loading, templates, tiny models
