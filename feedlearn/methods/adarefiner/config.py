@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from typing import Literal
 
 from pydantic import Field, model_validator
@@ -17,8 +16,6 @@ from feedlearn.methods.adarefiner.loop import (
 )
 from feedlearn.methods.common import AskSettings, GeneratingRecipe, Settings
 from feedlearn.training.trainer import TrainSettings
-
-log = logging.getLogger(__name__)
 
 
 class CrafterSettings(Settings):

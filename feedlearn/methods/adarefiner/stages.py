@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import time
 from functools import cached_property, partial
 from pathlib import Path
@@ -58,7 +57,6 @@ from feedlearn.seeds import derive_seed
 from feedlearn.training.batches import tokenize_sft
 from feedlearn.training.trainer import SFTObjective, TrainSettings, is_trained
 
-log = logging.getLogger(__name__)
 STAGES = {
     "warmup": "warm the adapter LM up on template analyses (offline recipes)",
     "train": "train the agent (PPO) with the adapter's guidance, recording every query",

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from typing import Literal
 
 from pydantic import Field, model_validator
@@ -11,8 +10,6 @@ from feedlearn.data.hub import DatasetSource
 from feedlearn.methods.c3po.objective import LossSettings, TrainMethod
 from feedlearn.methods.common import AskSettings, GeneratingRecipe, Settings
 from feedlearn.training.trainer import TrainSettings
-
-log = logging.getLogger(__name__)
 
 
 class TeacherSettings(AskSettings):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from typing import Literal
 
 from pydantic import Field
@@ -17,8 +16,6 @@ from feedlearn.losses import (
 from feedlearn.methods.common import OneSource, RecipeConfig, Settings
 from feedlearn.tasks.word_preferences import WordPreferenceTask
 from feedlearn.training.trainer import TrainSettings
-
-log = logging.getLogger(__name__)
 
 
 class SyntheticPairs(Settings):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from contextlib import nullcontext
 
 import torch
@@ -22,8 +21,6 @@ from feedlearn.methods.dpo.config import ActiveSettings, DPOSettings
 from feedlearn.processes import StepSums
 from feedlearn.training.batches import collate_pairs
 from feedlearn.training.scoring import sequence_scores
-
-log = logging.getLogger(__name__)
 
 
 class LiveReference:

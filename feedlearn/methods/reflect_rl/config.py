@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from typing import Literal
 
 from pydantic import Field, model_validator
@@ -16,8 +15,6 @@ from feedlearn.envs.catalog import (
 )
 from feedlearn.methods.common import AskSettings, GeneratingRecipe, Settings
 from feedlearn.training.trainer import TrainSettings
-
-log = logging.getLogger(__name__)
 
 
 class TeacherData(AskSettings):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from typing import Literal
 
 from pydantic import Field
@@ -19,8 +18,6 @@ from feedlearn.tasks.math_data import MathProblem, ProblemFormat, load_problems
 from feedlearn.tasks.reasoning_gym_data import ReasoningGymSettings, load_reasoning_gym
 from feedlearn.tasks.synthetic_math import generate_problems
 from feedlearn.training.trainer import TrainSettings
-
-log = logging.getLogger(__name__)
 
 
 class SyntheticSettings(Settings):
