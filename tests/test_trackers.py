@@ -82,7 +82,8 @@ def test_wandb_offline_writes_its_run_folder_and_a_broken_tracker_does_not_stop_
 
 def wandb_records(path):
     """The records of a wandb offline `.wandb` file (wandb's log format: a 7-byte header, then 32 KiB
-    blocks of chunks, each a crc32, a length and a type (1 whole, 2 first, 3 middle, 4 last))."""
+    blocks of chunks, each a crc32, a length and a type (1 whole, 2 first, 3 middle, 4 last)), up to the
+    first chunk not yet written whole."""
     import struct
 
     from wandb.proto import wandb_internal_pb2
@@ -93,7 +94,7 @@ def wandb_records(path):
             at += 32768 - at % 32768
             continue
         _, length, kind = struct.unpack("<IHB", data[at : at + 7])
-        if kind == 0:
+        if kind == 0 or at + 7 + length > len(data):  # the end, or a chunk wandb is still writing
             break
         pending += data[at + 7 : at + 7 + length]
         at += 7 + length
