@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from feedlearn.data.store import EVALUATED
+from feedlearn.data.store import DONE, EVALUATED
 from feedlearn.errors import DataError, FeedlearnError
 
 
@@ -68,6 +68,11 @@ class Layout:
                     f"{self.root / old}: an older feedlearn's place for it; move it with "
                     f"`mv {self.root / old} {self.root / new}` and run again"
                 )
+
+    def finished(self, folder: Path, stage: str) -> Path:
+        """`folder` (a model folder, or the folder of a stage that trains no model) once the stage writing
+        it is done (the done rule: its `DONE` marker is there), or an error naming that stage."""
+        return self.require(folder / DONE, stage).parent
 
     def require(self, path: Path, stage: str) -> Path:
         """`path`, or an error naming the stage (`feedlearn <method> <stage>`) that writes it."""

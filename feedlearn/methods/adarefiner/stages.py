@@ -137,7 +137,7 @@ class AdaRefiner(Method):
         """The starting adapter: the recipe's model (a tiny one built for it), warmed up when the recipe
         asks."""
         if self.config.adapter.warmup_steps:
-            return str(self.layout.require(self.layout.warmup() / "model" / DONE, "warmup").parent)
+            return str(self.layout.finished(self.layout.warmup() / "model", "warmup"))
         if self.config.model.path == "tiny":
             return str(self._tiny_base([]))
         return self.config.model.path
@@ -159,7 +159,7 @@ class AdaRefiner(Method):
         if iteration == 0 or self.config.refine.mode == "frozen":
             return self.initial_adapter()
         adapter = self.layout.refine(iteration) / ("merged" if self._merges else "model")
-        return str(self.layout.require(adapter / DONE, f"sft --iteration {iteration}").parent)
+        return str(self.layout.finished(adapter, f"sft --iteration {iteration}"))
 
     def _merge(self, iteration: int) -> None:
         """Iteration `iteration`'s LoRA adapter merged into its base (unquantized, in `model.dtype`) and
@@ -293,7 +293,7 @@ class AdaRefiner(Method):
             Checkpoints(folder / "checkpoints").remove()  # left by a run stopped just after it finished
             return folder
         if iteration > 1:
-            self.layout.require(self.layout.play(iteration - 1) / DONE, f"train --iteration {iteration - 1}")
+            self.layout.finished(self.layout.play(iteration - 1), f"train --iteration {iteration - 1}")
         queries = JsonlAppender(self.layout.queries(iteration), QueryRecord)
         episodes = JsonlAppender(folder / "episodes.jsonl", CrafterEpisode)
         analyst = self._analyst(iteration - 1)
@@ -369,7 +369,7 @@ class AdaRefiner(Method):
             self._merge(iteration)  # a run stopped between the training and the merge
             return folder / "model"
         for s in range(1, iteration + 1):
-            self.layout.require(self.layout.play(s) / DONE, f"train --iteration {s}")
+            self.layout.finished(self.layout.play(s), f"train --iteration {s}")
         records = [
             r
             for s in range(1, iteration + 1)
@@ -424,7 +424,7 @@ class AdaRefiner(Method):
         if is_evaluated(folder):
             return json.loads((folder / EVALUATED).read_text())
         if cfg.agent.kind == "ppo":  # the agent to reload (a scripted player has none)
-            self.layout.require(self.layout.play(iteration) / DONE, f"train --iteration {iteration}")
+            self.layout.finished(self.layout.play(iteration), f"train --iteration {iteration}")
         per_env = -(-cfg.evaluate.episodes // cfg.agent.envs)
         worlds = shared_map(partial(self._play_test, iteration, per_env), list(range(cfg.agent.envs)))
         played = self.evaluated_episodes([e for episodes, _, _ in worlds for e in episodes])

@@ -119,7 +119,7 @@ class C3PO(Method):
         """The base policy: the configured model, or a tiny model after its warm start."""
         if self.config.model.path != "tiny":
             return self.config.model.path
-        return str(self.layout.require(self.layout.sft() / "model" / DONE, "sft").parent)
+        return str(self.layout.finished(self.layout.sft() / "model", "sft"))
 
     # ---- stages ---------------------------------------------------------------------------------------
 
@@ -330,7 +330,7 @@ class C3PO(Method):
         tests = self.test_samples(feedback)
         sampling = SamplingParams(temperature=0.0, max_new_tokens=cfg.evaluate.max_new_tokens)
         adapters = {
-            m: self.layout.require(self.layout.train(feedback.short_id, m) / "model" / DONE, "train").parent
+            m: self.layout.finished(self.layout.train(feedback.short_id, m) / "model", "train")
             for m in cfg.methods
         }
         if is_done(self.layout.combined()):
@@ -407,8 +407,7 @@ class C3PO(Method):
 
         feedbacks = self.feedbacks()
         paths = [
-            self.layout.require(self.layout.train(f.short_id, "c3po") / "model" / DONE, "train").parent
-            for f in feedbacks
+            self.layout.finished(self.layout.train(f.short_id, "c3po") / "model", "train") for f in feedbacks
         ]
         base, tokenizer = load_policy(self._settings(self.base_model_path()))
         model = PeftModel.from_pretrained(base, str(paths[0]), adapter_name="f0")

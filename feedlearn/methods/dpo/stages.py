@@ -10,7 +10,7 @@ import torch
 
 from feedlearn.data.jsonl import JsonlAppender, read_jsonl, write_json_atomic, write_jsonl_atomic
 from feedlearn.data.records import LabelRecord, PreferencePair, Record
-from feedlearn.data.store import DONE, EVALUATED, is_evaluated
+from feedlearn.data.store import EVALUATED, is_evaluated
 from feedlearn.errors import DataError
 from feedlearn.feedback.label_book import LabelBook, check_labels
 from feedlearn.feedback.labelers import build_labeler
@@ -170,7 +170,7 @@ class PreferenceLearning(Method):
         reference = self.reference_logprobs(
             model, tokenizer, pairs, rows, folder / "reference_logprobs.jsonl"
         )
-        trained = self.layout.require(self.layout.train() / "model" / DONE, "train").parent
+        trained = self.layout.finished(self.layout.train() / "model", "train")
         policy, _ = load_policy(self._settings(str(trained)))
         scored = pair_logprobs(
             policy, rows, tokenizer.pad_token_id, cfg.score_batch_size, self.progress, "eval"

@@ -210,7 +210,7 @@ class ReflectRL(Method):
         final = folder / "model"
         if is_done(final):
             return final
-        self.layout.require(self.layout.policy("sft") / DONE, "sft")
+        self.layout.finished(self.layout.policy("sft"), "sft")
         levels = self.levels(cfg.rl.curriculum)
         checkpoints = Checkpoints(folder / "checkpoints")
         start, learner = self._learner(checkpoints.latest(cfg.rl.iterations))
@@ -313,7 +313,7 @@ class ReflectRL(Method):
         folder = self.layout.evaluation(after)
         if is_evaluated(folder):
             return json.loads((folder / EVALUATED).read_text())
-        path = self.layout.require(self.layout.policy(after) / DONE, after).parent
+        path = self.layout.finished(self.layout.policy(after), after)
         policy, tok = load_policy(self._settings(str(path)))
         objective = ChoiceObjective(tok)
         reflector = self._reflector()
@@ -396,4 +396,4 @@ class ReflectRL(Method):
         if not self.config.reflection:
             return None
         model = self.layout.reflector() / "model"
-        return self.generation_backend(str(self.layout.require(model / DONE, "sft").parent))
+        return self.generation_backend(str(self.layout.finished(model, "sft")))

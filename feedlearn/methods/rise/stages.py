@@ -14,7 +14,7 @@ from feedlearn.backends.base import Backend, SamplingParams
 from feedlearn.backends.openai_compat import OpenAIBackend
 from feedlearn.data.jsonl import JsonlAppender, read_jsonl, write_json_atomic, write_jsonl_atomic
 from feedlearn.data.records import Episode, Message, SFTExample, Turn
-from feedlearn.data.store import DONE, EVALUATED, is_evaluated
+from feedlearn.data.store import EVALUATED, is_evaluated
 from feedlearn.envs.math_env import MathEnv
 from feedlearn.methods.common import Method
 from feedlearn.methods.rise.config import RiseConfig
@@ -85,9 +85,9 @@ class Rise(Method):
         """The policy after `iteration` RISE rounds (0 = the base, after the optional SFT warm start)."""
         if iteration > 0:
             model = self.layout.train(iteration) / "model"
-            return str(self.layout.require(model / DONE, f"train --iteration {iteration}").parent)
+            return str(self.layout.finished(model, f"train --iteration {iteration}"))
         if self.config.sft is not None:
-            return str(self.layout.require(self.layout.sft() / "model" / DONE, "sft").parent)
+            return str(self.layout.finished(self.layout.sft() / "model", "sft"))
         return self.base_model_path()
 
     # ---- stages ---------------------------------------------------------------------------------------
