@@ -270,7 +270,7 @@ def test_adapter_sft_text_is_the_inference_prompt_plus_the_reply_template_applie
     from feedlearn.models.loading import load_tokenizer
 
     tok = load_tokenizer(path)
-    record = read_jsonl(method.store.stage("warmup") / "queries.jsonl", QueryRecord)[0]
+    record = read_jsonl(method.layout.warmup() / "queries.jsonl", QueryRecord)[0]
     (example,) = method._examples([record], weighted=False)
     (row,) = tokenize_sft([example], tok, 4096)
     context = prompt_ids(tok, record.prompt)

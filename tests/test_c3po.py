@@ -295,7 +295,7 @@ def test_teacher_replies_are_saved_as_they_come(tmp_path, monkeypatch):
     config = C3POConfig.model_validate(tiny_recipe(tmp_path))
     method = C3PO(config, open_run(config.run_dir, "t", config.model_dump(mode="json")), progress=False)
     feedback = method.feedbacks()[0]
-    folder = method.store.stage(f"{feedback.short_id}/sample")
+    folder = method.layout.sample(feedback.short_id)
     calls, real = [], OfflineTeacher.prompts
 
     def failing(self, fb, category, scope, n):

@@ -296,7 +296,7 @@ def run(config, run_id="r") -> PreferenceLearning:
 
 
 def weights(method: PreferenceLearning) -> dict[str, torch.Tensor]:
-    return load_file(str(method.store.stage("train") / "model" / "model.safetensors"))
+    return load_file(str(method.layout.train() / "model" / "model.safetensors"))
 
 
 def train_metrics(method: PreferenceLearning) -> list[dict]:
@@ -318,13 +318,13 @@ def test_dpo_trains_and_beats_chance_on_held_out_pairs(tmp_path, tiny_path, monk
     before = load_file(f"{tiny_path}/model.safetensors")
     after = weights(method)
     assert any(not torch.equal(before[k], after[k]) for k in after)
-    result = json.loads((method.store.stage("evaluate") / "metrics.json").read_text())
+    result = json.loads((method.layout.evaluation() / "metrics.json").read_text())
     assert result["queries_used"] == 256  # plain DPO asks about every pair once, over all epochs
     assert result["pairs"] == 200
     # the untrained policy equals its reference, so it scores exactly 50; one accuracy over 200 pairs has
     # a standard error of 3.5 points, so 75 is 7 of them above chance (measured: 89.0)
     assert result["preference_accuracy"] > 75
-    margins = [json.loads(line) for line in (method.store.stage("evaluate") / "margins.jsonl").open()]
+    margins = [json.loads(line) for line in (method.layout.evaluation() / "margins.jsonl").open()]
     assert len({m["id"] for m in margins}) == 200  # one per held-out pair, to compare runs pair by pair
     right = sum(1.0 if m["margin"] > 0 else 0.5 if m["margin"] == 0 else 0.0 for m in margins)
     assert 100 * right / 200 == pytest.approx(result["preference_accuracy"], abs=0.01)
@@ -345,7 +345,7 @@ def test_active_dpo_queries_fewer_and_logs_pseudo_labels(tmp_path, tiny_path):
     steps = train_metrics(method)
     assert steps[0]["queries_used"] == 8  # step 0: pi == ref, every margin is 0, all 8 pairs asked
     used = steps[-1]["queries_used"]
-    labels = read_jsonl(method.store.stage("train") / "labels.jsonl", LabelRecord)
+    labels = read_jsonl(method.layout.labels(), LabelRecord)
     assert used == len(labels) == len({r.id for r in labels}) < 48
     pseudo = [s for s in steps if s["pseudo_labels"] > 0]
     assert pseudo and all(0.0 <= s["pseudo_label_agreement"] <= 1.0 for s in pseudo)
@@ -355,7 +355,7 @@ def test_query_budget_stops_paying_and_drops_the_rest(tmp_path, tiny_path):
     method = run(recipe(tmp_path, tiny_path, query_budget=12))
     method.train()
     assert train_metrics(method)[-1]["queries_used"] == 12
-    assert len(read_jsonl(method.store.stage("train") / "labels.jsonl", LabelRecord)) == 12
+    assert len(read_jsonl(method.layout.labels(), LabelRecord)) == 12
 
 
 @pytest.mark.parametrize("active", [None, {"gamma": 0.05}], ids=["dpo", "active"])
@@ -403,12 +403,12 @@ def test_a_judge_that_never_gives_a_usable_label_fails_the_run_at_its_first_answ
     with pytest.raises(FeedlearnError, match="the judge labeler gave no usable label for any of the") as err:
         method.run()
     assert "position_disagreements" in str(err.value) and "\n" not in str(err.value)
-    labels = read_jsonl(method.store.stage("train") / "labels.jsonl", LabelRecord)
+    labels = read_jsonl(method.layout.labels(), LabelRecord)
     assert labels and all(r.label == 0 for r in labels)  # every answer bought is kept
     # caught after 16 answers, before a checkpoint, a saved model or more labels bought
     assert len(labels) == FAIL_AFTER
-    assert not (method.store.stage("train") / "model").exists()
-    assert not (method.store.stage("train") / "checkpoints").exists()
+    assert not (method.layout.train() / "model").exists()
+    assert not (method.layout.train() / "checkpoints").exists()
     with pytest.raises(FeedlearnError, match="no usable label"):  # and on every rerun
         run(config).run()
 
@@ -449,7 +449,7 @@ def test_resume_keeps_the_label_cache_and_query_count(tmp_path, tiny_path, monke
     broken = run(config, "broken")
     with pytest.raises(Crash):
         broken.train()
-    labels_path = broken.store.stage("train") / "labels.jsonl"
+    labels_path = broken.layout.labels()
     paid_before = len(read_jsonl(labels_path, LabelRecord))
     monkeypatch.setattr(objective.PreferenceObjective, "loss", real_loss)
 

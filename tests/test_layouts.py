@@ -52,6 +52,11 @@ def test_rise_paths_and_keys(tmp_path):
     assert lay.parallel_key("p7") == "evaluate/p7/parallel"
 
 
+def test_a_stage_folder_is_created_on_first_use(tmp_path):
+    folder = RiseLayout(tmp_path / "run", "rise").folder("iter1/train")
+    assert folder == tmp_path / "run" / "iter1" / "train" and folder.is_dir()
+
+
 def test_dpo_paths(tmp_path):
     lay = DPOLayout(tmp_path, "dpo")
     assert [relative(lay, p) for p in (lay.train(), lay.labels(), lay.evaluation())] == [

@@ -18,6 +18,7 @@ from feedlearn.data.records import Episode, SFTExample
 from feedlearn.data.store import RunStore, open_run
 from feedlearn.errors import FeedlearnError
 from feedlearn.methods.rise.config import RiseConfig
+from feedlearn.methods.rise.layout import RiseLayout
 from feedlearn.methods.rise.stages import Rise
 from feedlearn.tasks.math_data import MathProblem
 
@@ -424,7 +425,7 @@ def test_tiny_end_to_end(tmp_path, monkeypatch):
 
 
 def write_examples(store: RunStore, n: int) -> None:
-    path = store.stage("iter1/convert") / "examples.jsonl"
+    path = RiseLayout(store.path, "rise").examples(1)
     row = {"messages": [{"role": "user", "content": "1+1?"}, {"role": "assistant", "content": r"\boxed{2}"}]}
     path.write_text("".join(json.dumps({"id": f"e{i}", **row}) + "\n" for i in range(n)))
 

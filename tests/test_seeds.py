@@ -108,7 +108,7 @@ def test_c3po_test_prompts_are_never_training_prompts(tmp_path, seed):
     )
     method = C3PO(config, RunStore(tmp_path, "c"), progress=False)
     for feedback in method.feedbacks():
-        prompts = method._prompts(feedback, method.store.stage(feedback.short_id))
+        prompts = method._prompts(feedback, method.layout.folder(feedback.short_id))
         texts = [p["prompt"] for p in prompts]
         assert len(texts) == len(set(texts))  # one scope and one split per prompt
         for scope in ("in", "near", "out"):

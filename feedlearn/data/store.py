@@ -64,7 +64,8 @@ def is_evaluated(folder: Path) -> bool:
 
 
 class RunStore:
-    """One run's folder. Stages write into `stage(name)`; metrics go to `metrics.jsonl`."""
+    """One run's folder (a method's `Layout` says where in it each stage writes); metrics go to
+    `metrics.jsonl`."""
 
     def __init__(self, root: str | Path, run_id: str):
         self.run_id = run_id
@@ -78,12 +79,6 @@ class RunStore:
     def save_config(self, config: dict[str, Any]) -> None:
         """Write the resolved config as `config.yaml` (secrets never live in configs, only env var names)."""
         write_text_atomic(self.path / CONFIG, yaml.safe_dump(config, sort_keys=False))
-
-    def stage(self, name: str) -> Path:
-        """The folder of one stage, created on first use."""
-        folder = self.path / name
-        folder.mkdir(parents=True, exist_ok=True)
-        return folder
 
     def log_metrics(self, stage: str, metrics: dict[str, Any], step: int | None = None) -> None:
         """Append one metrics row (stage, step, wall time, values; nested metrics as `a/b` keys) to
