@@ -168,15 +168,20 @@ def lay_out(sequences: list[dict], pad_id: int, packed: bool) -> dict[str, torch
 
     `packed`: several to a row (first fit, longest first), each with its own `position_ids` from 0 and no
     attention mask, so transformers' attention keeps them apart (no compute spent on padding; see
-    `scoring.packs_sequences`). Otherwise one to a row, right-padded, with an `attention_mask`. The first
-    token of each sequence is never a target (nothing before it in its sequence predicts it).
+    `scoring.packs_sequences`); the first token of each is never a target (nothing before it in its
+    sequence predicts it). Otherwise `collate`'s padded rows, one sequence to a row.
     """
+    if not packed:
+        batch = collate(sequences, pad_id)
+        index = torch.arange(len(sequences))[:, None]
+        batch["sequence"] = torch.where(batch["attention_mask"].bool(), index, -1)
+        return batch
     width = max(len(s["input_ids"]) for s in sequences)
     rows: list[list[int]] = []
     room: list[int] = []
     for i in sorted(range(len(sequences)), key=lambda i: -len(sequences[i]["input_ids"])):
         n = len(sequences[i]["input_ids"])
-        fits = next((r for r, free in enumerate(room) if free >= n), None) if packed else None
+        fits = next((r for r, free in enumerate(room) if free >= n), None)
         if fits is None:
             rows.append([i])
             room.append(width - n)
@@ -197,9 +202,4 @@ def lay_out(sequences: list[dict], pad_id: int, packed: bool) -> dict[str, torch
             sequence[r, start : start + n] = i
             start += n
         positions[r, start:] = torch.arange(width - start)  # filler: a segment of its own
-    batch = {"input_ids": ids, "labels": labels, "sequence": sequence}
-    if packed:
-        batch["position_ids"] = positions
-    else:
-        batch["attention_mask"] = (sequence >= 0).long()
-    return batch
+    return {"input_ids": ids, "labels": labels, "sequence": sequence, "position_ids": positions}
