@@ -13,7 +13,8 @@ from feedlearn.config import load_recipe, read_yaml, validate
 from feedlearn.data.jsonl import write_text_atomic
 from feedlearn.data.store import EVALUATED, open_run, write_problem, writing
 from feedlearn.errors import ConfigError, FeedlearnError
-from feedlearn.methods.registry import METHODS, method_info
+from feedlearn.methods.layout import Layout
+from feedlearn.methods.registry import METHODS, MethodInfo, method_info
 from feedlearn.processes import end_processes, process_state
 from feedlearn.serve import ServeSettings, serve
 
@@ -113,7 +114,8 @@ def cmd_report(args) -> None:
     from feedlearn.report_page import write_comparison, write_report
 
     runs = [Path(r) for r in args.run]
-    results = {run: _evaluation_results(run) for run in runs}
+    methods = {run: _run_method(run) for run in runs}
+    results = {run: _evaluation_results(methods[run][1]) for run in runs}
     flat = {}
     for run in runs:
         prefix = f"{run.name}/" if len(runs) > 1 else ""
@@ -121,20 +123,20 @@ def cmd_report(args) -> None:
     print_results(f"run {', '.join(r.name for r in runs)}", runs[0].name, flat)
     for run in runs:
         columns = {column: flatten(values) for column, values in results[run].items()}
-        figure = method_info(_method_of(run), str(run)).figure(columns, run, run / "report")
+        figure = methods[run][0].figure(columns, run, run / "report")
         print(f"report: {write_report(run, columns, [figure])}")
     if len(runs) > 1:
         print(f"comparison: {write_comparison(runs, {k: flatten(v) for k, v in flat.items()})}")
 
 
-def _evaluation_results(run: Path) -> dict[str, dict]:
+def _evaluation_results(layout: Layout) -> dict[str, dict]:
     """A run's evaluation results by column (its layout's `evaluations`)."""
-    method = _method_of(run)
-    layout = method_info(method, str(run / "config.yaml")).layout(run, method)
     layout.check_moved()
     found = layout.evaluations()
     if not found:
-        raise FeedlearnError(f"{run}: no evaluation results (evaluate/**/metrics.json) in this run folder")
+        raise FeedlearnError(
+            f"{layout.root}: no evaluation results (evaluate/**/metrics.json) in this run folder"
+        )
     results = {}
     for column, folder in found.items():
         path = folder / EVALUATED
@@ -147,12 +149,14 @@ def _evaluation_results(run: Path) -> dict[str, dict]:
     return results
 
 
-def _method_of(run: Path) -> str | None:
-    """The `method` of a run folder's saved config."""
+def _run_method(run: Path) -> tuple[MethodInfo, Layout]:
+    """The method of a run folder (its saved config's `method`) and the folder's layout."""
     config = run / "config.yaml"
     if not config.exists():
         raise FeedlearnError(f"{run} is not a run folder (it has no config.yaml)")
-    return read_yaml(config).get("method")
+    name = read_yaml(config).get("method")
+    info = method_info(name, str(config))
+    return info, info.layout(run, name)
 
 
 def _recipes_listing() -> str:
