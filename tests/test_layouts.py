@@ -185,3 +185,14 @@ def test_evaluations_are_named_by_their_folder_under_evaluate(tmp_path):
         (rise.evaluation(i) / "metrics.json").write_text("{}")
     (rise.root / "evaluate" / "iter3").mkdir()  # unfinished: no metrics.json
     assert rise.evaluations() == {"base": rise.evaluation(0), "iter2": rise.evaluation(2)}
+
+
+@pytest.mark.parametrize("layout", [C3POLayout, RiseLayout, DPOLayout])
+def test_any_method_refuses_an_evaluation_in_its_old_place(tmp_path, layout):
+    (tmp_path / "d1c27ec1" / "evaluate").mkdir(parents=True)
+    lay = layout(tmp_path, "m")
+    assert lay.moved() == {"d1c27ec1/evaluate": "evaluate/d1c27ec1"}
+    with pytest.raises(FeedlearnError, match="mv .*d1c27ec1/evaluate .*evaluate/d1c27ec1"):
+        lay.check_moved()
+    (tmp_path / "evaluate" / "d1c27ec1").mkdir(parents=True)  # moved already: nothing to refuse
+    lay.check_moved()

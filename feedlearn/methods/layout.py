@@ -57,8 +57,10 @@ class Layout:
         return [d / rest for n, d in sorted((x for x in found if x[0].isdigit()), key=lambda x: -int(x[0]))]
 
     def moved(self) -> dict[str, str]:
-        """Folders an older feedlearn wrote elsewhere ({old: new}, paths in the run folder); none here."""
-        return {}
+        """Folders an older feedlearn wrote elsewhere ({old: new}, paths in the run folder): an evaluation
+        in `<name>/evaluate/` (RISE's `iter<i>`, `base`; C3PO's feedback ids), now `evaluate/<name>/`."""
+        found = sorted(d.parent.name for d in self.root.glob("*/evaluate") if d.parent.name != "evaluate")
+        return {f"{name}/evaluate": f"evaluate/{name}" for name in found}
 
     def check_moved(self) -> None:
         """Refuse a run folder that holds a folder at its old place, with the command that moves it."""

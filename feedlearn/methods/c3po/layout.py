@@ -45,10 +45,6 @@ class C3POLayout(Layout):
         """A feedback's evaluation."""
         return self.folder(f"evaluate/{feedback}")
 
-    def moved(self) -> dict[str, str]:
-        found = sorted(d.parent.name for d in self.root.glob("*/evaluate") if d.parent.name != "evaluate")
-        return {f"{name}/evaluate": f"evaluate/{name}" for name in found}
-
     def policies(self) -> list[Path]:
         adapters = sorted(p.parent for p in self.root.glob(f"*/train/c3po/model/{DONE}"))
         if len(adapters) > 1 and not is_done(self.combined()):

@@ -327,8 +327,6 @@ class C3PO(Method):
     def _evaluate(self, feedback: Feedback) -> dict[str, dict[str, float]]:
         cfg = self.config
         folder = self.layout.evaluation(feedback.short_id)
-        tests = self.test_samples(feedback)
-        sampling = SamplingParams(temperature=0.0, max_new_tokens=cfg.evaluate.max_new_tokens)
         adapters = {
             m: self.layout.finished(self.layout.train(feedback.short_id, m) / "model", "train")
             for m in cfg.methods
@@ -339,6 +337,8 @@ class C3PO(Method):
             results = json.loads((folder / EVALUATED).read_text())
             if set(adapters) <= set(results):
                 return results
+        tests = self.test_samples(feedback)
+        sampling = SamplingParams(temperature=0.0, max_new_tokens=cfg.evaluate.max_new_tokens)
         responses = {name: self._respond(str(path), tests, sampling) for name, path in adapters.items()}
         for name in ("in_context", "cot"):  # scored from their samples
             responses[name] = {scope: [getattr(s, name) or "" for s in rows] for scope, rows in tests.items()}

@@ -43,10 +43,6 @@ class RiseLayout(Layout):
         """The folder of the evaluation after `iteration` rounds (0: the base)."""
         return self.folder(f"evaluate/iter{iteration}" if iteration else "evaluate/base")
 
-    def moved(self) -> dict[str, str]:
-        found = sorted(d.parent.name for d in self.root.glob("iter*/evaluate"))
-        return {f"{name}/evaluate": f"evaluate/{name}" for name in ["base", *found]}
-
     def policies(self) -> list[Path]:
         return [*self.numbered("iter", "train/model"), self.root / "sft" / "model"]
 
