@@ -251,8 +251,11 @@ def _accelerator(mixed_precision: str) -> Accelerator:
 
 
 def _optimizer(params: list, settings: TrainSettings, total_steps: int):
-    """AdamW on `params` and the learning-rate schedule over `total_steps` optimizer steps."""
-    optimizer = torch.optim.AdamW(params, lr=settings.learning_rate, weight_decay=settings.weight_decay)
+    """AdamW on `params` (torch's fused kernel, as transformers' Trainer uses by default) and the
+    learning-rate schedule over `total_steps` optimizer steps."""
+    optimizer = torch.optim.AdamW(
+        params, lr=settings.learning_rate, weight_decay=settings.weight_decay, fused=True
+    )
     scheduler = get_scheduler(
         settings.lr_schedule,
         optimizer,
