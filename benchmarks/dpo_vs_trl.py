@@ -199,11 +199,15 @@ def main() -> None:
     parser.add_argument(
         "--profile", action="store_true", help="also profile one more feedlearn run (OUT/MODEL/profile.txt)"
     )
+    parser.add_argument(
+        "--repeats", type=int, help="interleaved repeats of each trainer (default: the shape's)"
+    )
     args = parser.parse_args()
     out = Path(args.out)
     if args.quick:
         args.model = "tiny"
     s = QUICK if args.quick else FULL if args.model == "tiny" else SMOLLM2
+    s = {**s, "repeats": args.repeats or s["repeats"]}
     lora = args.model == "smollm2"
     torch.manual_seed(SEED)
 
@@ -250,6 +254,13 @@ def main() -> None:
         "trl_precompute_samples_per_s": round(rate("trl_precompute"), 3),
         "ratio_vs_trl_precompute": round(rate("feedlearn") / rate("trl_precompute"), 3),
         **({"trl_bf16_autocast_samples_per_s": round(rate("trl_bf16"), 3)} if "trl_bf16" in runs else {}),
+        "samples_per_s_per_repeat": {
+            name: [round(r["samples"] / r["seconds"], 3) for r in done] for name, done in runs.items()
+        },
+        "ratio_per_repeat": [  # each repeat's runs are back to back: a ratio per spell of the machine
+            round((f["samples"] / f["seconds"]) / (t["samples"] / t["seconds"]), 3)
+            for f, t in zip(runs["feedlearn"], runs["trl"], strict=True)
+        ],
         "peak_rss_mb": peak_rss_mb(),
         "settings": {
             "model": "SmolLM2-135M-Instruct with LoRA" if lora else "tiny, full weights",
