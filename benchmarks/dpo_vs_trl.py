@@ -239,10 +239,11 @@ def main() -> None:
             feedlearn_run(out, f"throughput-{repeat}", model, data, s["batch_size"], None, lora)
         )
 
+    rates = {name: [r["samples"] / r["seconds"] for r in done] for name, done in runs.items()}
+
     def rate(name: str) -> float:
         """Median samples per second over the repeats."""
-        rates = sorted(r["samples"] / r["seconds"] for r in runs[name])
-        return rates[len(rates) // 2]
+        return sorted(rates[name])[len(rates[name]) // 2]
 
     result = {
         "feedlearn_samples_per_s": round(rate("feedlearn"), 3),
@@ -254,12 +255,9 @@ def main() -> None:
         "trl_precompute_samples_per_s": round(rate("trl_precompute"), 3),
         "ratio_vs_trl_precompute": round(rate("feedlearn") / rate("trl_precompute"), 3),
         **({"trl_bf16_autocast_samples_per_s": round(rate("trl_bf16"), 3)} if "trl_bf16" in runs else {}),
-        "samples_per_s_per_repeat": {
-            name: [round(r["samples"] / r["seconds"], 3) for r in done] for name, done in runs.items()
-        },
+        "samples_per_s_per_repeat": {name: [round(r, 3) for r in done] for name, done in rates.items()},
         "ratio_per_repeat": [  # each repeat's runs are back to back: a ratio per spell of the machine
-            round((f["samples"] / f["seconds"]) / (t["samples"] / t["seconds"]), 3)
-            for f, t in zip(runs["feedlearn"], runs["trl"], strict=True)
+            round(f / t, 3) for f, t in zip(rates["feedlearn"], rates["trl"], strict=True)
         ],
         "peak_rss_mb": peak_rss_mb(),
         "settings": {
