@@ -5,7 +5,10 @@ Tiny models learn from the scripted teacher (oracle moves, template reflections,
 policy learns online with REINFORCE (`recipes/reflect-rl/tiny.yaml`, `tiny_autoexplore.yaml`), under the
 reference code's rules (docs/deviations.md). Every configuration of a seed plays the same held-out
 episodes, greedy and sampled (the reference's evaluation), so each effect (RL over SFT, reflection over
-none) is a paired difference per episode; its standard error is over the episodes of every seed.
+none) is a paired difference per episode; its standard error is over the episodes of every seed. That
+error is the evaluation's noise only: each seed trains its own models, and where seeds disagree (one weak
+SFT policy) the per-seed effects and their standard error between seeds say how much of an effect is the
+training's luck.
 
 `--env taxi_smollm2` runs the same four arms on Taxi with a real model, SmolLM2-135M-Instruct, as both the
 policy and the reflection model (`recipes/reflect-rl/smollm2.yaml`: a CPU's scale, greedy evaluation only).
@@ -24,7 +27,8 @@ Writes `OUT/result.json` (a rerun keeps the sections of the environments it did 
 "reflect_sft", "reflect_rl") and evaluation ("greedy", "sampled"), the success per seed and its mean
 (with several evaluated levels, also per level: success and steps per episode);
 the effects ("rl": sft_rl - sft, "reflect_rl": reflect_rl - reflect_sft, "reflection": reflect_rl -
-sft_rl) as paired differences in points with standard errors; on Taxi, per arm and seed, the share of
+sft_rl) as paired differences in points with standard errors, and per seed with their standard error
+between seeds (`se_between_seeds`); on Taxi, per arm and seed, the share of
 held-out moves that were the BFS oracle's; the training curves; and `OUT/curve.png`.
 """
 
@@ -219,7 +223,15 @@ def summarize(per_seed: dict[int, dict], curves: dict[int, list]) -> dict:
             a = [x for s in per_seed for x in per_seed[s][arm][ev]]
             b = [x for s in per_seed for x in per_seed[s][base][ev]]
             diff, se = paired_difference(a, b)
-            effects[effect][ev] = {"points": round(100 * diff, 2), "se": round(100 * se, 2)}
+            seeds = {
+                s: 100 * paired_difference(per_seed[s][arm][ev], per_seed[s][base][ev])[0] for s in per_seed
+            }
+            effects[effect][ev] = {
+                "points": round(100 * diff, 2),
+                "se": round(100 * se, 2),
+                "per_seed": {str(s): round(d, 2) for s, d in seeds.items()},
+                "se_between_seeds": round(mean_se(list(seeds.values()))[1], 2) if len(seeds) > 1 else None,
+            }
     return {"arms": arms, "effects": effects, "curves": {str(s): c for s, c in curves.items()}}
 
 
